@@ -1,0 +1,663 @@
+//! Candle arithmetic: resolutions, epoch-aligned windows, aggregation of trades into
+//! candles and of candles into coarser candles (the cascade).
+//!
+//! Everything here is pure: no I/O, no clock, no async. It is where correctness
+//! lives, so it carries unit tests here and property tests in `tests/candle_props.rs`.
+//!
+//! Invariants:
+//! - windows are half-open `[start, start + len)` and aligned to the Unix epoch (UTC);
+//! - a candle is stamped with its window start;
+//! - open/close are the first/last trade ordered by `(time, id)`;
+//! - aggregating 1m candles into 5m (and so on up the cascade) gives the same open,
+//!   high, low, close and trade count as aggregating the raw trades directly; the
+//!   float sums (volume, quote volume, buy volume) agree to within floating-point
+//!   rounding, kept tiny by compensated summation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds in one second; all times in this module are Unix nanoseconds.
+pub const NANOS_PER_SEC: i64 = 1_000_000_000;
+/// Nanoseconds in one day; every materialized resolution divides it.
+pub const NANOS_PER_DAY: i64 = 86_400 * NANOS_PER_SEC;
+
+/// A materialized candle resolution, each stored as its own InfluxDB measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Resolution {
+    /// One minute, computed from raw trades.
+    #[serde(rename = "1m")]
+    M1,
+    /// Five minutes, computed from 1m.
+    #[serde(rename = "5m")]
+    M5,
+    /// Fifteen minutes, computed from 5m.
+    #[serde(rename = "15m")]
+    M15,
+    /// One hour, computed from 15m.
+    #[serde(rename = "1h")]
+    H1,
+    /// Four hours, computed from 1h.
+    #[serde(rename = "4h")]
+    H4,
+    /// One day (00:00 UTC), computed from 4h.
+    #[serde(rename = "1d")]
+    D1,
+}
+
+impl Resolution {
+    /// All resolutions in cascade order: each one's source comes before it.
+    pub const ALL: [Resolution; 6] = [
+        Resolution::M1,
+        Resolution::M5,
+        Resolution::M15,
+        Resolution::H1,
+        Resolution::H4,
+        Resolution::D1,
+    ];
+
+    /// Window length in seconds.
+    pub fn seconds(self) -> i64 {
+        match self {
+            Resolution::M1 => 60,
+            Resolution::M5 => 300,
+            Resolution::M15 => 900,
+            Resolution::H1 => 3_600,
+            Resolution::H4 => 14_400,
+            Resolution::D1 => 86_400,
+        }
+    }
+
+    /// Window length in nanoseconds.
+    pub fn nanos(self) -> i64 {
+        self.seconds() * NANOS_PER_SEC
+    }
+
+    /// Short name used in config, SQLite and on the command line (`1m` … `1d`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::M1 => "1m",
+            Resolution::M5 => "5m",
+            Resolution::M15 => "15m",
+            Resolution::H1 => "1h",
+            Resolution::H4 => "4h",
+            Resolution::D1 => "1d",
+        }
+    }
+
+    /// InfluxDB measurement the candles of this resolution are written to.
+    pub fn measurement(self) -> &'static str {
+        match self {
+            Resolution::M1 => "ohlc_1m",
+            Resolution::M5 => "ohlc_5m",
+            Resolution::M15 => "ohlc_15m",
+            Resolution::H1 => "ohlc_1h",
+            Resolution::H4 => "ohlc_4h",
+            Resolution::D1 => "ohlc_1d",
+        }
+    }
+
+    /// The resolution this one is computed from; `None` means raw trades.
+    pub fn source(self) -> Option<Resolution> {
+        match self {
+            Resolution::M1 => None,
+            Resolution::M5 => Some(Resolution::M1),
+            Resolution::M15 => Some(Resolution::M5),
+            Resolution::H1 => Some(Resolution::M15),
+            Resolution::H4 => Some(Resolution::H1),
+            Resolution::D1 => Some(Resolution::H4),
+        }
+    }
+
+    /// Start of the window containing `time` (floor to the epoch-aligned grid).
+    pub fn window_start(self, time: i64) -> i64 {
+        floor_to(time, self.nanos())
+    }
+
+    /// This resolution and every resolution it is computed from, source first.
+    pub fn with_sources(self) -> Vec<Resolution> {
+        Resolution::ALL.into_iter().filter(|r| *r <= self).collect()
+    }
+}
+
+impl fmt::Display for Resolution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error for a resolution name that is not one of `1m 5m 15m 1h 4h 1d`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown resolution {0:?}: expected one of 1m, 5m, 15m, 1h, 4h, 1d")]
+pub struct UnknownResolution(pub String);
+
+impl FromStr for Resolution {
+    type Err = UnknownResolution;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Resolution::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownResolution(s.to_string()))
+    }
+}
+
+/// Floor `time` to a multiple of `len` (works for negative times too).
+pub fn floor_to(time: i64, len: i64) -> i64 {
+    time.div_euclid(len) * len
+}
+
+/// Ceil `time` to a multiple of `len`.
+pub fn ceil_to(time: i64, len: i64) -> i64 {
+    let floor = floor_to(time, len);
+    if floor == time { time } else { floor + len }
+}
+
+/// Which side of the book took liquidity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Buyer was the taker.
+    Buy,
+    /// Seller was the taker.
+    Sell,
+}
+
+impl Side {
+    /// The tag value stored in InfluxDB.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+impl FromStr for Side {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "buy" => Ok(Side::Buy),
+            "sell" => Ok(Side::Sell),
+            other => Err(format!("side must be \"buy\" or \"sell\", got {other:?}")),
+        }
+    }
+}
+
+/// One executed trade of one symbol.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trade {
+    /// Unix nanoseconds, as stored in InfluxDB.
+    pub time: i64,
+    /// Exchange trade id; breaks ties between trades with equal `time`.
+    pub id: i64,
+    /// Price per unit.
+    pub price: f64,
+    /// Quantity traded.
+    pub amount: f64,
+    /// Taker side.
+    pub side: Side,
+}
+
+/// One OHLC candle of one symbol at one resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candle {
+    /// Window start, Unix nanoseconds.
+    pub start: i64,
+    /// Price of the first trade by `(time, id)`.
+    pub open: f64,
+    /// Highest price.
+    pub high: f64,
+    /// Lowest price.
+    pub low: f64,
+    /// Price of the last trade by `(time, id)`.
+    pub close: f64,
+    /// Sum of amounts.
+    pub volume: f64,
+    /// Sum of price × amount; `quote_volume / volume` is the VWAP.
+    pub quote_volume: f64,
+    /// Number of trades.
+    pub trades: i64,
+    /// Sum of amounts of buyer-taker trades.
+    pub buy_volume: f64,
+}
+
+/// Neumaier (improved Kahan) compensated sum: keeps the rounding error of a long
+/// sum near one ulp, so the cascade and a direct sum agree to the last bits.
+#[derive(Clone, Copy, Debug, Default)]
+struct CompensatedSum {
+    sum: f64,
+    compensation: f64,
+}
+
+impl CompensatedSum {
+    fn add(&mut self, x: f64) {
+        let t = self.sum + x;
+        if self.sum.abs() >= x.abs() {
+            self.compensation += (self.sum - t) + x;
+        } else {
+            self.compensation += (x - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    fn value(self) -> f64 {
+        self.sum + self.compensation
+    }
+}
+
+/// Order key for open/close: `(time, id)` for trades, `(start, 0)` for candles.
+type OrderKey = (i64, i64);
+
+/// Running aggregate of one window.
+#[derive(Clone, Copy, Debug)]
+struct Accumulator {
+    open: f64,
+    open_key: OrderKey,
+    high: f64,
+    low: f64,
+    close: f64,
+    close_key: OrderKey,
+    volume: CompensatedSum,
+    quote_volume: CompensatedSum,
+    buy_volume: CompensatedSum,
+    trades: i64,
+}
+
+/// What one input (a trade or a finer candle) contributes to a window.
+#[derive(Clone, Copy, Debug)]
+struct Contribution {
+    key: OrderKey,
+    open: f64,
+    high: f64,
+    low: f64,
+    close: f64,
+    volume: f64,
+    quote_volume: f64,
+    buy_volume: f64,
+    trades: i64,
+}
+
+impl Contribution {
+    fn from_trade(t: &Trade) -> Self {
+        Contribution {
+            key: (t.time, t.id),
+            open: t.price,
+            high: t.price,
+            low: t.price,
+            close: t.price,
+            volume: t.amount,
+            quote_volume: t.price * t.amount,
+            buy_volume: if t.side == Side::Buy { t.amount } else { 0.0 },
+            trades: 1,
+        }
+    }
+
+    fn from_candle(c: &Candle) -> Self {
+        Contribution {
+            key: (c.start, 0),
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            quote_volume: c.quote_volume,
+            buy_volume: c.buy_volume,
+            trades: c.trades,
+        }
+    }
+}
+
+impl Accumulator {
+    fn new(c: &Contribution) -> Self {
+        let mut acc = Accumulator {
+            open: c.open,
+            open_key: c.key,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            close_key: c.key,
+            volume: CompensatedSum::default(),
+            quote_volume: CompensatedSum::default(),
+            buy_volume: CompensatedSum::default(),
+            trades: 0,
+        };
+        acc.add_sums(c);
+        acc
+    }
+
+    fn add(&mut self, c: &Contribution) {
+        if c.key < self.open_key {
+            self.open = c.open;
+            self.open_key = c.key;
+        }
+        if c.key >= self.close_key {
+            self.close = c.close;
+            self.close_key = c.key;
+        }
+        self.high = self.high.max(c.high);
+        self.low = self.low.min(c.low);
+        self.add_sums(c);
+    }
+
+    fn add_sums(&mut self, c: &Contribution) {
+        self.volume.add(c.volume);
+        self.quote_volume.add(c.quote_volume);
+        self.buy_volume.add(c.buy_volume);
+        self.trades += c.trades;
+    }
+
+    fn merge(&mut self, other: &Accumulator) {
+        if other.open_key < self.open_key {
+            self.open = other.open;
+            self.open_key = other.open_key;
+        }
+        if other.close_key >= self.close_key {
+            self.close = other.close;
+            self.close_key = other.close_key;
+        }
+        self.high = self.high.max(other.high);
+        self.low = self.low.min(other.low);
+        for (mine, theirs) in [
+            (&mut self.volume, other.volume),
+            (&mut self.quote_volume, other.quote_volume),
+            (&mut self.buy_volume, other.buy_volume),
+        ] {
+            mine.add(theirs.sum);
+            mine.add(theirs.compensation);
+        }
+        self.trades += other.trades;
+    }
+
+    fn finish(&self, start: i64) -> Candle {
+        Candle {
+            start,
+            open: self.open,
+            high: self.high,
+            low: self.low,
+            close: self.close,
+            volume: self.volume.value(),
+            quote_volume: self.quote_volume.value(),
+            trades: self.trades,
+            buy_volume: self.buy_volume.value(),
+        }
+    }
+}
+
+/// How timestamps are grouped into windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucketing {
+    /// Epoch-aligned windows of a fixed length in nanoseconds.
+    Fixed(i64),
+}
+
+impl Bucketing {
+    /// Start of the window containing `time`.
+    pub fn window_start(self, time: i64) -> i64 {
+        match self {
+            Bucketing::Fixed(len) => floor_to(time, len),
+        }
+    }
+}
+
+impl From<Resolution> for Bucketing {
+    fn from(r: Resolution) -> Self {
+        Bucketing::Fixed(r.nanos())
+    }
+}
+
+/// Folds trades or finer candles into windows, in any input order.
+///
+/// Input from InfluxDB arrives time-ordered, so the common case touches only the
+/// current window; out-of-order input is parked in a map and merged, so the result
+/// never depends on order. Memory is one small accumulator per window that has data.
+#[derive(Debug)]
+pub struct Aggregator {
+    bucketing: Bucketing,
+    current: Option<(i64, Accumulator)>,
+    done: BTreeMap<i64, Accumulator>,
+}
+
+impl Aggregator {
+    /// An empty aggregator for the given windows.
+    pub fn new(bucketing: impl Into<Bucketing>) -> Self {
+        Aggregator {
+            bucketing: bucketing.into(),
+            current: None,
+            done: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one trade.
+    pub fn add_trade(&mut self, trade: &Trade) {
+        self.add(trade.time, &Contribution::from_trade(trade));
+    }
+
+    /// Adds one finer candle; its window must lie inside one target window.
+    pub fn add_candle(&mut self, candle: &Candle) {
+        self.add(candle.start, &Contribution::from_candle(candle));
+    }
+
+    fn add(&mut self, time: i64, c: &Contribution) {
+        let start = self.bucketing.window_start(time);
+        match &mut self.current {
+            Some((s, acc)) if *s == start => acc.add(c),
+            _ => {
+                self.park_current();
+                let acc = match self.done.remove(&start) {
+                    Some(mut acc) => {
+                        acc.add(c);
+                        acc
+                    }
+                    None => Accumulator::new(c),
+                };
+                self.current = Some((start, acc));
+            }
+        }
+    }
+
+    fn park_current(&mut self) {
+        if let Some((start, acc)) = self.current.take() {
+            match self.done.get_mut(&start) {
+                Some(existing) => existing.merge(&acc),
+                None => {
+                    self.done.insert(start, acc);
+                }
+            }
+        }
+    }
+
+    /// Number of windows with data so far.
+    pub fn len(&mut self) -> usize {
+        self.park_current();
+        self.done.len()
+    }
+
+    /// True when nothing has been added.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.done.is_empty()
+    }
+
+    /// The candles, ordered by window start. Windows without trades have none.
+    pub fn finish(mut self) -> Vec<Candle> {
+        self.park_current();
+        self.done
+            .iter()
+            .map(|(start, acc)| acc.finish(*start))
+            .collect()
+    }
+}
+
+/// Candles of `resolution` from trades in any order.
+pub fn candles_from_trades<'a>(
+    bucketing: impl Into<Bucketing>,
+    trades: impl IntoIterator<Item = &'a Trade>,
+) -> Vec<Candle> {
+    let mut agg = Aggregator::new(bucketing);
+    for t in trades {
+        agg.add_trade(t);
+    }
+    agg.finish()
+}
+
+/// Coarser candles from finer ones (one step of the cascade, or re-aggregation).
+pub fn candles_from_candles<'a>(
+    bucketing: impl Into<Bucketing>,
+    candles: impl IntoIterator<Item = &'a Candle>,
+) -> Vec<Candle> {
+    let mut agg = Aggregator::new(bucketing);
+    for c in candles {
+        agg.add_candle(c);
+    }
+    agg.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60 * NANOS_PER_SEC;
+
+    fn trade(time: i64, id: i64, price: f64, amount: f64, side: Side) -> Trade {
+        Trade {
+            time,
+            id,
+            price,
+            amount,
+            side,
+        }
+    }
+
+    #[test]
+    fn windows_are_aligned_to_the_epoch_and_half_open() {
+        assert_eq!(Resolution::M1.window_start(59 * NANOS_PER_SEC), 0);
+        assert_eq!(Resolution::M1.window_start(MIN), MIN);
+        assert_eq!(Resolution::M1.window_start(MIN - 1), 0);
+        assert_eq!(Resolution::M1.window_start(-1), -MIN);
+        // 4h windows start at 00:00, 04:00, ... UTC
+        let t = 1_700_000_000 * NANOS_PER_SEC; // 2023-11-14T22:13:20Z
+        assert_eq!(
+            Resolution::H4.window_start(t),
+            1_699_992_000 * NANOS_PER_SEC // 2023-11-14T20:00:00Z
+        );
+        assert_eq!(
+            Resolution::D1.window_start(t),
+            1_699_920_000 * NANOS_PER_SEC // 2023-11-14T00:00:00Z
+        );
+    }
+
+    #[test]
+    fn candle_is_stamped_with_window_start_and_orders_open_close_by_time_then_id() {
+        let t0 = 10 * MIN;
+        let trades = [
+            trade(t0 + 5, 7, 101.0, 1.0, Side::Buy),
+            trade(t0 + 5, 3, 100.0, 2.0, Side::Sell), // same time, smaller id: the open
+            trade(t0 + 50, 9, 99.0, 1.0, Side::Sell),
+            trade(t0 + 50, 10, 102.0, 0.5, Side::Buy), // same time, larger id: the close
+        ];
+        let candles = candles_from_trades(Resolution::M1, &trades);
+        assert_eq!(candles.len(), 1);
+        let c = candles[0];
+        assert_eq!(c.start, t0);
+        assert_eq!(
+            (c.open, c.high, c.low, c.close),
+            (100.0, 102.0, 99.0, 102.0)
+        );
+        assert_eq!(c.trades, 4);
+        assert_eq!(c.volume, 4.5);
+        assert_eq!(c.buy_volume, 1.5);
+        assert_eq!(c.quote_volume, 101.0 + 200.0 + 99.0 + 51.0);
+    }
+
+    #[test]
+    fn order_of_input_does_not_change_the_candles() {
+        let trades: Vec<Trade> = (0..50)
+            .map(|i| {
+                trade(
+                    (i * 7919 % 300) * NANOS_PER_SEC,
+                    i,
+                    100.0 + (i % 13) as f64,
+                    1.0 + (i % 3) as f64,
+                    if i % 2 == 0 { Side::Buy } else { Side::Sell },
+                )
+            })
+            .collect();
+        let mut reversed = trades.clone();
+        reversed.reverse();
+        assert_eq!(
+            candles_from_trades(Resolution::M1, &trades),
+            candles_from_trades(Resolution::M1, &reversed)
+        );
+    }
+
+    #[test]
+    fn empty_windows_produce_no_candle() {
+        let trades = [
+            trade(0, 1, 1.0, 1.0, Side::Buy),
+            trade(3 * MIN, 2, 2.0, 1.0, Side::Buy),
+        ];
+        let starts: Vec<i64> = candles_from_trades(Resolution::M1, &trades)
+            .iter()
+            .map(|c| c.start)
+            .collect();
+        assert_eq!(starts, vec![0, 3 * MIN]);
+    }
+
+    #[test]
+    fn cascade_step_matches_direct_aggregation() {
+        let trades: Vec<Trade> = (0..1000)
+            .map(|i| {
+                trade(
+                    i * 17 * NANOS_PER_SEC,
+                    i,
+                    50.0 + ((i * 31) % 97) as f64 * 0.25,
+                    0.001 * (1 + i % 11) as f64,
+                    if i % 3 == 0 { Side::Buy } else { Side::Sell },
+                )
+            })
+            .collect();
+        let m1 = candles_from_trades(Resolution::M1, &trades);
+        let m5 = candles_from_candles(Resolution::M5, &m1);
+        let direct = candles_from_trades(Resolution::M5, &trades);
+        assert_eq!(m5.len(), direct.len());
+        for (a, b) in m5.iter().zip(&direct) {
+            assert_eq!(
+                (a.start, a.open, a.high, a.low, a.close, a.trades),
+                (b.start, b.open, b.high, b.low, b.close, b.trades)
+            );
+            assert!((a.volume - b.volume).abs() <= 1e-12 * b.volume.abs());
+        }
+    }
+
+    #[test]
+    fn resolution_names_round_trip_and_sources_form_the_cascade() {
+        for r in Resolution::ALL {
+            assert_eq!(r.name().parse::<Resolution>().unwrap(), r);
+            if let Some(s) = r.source() {
+                assert!(s < r);
+                assert_eq!(r.nanos() % s.nanos(), 0, "{r} must be a multiple of {s}");
+            }
+            assert_eq!(NANOS_PER_DAY % r.nanos(), 0);
+        }
+        assert!("2m".parse::<Resolution>().is_err());
+        assert_eq!(
+            Resolution::H1.with_sources(),
+            vec![
+                Resolution::M1,
+                Resolution::M5,
+                Resolution::M15,
+                Resolution::H1
+            ]
+        );
+    }
+
+    #[test]
+    fn ceil_and_floor_handle_exact_multiples() {
+        assert_eq!(ceil_to(120, 60), 120);
+        assert_eq!(ceil_to(121, 60), 180);
+        assert_eq!(floor_to(-1, 60), -60);
+    }
+}

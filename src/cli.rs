@@ -1,0 +1,394 @@
+//! The command line: argument definitions and one function per command. This is
+//! the edge of the program, so errors are `anyhow` and end as one line on stderr.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::candle::{NANOS_PER_SEC, Resolution};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::engine::{ChunkEvent, Engine, TaskFilter};
+use crate::generate::{GenerateSpec, Generator};
+use crate::influx::InfluxClient;
+use crate::ingest::{INGEST_BATCH, NewTrade, validate_symbol, write_trades};
+use crate::progress::{ProgressEntry, ProgressStore};
+use crate::times::{parse_time_arg, to_rfc3339};
+
+/// ohlcd: turns raw trades in InfluxDB into OHLC candles.
+#[derive(Debug, Parser)]
+#[command(name = "ohlcd", version, about)]
+pub struct Cli {
+    /// Configuration file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: scheduler and HTTP server, until SIGINT/SIGTERM.
+    Run,
+    /// Downsample until every task is caught up, then exit.
+    Backfill {
+        /// Only this symbol (repeatable).
+        #[arg(long = "symbol", value_name = "S")]
+        symbols: Vec<String>,
+        /// Only this resolution and the ones it is computed from (repeatable).
+        #[arg(long = "resolution", value_name = "R")]
+        resolutions: Vec<Resolution>,
+    },
+    /// Recompute a time range of one symbol at every resolution.
+    Rebuild {
+        /// Symbol to rebuild.
+        #[arg(long)]
+        symbol: String,
+        /// Start (RFC 3339, date or Unix seconds).
+        #[arg(long, value_parser = parse_time_arg)]
+        from: i64,
+        /// End, exclusive (RFC 3339, date or Unix seconds).
+        #[arg(long, value_parser = parse_time_arg)]
+        to: i64,
+    },
+    /// Print the progress table.
+    Progress {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write random-walk demo trades through the ingest path.
+    Generate {
+        /// Comma-separated symbols.
+        #[arg(long, value_delimiter = ',', required = true)]
+        symbols: Vec<String>,
+        /// Start (RFC 3339, date or Unix seconds).
+        #[arg(long, value_parser = parse_time_arg)]
+        from: i64,
+        /// End, exclusive (RFC 3339, date or Unix seconds).
+        #[arg(long, value_parser = parse_time_arg)]
+        to: i64,
+        /// Total number of trades over all symbols.
+        #[arg(long)]
+        trades: u64,
+        /// Seed for reproducible data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run => cmd_run(settings).await,
+        Command::Backfill {
+            symbols,
+            resolutions,
+        } => {
+            for s in &symbols {
+                validate_symbol(s).map_err(anyhow::Error::msg)?;
+            }
+            cmd_backfill(
+                settings,
+                TaskFilter {
+                    symbols,
+                    resolutions,
+                },
+            )
+            .await
+        }
+        Command::Rebuild { symbol, from, to } => cmd_rebuild(settings, symbol, from, to).await,
+        Command::Progress { json } => cmd_progress(settings, json).await,
+        Command::Generate {
+            symbols,
+            from,
+            to,
+            trades,
+            seed,
+        } => {
+            let spec = GenerateSpec {
+                symbols,
+                from,
+                to,
+                trades,
+                seed,
+            };
+            cmd_generate(settings, spec).await
+        }
+    }
+}
+
+/// Connects to InfluxDB and checks that it answers and the database exists.
+async fn connect_influx(settings: &Settings) -> anyhow::Result<InfluxClient> {
+    let influx = InfluxClient::new(&settings.influx)?;
+    influx.ping().await?;
+    influx.check_database().await?;
+    Ok(influx)
+}
+
+async fn build_engine(settings: &Settings) -> anyhow::Result<Engine> {
+    let influx = connect_influx(settings).await?;
+    let store = ProgressStore::connect(&settings.progress.database_url).await?;
+    Ok(Engine::new(
+        influx,
+        store,
+        Arc::new(SystemClock),
+        settings.engine.clone(),
+        Duration::from_secs(settings.progress.lease_secs),
+    ))
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    // indicatif draws only when stderr is a terminal, so CI logs stay clean.
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
+    crate::scheduler::validate_cron(&settings.engine.cron).map_err(anyhow::Error::msg)?;
+    let engine = Arc::new(build_engine(&settings).await?);
+    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.listen)",
+                settings.server.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let state = crate::server::AppState {
+        influx: engine.influx().clone(),
+        store: engine.store().clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(crate::server::serve(listener, state, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    let mut scheduler = crate::scheduler::start(engine.clone(), &settings.engine.cron).await?;
+    tracing::info!(owner = engine.owner(), cron = %settings.engine.cron, "scheduler started");
+    println!("ohlcd listening on http://{addr}");
+    // Catch up right away instead of waiting for the first cron tick.
+    let first = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let r = engine.tick(&TaskFilter::default()).await;
+            crate::scheduler::log_tick(&r);
+        })
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing the running chunk");
+    engine.request_stop();
+    scheduler.shutdown().await?;
+    let _ = stop_tx.send(true);
+    // A tick in progress finishes its chunk and releases its leases.
+    engine.wait_idle().await;
+    first.abort();
+    let _ = server.await;
+    engine.store().close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<()> {
+    let engine = build_engine(&settings).await?;
+    let pending = engine.pending_span(&filter).await?;
+    let pb = bar(
+        (pending / NANOS_PER_SEC).max(1) as u64,
+        "{spinner} backfill [{bar:40}] {percent:>3}% {msg} (eta {eta})",
+    );
+    let observer_pb = pb.clone();
+    let engine = engine.with_observer(Arc::new(move |e: &ChunkEvent| {
+        if e.resolution == Resolution::M1 {
+            observer_pb.inc(((e.range.end - e.range.start) / NANOS_PER_SEC) as u64);
+        }
+        observer_pb.set_message(format!(
+            "{} {} {}",
+            e.symbol,
+            e.resolution,
+            &to_rfc3339(e.range.start)[..10]
+        ));
+    }));
+    let started = Instant::now();
+    let (mut chunks, mut rows, mut candles) = (0, 0, 0);
+    let mut leased;
+    loop {
+        let report = engine.tick(&filter).await?;
+        chunks += report.chunks;
+        rows += report.rows_read;
+        candles += report.candles_written;
+        leased = report.tasks_leased;
+        if !report.failures.is_empty() {
+            pb.abandon();
+            for (symbol, res, error) in &report.failures {
+                eprintln!("error: {symbol} {res}: {error}");
+            }
+            bail!(
+                "backfill failed for {} task(s); progress so far is kept, run again to resume",
+                report.failures.len()
+            );
+        }
+        // Time moves during a long backfill: go round until a tick finds nothing new.
+        if report.chunks == 0 {
+            break;
+        }
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backfill complete: {chunks} chunks, {rows} source rows read, {candles} candles written in {secs:.1}s ({:.0} rows/s)",
+        rows as f64 / secs.max(1e-9)
+    );
+    if leased > 0 {
+        println!("note: {leased} task(s) were leased by another ohlcd and skipped");
+    }
+    Ok(())
+}
+
+async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> anyhow::Result<()> {
+    validate_symbol(&symbol).map_err(anyhow::Error::msg)?;
+    if from >= to {
+        bail!("--from must be before --to");
+    }
+    let engine = build_engine(&settings).await?;
+    let started = Instant::now();
+    let written = engine.rebuild(&symbol, from, to).await?;
+    println!(
+        "rebuilt {symbol} from {} to {}: {written} candles written in {:.1}s",
+        to_rfc3339(from),
+        to_rfc3339(to),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
+    let store = ProgressStore::connect(&settings.progress.database_url).await?;
+    let now = SystemClock.now();
+    let entries: Vec<ProgressEntry> = store
+        .tasks()
+        .await?
+        .iter()
+        .map(|t| ProgressEntry::from_task(t, now))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no tasks yet: run `ohlcd backfill` or `ohlcd run` once trades are in InfluxDB");
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header([
+        "symbol",
+        "resolution",
+        "status",
+        "watermark",
+        "lag",
+        "last run",
+        "duration",
+        "last error",
+    ]);
+    let dash = || "-".to_string();
+    for e in &entries {
+        table.add_row([
+            e.symbol.clone(),
+            e.resolution.clone(),
+            e.status.clone(),
+            e.watermark.clone().unwrap_or_else(dash),
+            e.lag.clone().unwrap_or_else(dash),
+            e.last_run_started_at.clone().unwrap_or_else(dash),
+            e.last_run_duration_ms
+                .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+                .unwrap_or_else(dash),
+            e.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<()> {
+    for s in &spec.symbols {
+        validate_symbol(s).map_err(anyhow::Error::msg)?;
+    }
+    if spec.from >= spec.to {
+        bail!("--from must be before --to");
+    }
+    if spec.trades == 0 {
+        bail!("--trades must be at least 1");
+    }
+    let influx = InfluxClient::new(&settings.influx)?;
+    influx.ping().await?;
+    // Demo data: creating the database is what the user wants here.
+    influx.create_database().await?;
+    let pb = bar(
+        spec.trades,
+        "{spinner} generate [{bar:40}] {pos}/{len} trades ({per_sec}, eta {eta})",
+    );
+    let started = Instant::now();
+    // Generation on a blocking thread, writes here: the next batch is produced
+    // while the previous one is in flight.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewTrade>>(2);
+    let producer_spec = spec.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut generator = Generator::new(&producer_spec);
+        loop {
+            let batch: Vec<NewTrade> = generator.by_ref().take(INGEST_BATCH).collect();
+            if batch.is_empty() || tx.blocking_send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    let mut written = 0u64;
+    while let Some(batch) = rx.recv().await {
+        write_trades(&influx, &batch).await?;
+        written += batch.len() as u64;
+        pb.set_position(written);
+    }
+    producer.await?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "generated {written} trades for {} from {} to {} in {secs:.1}s ({:.0} trades/s) into {}/{}",
+        spec.symbols.join(","),
+        to_rfc3339(spec.from),
+        to_rfc3339(spec.to),
+        written as f64 / secs.max(1e-9),
+        settings.influx.url,
+        settings.influx.database
+    );
+    Ok(())
+}

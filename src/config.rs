@@ -1,0 +1,251 @@
+//! Typed, layered configuration: built-in `config/default.toml`, then an optional
+//! `--config FILE`, then environment variables `OHLCD_<SECTION>__<KEY>`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::candle::{NANOS_PER_DAY, Resolution};
+
+/// The defaults, compiled in so the binary works from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything ohlcd can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// How to reach InfluxDB.
+    pub influx: InfluxSettings,
+    /// Where progress is kept.
+    pub progress: ProgressSettings,
+    /// Downsampling behaviour.
+    pub engine: EngineSettings,
+    /// HTTP server.
+    pub server: ServerSettings,
+}
+
+/// InfluxDB connection settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InfluxSettings {
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    /// Database with the `trades` measurement.
+    pub database: String,
+    /// Retention policy; empty for the default.
+    pub retention_policy: String,
+    /// 1.x user name (basic auth); empty for none.
+    pub username: String,
+    /// 1.x password.
+    pub password: String,
+    /// 2.x/3.x API token; takes priority over username/password.
+    pub token: String,
+    /// Whole-request timeout in seconds.
+    pub timeout_secs: u64,
+    /// TCP connect timeout in seconds.
+    pub connect_timeout_secs: u64,
+    /// Retries on transient errors (connection, timeout, 5xx, 429).
+    pub retries: u32,
+    /// Rows per streamed chunk of a query result.
+    pub query_chunk_size: usize,
+    /// Lines per write request.
+    pub write_batch: usize,
+}
+
+impl InfluxSettings {
+    /// Whole-request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// Progress store settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProgressSettings {
+    /// sqlx SQLite URL, e.g. `sqlite://ohlcd.db`.
+    pub database_url: String,
+    /// Lease length in seconds.
+    pub lease_secs: u64,
+}
+
+/// Downsampling engine settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    /// Cron expression (with seconds) for scheduler ticks.
+    pub cron: String,
+    /// Seconds a closed minute waits before it is materialized.
+    pub settle_secs: u64,
+    /// Symbols processed in parallel.
+    pub concurrency: usize,
+    /// Attempts per chunk before the task is marked failed.
+    pub chunk_attempts: u32,
+    /// Chunk length in days per resolution name.
+    pub chunk_days: BTreeMap<String, u32>,
+}
+
+impl EngineSettings {
+    /// Chunk length in nanoseconds for `res` (default from the design if unset).
+    pub fn chunk_nanos(&self, res: Resolution) -> i64 {
+        let default = match res {
+            Resolution::M1 => 1,
+            Resolution::M5 => 3,
+            Resolution::M15 => 7,
+            Resolution::H1 => 14,
+            Resolution::H4 => 30,
+            Resolution::D1 => 90,
+        };
+        let days = self.chunk_days.get(res.name()).copied().unwrap_or(default);
+        i64::from(days.max(1)) * NANOS_PER_DAY
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Listen address, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// A value is well-typed but unusable.
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `OHLCD_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(SettingsError::Value(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("OHLCD_"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("OHLCD")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Value(m));
+        if !(self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
+            return bad(format!(
+                "influx.url must start with http:// or https://, got {:?}",
+                self.influx.url
+            ));
+        }
+        if self.influx.database.trim().is_empty() {
+            return bad("influx.database must not be empty".into());
+        }
+        if self.influx.write_batch == 0 || self.influx.query_chunk_size == 0 {
+            return bad("influx.write_batch and influx.query_chunk_size must be > 0".into());
+        }
+        if self.engine.concurrency == 0 || self.engine.chunk_attempts == 0 {
+            return bad("engine.concurrency and engine.chunk_attempts must be > 0".into());
+        }
+        if self.progress.lease_secs < 5 {
+            return bad("progress.lease_secs must be at least 5".into());
+        }
+        for key in self.engine.chunk_days.keys() {
+            if key.parse::<Resolution>().is_err() {
+                return bad(format!(
+                    "engine.chunk_days has unknown resolution {key:?} (expected 1m, 5m, 15m, 1h, 4h, 1d)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_any_file_or_environment() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.influx.database, "ohlcd");
+        assert_eq!(s.engine.chunk_nanos(Resolution::M1), NANOS_PER_DAY);
+        assert_eq!(s.engine.chunk_nanos(Resolution::D1), 90 * NANOS_PER_DAY);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[influx]\nurl = \"http://file:1\"\ndatabase = \"fromfile\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(
+            Some(&file),
+            env(&[
+                ("OHLCD_INFLUX__URL", "http://env:2"),
+                ("OHLCD_PROGRESS__DATABASE_URL", "sqlite:///tmp/x.db"),
+                ("OHLCD_SERVER__LISTEN", "0.0.0.0:9"),
+                ("OHLCD_ENGINE__CHUNK_DAYS__1M", "2"),
+                ("OHLCD_INFLUX__RETRIES", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.influx.url, "http://env:2");
+        assert_eq!(s.influx.database, "fromfile");
+        assert_eq!(s.progress.database_url, "sqlite:///tmp/x.db");
+        assert_eq!(s.server.listen, "0.0.0.0:9");
+        assert_eq!(s.influx.retries, 7);
+        assert_eq!(s.engine.chunk_nanos(Resolution::M1), 2 * NANOS_PER_DAY);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_key_named() {
+        let err = Settings::load_with_env(None, env(&[("OHLCD_INFLUX__URL", "localhost:8086")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("influx.url"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("OHLCD_INFLUX__RETRIES", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retries"), "{err}");
+        let missing = Settings::load_with_env(Some(Path::new("/nope/x.toml")), env(&[]));
+        assert!(missing.unwrap_err().to_string().contains("/nope/x.toml"));
+    }
+}

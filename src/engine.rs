@@ -1,0 +1,724 @@
+//! The downsampling job. [`Engine::tick`] is one scheduler step: discover symbols,
+//! then for each symbol lease its tasks in cascade order (1m … 1d) and run chunks
+//! until each task reaches its horizon. Tests call `tick` directly with a
+//! [`crate::clock::ManualClock`]; the cron scheduler only triggers it.
+//!
+//! Invariants:
+//! - a task's watermark only moves after InfluxDB acknowledged the candles of the
+//!   chunk, and only while its lease is held;
+//! - 1m never passes the last closed minute before `now - settle`, so the open
+//!   minute is never written;
+//! - a coarser resolution never passes its source's watermark (floored to its own
+//!   window length), so every window it writes is complete.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::candle::{
+    Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, ceil_to, floor_to,
+};
+use crate::clock::Clock;
+use crate::config::EngineSettings;
+use crate::influx::{InfluxClient, InfluxError};
+use crate::progress::{ChunkRecord, Lease, ProgressError, ProgressStore, Task, TaskStatus};
+use crate::times::to_rfc3339;
+
+/// Errors of one engine step.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// InfluxDB failed.
+    #[error(transparent)]
+    Influx(#[from] InfluxError),
+    /// The progress store failed.
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+    /// Another process holds the lease for longer than we are willing to wait.
+    #[error(
+        "task {symbol} {resolution} is leased by {owner} until {until}; is another ohlcd running?"
+    )]
+    Busy {
+        /// Task symbol.
+        symbol: String,
+        /// Task resolution.
+        resolution: Resolution,
+        /// Lease holder.
+        owner: String,
+        /// Lease expiry, RFC 3339.
+        until: String,
+    },
+}
+
+/// Which tasks a tick or backfill covers; empty lists mean all.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only these symbols.
+    pub symbols: Vec<String>,
+    /// Only these resolutions (their sources are always included).
+    pub resolutions: Vec<Resolution>,
+}
+
+impl TaskFilter {
+    fn resolutions(&self) -> Vec<Resolution> {
+        match self.resolutions.iter().max() {
+            // A resolution is computed from its sources, so they must run too.
+            Some(top) => top.with_sources(),
+            None => Resolution::ALL.to_vec(),
+        }
+    }
+}
+
+/// What happened to one task in a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    /// Ran to its horizon (possibly zero chunks).
+    Done {
+        /// Chunks committed.
+        chunks: u64,
+        /// Source rows read.
+        rows_read: u64,
+        /// Candles written.
+        candles_written: u64,
+    },
+    /// Another daemon holds the lease.
+    Leased,
+    /// Failed; the watermark stays at the last committed chunk.
+    Failed(String),
+}
+
+/// Summary of one tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TickReport {
+    /// True if another tick was still running, so this one did nothing.
+    pub overlapped: bool,
+    /// Tasks that ran.
+    pub tasks_run: u64,
+    /// Tasks skipped because another daemon held them.
+    pub tasks_leased: u64,
+    /// Chunks committed.
+    pub chunks: u64,
+    /// Source rows read.
+    pub rows_read: u64,
+    /// Candles written.
+    pub candles_written: u64,
+    /// Failed tasks with their error.
+    pub failures: Vec<(String, Resolution, String)>,
+}
+
+/// Reported after every committed chunk (drives progress bars and logs).
+#[derive(Debug, Clone)]
+pub struct ChunkEvent {
+    /// Task symbol.
+    pub symbol: String,
+    /// Task resolution.
+    pub resolution: Resolution,
+    /// Range processed.
+    pub range: Range<i64>,
+    /// Source rows read.
+    pub rows_read: u64,
+    /// Candles written.
+    pub candles_written: u64,
+}
+
+/// Callback for chunk events.
+pub type ChunkObserver = Arc<dyn Fn(&ChunkEvent) + Send + Sync>;
+
+/// The downsampling engine: InfluxDB in, candles out, progress in SQLite.
+pub struct Engine {
+    influx: InfluxClient,
+    store: ProgressStore,
+    clock: Arc<dyn Clock>,
+    settings: EngineSettings,
+    lease: Duration,
+    owner: String,
+    tick_lock: tokio::sync::Mutex<()>,
+    observer: Option<ChunkObserver>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+/// A lease-holder id unique to this process: host, pid and a random suffix.
+pub fn default_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ohlcd".into());
+    let suffix: u16 = rand::random();
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+impl Engine {
+    /// An engine; `lease` is how long a claimed task stays ours without renewal.
+    pub fn new(
+        influx: InfluxClient,
+        store: ProgressStore,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+        lease: Duration,
+    ) -> Engine {
+        Engine {
+            influx,
+            store,
+            clock,
+            settings,
+            lease,
+            owner: default_owner(),
+            tick_lock: tokio::sync::Mutex::new(()),
+            observer: None,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the lease-holder id (tests use this to play two daemons).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Engine {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Calls `observer` after every committed chunk.
+    pub fn with_observer(mut self, observer: ChunkObserver) -> Engine {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Asks running tasks to stop after their current chunk (graceful shutdown).
+    pub fn request_stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no tick is running.
+    pub async fn wait_idle(&self) {
+        let _guard = self.tick_lock.lock().await;
+    }
+
+    /// This engine's lease-holder id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The InfluxDB client.
+    pub fn influx(&self) -> &InfluxClient {
+        &self.influx
+    }
+
+    /// The progress store.
+    pub fn store(&self) -> &ProgressStore {
+        &self.store
+    }
+
+    /// Symbols the filter selects that have trades, with their task rows ensured.
+    async fn discover(&self, filter: &TaskFilter) -> Result<Vec<String>, EngineError> {
+        let mut symbols = self.influx.symbols().await?;
+        if !filter.symbols.is_empty() {
+            let wanted: BTreeSet<&String> = filter.symbols.iter().collect();
+            symbols.retain(|s| wanted.contains(s));
+        }
+        let now = self.clock.now();
+        for s in &symbols {
+            self.store.ensure_tasks(s, now).await?;
+        }
+        Ok(symbols)
+    }
+
+    /// One scheduler step: every selected task is run to its horizon. Returns a
+    /// report with `overlapped` set, doing nothing, if a tick is still running.
+    pub async fn tick(&self, filter: &TaskFilter) -> Result<TickReport, EngineError> {
+        let Ok(_guard) = self.tick_lock.try_lock() else {
+            return Ok(TickReport {
+                overlapped: true,
+                ..TickReport::default()
+            });
+        };
+        // CSV reads answer an empty 200 for a missing database; check first so a
+        // dropped database can never look like "no trades" and move watermarks.
+        self.influx.check_database().await?;
+        let symbols = self.discover(filter).await?;
+        let resolutions = filter.resolutions();
+        let outcomes: Vec<Vec<(String, Resolution, TaskOutcome)>> =
+            futures_util::stream::iter(symbols)
+                .map(|symbol| {
+                    let resolutions = resolutions.clone();
+                    async move { self.run_symbol(&symbol, &resolutions).await }
+                })
+                .buffer_unordered(self.settings.concurrency)
+                .collect()
+                .await;
+        let mut report = TickReport::default();
+        for (symbol, res, outcome) in outcomes.into_iter().flatten() {
+            match outcome {
+                TaskOutcome::Done {
+                    chunks,
+                    rows_read,
+                    candles_written,
+                } => {
+                    report.tasks_run += 1;
+                    report.chunks += chunks;
+                    report.rows_read += rows_read;
+                    report.candles_written += candles_written;
+                }
+                TaskOutcome::Leased => report.tasks_leased += 1,
+                TaskOutcome::Failed(e) => {
+                    report.tasks_run += 1;
+                    report.failures.push((symbol, res, e));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs one symbol's tasks in cascade order; stops at the first failure since
+    /// coarser resolutions could not move past their failed source anyway.
+    async fn run_symbol(
+        &self,
+        symbol: &str,
+        resolutions: &[Resolution],
+    ) -> Vec<(String, Resolution, TaskOutcome)> {
+        let mut out = Vec::new();
+        for &res in resolutions {
+            if self.stop_requested() {
+                break;
+            }
+            let outcome = self.run_task(symbol, res).await;
+            let failed = matches!(outcome, TaskOutcome::Failed(_));
+            out.push((symbol.to_string(), res, outcome));
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Claims one task and runs chunks until it reaches its horizon, renewing the
+    /// lease while it works. Failures are recorded on the task, not returned.
+    pub async fn run_task(&self, symbol: &str, res: Resolution) -> TaskOutcome {
+        let claimed = match self
+            .store
+            .claim(symbol, res, &self.owner, self.clock.now(), self.lease)
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return TaskOutcome::Leased,
+            Err(e) => return TaskOutcome::Failed(e.to_string()),
+        };
+        let (lease, task) = claimed;
+        let work = self.advance(&lease, &task);
+        let result = tokio::select! {
+            r = work => r,
+            e = self.keep_lease(&lease) => Err(e),
+        };
+        let now = self.clock.now();
+        match result {
+            Ok(outcome) => {
+                // Stopped early by a shutdown: not failed, but not caught up either.
+                let status = if self.stop_requested() {
+                    TaskStatus::Idle
+                } else {
+                    TaskStatus::Completed
+                };
+                if let Err(e) = self.store.release(&lease, status, None, now).await {
+                    return TaskOutcome::Failed(e.to_string());
+                }
+                outcome
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(symbol, resolution = %res, error = %msg, "task failed");
+                // If the lease was lost the new holder owns the row; nothing to release.
+                if let Err(release_err) = self
+                    .store
+                    .release(&lease, TaskStatus::Failed, Some(&msg), now)
+                    .await
+                {
+                    tracing::warn!(symbol, resolution = %res, error = %release_err, "could not record failure");
+                }
+                TaskOutcome::Failed(msg)
+            }
+        }
+    }
+
+    /// Renews the lease every third of its length; returns only when it is lost.
+    async fn keep_lease(&self, lease: &Lease) -> EngineError {
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            if let Err(e) = self
+                .store
+                .heartbeat(lease, self.clock.now(), self.lease)
+                .await
+            {
+                return e.into();
+            }
+        }
+    }
+
+    /// Where a task with no watermark starts: midnight UTC before the symbol's first
+    /// trade (every resolution divides a day, so all tasks share this start).
+    async fn initial_watermark(&self, symbol: &str) -> Result<Option<i64>, EngineError> {
+        Ok(self
+            .influx
+            .first_trade_time(symbol)
+            .await?
+            .map(|t| floor_to(t, NANOS_PER_DAY)))
+    }
+
+    /// How far a task may go now: for 1m the last closed minute before
+    /// `now - settle`; for coarser resolutions the source's watermark.
+    pub async fn horizon(&self, symbol: &str, res: Resolution) -> Result<Option<i64>, EngineError> {
+        match res.source() {
+            None => {
+                let settle = self.settings.settle_secs as i64 * NANOS_PER_SEC;
+                Ok(Some(res.window_start(self.clock.now() - settle)))
+            }
+            Some(source) => Ok(self
+                .store
+                .task(symbol, source)
+                .await?
+                .and_then(|t| t.watermark)
+                .map(|w| res.window_start(w))),
+        }
+    }
+
+    /// Runs chunks from the task's watermark to its horizon.
+    async fn advance(&self, lease: &Lease, task: &Task) -> Result<TaskOutcome, EngineError> {
+        let res = lease.resolution;
+        let symbol = lease.symbol.as_str();
+        let mut watermark = match task.watermark {
+            Some(w) => w,
+            None => match self.initial_watermark(symbol).await? {
+                Some(w) => w,
+                None => {
+                    return Ok(TaskOutcome::Done {
+                        chunks: 0,
+                        rows_read: 0,
+                        candles_written: 0,
+                    });
+                }
+            },
+        };
+        let Some(horizon) = self.horizon(symbol, res).await? else {
+            return Ok(TaskOutcome::Done {
+                chunks: 0,
+                rows_read: 0,
+                candles_written: 0,
+            });
+        };
+        let chunk_len = self.settings.chunk_nanos(res);
+        let (mut chunks, mut rows_read, mut candles_written) = (0, 0, 0);
+        while watermark < horizon && !self.stop_requested() {
+            // Chunk ends stay on the chunk grid, so chunks line up across runs.
+            let end = (floor_to(watermark, chunk_len) + chunk_len).min(horizon);
+            let range = watermark..end;
+            let started_at = self.clock.now();
+            let (rows, candles) = match self
+                .materialize_with_retries(symbol, res, range.clone(), false)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let record = ChunkRecord {
+                        kind: "chunk",
+                        range,
+                        started_at,
+                        finished_at: self.clock.now(),
+                        rows_read: 0,
+                        candles_written: 0,
+                        error: Some(e.to_string()),
+                    };
+                    self.store.record_failure(lease, &record).await?;
+                    return Err(e);
+                }
+            };
+            let record = ChunkRecord {
+                kind: "chunk",
+                range: range.clone(),
+                started_at,
+                finished_at: self.clock.now(),
+                rows_read: rows,
+                candles_written: candles,
+                error: None,
+            };
+            self.store.commit_chunk(lease, &record, true).await?;
+            self.notify(symbol, res, range, rows, candles);
+            watermark = end;
+            chunks += 1;
+            rows_read += rows;
+            candles_written += candles;
+            if rows == 0 && watermark < horizon {
+                watermark = self.skip_empty(lease, watermark, horizon).await?;
+            }
+        }
+        Ok(TaskOutcome::Done {
+            chunks,
+            rows_read,
+            candles_written,
+        })
+    }
+
+    /// After an empty chunk, jumps the watermark over the stretch with no source
+    /// data (a weekend, a halted market, the gap up to a late backfill) with one
+    /// lookup instead of one empty read per chunk. Returns the new watermark.
+    async fn skip_empty(
+        &self,
+        lease: &Lease,
+        watermark: i64,
+        horizon: i64,
+    ) -> Result<i64, EngineError> {
+        let res = lease.resolution;
+        let next = self
+            .influx
+            .first_time_from(res.source(), &lease.symbol, watermark)
+            .await?;
+        let target = match next {
+            Some(t) => floor_to(t, self.settings.chunk_nanos(res)).min(horizon),
+            None => horizon,
+        };
+        if target <= watermark {
+            return Ok(watermark);
+        }
+        let now = self.clock.now();
+        let record = ChunkRecord {
+            kind: "chunk",
+            range: watermark..target,
+            started_at: now,
+            finished_at: now,
+            rows_read: 0,
+            candles_written: 0,
+            error: None,
+        };
+        self.store.commit_chunk(lease, &record, true).await?;
+        self.notify(&lease.symbol, res, watermark..target, 0, 0);
+        Ok(target)
+    }
+
+    fn notify(&self, symbol: &str, res: Resolution, range: Range<i64>, rows: u64, candles: u64) {
+        tracing::debug!(
+            symbol, resolution = %res, from = %to_rfc3339(range.start), to = %to_rfc3339(range.end),
+            rows, candles, "chunk committed"
+        );
+        if let Some(observer) = &self.observer {
+            observer(&ChunkEvent {
+                symbol: symbol.to_string(),
+                resolution: res,
+                range,
+                rows_read: rows,
+                candles_written: candles,
+            });
+        }
+    }
+
+    /// [`Engine::materialize`] retried on transient InfluxDB errors (the whole chunk
+    /// is recomputed: candle writes are idempotent).
+    async fn materialize_with_retries(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        range: Range<i64>,
+        delete_stale: bool,
+    ) -> Result<(u64, u64), EngineError> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .materialize(symbol, res, range.clone(), delete_stale)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(EngineError::Influx(e))
+                    if e.is_transient() && attempt < self.settings.chunk_attempts =>
+                {
+                    tracing::warn!(symbol, resolution = %res, attempt, error = %e, "chunk failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Computes the candles of `res` in `range` from the source (raw trades for 1m,
+    /// the finer resolution otherwise) and writes them. With `delete_stale`, candles
+    /// stored in the range whose window now has no data are deleted (rebuild after
+    /// trades were removed). Returns (rows read, candles written).
+    pub async fn materialize(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        range: Range<i64>,
+        delete_stale: bool,
+    ) -> Result<(u64, u64), EngineError> {
+        let mut agg = Aggregator::new(res);
+        let rows = match res.source() {
+            None => {
+                self.influx
+                    .stream_trades(symbol, range.clone(), |t| agg.add_trade(&t))
+                    .await?
+            }
+            Some(source) => {
+                self.influx
+                    .stream_candles(source, symbol, range.clone(), |c| agg.add_candle(&c))
+                    .await?
+            }
+        };
+        let candles = agg.finish();
+        if delete_stale {
+            self.delete_stale(symbol, res, range, &candles).await?;
+        }
+        self.influx.write_candles(res, symbol, &candles).await?;
+        Ok((rows, candles.len() as u64))
+    }
+
+    async fn delete_stale(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        range: Range<i64>,
+        fresh: &[Candle],
+    ) -> Result<(), EngineError> {
+        let keep: BTreeSet<i64> = fresh.iter().map(|c| c.start).collect();
+        let stored = self.influx.read_candles(res, symbol, range).await?;
+        for c in stored.iter().filter(|c| !keep.contains(&c.start)) {
+            self.influx
+                .delete_candles(res, symbol, c.start..c.start + res.nanos())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Claims a task for a rebuild, waiting up to two lease lengths for a running
+    /// tick elsewhere to release it.
+    async fn claim_waiting(
+        &self,
+        symbol: &str,
+        res: Resolution,
+    ) -> Result<(Lease, Task), EngineError> {
+        let deadline = tokio::time::Instant::now() + self.lease * 2;
+        loop {
+            if let Some(c) = self
+                .store
+                .claim(symbol, res, &self.owner, self.clock.now(), self.lease)
+                .await?
+            {
+                return Ok(c);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let t = self.store.task(symbol, res).await?;
+                return Err(EngineError::Busy {
+                    symbol: symbol.to_string(),
+                    resolution: res,
+                    owner: t
+                        .as_ref()
+                        .and_then(|t| t.lease_owner.clone())
+                        .unwrap_or_default(),
+                    until: t
+                        .and_then(|t| t.lease_expires_at)
+                        .map(to_rfc3339)
+                        .unwrap_or_default(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Recomputes `[from, to)` (widened to whole UTC days) for every resolution in
+    /// cascade order, up to each task's watermark; later windows are left to the
+    /// normal schedule. Stale candles in the range are deleted. Returns candles
+    /// written.
+    pub async fn rebuild(&self, symbol: &str, from: i64, to: i64) -> Result<u64, EngineError> {
+        self.influx.check_database().await?;
+        self.store.ensure_tasks(symbol, self.clock.now()).await?;
+        let range = floor_to(from, NANOS_PER_DAY)..ceil_to(to, NANOS_PER_DAY);
+        let mut written = 0;
+        for res in Resolution::ALL {
+            let (lease, task) = self.claim_waiting(symbol, res).await?;
+            let result = async {
+                let end = range.end.min(task.watermark.unwrap_or(i64::MIN));
+                let chunk_len = self.settings.chunk_nanos(res);
+                let mut start = range.start;
+                let mut written = 0;
+                while start < end {
+                    let stop = (start + chunk_len).min(end);
+                    let started_at = self.clock.now();
+                    let (rows, candles) = self
+                        .materialize_with_retries(symbol, res, start..stop, true)
+                        .await?;
+                    let record = ChunkRecord {
+                        kind: "rebuild",
+                        range: start..stop,
+                        started_at,
+                        finished_at: self.clock.now(),
+                        rows_read: rows,
+                        candles_written: candles,
+                        error: None,
+                    };
+                    self.store.commit_chunk(&lease, &record, false).await?;
+                    self.store
+                        .heartbeat(&lease, self.clock.now(), self.lease)
+                        .await?;
+                    self.notify(symbol, res, start..stop, rows, candles);
+                    written += candles;
+                    start = stop;
+                }
+                Ok::<u64, EngineError>(written)
+            }
+            .await;
+            // A rebuild does not change how far the task got: keep its status.
+            let status = match task.status {
+                TaskStatus::Running => TaskStatus::Idle,
+                s => s,
+            };
+            let now = self.clock.now();
+            match result {
+                Ok(n) => {
+                    self.store
+                        .release(&lease, status, task.last_error.as_deref(), now)
+                        .await?;
+                    written += n;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.store
+                        .release(&lease, TaskStatus::Failed, Some(&msg), now)
+                        .await?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Nanoseconds of raw trades the 1m tasks of the selected symbols still have
+    /// to cover (drives the backfill progress bar).
+    pub async fn pending_span(&self, filter: &TaskFilter) -> Result<i64, EngineError> {
+        let symbols = self.discover(filter).await?;
+        let mut total = 0;
+        for symbol in symbols {
+            let start = match self
+                .store
+                .task(&symbol, Resolution::M1)
+                .await?
+                .and_then(|t| t.watermark)
+            {
+                Some(w) => Some(w),
+                None => self.initial_watermark(&symbol).await?,
+            };
+            if let (Some(start), Some(h)) = (start, self.horizon(&symbol, Resolution::M1).await?) {
+                total += (h - start).max(0);
+            }
+        }
+        Ok(total)
+    }
+}

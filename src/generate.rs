@@ -1,0 +1,234 @@
+//! Demo data: a reproducible random walk of trades per symbol.
+//!
+//! Arrival times are a Poisson process (exponential gaps) scaled so that exactly
+//! the requested number of trades falls in `[from, to)`: the gaps are drawn twice
+//! from the same seeded stream, once to learn their sum and once to place trades.
+//! Prices follow a geometric random walk whose step grows with the square root of
+//! the time gap (3 % daily volatility), rounded to a price tick; amounts are
+//! log-normal; the side follows the tick direction. Same seed, same trades, same
+//! ids: writing them twice overwrites the same points.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
+
+use crate::candle::{NANOS_PER_DAY, Side};
+use crate::ingest::NewTrade;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateSpec {
+    /// Symbols; trades are split evenly between them.
+    pub symbols: Vec<String>,
+    /// Start, Unix ns (inclusive).
+    pub from: i64,
+    /// End, Unix ns (exclusive).
+    pub to: i64,
+    /// Total trades over all symbols.
+    pub trades: u64,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+const DAILY_VOLATILITY: f64 = 0.03;
+const MS_PER_DAY: f64 = (NANOS_PER_DAY / 1_000_000) as f64;
+
+/// An endless-until-`n` iterator of one symbol's trades, in time order.
+#[derive(Debug)]
+pub struct SymbolWalk {
+    symbol: String,
+    n: u64,
+    emitted: u64,
+    gaps: ChaCha8Rng,
+    moves: ChaCha8Rng,
+    gap_sum: f64,
+    cumulative: f64,
+    from_ms: i64,
+    span_ms: f64,
+    log_price: f64,
+    decimals: i32,
+    last_price: f64,
+    last_ms: i64,
+    amounts: LogNormal<f64>,
+}
+
+fn stream_rng(seed: u64, symbol_index: usize, stream: u64) -> ChaCha8Rng {
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (symbol_index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    rng.set_stream(stream);
+    rng
+}
+
+/// A plausible starting price: well-known bases get their usual magnitude.
+fn start_price(symbol: &str, rng: &mut ChaCha8Rng) -> f64 {
+    let s = symbol.to_ascii_uppercase();
+    if s.starts_with("BTC") || s.starts_with("XBT") {
+        30_000.0
+    } else if s.starts_with("ETH") {
+        2_000.0
+    } else {
+        10f64.powf(rng.random_range(-1.0..3.0))
+    }
+}
+
+impl SymbolWalk {
+    /// The walk of `n` trades for the symbol at `index` in the spec.
+    pub fn new(spec: &GenerateSpec, index: usize, n: u64) -> SymbolWalk {
+        let symbol = spec.symbols[index].clone();
+        // First pass over the gap stream: only its sum, so memory stays O(1).
+        let mut probe = stream_rng(spec.seed, index, 1);
+        let gap_sum: f64 = (0..=n).map(|_| -> f64 { Exp1.sample(&mut probe) }).sum();
+        let mut moves = stream_rng(spec.seed, index, 2);
+        let price = start_price(&symbol, &mut moves);
+        // About six significant digits of price tick.
+        let decimals = (6 - price.log10().floor() as i32).max(0);
+        let from_ms = spec.from.div_euclid(1_000_000);
+        SymbolWalk {
+            symbol,
+            n,
+            emitted: 0,
+            gaps: stream_rng(spec.seed, index, 1),
+            moves,
+            gap_sum,
+            cumulative: 0.0,
+            from_ms,
+            span_ms: (spec.to.div_euclid(1_000_000) - from_ms) as f64,
+            log_price: price.ln(),
+            decimals,
+            last_price: price,
+            last_ms: from_ms,
+            amounts: LogNormal::new((0.05f64).ln(), 1.2).expect("valid log-normal"),
+        }
+    }
+
+    fn round_price(&self, p: f64) -> f64 {
+        let scale = 10f64.powi(self.decimals);
+        ((p * scale).round() / scale).max(1.0 / scale)
+    }
+}
+
+impl Iterator for SymbolWalk {
+    type Item = NewTrade;
+
+    fn next(&mut self) -> Option<NewTrade> {
+        if self.emitted >= self.n {
+            return None;
+        }
+        let gap: f64 = Exp1.sample(&mut self.gaps);
+        self.cumulative += gap;
+        // cumulative < gap_sum (one more gap was summed), so the time stays < to.
+        let offset = (self.span_ms * self.cumulative / self.gap_sum).floor() as i64;
+        let time_ms = (self.from_ms + offset).max(self.last_ms);
+        let dt_days = ((time_ms - self.last_ms) as f64 / MS_PER_DAY).max(1e-9);
+        let z: f64 = StandardNormal.sample(&mut self.moves);
+        self.log_price += z * DAILY_VOLATILITY * dt_days.sqrt();
+        let price = self.round_price(self.log_price.exp());
+        let side = if price > self.last_price {
+            Side::Buy
+        } else if price < self.last_price || self.moves.random_bool(0.5) {
+            Side::Sell
+        } else {
+            Side::Buy
+        };
+        let amount = ((self.amounts.sample(&mut self.moves) * 1e6).round() / 1e6).max(1e-6);
+        self.emitted += 1;
+        self.last_ms = time_ms;
+        self.last_price = price;
+        Some(NewTrade {
+            symbol: self.symbol.clone(),
+            side,
+            price,
+            amount,
+            time_ms,
+            id: self.emitted as i64,
+        })
+    }
+}
+
+/// All symbols' trades merged in time order.
+#[derive(Debug)]
+pub struct Generator {
+    walks: Vec<std::iter::Peekable<SymbolWalk>>,
+}
+
+impl Generator {
+    /// A generator for the spec; trades are split evenly, the remainder going to
+    /// the first symbols.
+    pub fn new(spec: &GenerateSpec) -> Generator {
+        let k = spec.symbols.len() as u64;
+        let walks = (0..spec.symbols.len())
+            .map(|i| {
+                let n = spec.trades / k + u64::from((i as u64) < spec.trades % k);
+                SymbolWalk::new(spec, i, n).peekable()
+            })
+            .collect();
+        Generator { walks }
+    }
+}
+
+impl Iterator for Generator {
+    type Item = NewTrade;
+
+    fn next(&mut self) -> Option<NewTrade> {
+        // A handful of symbols: a linear scan beats a heap.
+        let mut best: Option<(usize, i64)> = None;
+        for (i, w) in self.walks.iter_mut().enumerate() {
+            if let Some(t) = w.peek()
+                && best.is_none_or(|(_, b)| t.time_ms < b)
+            {
+                best = Some((i, t.time_ms));
+            }
+        }
+        best.and_then(|(i, _)| self.walks[i].next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(seed: u64) -> GenerateSpec {
+        GenerateSpec {
+            symbols: vec!["BTCUSD".into(), "ETHUSD".into(), "SOLUSD".into()],
+            from: 1_700_000_000_000_000_000,
+            to: 1_700_000_000_000_000_000 + NANOS_PER_DAY,
+            trades: 10_000,
+            seed,
+        }
+    }
+
+    #[test]
+    fn exactly_the_requested_trades_in_range_in_time_order() {
+        let s = spec(1);
+        let trades: Vec<NewTrade> = Generator::new(&s).collect();
+        assert_eq!(trades.len(), 10_000);
+        assert!(trades.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
+        let (from_ms, to_ms) = (s.from / 1_000_000, s.to / 1_000_000);
+        assert!(trades.iter().all(|t| (from_ms..to_ms).contains(&t.time_ms)));
+        assert!(trades.iter().all(|t| t.validate().is_ok()));
+        // Spread over the whole range, not bunched at the start.
+        assert!(trades.last().unwrap().time_ms > to_ms - 3_600_000);
+        for sym in &s.symbols {
+            let n = trades.iter().filter(|t| &t.symbol == sym).count();
+            assert!((3_333..=3_334).contains(&n), "{sym}: {n}");
+        }
+    }
+
+    #[test]
+    fn same_seed_gives_same_trades_and_another_seed_does_not() {
+        let a: Vec<NewTrade> = Generator::new(&spec(7)).collect();
+        let b: Vec<NewTrade> = Generator::new(&spec(7)).collect();
+        let c: Vec<NewTrade> = Generator::new(&spec(8)).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn ids_are_unique_per_symbol() {
+        let trades: Vec<NewTrade> = Generator::new(&spec(3)).collect();
+        let mut keys: Vec<(&str, i64)> = trades.iter().map(|t| (t.symbol.as_str(), t.id)).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), trades.len());
+    }
+}

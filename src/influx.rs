@@ -1,0 +1,752 @@
+//! InfluxDB client over the 1.x HTTP API (`/write`, `/query`, `/ping`), which every
+//! InfluxDB generation serves (2.x through v1 compatibility, 3.x natively).
+//!
+//! Large reads are streamed: the query asks for chunked CSV and rows are parsed one
+//! at a time from the response body, so memory does not grow with the result size.
+//! Small metadata queries use JSON, because only JSON reports every error (CSV
+//! answers an empty 200 for a missing database).
+
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use influxdb_line_protocol::LineProtocolBuilder;
+use rand::RngExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::candle::{Candle, Resolution, Side, Trade};
+use crate::config::InfluxSettings;
+
+/// Measurement holding raw trades.
+pub const TRADES_MEASUREMENT: &str = "trades";
+
+/// Everything that can go wrong talking to InfluxDB, with the context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum InfluxError {
+    /// No TCP connection could be made.
+    #[error("cannot reach InfluxDB at {url} ({detail}); is influxd running and influx.url right?")]
+    Unreachable {
+        /// Base URL tried.
+        url: String,
+        /// What the HTTP client said.
+        detail: String,
+    },
+    /// The request did not complete in time.
+    #[error("InfluxDB at {url} did not answer within {secs}s")]
+    Timeout {
+        /// Base URL tried.
+        url: String,
+        /// Configured timeout.
+        secs: u64,
+    },
+    /// The database does not exist.
+    #[error(
+        "InfluxDB database {database:?} does not exist at {url}; create it (influx -execute 'CREATE DATABASE {database}') or set influx.database"
+    )]
+    DatabaseNotFound {
+        /// Base URL.
+        url: String,
+        /// Database name.
+        database: String,
+    },
+    /// Credentials missing or wrong.
+    #[error(
+        "InfluxDB at {url} refused the credentials ({status}): {message}; check influx.username/password or influx.token"
+    )]
+    Unauthorized {
+        /// Base URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// Server message.
+        message: String,
+    },
+    /// Any other non-success HTTP status.
+    #[error("InfluxDB answered {status} to {what}: {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Which request.
+        what: &'static str,
+        /// Server message.
+        message: String,
+    },
+    /// A query was accepted but failed.
+    #[error("InfluxDB query failed: {message} (query: {query})")]
+    Query {
+        /// Server message.
+        message: String,
+        /// The InfluxQL sent.
+        query: String,
+    },
+    /// The response could not be understood.
+    #[error("unexpected InfluxDB response: {0}")]
+    Protocol(String),
+    /// The connection broke while a response was being read.
+    #[error("InfluxDB response stream broke: {0}")]
+    Stream(String),
+}
+
+impl InfluxError {
+    /// Worth retrying: the same request may succeed a moment later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            InfluxError::Unreachable { .. }
+            | InfluxError::Timeout { .. }
+            | InfluxError::Stream(_) => true,
+            InfluxError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// How requests authenticate.
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    Basic { username: String, password: String },
+    Token(String),
+}
+
+/// A client for one InfluxDB database.
+#[derive(Debug, Clone)]
+pub struct InfluxClient {
+    http: reqwest::Client,
+    url: String,
+    database: String,
+    retention_policy: Option<String>,
+    auth: Auth,
+    retries: u32,
+    timeout_secs: u64,
+    chunk_size: usize,
+    write_batch: usize,
+}
+
+/// Escapes a string for an InfluxQL single-quoted literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Escapes an identifier for InfluxQL double quotes.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Column positions of a CSV result, found from its header row.
+#[derive(Debug, Default)]
+struct Columns(Vec<Vec<u8>>);
+
+impl Columns {
+    fn index(&self, name: &str) -> Result<usize, InfluxError> {
+        self.0
+            .iter()
+            .position(|c| c == name.as_bytes())
+            .ok_or_else(|| InfluxError::Protocol(format!("CSV result has no column {name:?}")))
+    }
+}
+
+fn field<'r>(rec: &'r csv_async::ByteRecord, i: usize) -> &'r str {
+    rec.get(i)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("")
+}
+
+fn parse_f64(rec: &csv_async::ByteRecord, i: usize, name: &str) -> Result<f64, InfluxError> {
+    let s = field(rec, i);
+    s.parse()
+        .map_err(|_| InfluxError::Protocol(format!("column {name}: {s:?} is not a number")))
+}
+
+fn parse_i64(rec: &csv_async::ByteRecord, i: usize, name: &str) -> Result<i64, InfluxError> {
+    let s = field(rec, i);
+    s.parse()
+        .map_err(|_| InfluxError::Protocol(format!("column {name}: {s:?} is not an integer")))
+}
+
+/// Line protocol for candles of one symbol and resolution.
+pub fn encode_candles(res: Resolution, symbol: &str, candles: &[Candle]) -> Vec<u8> {
+    let mut lp = LineProtocolBuilder::new_with(Vec::with_capacity(candles.len() * 160));
+    for c in candles {
+        lp = lp
+            .measurement(res.measurement())
+            .tag("symbol", symbol)
+            .field("open", c.open)
+            .field("high", c.high)
+            .field("low", c.low)
+            .field("close", c.close)
+            .field("volume", c.volume)
+            .field("quote_volume", c.quote_volume)
+            .field("trades", c.trades)
+            .field("buy_volume", c.buy_volume)
+            .timestamp(c.start)
+            .close_line();
+    }
+    lp.build()
+}
+
+impl InfluxClient {
+    /// A client for the configured server and database; does not connect yet.
+    pub fn new(s: &InfluxSettings) -> Result<InfluxClient, InfluxError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(s.connect_timeout_secs))
+            .timeout(s.timeout())
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| InfluxError::Protocol(format!("cannot build HTTP client: {e}")))?;
+        let auth = if !s.token.is_empty() {
+            Auth::Token(s.token.clone())
+        } else if !s.username.is_empty() {
+            Auth::Basic {
+                username: s.username.clone(),
+                password: s.password.clone(),
+            }
+        } else {
+            Auth::None
+        };
+        Ok(InfluxClient {
+            http,
+            url: s.url.trim_end_matches('/').to_string(),
+            database: s.database.clone(),
+            retention_policy: (!s.retention_policy.is_empty()).then(|| s.retention_policy.clone()),
+            auth,
+            retries: s.retries,
+            timeout_secs: s.timeout_secs,
+            chunk_size: s.query_chunk_size,
+            write_batch: s.write_batch,
+        })
+    }
+
+    /// Base URL of the server.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Database name.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, format!("{}{}", self.url, path));
+        match &self.auth {
+            Auth::None => rb,
+            Auth::Basic { username, password } => rb.basic_auth(username, Some(password)),
+            Auth::Token(t) => rb.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
+        }
+    }
+
+    fn db_params(&self) -> Vec<(&'static str, String)> {
+        let mut p = vec![("db", self.database.clone())];
+        if let Some(rp) = &self.retention_policy {
+            p.push(("rp", rp.clone()));
+        }
+        p
+    }
+
+    fn map_send_error(&self, e: reqwest::Error) -> InfluxError {
+        if e.is_timeout() {
+            InfluxError::Timeout {
+                url: self.url.clone(),
+                secs: self.timeout_secs,
+            }
+        } else if e.is_connect() || e.is_request() {
+            InfluxError::Unreachable {
+                url: self.url.clone(),
+                detail: root_cause(&e),
+            }
+        } else {
+            InfluxError::Stream(root_cause(&e))
+        }
+    }
+
+    async fn status_error(&self, what: &'static str, resp: reqwest::Response) -> InfluxError {
+        let status = resp.status();
+        let header = resp
+            .headers()
+            .get("X-Influxdb-Error")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.text().await.unwrap_or_default();
+        let message = header.unwrap_or_else(|| {
+            serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(body)
+        });
+        if message.contains("database not found") {
+            return InfluxError::DatabaseNotFound {
+                url: self.url.clone(),
+                database: self.database.clone(),
+            };
+        }
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => InfluxError::Unauthorized {
+                url: self.url.clone(),
+                status: status.as_u16(),
+                message,
+            },
+            _ => InfluxError::Status {
+                status: status.as_u16(),
+                what,
+                message,
+            },
+        }
+    }
+
+    /// Sends a request built by `build`, retrying transient failures with
+    /// exponential backoff and jitter; returns the successful response.
+    async fn send(
+        &self,
+        what: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, InfluxError> {
+        let mut attempt = 0;
+        loop {
+            let err = match build().send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => self.status_error(what, resp).await,
+                Err(e) => self.map_send_error(e),
+            };
+            if !err.is_transient() || attempt >= self.retries {
+                return Err(err);
+            }
+            attempt += 1;
+            let backoff = backoff_delay(attempt);
+            tracing::warn!(what, attempt, ?backoff, error = %err, "InfluxDB request failed, retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// `GET /ping`, once, without retries (start-up checks should fail fast);
+    /// returns the server version.
+    pub async fn ping(&self) -> Result<String, InfluxError> {
+        let resp = match self.request(reqwest::Method::GET, "/ping").send().await {
+            Ok(resp) if resp.status().is_success() => resp,
+            Ok(resp) => return Err(self.status_error("ping", resp).await),
+            Err(e) => return Err(self.map_send_error(e)),
+        };
+        Ok(resp
+            .headers()
+            .get("X-Influxdb-Version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_string())
+    }
+
+    /// Runs InfluxQL and returns the JSON of its first statement, failing on any
+    /// statement error.
+    pub async fn query_json(&self, q: &str) -> Result<Value, InfluxError> {
+        let mut form = self.db_params();
+        form.push(("q", q.to_string()));
+        form.push(("epoch", "ns".to_string()));
+        let resp = self
+            .send("query", || {
+                self.request(reqwest::Method::POST, "/query").form(&form)
+            })
+            .await?;
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| InfluxError::Protocol(format!("query answer is not JSON: {e}")))?;
+        let first = body
+            .get("results")
+            .and_then(|r| r.get(0))
+            .cloned()
+            .ok_or_else(|| InfluxError::Protocol(format!("no results in {body}")))?;
+        if let Some(message) = first.get("error").and_then(Value::as_str) {
+            if message.contains("database not found") {
+                return Err(InfluxError::DatabaseNotFound {
+                    url: self.url.clone(),
+                    database: self.database.clone(),
+                });
+            }
+            return Err(InfluxError::Query {
+                message: message.to_string(),
+                query: q.to_string(),
+            });
+        }
+        Ok(first)
+    }
+
+    /// Creates the database if it does not exist (idempotent).
+    pub async fn create_database(&self) -> Result<(), InfluxError> {
+        self.query_json(&format!("CREATE DATABASE {}", quote_ident(&self.database)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Fails with [`InfluxError::DatabaseNotFound`] unless the database exists.
+    pub async fn check_database(&self) -> Result<(), InfluxError> {
+        self.query_json(&format!(
+            "SHOW RETENTION POLICIES ON {}",
+            quote_ident(&self.database)
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// Symbols that have raw trades (`SHOW TAG VALUES`), sorted.
+    pub async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"",
+                quote_ident(TRADES_MEASUREMENT)
+            ))
+            .await?;
+        let mut out: Vec<String> = series_values(&v)
+            .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Time of the earliest raw trade of `symbol`, if any.
+    pub async fn first_trade_time(&self, symbol: &str) -> Result<Option<i64>, InfluxError> {
+        self.first_time_from(None, symbol, i64::MIN).await
+    }
+
+    /// Time of the first point of `symbol` at or after `from`, in the raw trades
+    /// (`res` = `None`) or in the candles of `res`.
+    pub async fn first_time_from(
+        &self,
+        res: Option<Resolution>,
+        symbol: &str,
+        from: i64,
+    ) -> Result<Option<i64>, InfluxError> {
+        let (measurement, field) = match res {
+            None => (TRADES_MEASUREMENT, "price"),
+            Some(r) => (r.measurement(), "close"),
+        };
+        let time_cond = if from == i64::MIN {
+            String::new()
+        } else {
+            format!(" AND time >= {from}")
+        };
+        let v = self
+            .query_json(&format!(
+                "SELECT {field} FROM {} WHERE symbol = {}{time_cond} ORDER BY time ASC LIMIT 1",
+                quote_ident(measurement),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(series_values(&v)
+            .next()
+            .and_then(|row| row.first().and_then(Value::as_i64)))
+    }
+
+    /// Streams a query answered as chunked CSV, calling `on_row` with each data
+    /// row and the header's columns. Returns the number of rows.
+    async fn stream_csv(
+        &self,
+        q: &str,
+        mut on_row: impl FnMut(&Columns, &csv_async::ByteRecord) -> Result<(), InfluxError>,
+    ) -> Result<u64, InfluxError> {
+        let mut form = self.db_params();
+        form.push(("q", q.to_string()));
+        form.push(("epoch", "ns".to_string()));
+        form.push(("chunked", "true".to_string()));
+        form.push(("chunk_size", self.chunk_size.to_string()));
+        let resp = self
+            .send("query", || {
+                self.request(reqwest::Method::POST, "/query")
+                    .header(reqwest::header::ACCEPT, "application/csv")
+                    .form(&form)
+            })
+            .await?;
+        let body = resp
+            .bytes_stream()
+            .map_err(|e| std::io::Error::other(root_cause(&e)));
+        let reader = tokio_util::io::StreamReader::new(body);
+        let mut csv = csv_async::AsyncReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .create_reader(reader);
+        let mut rec = csv_async::ByteRecord::new();
+        let mut columns: Option<Columns> = None;
+        let mut rows = 0u64;
+        let timeout_secs = self.timeout_secs;
+        loop {
+            let more = csv.read_byte_record(&mut rec).await.map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("timed out") || msg.contains("TimedOut") {
+                    InfluxError::Timeout {
+                        url: self.url.clone(),
+                        secs: timeout_secs,
+                    }
+                } else {
+                    InfluxError::Stream(msg)
+                }
+            })?;
+            if !more {
+                break;
+            }
+            let first = rec.get(0).unwrap_or_default();
+            if first == b"error" && rec.len() == 1 {
+                // InfluxDB reports a failed statement as a header `error` and a row
+                // with the message.
+                let message = if csv.read_byte_record(&mut rec).await.unwrap_or(false) {
+                    field(&rec, 0).to_string()
+                } else {
+                    "unknown error".to_string()
+                };
+                return Err(InfluxError::Query {
+                    message,
+                    query: q.to_string(),
+                });
+            }
+            if first == b"name" {
+                columns = Some(Columns(rec.iter().map(<[u8]>::to_vec).collect()));
+                continue;
+            }
+            let cols = columns
+                .as_ref()
+                .ok_or_else(|| InfluxError::Protocol("CSV row before header".into()))?;
+            on_row(cols, &rec)?;
+            rows += 1;
+        }
+        Ok(rows)
+    }
+
+    /// Streams the raw trades of `symbol` in `[range.start, range.end)` in time
+    /// order into `on_trade`; returns how many were read.
+    pub async fn stream_trades(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+        mut on_trade: impl FnMut(Trade),
+    ) -> Result<u64, InfluxError> {
+        let q = format!(
+            "SELECT price, amount, id, side FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
+            quote_ident(TRADES_MEASUREMENT),
+            quote_literal(symbol),
+            range.start,
+            range.end
+        );
+        let mut idx: Option<[usize; 5]> = None;
+        self.stream_csv(&q, |cols, rec| {
+            let [t, p, a, id, side] = match idx {
+                Some(i) => i,
+                None => *idx.insert([
+                    cols.index("time")?,
+                    cols.index("price")?,
+                    cols.index("amount")?,
+                    cols.index("id")?,
+                    cols.index("side")?,
+                ]),
+            };
+            let side = match rec.get(side) {
+                Some(b"buy") => Side::Buy,
+                Some(b"sell") => Side::Sell,
+                other => {
+                    return Err(InfluxError::Protocol(format!(
+                        "trade with side {:?}",
+                        other.map(String::from_utf8_lossy)
+                    )));
+                }
+            };
+            on_trade(Trade {
+                time: parse_i64(rec, t, "time")?,
+                id: parse_i64(rec, id, "id")?,
+                price: parse_f64(rec, p, "price")?,
+                amount: parse_f64(rec, a, "amount")?,
+                side,
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Streams stored candles of `res` for `symbol` in `[range.start, range.end)`.
+    pub async fn stream_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+        mut on_candle: impl FnMut(Candle),
+    ) -> Result<u64, InfluxError> {
+        let q = format!(
+            "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
+            quote_ident(res.measurement()),
+            quote_literal(symbol),
+            range.start,
+            range.end
+        );
+        let names = [
+            "time",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "trades",
+            "buy_volume",
+        ];
+        let mut idx: Option<[usize; 9]> = None;
+        self.stream_csv(&q, |cols, rec| {
+            let i = match idx {
+                Some(i) => i,
+                None => {
+                    let mut i = [0; 9];
+                    for (slot, name) in i.iter_mut().zip(names) {
+                        *slot = cols.index(name)?;
+                    }
+                    *idx.insert(i)
+                }
+            };
+            on_candle(Candle {
+                start: parse_i64(rec, i[0], "time")?,
+                open: parse_f64(rec, i[1], "open")?,
+                high: parse_f64(rec, i[2], "high")?,
+                low: parse_f64(rec, i[3], "low")?,
+                close: parse_f64(rec, i[4], "close")?,
+                volume: parse_f64(rec, i[5], "volume")?,
+                quote_volume: parse_f64(rec, i[6], "quote_volume")?,
+                trades: parse_i64(rec, i[7], "trades")?,
+                buy_volume: parse_f64(rec, i[8], "buy_volume")?,
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads stored candles into a vector (candle counts per chunk are small).
+    pub async fn read_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<Vec<Candle>, InfluxError> {
+        let mut out = Vec::new();
+        self.stream_candles(res, symbol, range, |c| out.push(c))
+            .await?;
+        Ok(out)
+    }
+
+    /// Reads all raw trades in a range into memory (tests and small ranges only).
+    pub async fn read_trades(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<Vec<Trade>, InfluxError> {
+        let mut out = Vec::new();
+        self.stream_trades(symbol, range, |t| out.push(t)).await?;
+        Ok(out)
+    }
+
+    /// `POST /write` of a line-protocol body (nanosecond timestamps), with retries.
+    pub async fn write_lines(&self, body: Bytes) -> Result<(), InfluxError> {
+        let params = self.db_params();
+        self.send("write", || {
+            self.request(reqwest::Method::POST, "/write")
+                .query(&params)
+                .body(body.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Writes candles in batches of `influx.write_batch` lines.
+    pub async fn write_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        candles: &[Candle],
+    ) -> Result<(), InfluxError> {
+        for batch in candles.chunks(self.write_batch) {
+            self.write_lines(encode_candles(res, symbol, batch).into())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the candles of `res` for `symbol` in `[range.start, range.end)`.
+    pub async fn delete_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<(), InfluxError> {
+        self.query_json(&format!(
+            "DELETE FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
+            quote_ident(res.measurement()),
+            quote_literal(symbol),
+            range.start,
+            range.end
+        ))
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Rows of every series in one statement's JSON result.
+fn series_values(v: &Value) -> impl Iterator<Item = &Vec<Value>> {
+    v.get("series")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("values").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_array)
+}
+
+/// 100 ms, 200 ms, 400 ms … (capped at 5 s) plus up to 50 % jitter, so clients that
+/// failed together do not retry together.
+fn backoff_delay(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let jitter = rand::rng().random_range(0..=base / 2);
+    Duration::from_millis(base + jitter)
+}
+
+/// The innermost error message (reqwest's own message is often just "error sending request").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_identifiers_cannot_break_out_of_their_quotes() {
+        assert_eq!(quote_literal("BTC'USD"), r"'BTC\'USD'");
+        assert_eq!(quote_literal(r"a\' OR 1=1"), r"'a\\\' OR 1=1'");
+        assert_eq!(quote_ident("my\"db"), r#""my\"db""#);
+    }
+
+    #[test]
+    fn candles_encode_as_one_line_each_with_integer_trade_count() {
+        let c = Candle {
+            start: 60_000_000_000,
+            open: 1.5,
+            high: 2.0,
+            low: 1.0,
+            close: 1.25,
+            volume: 3.0,
+            quote_volume: 4.5,
+            trades: 7,
+            buy_volume: 0.1,
+        };
+        let lp = String::from_utf8(encode_candles(Resolution::M5, "BTC-USD", &[c, c])).unwrap();
+        let first = lp.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "ohlc_5m,symbol=BTC-USD open=1.5,high=2,low=1,close=1.25,volume=3,quote_volume=4.5,trades=7i,buy_volume=0.1 60000000000"
+        );
+        assert_eq!(lp.lines().count(), 2);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff_delay(1) >= Duration::from_millis(200));
+        assert!(backoff_delay(1) <= Duration::from_millis(300));
+        assert!(backoff_delay(30) <= Duration::from_millis(7_500));
+    }
+}

@@ -1,0 +1,193 @@
+//! The trade ingest path: validation and line-protocol encoding of raw trades into
+//! measurement `trades`, shared by `ohlcd generate` and the HTTP API.
+//!
+//! InfluxDB keeps one point per (measurement, tag set, timestamp): a second write
+//! overwrites the first. Trades carry millisecond times, so two trades of one symbol
+//! and side in the same millisecond would collide. We therefore store each trade at
+//! `time_ms * 1_000_000 + (id mod 1_000_000)` nanoseconds: the sub-millisecond digits
+//! hold the low six digits of the trade id. Distinct trades in one millisecond get
+//! distinct timestamps (unless a million ids apart), and re-sending the same trade
+//! (same id) lands on the same point and overwrites it: no double count.
+//! The id itself is also kept as an integer field, and ordering by `(time, id)` still
+//! puts trades of different milliseconds in time order.
+
+use bytes::Bytes;
+use influxdb_line_protocol::LineProtocolBuilder;
+
+use crate::candle::{Side, Trade};
+use crate::influx::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
+
+/// Sub-millisecond slots used to keep same-millisecond trades apart.
+pub const SUB_MS_SLOTS: i64 = 1_000_000;
+
+/// Trades per write request on the ingest path.
+pub const INGEST_BATCH: usize = 100_000;
+
+/// Largest accepted trade time (2200-01-01T00:00:00Z) in milliseconds; InfluxDB's
+/// nanosecond timestamps end in 2262.
+pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
+
+/// A trade as received, before it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTrade {
+    /// Symbol, e.g. `BTCUSD`.
+    pub symbol: String,
+    /// Taker side.
+    pub side: Side,
+    /// Price per unit, finite and > 0.
+    pub price: f64,
+    /// Amount, finite and > 0.
+    pub amount: f64,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// Exchange trade id, ≥ 0.
+    pub id: i64,
+}
+
+/// The nanosecond timestamp a trade is stored at (see the module doc).
+pub fn point_time(time_ms: i64, id: i64) -> i64 {
+    time_ms * SUB_MS_SLOTS + id.rem_euclid(SUB_MS_SLOTS)
+}
+
+/// Checks a symbol: 1–32 characters of `A-Z a-z 0-9 . _ - :`. Anything else could
+/// not be safely used as a tag, in InfluxQL or in a URL.
+pub fn validate_symbol(symbol: &str) -> Result<(), String> {
+    if symbol.is_empty() || symbol.len() > 32 {
+        return Err(format!(
+            "symbol must be 1 to 32 characters, got {}",
+            symbol.chars().count()
+        ));
+    }
+    if let Some(bad) = symbol
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        return Err(format!(
+            "symbol {symbol:?} has character {bad:?}; allowed are letters, digits and . _ - :"
+        ));
+    }
+    Ok(())
+}
+
+impl NewTrade {
+    /// Validates every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_symbol(&self.symbol).map_err(|e| format!("symbol: {e}"))?;
+        if !(self.price.is_finite() && self.price > 0.0) {
+            return Err(format!(
+                "price: must be a finite number > 0, got {}",
+                self.price
+            ));
+        }
+        if !(self.amount.is_finite() && self.amount > 0.0) {
+            return Err(format!(
+                "amount: must be a finite number > 0, got {}",
+                self.amount
+            ));
+        }
+        if !(0..=MAX_TIME_MS).contains(&self.time_ms) {
+            return Err(format!(
+                "timestamp: must be between 1970 and 2200 in Unix milliseconds, got {}",
+                self.time_ms
+            ));
+        }
+        if self.id < 0 {
+            return Err(format!("id: must be ≥ 0, got {}", self.id));
+        }
+        Ok(())
+    }
+
+    /// The trade as the candle math sees it once stored.
+    pub fn stored(&self) -> Trade {
+        Trade {
+            time: point_time(self.time_ms, self.id),
+            id: self.id,
+            price: self.price,
+            amount: self.amount,
+            side: self.side,
+        }
+    }
+}
+
+/// Line protocol for trades: `trades,side=…,symbol=… price=…,amount=…,id=…i <ns>`.
+pub fn encode_trades(trades: &[NewTrade]) -> Vec<u8> {
+    let mut lp = LineProtocolBuilder::new_with(Vec::with_capacity(trades.len() * 96));
+    for t in trades {
+        lp = lp
+            .measurement(TRADES_MEASUREMENT)
+            .tag("side", t.side.as_str())
+            .tag("symbol", &t.symbol)
+            .field("price", t.price)
+            .field("amount", t.amount)
+            .field("id", t.id)
+            .timestamp(point_time(t.time_ms, t.id))
+            .close_line();
+    }
+    lp.build()
+}
+
+/// Writes already validated trades, [`INGEST_BATCH`] per request.
+pub async fn write_trades(influx: &InfluxClient, trades: &[NewTrade]) -> Result<(), InfluxError> {
+    for batch in trades.chunks(INGEST_BATCH) {
+        influx
+            .write_lines(Bytes::from(encode_trades(batch)))
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(id: i64, time_ms: i64) -> NewTrade {
+        NewTrade {
+            symbol: "BTCUSD".into(),
+            side: Side::Buy,
+            price: 100.5,
+            amount: 0.25,
+            time_ms,
+            id,
+        }
+    }
+
+    #[test]
+    fn same_millisecond_trades_get_distinct_timestamps_and_same_id_the_same_one() {
+        assert_ne!(point_time(1_000, 41), point_time(1_000, 42));
+        assert_eq!(point_time(1_000, 42), point_time(1_000, 42));
+        // The stored time stays inside its millisecond, so windows are unchanged.
+        let p = point_time(1_000, 999_999_999);
+        assert_eq!(p / SUB_MS_SLOTS, 1_000);
+    }
+
+    #[test]
+    fn trades_encode_with_side_and_symbol_tags_and_integer_id() {
+        let lp = String::from_utf8(encode_trades(&[t(7, 1_700_000_000_123)])).unwrap();
+        assert_eq!(
+            lp,
+            "trades,side=buy,symbol=BTCUSD price=100.5,amount=0.25,id=7i 1700000000123000007\n"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let mut bad = t(1, 1);
+        bad.price = f64::NAN;
+        assert!(bad.validate().unwrap_err().starts_with("price"));
+        let mut bad = t(1, 1);
+        bad.amount = 0.0;
+        assert!(bad.validate().unwrap_err().starts_with("amount"));
+        let mut bad = t(1, 1);
+        bad.symbol = "BTC USD".into();
+        assert!(bad.validate().unwrap_err().starts_with("symbol"));
+        let mut bad = t(1, 1);
+        bad.symbol = "x'; DROP".into();
+        assert!(bad.validate().is_err());
+        let mut bad = t(1, MAX_TIME_MS + 1);
+        assert!(bad.validate().unwrap_err().starts_with("timestamp"));
+        bad.time_ms = 5;
+        bad.id = -1;
+        assert!(bad.validate().unwrap_err().starts_with("id"));
+        assert!(t(1, 1).validate().is_ok());
+    }
+}

@@ -1,0 +1,29 @@
+//! ohlcd turns raw exchange trades stored in InfluxDB into OHLC candles at 1m, 5m,
+//! 15m, 1h, 4h and 1d, writes each resolution back to InfluxDB as its own
+//! measurement, and records its progress in SQLite.
+//!
+//! Map of the modules:
+//! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
+//! - [`ingest`]: trade validation and encoding into the `trades` measurement.
+//! - [`generate`]: reproducible random-walk demo trades.
+//! - [`influx`]: InfluxDB client over the 1.x HTTP API (streaming CSV reads,
+//!   line-protocol writes, retries).
+//! - [`progress`]: SQLite progress store (tasks, leases, watermarks, run history).
+//! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step.
+//! - [`scheduler`]: cron trigger for the engine.
+//! - [`server`]: HTTP server.
+//! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
+//! - [`cli`]: the `ohlcd` command line.
+
+pub mod candle;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod generate;
+pub mod influx;
+pub mod ingest;
+pub mod progress;
+pub mod scheduler;
+pub mod server;
+pub mod times;

@@ -1,0 +1,575 @@
+//! The SQLite progress store: one row per (symbol, resolution) task with its status,
+//! watermark and lease, plus a history row per chunk (tables in `migrations/`).
+//!
+//! Leases make tasks exclusive across daemons sharing one database: a claim is a
+//! single conditional `UPDATE` (atomic in SQLite), every later write is fenced by
+//! `lease_owner = ?`, and a lease that is not renewed expires so another daemon can
+//! take the task over after a crash.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+
+use crate::candle::Resolution;
+use crate::times::{from_rfc3339, human_duration, to_rfc3339};
+
+/// Errors of the progress store.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgressError {
+    /// The database file could not be opened or created.
+    #[error("cannot open progress database {url}: {source}")]
+    Open {
+        /// The configured URL.
+        url: String,
+        /// Underlying error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed (often: the file is not a SQLite database).
+    #[error("cannot migrate progress database {url}: {source}")]
+    Migrate {
+        /// The configured URL.
+        url: String,
+        /// Underlying error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error("progress database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Our lease on a task is gone (expired and taken over): stop working on it.
+    #[error("lease on {symbol} {resolution} lost by {owner}")]
+    LeaseLost {
+        /// Task symbol.
+        symbol: String,
+        /// Task resolution.
+        resolution: Resolution,
+        /// Who thought it held the lease.
+        owner: String,
+    },
+    /// A stored value is not what this version expects.
+    #[error("progress database holds an invalid value: {0}")]
+    Invalid(String),
+}
+
+/// Where a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Never run, or released without finishing.
+    Idle,
+    /// Leased by a daemon and being worked on.
+    Running,
+    /// Reached its horizon on the last run.
+    Completed,
+    /// The last run failed; `last_error` says why.
+    Failed,
+}
+
+impl TaskStatus {
+    /// The value stored in SQLite.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Idle => "idle",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = ProgressError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "idle" => TaskStatus::Idle,
+            "running" => TaskStatus::Running,
+            "completed" => TaskStatus::Completed,
+            "failed" => TaskStatus::Failed,
+            other => return Err(ProgressError::Invalid(format!("status {other:?}"))),
+        })
+    }
+}
+
+/// One task row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Trading symbol.
+    pub symbol: String,
+    /// Candle resolution.
+    pub resolution: Resolution,
+    /// Current status.
+    pub status: TaskStatus,
+    /// Everything before it is materialized (Unix ns); `None` before the first chunk.
+    pub watermark: Option<i64>,
+    /// Lease holder, if any.
+    pub lease_owner: Option<String>,
+    /// Lease expiry (Unix ns).
+    pub lease_expires_at: Option<i64>,
+    /// Start of the last run (Unix ns).
+    pub last_run_started_at: Option<i64>,
+    /// End of the last run (Unix ns).
+    pub last_run_finished_at: Option<i64>,
+    /// Error of the last failed run.
+    pub last_error: Option<String>,
+    /// Runs started.
+    pub runs: i64,
+    /// Chunks committed.
+    pub chunks: i64,
+    /// Source rows read (trades or finer candles).
+    pub rows_read: i64,
+    /// Candles written.
+    pub candles_written: i64,
+}
+
+/// Proof of holding a task's lease; every fenced write names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Task symbol.
+    pub symbol: String,
+    /// Task resolution.
+    pub resolution: Resolution,
+    /// Holder id (unique per daemon process).
+    pub owner: String,
+}
+
+/// What one processed chunk did, recorded in the run history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkRecord {
+    /// `chunk` (forward progress) or `rebuild`.
+    pub kind: &'static str,
+    /// Range processed, Unix ns, half-open.
+    pub range: std::ops::Range<i64>,
+    /// Start of processing (Unix ns).
+    pub started_at: i64,
+    /// End of processing (Unix ns).
+    pub finished_at: i64,
+    /// Source rows read.
+    pub rows_read: u64,
+    /// Candles written.
+    pub candles_written: u64,
+    /// Error, for a failed chunk.
+    pub error: Option<String>,
+}
+
+/// One row of run history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    /// Task symbol.
+    pub symbol: String,
+    /// Task resolution.
+    pub resolution: String,
+    /// Who ran it.
+    pub owner: String,
+    /// `chunk` or `rebuild`.
+    pub kind: String,
+    /// Range start, RFC 3339.
+    pub range_start: String,
+    /// Range end, RFC 3339.
+    pub range_end: String,
+    /// Source rows read.
+    pub rows_read: i64,
+    /// Candles written.
+    pub candles_written: i64,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// Error text for failures.
+    pub error: Option<String>,
+}
+
+/// The progress table as shown by `ohlcd progress --json` and `GET /api/progress`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProgressEntry {
+    /// Trading symbol.
+    pub symbol: String,
+    /// `1m` … `1d`.
+    pub resolution: String,
+    /// `idle`, `running`, `completed` or `failed`.
+    pub status: String,
+    /// RFC 3339; everything before it is materialized.
+    pub watermark: Option<String>,
+    /// Seconds between now and the watermark.
+    pub lag_seconds: Option<i64>,
+    /// Same, human readable.
+    pub lag: Option<String>,
+    /// Start of the last run, RFC 3339.
+    pub last_run_started_at: Option<String>,
+    /// End of the last run, RFC 3339.
+    pub last_run_finished_at: Option<String>,
+    /// Duration of the last finished run in milliseconds.
+    pub last_run_duration_ms: Option<i64>,
+    /// Error of the last failed run.
+    pub last_error: Option<String>,
+    /// Lease holder while running.
+    pub lease_owner: Option<String>,
+    /// Lease expiry, RFC 3339.
+    pub lease_expires_at: Option<String>,
+    /// Runs started.
+    pub runs: i64,
+    /// Chunks committed.
+    pub chunks: i64,
+    /// Source rows read.
+    pub rows_read: i64,
+    /// Candles written.
+    pub candles_written: i64,
+}
+
+impl ProgressEntry {
+    /// The user-facing view of `task` at time `now`.
+    pub fn from_task(task: &Task, now: i64) -> ProgressEntry {
+        let lag = task.watermark.map(|w| (now - w).max(0));
+        ProgressEntry {
+            symbol: task.symbol.clone(),
+            resolution: task.resolution.name().to_string(),
+            status: task.status.as_str().to_string(),
+            watermark: task.watermark.map(to_rfc3339),
+            lag_seconds: lag.map(|l| l / 1_000_000_000),
+            lag: lag.map(human_duration),
+            last_run_started_at: task.last_run_started_at.map(to_rfc3339),
+            last_run_finished_at: task.last_run_finished_at.map(to_rfc3339),
+            last_run_duration_ms: match (task.last_run_started_at, task.last_run_finished_at) {
+                (Some(s), Some(f)) if f >= s => Some((f - s) / 1_000_000),
+                _ => None,
+            },
+            last_error: task.last_error.clone(),
+            lease_owner: task.lease_owner.clone(),
+            lease_expires_at: task.lease_expires_at.map(to_rfc3339),
+            runs: task.runs,
+            chunks: task.chunks,
+            rows_read: task.rows_read,
+            candles_written: task.candles_written,
+        }
+    }
+}
+
+/// Handle on the progress database.
+#[derive(Debug, Clone)]
+pub struct ProgressStore {
+    pool: SqlitePool,
+}
+
+fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<i64>, ProgressError> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| from_rfc3339(&s).map_err(ProgressError::Invalid))
+        .transpose()
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<Task, ProgressError> {
+    let res: String = row.try_get("resolution")?;
+    let status: String = row.try_get("status")?;
+    Ok(Task {
+        symbol: row.try_get("symbol")?,
+        resolution: res
+            .parse()
+            .map_err(|e: crate::candle::UnknownResolution| ProgressError::Invalid(e.to_string()))?,
+        status: status.parse()?,
+        watermark: opt_time(row, "watermark")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: opt_time(row, "lease_expires_at")?,
+        last_run_started_at: opt_time(row, "last_run_started_at")?,
+        last_run_finished_at: opt_time(row, "last_run_finished_at")?,
+        last_error: row.try_get("last_error")?,
+        runs: row.try_get("runs")?,
+        chunks: row.try_get("chunks")?,
+        rows_read: row.try_get("rows_read")?,
+        candles_written: row.try_get("candles_written")?,
+    })
+}
+
+impl ProgressStore {
+    /// Opens (creating if missing) the SQLite database at `url` and migrates it.
+    ///
+    /// `url` is a sqlx URL (`sqlite://ohlcd.db`) or a plain file path.
+    pub async fn connect(url: &str) -> Result<ProgressStore, ProgressError> {
+        let full = if url.starts_with("sqlite:") {
+            url.to_string()
+        } else {
+            format!("sqlite://{url}")
+        };
+        let open_err = |source| ProgressError::Open {
+            url: url.to_string(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(&full)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            // WAL lets readers (`ohlcd progress`) run while a daemon writes, and the
+            // busy timeout makes two daemons wait for each other instead of failing.
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| ProgressError::Migrate {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(ProgressStore { pool })
+    }
+
+    /// Cheap liveness check.
+    pub async fn ping(&self) -> Result<(), ProgressError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Makes sure `symbol` has a row for every resolution.
+    pub async fn ensure_tasks(&self, symbol: &str, now: i64) -> Result<(), ProgressError> {
+        let now = to_rfc3339(now);
+        let mut tx = self.pool.begin().await?;
+        for res in Resolution::ALL {
+            sqlx::query(
+                "INSERT OR IGNORE INTO progress (symbol, resolution, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+            )
+            .bind(symbol)
+            .bind(res.name())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// All tasks, ordered by symbol then resolution (cascade order).
+    pub async fn tasks(&self) -> Result<Vec<Task>, ProgressError> {
+        let rows = sqlx::query("SELECT * FROM progress")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tasks = rows
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tasks.sort_by(|a, b| (&a.symbol, a.resolution).cmp(&(&b.symbol, b.resolution)));
+        Ok(tasks)
+    }
+
+    /// One task, if it exists.
+    pub async fn task(&self, symbol: &str, res: Resolution) -> Result<Option<Task>, ProgressError> {
+        let row = sqlx::query("SELECT * FROM progress WHERE symbol = ?1 AND resolution = ?2")
+            .bind(symbol)
+            .bind(res.name())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// Atomically leases the task to `owner` until `now + lease`, if nobody else
+    /// holds an unexpired lease. Returns the task as claimed, or `None` if taken.
+    pub async fn claim(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Option<(Lease, Task)>, ProgressError> {
+        let row = sqlx::query(
+            "UPDATE progress SET status = 'running', lease_owner = ?3, lease_expires_at = ?4,
+                    last_run_started_at = ?5, last_run_finished_at = NULL, runs = runs + 1, updated_at = ?5
+             WHERE symbol = ?1 AND resolution = ?2
+               AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_expires_at < ?5)
+             RETURNING *",
+        )
+        .bind(symbol)
+        .bind(res.name())
+        .bind(owner)
+        .bind(to_rfc3339(now + lease.as_nanos() as i64))
+        .bind(to_rfc3339(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let task = task_from_row(&r)?;
+            let lease = Lease {
+                symbol: symbol.to_string(),
+                resolution: res,
+                owner: owner.to_string(),
+            };
+            Ok((lease, task))
+        })
+        .transpose()
+    }
+
+    fn lease_lost(lease: &Lease) -> ProgressError {
+        ProgressError::LeaseLost {
+            symbol: lease.symbol.clone(),
+            resolution: lease.resolution,
+            owner: lease.owner.clone(),
+        }
+    }
+
+    /// Extends a held lease to `now + lease_len`; fails if it was lost.
+    pub async fn heartbeat(
+        &self,
+        lease: &Lease,
+        now: i64,
+        lease_len: Duration,
+    ) -> Result<(), ProgressError> {
+        let done = sqlx::query(
+            "UPDATE progress SET lease_expires_at = ?4, updated_at = ?5
+             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
+        )
+        .bind(&lease.symbol)
+        .bind(lease.resolution.name())
+        .bind(&lease.owner)
+        .bind(to_rfc3339(now + lease_len.as_nanos() as i64))
+        .bind(to_rfc3339(now))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Self::lease_lost(lease));
+        }
+        Ok(())
+    }
+
+    /// Records a chunk in the history and, for forward progress, moves the
+    /// watermark to `chunk.range.end`, in one transaction fenced by the lease.
+    /// Call only after InfluxDB acknowledged the candle write.
+    pub async fn commit_chunk(
+        &self,
+        lease: &Lease,
+        chunk: &ChunkRecord,
+        advance_watermark: bool,
+    ) -> Result<(), ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE progress SET
+                watermark = CASE WHEN ?4 THEN ?5 ELSE watermark END,
+                chunks = chunks + 1, rows_read = rows_read + ?6,
+                candles_written = candles_written + ?7, updated_at = ?8
+             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
+        )
+        .bind(&lease.symbol)
+        .bind(lease.resolution.name())
+        .bind(&lease.owner)
+        .bind(advance_watermark)
+        .bind(to_rfc3339(chunk.range.end))
+        .bind(chunk.rows_read as i64)
+        .bind(chunk.candles_written as i64)
+        .bind(to_rfc3339(chunk.finished_at))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Self::lease_lost(lease));
+        }
+        self.insert_run(&mut tx, lease, chunk).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed chunk in the history (the watermark does not move).
+    pub async fn record_failure(
+        &self,
+        lease: &Lease,
+        chunk: &ChunkRecord,
+    ) -> Result<(), ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        self.insert_run(&mut tx, lease, chunk).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_run(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        lease: &Lease,
+        chunk: &ChunkRecord,
+    ) -> Result<(), ProgressError> {
+        sqlx::query(
+            "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
+                started_at, finished_at, rows_read, candles_written, status, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .bind(&lease.symbol)
+        .bind(lease.resolution.name())
+        .bind(&lease.owner)
+        .bind(chunk.kind)
+        .bind(to_rfc3339(chunk.range.start))
+        .bind(to_rfc3339(chunk.range.end))
+        .bind(to_rfc3339(chunk.started_at))
+        .bind(to_rfc3339(chunk.finished_at))
+        .bind(chunk.rows_read as i64)
+        .bind(chunk.candles_written as i64)
+        .bind(if chunk.error.is_some() {
+            "failed"
+        } else {
+            "ok"
+        })
+        .bind(&chunk.error)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a run: sets the final status and error, drops the lease.
+    pub async fn release(
+        &self,
+        lease: &Lease,
+        status: TaskStatus,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<(), ProgressError> {
+        let done = sqlx::query(
+            "UPDATE progress SET status = ?4, last_error = ?5, lease_owner = NULL,
+                lease_expires_at = NULL, last_run_finished_at = ?6, updated_at = ?6
+             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
+        )
+        .bind(&lease.symbol)
+        .bind(lease.resolution.name())
+        .bind(&lease.owner)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(to_rfc3339(now))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Self::lease_lost(lease));
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` history rows of one task, newest first.
+    pub async fn runs(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, ProgressError> {
+        let rows = sqlx::query(
+            "SELECT * FROM progress_runs WHERE symbol = ?1 AND resolution = ?2 ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(symbol)
+        .bind(res.name())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunRow {
+                    symbol: r.try_get("symbol")?,
+                    resolution: r.try_get("resolution")?,
+                    owner: r.try_get("owner")?,
+                    kind: r.try_get("kind")?,
+                    range_start: r.try_get("range_start")?,
+                    range_end: r.try_get("range_end")?,
+                    rows_read: r.try_get("rows_read")?,
+                    candles_written: r.try_get("candles_written")?,
+                    status: r.try_get("status")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool (waits for connections to finish).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

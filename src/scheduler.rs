@@ -1,0 +1,54 @@
+//! Cron wiring: tokio-cron-scheduler fires [`Engine::tick`] on `engine.cron`.
+//! All logic lives in the engine; this only triggers it and logs the outcome.
+
+use std::sync::Arc;
+
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::engine::{Engine, TaskFilter, TickReport};
+
+/// Logs one tick's outcome with structured fields.
+pub fn log_tick(result: &Result<TickReport, crate::engine::EngineError>) {
+    match result {
+        Ok(r) if r.overlapped => tracing::debug!("previous tick still running; skipped"),
+        Ok(r) => {
+            for (symbol, res, error) in &r.failures {
+                tracing::error!(symbol, resolution = %res, error, "task failed");
+            }
+            if r.chunks > 0 || !r.failures.is_empty() {
+                tracing::info!(
+                    tasks = r.tasks_run,
+                    chunks = r.chunks,
+                    rows = r.rows_read,
+                    candles = r.candles_written,
+                    failed = r.failures.len(),
+                    leased = r.tasks_leased,
+                    "tick done"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "tick failed"),
+    }
+}
+
+/// Starts a scheduler that ticks `engine` on `cron` (6 fields, seconds first).
+pub async fn start(engine: Arc<Engine>, cron: &str) -> Result<JobScheduler, JobSchedulerError> {
+    let scheduler = JobScheduler::new().await?;
+    let job = Job::new_async(cron, move |_id, _lock| {
+        let engine = engine.clone();
+        Box::pin(async move {
+            let result = engine.tick(&TaskFilter::default()).await;
+            log_tick(&result);
+        })
+    })?;
+    scheduler.add(job).await?;
+    scheduler.start().await?;
+    Ok(scheduler)
+}
+
+/// Checks a cron expression without starting anything.
+pub fn validate_cron(cron: &str) -> Result<(), String> {
+    Job::new_async(cron, |_id, _lock| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|e| format!("engine.cron {cron:?} is not a valid cron expression (6 fields, seconds first): {e:?}"))
+}
