@@ -643,6 +643,7 @@ impl Engine {
         let range = floor_to(from, NANOS_PER_DAY)..ceil_to(to, NANOS_PER_DAY);
         let mut written = 0;
         for res in Resolution::ALL {
+            let before = self.store.task(symbol, res).await?;
             let (lease, task) = self.claim_waiting(symbol, res).await?;
             let result = async {
                 let end = range.end.min(task.watermark.unwrap_or(i64::MIN));
@@ -676,9 +677,9 @@ impl Engine {
             }
             .await;
             // A rebuild does not change how far the task got: keep its status.
-            let status = match task.status {
-                TaskStatus::Running => TaskStatus::Idle,
-                s => s,
+            let status = match before.map(|t| t.status) {
+                Some(TaskStatus::Running) | None => TaskStatus::Idle,
+                Some(s) => s,
             };
             let now = self.clock.now();
             match result {

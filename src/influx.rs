@@ -147,7 +147,7 @@ impl Columns {
     }
 }
 
-fn field<'r>(rec: &'r csv_async::ByteRecord, i: usize) -> &'r str {
+fn field(rec: &csv_async::ByteRecord, i: usize) -> &str {
     rec.get(i)
         .and_then(|b| std::str::from_utf8(b).ok())
         .unwrap_or("")

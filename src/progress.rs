@@ -375,7 +375,7 @@ impl ProgressStore {
             "UPDATE progress SET status = 'running', lease_owner = ?3, lease_expires_at = ?4,
                     last_run_started_at = ?5, last_run_finished_at = NULL, runs = runs + 1, updated_at = ?5
              WHERE symbol = ?1 AND resolution = ?2
-               AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_expires_at < ?5)
+               AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_expires_at <= ?5)
              RETURNING *",
         )
         .bind(symbol)

@@ -1,0 +1,209 @@
+//! The `ohlcd` binary as a user runs it: generate, backfill, progress, rebuild, and
+//! the one-line errors for the usual mistakes.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, free_port};
+
+fn ohlcd(app: &TestApp, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+        .args(args)
+        .env("OHLCD_INFLUX__URL", &app.server.url)
+        .env("OHLCD_INFLUX__DATABASE", "cli")
+        .env(
+            "OHLCD_PROGRESS__DATABASE_URL",
+            app.dir.path().join("cli.db").display().to_string(),
+        )
+        .env("OHLCD_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn generate_backfill_and_progress_work_from_the_command_line() {
+    let app = TestApp::spawn().await;
+    let gen_ = ohlcd(
+        &app,
+        &[
+            "generate",
+            "--symbols",
+            "BTCUSD,ETHUSD",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "1704153600",
+            "--trades",
+            "30000",
+            "--seed",
+            "3",
+        ],
+    );
+    assert!(gen_.status.success(), "{}", stderr(&gen_));
+    assert!(
+        stdout(&gen_).contains("generated 30000 trades"),
+        "{}",
+        stdout(&gen_)
+    );
+
+    let fill = ohlcd(&app, &["backfill"]);
+    assert!(fill.status.success(), "{}", stderr(&fill));
+    assert!(stdout(&fill).contains("backfill complete"));
+
+    let json = ohlcd(&app, &["progress", "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let entries: Vec<Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(entries.len(), 12);
+    for e in &entries {
+        assert_eq!(e["status"], "completed", "{e}");
+        let wm = e["watermark"].as_str().unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(wm).is_ok(), "{wm}");
+    }
+    let resolutions: Vec<&str> = entries
+        .iter()
+        .take(6)
+        .map(|e| e["resolution"].as_str().unwrap())
+        .collect();
+    assert_eq!(resolutions, ["1m", "5m", "15m", "1h", "4h", "1d"]);
+
+    let table = ohlcd(&app, &["progress"]);
+    let text = stdout(&table);
+    for header in [
+        "symbol",
+        "resolution",
+        "status",
+        "watermark",
+        "lag",
+        "last run",
+        "duration",
+        "last error",
+    ] {
+        assert!(text.contains(header), "missing {header}: {text}");
+    }
+    assert_eq!(text.matches("completed").count(), 12);
+
+    let rebuild = ohlcd(
+        &app,
+        &[
+            "rebuild",
+            "--symbol",
+            "BTCUSD",
+            "--from",
+            "2024-01-01T06:00:00Z",
+            "--to",
+            "2024-01-01T07:00:00Z",
+        ],
+    );
+    assert!(rebuild.status.success(), "{}", stderr(&rebuild));
+    assert!(stdout(&rebuild).contains("rebuilt BTCUSD"));
+}
+
+#[tokio::test]
+async fn usual_mistakes_fail_with_one_line_that_says_what_to_do() {
+    let app = TestApp::spawn().await;
+    let port = free_port();
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+        .arg("backfill")
+        .env("OHLCD_INFLUX__URL", format!("http://127.0.0.1:{port}"))
+        .env(
+            "OHLCD_PROGRESS__DATABASE_URL",
+            app.dir.path().join("x.db").display().to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+    let err = stderr(&unreachable);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot reach InfluxDB") && err.contains("influx.url"),
+        "{err}"
+    );
+
+    // Database "cli" was never created on this server.
+    let missing = ohlcd(&app, &["backfill"]);
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("\"cli\" does not exist") && err.contains("CREATE DATABASE"),
+        "{err}"
+    );
+
+    let bad_time = ohlcd(
+        &app,
+        &[
+            "rebuild",
+            "--symbol",
+            "BTCUSD",
+            "--from",
+            "yesterday",
+            "--to",
+            "2024-01-01",
+        ],
+    );
+    assert!(!bad_time.status.success());
+    assert!(
+        stderr(&bad_time).contains("RFC 3339"),
+        "{}",
+        stderr(&bad_time)
+    );
+
+    let bad_res = ohlcd(&app, &["backfill", "--resolution", "2m"]);
+    assert!(!bad_res.status.success());
+    assert!(
+        stderr(&bad_res).contains("unknown resolution"),
+        "{}",
+        stderr(&bad_res)
+    );
+
+    let bad_symbol = ohlcd(
+        &app,
+        &[
+            "generate",
+            "--symbols",
+            "BTC USD",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-02",
+            "--trades",
+            "5",
+        ],
+    );
+    assert!(!bad_symbol.status.success());
+    assert!(
+        stderr(&bad_symbol).contains("symbol"),
+        "{}",
+        stderr(&bad_symbol)
+    );
+
+    let inverted = ohlcd(
+        &app,
+        &[
+            "generate",
+            "--symbols",
+            "BTCUSD",
+            "--from",
+            "2024-01-02",
+            "--to",
+            "2024-01-01",
+            "--trades",
+            "5",
+        ],
+    );
+    assert!(!inverted.status.success());
+    assert!(
+        stderr(&inverted).contains("--from must be before --to"),
+        "{}",
+        stderr(&inverted)
+    );
+}

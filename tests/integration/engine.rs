@@ -1,0 +1,322 @@
+//! The downsampling engine end to end: generate → tick → candles checked against
+//! an independent computation from the raw trades.
+
+use ohlcd::candle::{NANOS_PER_DAY, Resolution, Side};
+use ohlcd::engine::{TaskFilter, TaskOutcome};
+use ohlcd::generate::{GenerateSpec, Generator};
+use ohlcd::ingest::NewTrade;
+use ohlcd::progress::TaskStatus;
+
+use crate::helpers::{TestApp, assert_candles_eq, secs, t};
+
+const SYMBOLS: [&str; 2] = ["BTCUSD", "ETHUSD"];
+
+async fn app_with_generated_trades(trades: u64) -> (TestApp, GenerateSpec) {
+    let app = TestApp::spawn().await;
+    let spec = GenerateSpec {
+        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        from: t("2024-03-01T00:00:00Z"),
+        // Not day-aligned, so the last day is partial for every resolution.
+        to: t("2024-03-03T13:37:00Z"),
+        trades,
+        seed: 7,
+    };
+    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
+    app.write(&trades).await;
+    (app, spec)
+}
+
+async fn check_all_candles(app: &TestApp, until: i64) {
+    for symbol in SYMBOLS {
+        for res in Resolution::ALL {
+            let expected = app.expected(symbol, res, until).await;
+            assert!(!expected.is_empty(), "{symbol} {res}: no reference candles");
+            let stored = app.stored(symbol, res).await;
+            assert_candles_eq(&stored, &expected, &format!("{symbol} {res}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades() {
+    let (app, spec) = app_with_generated_trades(60_000).await;
+    // "now" is mid-minute, mid-hour, mid-day a while after the data ends.
+    let now = spec.to + 2 * NANOS_PER_DAY + secs(3 * 3600 + 17 * 60 + 41);
+    app.clock.set(now);
+    let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.tasks_run, 12);
+    let horizon_1m = Resolution::M1.window_start(now - secs(5));
+    check_all_candles(&app, horizon_1m).await;
+
+    // Every task completed, with the watermark each resolution may reach.
+    let tasks = app.store.tasks().await.unwrap();
+    assert_eq!(tasks.len(), 12);
+    for task in &tasks {
+        assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+        assert_eq!(task.lease_owner, None);
+        assert_eq!(task.last_error, None);
+        let expected = task.resolution.window_start(horizon_1m);
+        assert_eq!(
+            task.watermark,
+            Some(expected),
+            "{} {}",
+            task.symbol,
+            task.resolution
+        );
+    }
+    let trades_in_1m: i64 = app
+        .stored("BTCUSD", Resolution::M1)
+        .await
+        .iter()
+        .map(|c| c.trades)
+        .sum();
+    let trades_in_1d: i64 = app
+        .stored("BTCUSD", Resolution::D1)
+        .await
+        .iter()
+        .map(|c| c.trades)
+        .sum();
+    assert_eq!(trades_in_1m, 30_000, "every trade counted once at 1m");
+    assert_eq!(trades_in_1d, 30_000, "every trade counted once at 1d");
+}
+
+#[tokio::test]
+async fn a_second_backfill_writes_nothing_new() {
+    let (app, spec) = app_with_generated_trades(20_000).await;
+    app.clock.set(spec.to + NANOS_PER_DAY);
+    let engine = app.engine("a");
+    let first = engine.tick(&TaskFilter::default()).await.unwrap();
+    assert!(first.candles_written > 0);
+    let before = app.stored("ETHUSD", Resolution::M1).await;
+    let tasks_before = app.store.tasks().await.unwrap();
+
+    let second = engine.tick(&TaskFilter::default()).await.unwrap();
+    assert_eq!(
+        (second.chunks, second.candles_written, second.rows_read),
+        (0, 0, 0)
+    );
+    assert_eq!(app.stored("ETHUSD", Resolution::M1).await, before);
+    let tasks_after = app.store.tasks().await.unwrap();
+    for (a, b) in tasks_before.iter().zip(&tasks_after) {
+        assert_eq!(
+            (a.watermark, a.chunks, a.candles_written),
+            (b.watermark, b.chunks, b.candles_written)
+        );
+    }
+}
+
+#[tokio::test]
+async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones() {
+    let (app, spec) = app_with_generated_trades(20_000).await;
+    app.clock.set(spec.to + NANOS_PER_DAY);
+    let engine = app.engine("a");
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let mut snapshot = Vec::new();
+    for res in Resolution::ALL {
+        snapshot.push(app.stored("BTCUSD", res).await);
+    }
+    // Damage day 2 at every resolution: delete its candles, then plant a bogus
+    // candle in a window of day 2 that has no trades (before the first trade).
+    let day2 = t("2024-03-02T00:00:00Z");
+    for res in Resolution::ALL {
+        app.influx
+            .delete_candles(res, "BTCUSD", day2..day2 + NANOS_PER_DAY)
+            .await
+            .unwrap();
+    }
+    let bogus = ohlcd::candle::Candle {
+        start: t("2024-02-10T00:00:00Z"),
+        open: 1.0,
+        high: 1.0,
+        low: 1.0,
+        close: 1.0,
+        volume: 1.0,
+        quote_volume: 1.0,
+        trades: 1,
+        buy_volume: 0.0,
+    };
+    app.influx
+        .write_candles(Resolution::M1, "BTCUSD", &[bogus])
+        .await
+        .unwrap();
+    assert_ne!(app.stored("BTCUSD", Resolution::H1).await, snapshot[3]);
+
+    engine.rebuild("BTCUSD", day2, day2 + 1).await.unwrap();
+    engine
+        .rebuild(
+            "BTCUSD",
+            t("2024-02-10T00:00:00Z"),
+            t("2024-02-10T00:00:01Z"),
+        )
+        .await
+        .unwrap();
+    for (i, res) in Resolution::ALL.into_iter().enumerate() {
+        assert_eq!(
+            app.stored("BTCUSD", res).await,
+            snapshot[i],
+            "{res} after rebuild"
+        );
+    }
+    // A rebuild keeps the tasks where they were.
+    for task in app.store.tasks().await.unwrap() {
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.lease_owner, None);
+    }
+}
+
+fn trade(symbol: &str, time: &str, id: i64, price: f64, amount: f64, side: Side) -> NewTrade {
+    NewTrade {
+        symbol: symbol.into(),
+        side,
+        price,
+        amount,
+        time_ms: t(time) / 1_000_000,
+        id,
+    }
+}
+
+#[tokio::test]
+async fn the_open_minute_is_never_materialized() {
+    let app = TestApp::spawn().await;
+    app.write(&[
+        trade("SOLUSD", "2024-05-01T09:59:10Z", 1, 100.0, 1.0, Side::Buy),
+        trade("SOLUSD", "2024-05-01T10:00:05Z", 2, 101.0, 1.0, Side::Buy),
+        trade("SOLUSD", "2024-05-01T10:00:20Z", 3, 102.0, 2.0, Side::Sell),
+    ])
+    .await;
+    let engine = app.engine("a");
+    // 10:00:40 with 5 s settle: the 10:00 minute is still open.
+    app.clock.set(t("2024-05-01T10:00:40Z"));
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let m1 = app.stored("SOLUSD", Resolution::M1).await;
+    assert_eq!(m1.len(), 1);
+    assert_eq!(m1[0].start, t("2024-05-01T09:59:00Z"));
+    let task = app
+        .store
+        .task("SOLUSD", Resolution::M1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.watermark, Some(t("2024-05-01T10:00:00Z")));
+
+    // Closed but not yet settled: still not written.
+    app.clock.set(t("2024-05-01T10:01:03Z"));
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    assert_eq!(app.stored("SOLUSD", Resolution::M1).await.len(), 1);
+
+    // Settled: written whole, with both trades.
+    app.clock.set(t("2024-05-01T10:01:06Z"));
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let m1 = app.stored("SOLUSD", Resolution::M1).await;
+    assert_eq!(m1.len(), 2);
+    assert_eq!(
+        (m1[1].open, m1[1].close, m1[1].trades, m1[1].volume),
+        (101.0, 102.0, 2, 3.0)
+    );
+    // 5m is bounded by the 1m watermark: 10:00–10:05 is not complete yet.
+    let m5 = app.stored("SOLUSD", Resolution::M5).await;
+    assert_eq!(
+        m5.iter().map(|c| c.start).collect::<Vec<_>>(),
+        vec![t("2024-05-01T09:55:00Z")]
+    );
+}
+
+#[tokio::test]
+async fn same_millisecond_trades_are_kept_and_a_resent_trade_counts_once() {
+    let app = TestApp::spawn().await;
+    let ms = "2024-05-01T12:00:00.123Z";
+    let a = trade("XRPUSD", ms, 1001, 0.5, 10.0, Side::Buy);
+    let b = trade("XRPUSD", ms, 1002, 0.6, 20.0, Side::Buy);
+    let c = trade("XRPUSD", ms, 1003, 0.4, 30.0, Side::Sell);
+    app.write(&[a.clone(), b.clone(), c.clone()]).await;
+    // The same trades again (a client retry): must not double count.
+    app.write(&[a, b, c]).await;
+    app.clock.set(t("2024-05-01T12:10:00Z"));
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    let m1 = app.stored("XRPUSD", Resolution::M1).await;
+    assert_eq!(m1.len(), 1);
+    let c = m1[0];
+    assert_eq!(c.trades, 3);
+    assert_eq!(c.volume, 60.0);
+    assert_eq!(c.buy_volume, 30.0);
+    // open/close by (time, id): ids break the tie inside the millisecond.
+    assert_eq!((c.open, c.close, c.high, c.low), (0.5, 0.4, 0.6, 0.4));
+    let raw = app
+        .rows("SELECT count(price) FROM trades WHERE symbol = 'XRPUSD'")
+        .await;
+    assert_eq!(raw[0]["count"], 3);
+}
+
+#[tokio::test]
+async fn an_overlapping_tick_does_nothing() {
+    let (app, spec) = app_with_generated_trades(5_000).await;
+    app.clock.set(spec.to + NANOS_PER_DAY);
+    let engine = app.engine("a");
+    let filter = TaskFilter::default();
+    let (r1, r2) = tokio::join!(engine.tick(&filter), engine.tick(&filter));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert!(
+        r1.overlapped != r2.overlapped,
+        "exactly one tick runs: {r1:?} {r2:?}"
+    );
+    let ran = if r1.overlapped { r2 } else { r1 };
+    assert_eq!(ran.tasks_run, 12);
+}
+
+#[tokio::test]
+async fn a_leased_task_is_skipped_until_its_lease_expires_then_taken_over() {
+    let (app, spec) = app_with_generated_trades(5_000).await;
+    let now = spec.to + NANOS_PER_DAY;
+    app.clock.set(now);
+    let a = app.engine("daemon-a");
+    let b = app.engine("daemon-b");
+    a.tick(&TaskFilter {
+        symbols: vec!["BTCUSD".into()],
+        resolutions: vec![Resolution::M1],
+    })
+    .await
+    .unwrap();
+    // daemon-a "crashes" holding the 5m lease.
+    let lease = std::time::Duration::from_secs(app.settings.progress.lease_secs);
+    let (held, _) = app
+        .store
+        .claim("BTCUSD", Resolution::M5, "daemon-a", now, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.owner, "daemon-a");
+    assert_eq!(
+        b.run_task("BTCUSD", Resolution::M5).await,
+        TaskOutcome::Leased
+    );
+    let task = app
+        .store
+        .task("BTCUSD", Resolution::M5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((task.status, task.watermark), (TaskStatus::Running, None));
+
+    // After the lease expires, daemon-b takes over and finishes the task.
+    app.clock.advance(lease.as_nanos() as i64 + 1);
+    let outcome = b.run_task("BTCUSD", Resolution::M5).await;
+    assert!(
+        matches!(outcome, TaskOutcome::Done { chunks, .. } if chunks > 0),
+        "{outcome:?}"
+    );
+    let task = app
+        .store
+        .task("BTCUSD", Resolution::M5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Completed);
+    // daemon-a's stale lease can no longer commit anything.
+    assert!(
+        app.store
+            .heartbeat(&held, ohlcd::clock::Clock::now(&app.clock), lease)
+            .await
+            .is_err()
+    );
+}

@@ -1,0 +1,318 @@
+//! Test fixtures: a real `influxd` on a free port in a temporary directory
+//! (stopped on drop), a fresh SQLite file, a settable clock, and an independent
+//! reference computation of candles from the raw trades read back over JSON.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
+use ohlcd::clock::ManualClock;
+use ohlcd::config::Settings;
+use ohlcd::engine::Engine;
+use ohlcd::influx::InfluxClient;
+use ohlcd::ingest::{NewTrade, write_trades};
+use ohlcd::progress::ProgressStore;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway influxd.
+pub struct TestInflux {
+    child: Child,
+    _dir: TempDir,
+    /// Base URL of its HTTP API.
+    pub url: String,
+}
+
+impl TestInflux {
+    /// Starts influxd and waits until `/ping` answers.
+    pub fn start() -> TestInflux {
+        let dir = tempfile::tempdir().unwrap();
+        let http_port = free_port();
+        let rpc_port = free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+[continuous_queries]
+  enabled = false
+"#
+        );
+        let conf_path = dir.path().join("influxdb.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("influxd.log")).unwrap();
+        let child = Command::new("influxd")
+            .arg("-config")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect(
+                "influxd not found: run scripts/test, which installs the Debian package influxdb",
+            );
+        let url = format!("http://127.0.0.1:{http_port}");
+        let server = TestInflux {
+            child,
+            _dir: dir,
+            url,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = reqwest_blocking_ping(&server.url)
+                && resp
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "influxd did not start within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn reqwest_blocking_ping(url: &str) -> Result<bool, std::io::Error> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf.starts_with("HTTP/1.0 204") || buf.starts_with("HTTP/1.1 204"))
+}
+
+impl Drop for TestInflux {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything a test needs: influxd, a database, SQLite, a clock.
+pub struct TestApp {
+    /// The server (kept alive for the test).
+    pub server: TestInflux,
+    /// Settings pointing at it.
+    pub settings: Settings,
+    /// Client for the test database.
+    pub influx: InfluxClient,
+    /// Progress store on a fresh file.
+    pub store: ProgressStore,
+    /// The engine's clock.
+    pub clock: ManualClock,
+    /// Holds the SQLite file.
+    pub dir: TempDir,
+}
+
+impl TestApp {
+    /// Starts influxd, creates database `test`, opens a fresh SQLite file.
+    pub async fn spawn() -> TestApp {
+        let server = tokio::task::spawn_blocking(TestInflux::start)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("progress.db");
+        let settings = Settings::load_with_env(
+            None,
+            vec![
+                ("OHLCD_INFLUX__URL".to_string(), server.url.clone()),
+                ("OHLCD_INFLUX__DATABASE".to_string(), "test".to_string()),
+                ("OHLCD_INFLUX__RETRIES".to_string(), "1".to_string()),
+                (
+                    "OHLCD_PROGRESS__DATABASE_URL".to_string(),
+                    format!("sqlite://{}", db.display()),
+                ),
+                ("OHLCD_ENGINE__SETTLE_SECS".to_string(), "5".to_string()),
+            ],
+        )
+        .unwrap();
+        let influx = InfluxClient::new(&settings.influx).unwrap();
+        influx.create_database().await.unwrap();
+        let store = ProgressStore::connect(&settings.progress.database_url)
+            .await
+            .unwrap();
+        TestApp {
+            server,
+            settings,
+            influx,
+            store,
+            clock: ManualClock::new(0),
+            dir,
+        }
+    }
+
+    /// An engine on this app's clock with the given lease-holder id.
+    pub fn engine(&self, owner: &str) -> Engine {
+        Engine::new(
+            self.influx.clone(),
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            self.settings.engine.clone(),
+            Duration::from_secs(self.settings.progress.lease_secs),
+        )
+        .with_owner(owner)
+    }
+
+    /// Writes trades through the ingest path.
+    pub async fn write(&self, trades: &[NewTrade]) {
+        write_trades(&self.influx, trades).await.unwrap();
+    }
+
+    /// Runs an InfluxQL query and returns the rows of its first series as maps.
+    pub async fn rows(&self, q: &str) -> Vec<BTreeMap<String, Value>> {
+        let v = self.influx.query_json(q).await.unwrap();
+        let mut out = Vec::new();
+        for series in v["series"].as_array().into_iter().flatten() {
+            let cols: Vec<String> = series["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            for row in series["values"].as_array().unwrap() {
+                out.push(
+                    cols.iter()
+                        .cloned()
+                        .zip(row.as_array().unwrap().iter().cloned())
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    /// Candles stored for `symbol` at `res`, read back over JSON.
+    pub async fn stored(&self, symbol: &str, res: Resolution) -> Vec<Candle> {
+        self.rows(&format!(
+            "SELECT * FROM {} WHERE symbol = '{symbol}'",
+            res.measurement()
+        ))
+        .await
+        .iter()
+        .map(|r| Candle {
+            start: r["time"].as_i64().unwrap(),
+            open: r["open"].as_f64().unwrap(),
+            high: r["high"].as_f64().unwrap(),
+            low: r["low"].as_f64().unwrap(),
+            close: r["close"].as_f64().unwrap(),
+            volume: r["volume"].as_f64().unwrap(),
+            quote_volume: r["quote_volume"].as_f64().unwrap(),
+            trades: r["trades"].as_i64().unwrap(),
+            buy_volume: r["buy_volume"].as_f64().unwrap(),
+        })
+        .collect()
+    }
+
+    /// Candles computed independently (naively, in this file) from the raw trades
+    /// of `symbol` read back over JSON, for windows starting before `until`.
+    pub async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
+        let trades = self
+            .rows(&format!(
+                "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
+            ))
+            .await;
+        let mut raw: Vec<RawTrade> = trades
+            .iter()
+            .map(|r| {
+                (
+                    r["time"].as_i64().unwrap(),
+                    r["id"].as_i64().unwrap(),
+                    r["price"].as_f64().unwrap(),
+                    r["amount"].as_f64().unwrap(),
+                    r["side"].as_str().unwrap() == "buy",
+                )
+            })
+            .collect();
+        raw.sort_by_key(|t| (t.0, t.1));
+        let len = res.nanos();
+        let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
+        for t in raw {
+            windows
+                .entry(t.0.div_euclid(len) * len)
+                .or_default()
+                .push(t);
+        }
+        windows
+            .into_iter()
+            .filter(|(start, _)| start + len <= until)
+            .map(|(start, ts)| Candle {
+                start,
+                open: ts[0].2,
+                high: ts.iter().map(|t| t.2).fold(f64::MIN, f64::max),
+                low: ts.iter().map(|t| t.2).fold(f64::MAX, f64::min),
+                close: ts[ts.len() - 1].2,
+                volume: ts.iter().map(|t| t.3).sum(),
+                quote_volume: ts.iter().map(|t| t.2 * t.3).sum(),
+                trades: ts.len() as i64,
+                buy_volume: ts.iter().filter(|t| t.4).map(|t| t.3).sum(),
+            })
+            .collect()
+    }
+}
+
+/// (time, id, price, amount, is_buy) as read back from InfluxDB.
+type RawTrade = (i64, i64, f64, f64, bool);
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1e-12
+}
+
+/// Asserts two candle lists are equal: prices and counts exactly, sums up to
+/// floating-point summation order.
+pub fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{what}: {} candles stored, {} expected",
+        actual.len(),
+        expected.len()
+    );
+    for (a, e) in actual.iter().zip(expected) {
+        assert_eq!(
+            (a.start, a.open, a.high, a.low, a.close, a.trades),
+            (e.start, e.open, e.high, e.low, e.close, e.trades),
+            "{what}: candle at {} differs",
+            a.start
+        );
+        assert!(
+            close(a.volume, e.volume)
+                && close(a.quote_volume, e.quote_volume)
+                && close(a.buy_volume, e.buy_volume),
+            "{what}: sums at {} differ: {a:?} vs {e:?}",
+            a.start
+        );
+    }
+}
+
+/// Unix nanoseconds of an RFC 3339 time.
+pub fn t(s: &str) -> i64 {
+    ohlcd::times::from_rfc3339(s).unwrap()
+}
+
+/// Seconds to nanoseconds.
+pub fn secs(s: i64) -> i64 {
+    s * NANOS_PER_SEC
+}
