@@ -207,3 +207,96 @@ async fn usual_mistakes_fail_with_one_line_that_says_what_to_do() {
         stderr(&inverted)
     );
 }
+
+#[tokio::test]
+async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
+    let app = TestApp::spawn().await;
+    let gen_ = ohlcd(
+        &app,
+        &[
+            "generate",
+            "--symbols",
+            "ADAUSD",
+            "--from",
+            "2024-02-01",
+            "--to",
+            "2024-02-02",
+            "--trades",
+            "5000",
+        ],
+    );
+    assert!(gen_.status.success(), "{}", stderr(&gen_));
+    let port = free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+        .arg("run")
+        .env("OHLCD_INFLUX__URL", &app.server.url)
+        .env("OHLCD_INFLUX__DATABASE", "cli")
+        .env(
+            "OHLCD_PROGRESS__DATABASE_URL",
+            app.dir.path().join("cli.db").display().to_string(),
+        )
+        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("OHLCD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    // The daemon catches up right after start; wait for that work, not a schedule.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let caught_up = loop {
+        let json = ohlcd(&app, &["progress", "--json"]);
+        let entries: Vec<Value> = serde_json::from_slice(&json.stdout).unwrap_or_default();
+        if entries.len() == 6 && entries.iter().all(|e| e["status"] == "completed") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(caught_up, "daemon did not complete its tasks");
+    let health = http.get(&url).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(
+        (body["influx"].as_str(), body["sqlite"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+    let sum: Value = http
+        .get(format!("{}/query", app.server.url))
+        .query(&[
+            ("db", "cli"),
+            (
+                "q",
+                "SELECT sum(trades) FROM ohlc_1d WHERE symbol = 'ADAUSD'",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        sum["results"][0]["series"][0]["values"][0][1], 5000,
+        "{sum}"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || daemon.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "exit {:?}: {}",
+        status.status,
+        stderr(&status)
+    );
+    assert!(stdout(&status).contains(&format!("listening on http://127.0.0.1:{port}")));
+}
