@@ -74,7 +74,7 @@ fn bench_trades_to_1m(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("trades_to_1m");
     group.throughput(Throughput::Elements(ordered.len() as u64));
-    group.sample_size(20);
+    group.sample_size(10);
     group.bench_function("time_ordered", |b| {
         b.iter(|| candles_from_trades(Resolution::M1, black_box(&ordered)))
     });

@@ -8,6 +8,9 @@ CREATE TABLE progress (
                                  CHECK (status IN ('idle', 'running', 'completed', 'failed')),
     -- every window that starts before the watermark is materialized in InfluxDB
     watermark            TEXT,
+    -- end of the chunk being computed right now (set before its source is read):
+    -- a trade arriving before max(watermark, inflight_until) may have been missed
+    inflight_until       TEXT,
     -- who holds the task and until when; an expired lease may be taken over
     lease_owner          TEXT,
     lease_expires_at     TEXT,
@@ -29,7 +32,7 @@ CREATE TABLE progress_runs (
     symbol          TEXT    NOT NULL,
     resolution      TEXT    NOT NULL,
     owner           TEXT    NOT NULL,
-    kind            TEXT    NOT NULL CHECK (kind IN ('chunk', 'rebuild')),
+    kind            TEXT    NOT NULL CHECK (kind IN ('chunk', 'rebuild', 'late')),
     range_start     TEXT    NOT NULL,
     range_end       TEXT    NOT NULL,
     started_at      TEXT    NOT NULL,
@@ -40,3 +43,15 @@ CREATE TABLE progress_runs (
     error           TEXT
 );
 CREATE INDEX progress_runs_by_task ON progress_runs (symbol, resolution, id);
+
+-- Ranges to recompute because late trades arrived behind a task's watermark;
+-- one row per resolution, removed once that task has recomputed the range.
+CREATE TABLE dirty_ranges (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    symbol      TEXT NOT NULL,
+    resolution  TEXT NOT NULL,
+    range_start TEXT NOT NULL,
+    range_end   TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX dirty_ranges_by_task ON dirty_ranges (symbol, resolution, id);

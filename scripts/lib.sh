@@ -33,3 +33,22 @@ ensure_rust() {
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
 }
+
+# Node.js and npm (for the chart library and the browser test).
+ensure_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm
+}
+
+# Headless Chromium for the browser test (Debian package; no browser download).
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 || ensure_packages chromium
+}
+
+# The chart page's npm dependencies (lightweight-charts, playwright-core), locked.
+ensure_web_deps() {
+    ensure_node
+    if [ ! -d web/node_modules/lightweight-charts ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+        echo "==> npm ci (web/)"
+        (cd web && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}

@@ -387,11 +387,33 @@ impl Accumulator {
     }
 }
 
+/// Unix nanoseconds of Monday 1970-01-05 00:00 UTC, the origin of week windows.
+const FIRST_MONDAY: i64 = 4 * NANOS_PER_DAY;
+
 /// How timestamps are grouped into windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bucketing {
     /// Epoch-aligned windows of a fixed length in nanoseconds.
     Fixed(i64),
+    /// Windows of `n` weeks starting Monday 00:00 UTC.
+    Weeks(u32),
+    /// Windows of `n` calendar months (UTC), counted from January 1970.
+    Months(u32),
+}
+
+fn month_index(time: i64) -> i64 {
+    use chrono::{Datelike, TimeZone};
+    let dt = chrono::Utc.timestamp_nanos(time);
+    i64::from(dt.year() - 1970) * 12 + i64::from(dt.month0())
+}
+
+fn month_start(index: i64) -> i64 {
+    let year = 1970 + index.div_euclid(12) as i32;
+    let month = index.rem_euclid(12) as u32 + 1;
+    chrono::NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|d| d.and_utc().timestamp_nanos_opt())
+        .unwrap_or(if index < 0 { i64::MIN } else { i64::MAX })
 }
 
 impl Bucketing {
@@ -399,7 +421,55 @@ impl Bucketing {
     pub fn window_start(self, time: i64) -> i64 {
         match self {
             Bucketing::Fixed(len) => floor_to(time, len),
+            Bucketing::Weeks(n) => {
+                let len = i64::from(n) * 7 * NANOS_PER_DAY;
+                FIRST_MONDAY + floor_to(time - FIRST_MONDAY, len)
+            }
+            Bucketing::Months(n) => month_start(floor_to(month_index(time), i64::from(n))),
         }
+    }
+
+    /// Start of the window after the one starting at `start`.
+    pub fn next_start(self, start: i64) -> i64 {
+        match self {
+            Bucketing::Fixed(len) => start.saturating_add(len),
+            Bucketing::Weeks(n) => start.saturating_add(i64::from(n) * 7 * NANOS_PER_DAY),
+            Bucketing::Months(n) => month_start(month_index(start) + i64::from(n)),
+        }
+    }
+
+    /// First window start at or after `time`.
+    pub fn ceil(self, time: i64) -> i64 {
+        let start = self.window_start(time);
+        if start == time {
+            time
+        } else {
+            self.next_start(start)
+        }
+    }
+
+    /// A typical window length (months count as 31 days), for estimates only.
+    pub fn nominal_nanos(self) -> i64 {
+        match self {
+            Bucketing::Fixed(len) => len,
+            Bucketing::Weeks(n) => i64::from(n) * 7 * NANOS_PER_DAY,
+            Bucketing::Months(n) => i64::from(n) * 31 * NANOS_PER_DAY,
+        }
+    }
+
+    /// Materialized resolutions whose windows tile these windows exactly,
+    /// coarsest first; empty means only raw trades can produce them.
+    pub fn sources(self) -> Vec<Resolution> {
+        let mut out: Vec<Resolution> = Resolution::ALL
+            .into_iter()
+            .filter(|r| match self {
+                Bucketing::Fixed(len) => len % r.nanos() == 0,
+                // Weeks and months start at midnight UTC: unions of days.
+                Bucketing::Weeks(_) | Bucketing::Months(_) => true,
+            })
+            .collect();
+        out.reverse();
+        out
     }
 }
 
@@ -651,6 +721,52 @@ mod tests {
                 Resolution::M15,
                 Resolution::H1
             ]
+        );
+    }
+
+    #[test]
+    fn weeks_start_monday_and_months_on_the_first() {
+        let t = 1_700_000_000 * NANOS_PER_SEC; // Tuesday 2023-11-14T22:13:20Z
+        let week = Bucketing::Weeks(1).window_start(t);
+        assert_eq!(week, 1_699_833_600 * NANOS_PER_SEC); // Monday 2023-11-13T00:00Z
+        assert_eq!(
+            Bucketing::Weeks(1).next_start(week) - week,
+            7 * NANOS_PER_DAY
+        );
+        let month = Bucketing::Months(1).window_start(t);
+        assert_eq!(month, 1_698_796_800 * NANOS_PER_SEC); // 2023-11-01T00:00Z
+        assert_eq!(
+            Bucketing::Months(1).next_start(month),
+            1_701_388_800 * NANOS_PER_SEC
+        );
+        // February of a leap year, and a window start is its own ceiling.
+        let feb = 1_706_745_600 * NANOS_PER_SEC; // 2024-02-01
+        assert_eq!(
+            Bucketing::Months(1).next_start(feb) - feb,
+            29 * NANOS_PER_DAY
+        );
+        assert_eq!(Bucketing::Months(1).ceil(feb), feb);
+        assert_eq!(Bucketing::Months(1).ceil(feb + 1), feb + 29 * NANOS_PER_DAY);
+        // Before 1970 too.
+        assert_eq!(Bucketing::Weeks(1).window_start(0), -3 * NANOS_PER_DAY); // Mon 1969-12-29
+        assert_eq!(Bucketing::Months(1).window_start(-1), -31 * NANOS_PER_DAY); // 1969-12-01
+    }
+
+    #[test]
+    fn sources_are_the_resolutions_that_tile_the_windows_coarsest_first() {
+        let min = |m: i64| Bucketing::Fixed(m * 60 * NANOS_PER_SEC);
+        assert_eq!(min(30).sources()[0], Resolution::M15);
+        assert_eq!(min(45).sources()[0], Resolution::M15);
+        assert_eq!(min(120).sources()[0], Resolution::H1);
+        assert_eq!(min(360).sources()[0], Resolution::H1);
+        assert_eq!(min(720).sources()[0], Resolution::H4);
+        assert_eq!(min(3).sources(), vec![Resolution::M1]);
+        assert_eq!(Bucketing::Weeks(1).sources()[0], Resolution::D1);
+        assert_eq!(Bucketing::Months(1).sources()[0], Resolution::D1);
+        assert!(Bucketing::Fixed(90 * NANOS_PER_SEC).sources().is_empty());
+        assert_eq!(
+            min(15).sources(),
+            vec![Resolution::M15, Resolution::M5, Resolution::M1]
         );
     }
 

@@ -168,10 +168,13 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    let state = crate::server::AppState {
-        influx: engine.influx().clone(),
-        store: engine.store().clone(),
-    };
+    let state = crate::server::AppState::new(
+        engine.influx().clone(),
+        engine.store().clone(),
+        Arc::new(SystemClock),
+        &settings,
+    );
+    crate::server::metrics::handle();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(crate::server::serve(listener, state, async move {

@@ -23,6 +23,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// HTTP server.
     pub server: ServerSettings,
+    /// Serving candles.
+    pub datafeed: DatafeedSettings,
 }
 
 /// InfluxDB connection settings.
@@ -104,6 +106,25 @@ impl EngineSettings {
 pub struct ServerSettings {
     /// Listen address, e.g. `127.0.0.1:8080`.
     pub listen: String,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: u64,
+    /// Directory of the chart page.
+    pub web_dir: String,
+}
+
+/// Datafeed settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatafeedSettings {
+    /// Resolutions advertised to TradingView clients.
+    pub supported_resolutions: Vec<String>,
+    /// Most bars per history answer.
+    pub max_bars: u64,
+    /// Bar cap that drives `/api/ohlc`'s adaptive resolution.
+    pub ohlc_max_bars: u64,
+    /// Symbol list cache lifetime in seconds.
+    pub symbols_cache_secs: u64,
+    /// Exchange name shown to clients.
+    pub exchange: String,
 }
 
 /// Why the configuration could not be loaded.
@@ -176,6 +197,16 @@ impl Settings {
         }
         if self.progress.lease_secs < 5 {
             return bad("progress.lease_secs must be at least 5".into());
+        }
+        for r in &self.datafeed.supported_resolutions {
+            if r.parse::<crate::datafeed::ChartResolution>().is_err() {
+                return bad(format!(
+                    "datafeed.supported_resolutions has {r:?}, not a chart resolution (1, 5, 60, 1D, 1W, 1M, ...)"
+                ));
+            }
+        }
+        if self.datafeed.max_bars == 0 || self.datafeed.ohlc_max_bars == 0 {
+            return bad("datafeed.max_bars and datafeed.ohlc_max_bars must be > 0".into());
         }
         for key in self.engine.chunk_days.keys() {
             if key.parse::<Resolution>().is_err() {

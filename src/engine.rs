@@ -339,6 +339,8 @@ impl Engine {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(symbol, resolution = %res, error = %msg, "task failed");
+                ::metrics::counter!("ohlcd_task_failures_total", "resolution" => res.name())
+                    .increment(1);
                 // If the lease was lost the new holder owns the row; nothing to release.
                 if let Err(release_err) = self
                     .store
@@ -397,32 +399,31 @@ impl Engine {
     async fn advance(&self, lease: &Lease, task: &Task) -> Result<TaskOutcome, EngineError> {
         let res = lease.resolution;
         let symbol = lease.symbol.as_str();
+        let (mut chunks, mut rows_read, mut candles_written) =
+            self.recompute_dirty(lease, task.watermark).await?;
+        let done = |chunks, rows_read, candles_written| TaskOutcome::Done {
+            chunks,
+            rows_read,
+            candles_written,
+        };
         let mut watermark = match task.watermark {
             Some(w) => w,
             None => match self.initial_watermark(symbol).await? {
                 Some(w) => w,
-                None => {
-                    return Ok(TaskOutcome::Done {
-                        chunks: 0,
-                        rows_read: 0,
-                        candles_written: 0,
-                    });
-                }
+                None => return Ok(done(chunks, rows_read, candles_written)),
             },
         };
         let Some(horizon) = self.horizon(symbol, res).await? else {
-            return Ok(TaskOutcome::Done {
-                chunks: 0,
-                rows_read: 0,
-                candles_written: 0,
-            });
+            return Ok(done(chunks, rows_read, candles_written));
         };
         let chunk_len = self.settings.chunk_nanos(res);
-        let (mut chunks, mut rows_read, mut candles_written) = (0, 0, 0);
         while watermark < horizon && !self.stop_requested() {
             // Chunk ends stay on the chunk grid, so chunks line up across runs.
             let end = (floor_to(watermark, chunk_len) + chunk_len).min(horizon);
             let range = watermark..end;
+            // Announce the chunk before reading it, so a trade ingested meanwhile
+            // is seen as late (and recomputed) rather than silently missed.
+            self.store.set_inflight(lease, Some(end)).await?;
             let started_at = self.clock.now();
             let (rows, candles) = match self
                 .materialize_with_retries(symbol, res, range.clone(), false)
@@ -453,6 +454,8 @@ impl Engine {
                 error: None,
             };
             self.store.commit_chunk(lease, &record, true).await?;
+            ::metrics::histogram!("ohlcd_chunk_duration_seconds", "resolution" => res.name())
+                .record((record.finished_at - record.started_at) as f64 / 1e9);
             self.notify(symbol, res, range, rows, candles);
             watermark = end;
             chunks += 1;
@@ -479,6 +482,7 @@ impl Engine {
         horizon: i64,
     ) -> Result<i64, EngineError> {
         let res = lease.resolution;
+        self.store.set_inflight(lease, Some(horizon)).await?;
         let next = self
             .influx
             .first_time_from(res.source(), &lease.symbol, watermark)
@@ -505,11 +509,81 @@ impl Engine {
         Ok(target)
     }
 
+    /// Recomputes the windows late trades landed in, behind this task's
+    /// watermark. Waits while the source resolution still has late ranges of its
+    /// own, so a late trade reaches every resolution in cascade order.
+    async fn recompute_dirty(
+        &self,
+        lease: &Lease,
+        watermark: Option<i64>,
+    ) -> Result<(u64, u64, u64), EngineError> {
+        let (symbol, res) = (lease.symbol.as_str(), lease.resolution);
+        if let Some(source) = res.source()
+            && !self.store.dirty(symbol, source).await?.is_empty()
+        {
+            return Ok((0, 0, 0));
+        }
+        let rows = self.store.dirty(symbol, res).await?;
+        let Some(&(max_id, _)) = rows.last() else {
+            return Ok((0, 0, 0));
+        };
+        // Only what is already materialized needs recomputing; the rest is ahead
+        // of the watermark and will be computed normally.
+        let limit = watermark.unwrap_or(i64::MIN);
+        let mut ranges: Vec<Range<i64>> = rows
+            .iter()
+            .map(|(_, r)| res.window_start(r.start)..ceil_to(r.end, res.nanos()).min(limit))
+            .filter(|r| r.start < r.end)
+            .collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<i64>> = Vec::new();
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        let chunk_len = self.settings.chunk_nanos(res);
+        let (mut chunks, mut rows_read, mut candles_written) = (0, 0, 0);
+        for range in merged {
+            let mut start = range.start;
+            while start < range.end {
+                let stop = (start + chunk_len).min(range.end);
+                let started_at = self.clock.now();
+                let (rows, candles) = self
+                    .materialize_with_retries(symbol, res, start..stop, false)
+                    .await?;
+                let record = ChunkRecord {
+                    kind: "late",
+                    range: start..stop,
+                    started_at,
+                    finished_at: self.clock.now(),
+                    rows_read: rows,
+                    candles_written: candles,
+                    error: None,
+                };
+                self.store.commit_chunk(lease, &record, false).await?;
+                self.notify(symbol, res, start..stop, rows, candles);
+                chunks += 1;
+                rows_read += rows;
+                candles_written += candles;
+                start = stop;
+            }
+        }
+        self.store.clear_dirty(symbol, res, max_id).await?;
+        Ok((chunks, rows_read, candles_written))
+    }
+
     fn notify(&self, symbol: &str, res: Resolution, range: Range<i64>, rows: u64, candles: u64) {
         tracing::debug!(
             symbol, resolution = %res, from = %to_rfc3339(range.start), to = %to_rfc3339(range.end),
             rows, candles, "chunk committed"
         );
+        ::metrics::counter!("ohlcd_source_rows_read_total", "resolution" => res.name())
+            .increment(rows);
+        ::metrics::counter!("ohlcd_candles_written_total", "resolution" => res.name())
+            .increment(candles);
+        ::metrics::counter!("ohlcd_chunks_total", "resolution" => res.name()).increment(1);
         if let Some(observer) = &self.observer {
             observer(&ChunkEvent {
                 symbol: symbol.to_string(),

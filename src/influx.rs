@@ -437,6 +437,24 @@ impl InfluxClient {
             .and_then(|row| row.first().and_then(Value::as_i64)))
     }
 
+    /// Time of the last raw trade of `symbol` strictly before `before`, if any.
+    pub async fn last_trade_time_before(
+        &self,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<i64>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SELECT price FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
+                quote_ident(TRADES_MEASUREMENT),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(series_values(&v)
+            .next()
+            .and_then(|row| row.first().and_then(Value::as_i64)))
+    }
+
     /// Streams a query answered as chunked CSV, calling `on_row` with each data
     /// row and the header's columns. Returns the number of rows.
     async fn stream_csv(
@@ -516,10 +534,23 @@ impl InfluxClient {
         &self,
         symbol: &str,
         range: Range<i64>,
+        on_trade: impl FnMut(Trade),
+    ) -> Result<u64, InfluxError> {
+        self.stream_trades_limited(symbol, range, None, on_trade)
+            .await
+    }
+
+    /// Like [`InfluxClient::stream_trades`], stopping after `limit` trades.
+    pub async fn stream_trades_limited(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+        limit: Option<u64>,
         mut on_trade: impl FnMut(Trade),
     ) -> Result<u64, InfluxError> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         let q = format!(
-            "SELECT price, amount, id, side FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
+            "SELECT price, amount, id, side FROM {} WHERE symbol = {} AND time >= {} AND time < {}{limit}",
             quote_ident(TRADES_MEASUREMENT),
             quote_literal(symbol),
             range.start,

@@ -19,6 +19,7 @@ pub mod candle;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod datafeed;
 pub mod engine;
 pub mod generate;
 pub mod influx;

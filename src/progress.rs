@@ -518,7 +518,7 @@ impl ProgressStore {
     ) -> Result<(), ProgressError> {
         let done = sqlx::query(
             "UPDATE progress SET status = ?4, last_error = ?5, lease_owner = NULL,
-                lease_expires_at = NULL, last_run_finished_at = ?6, updated_at = ?6
+                lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?6, updated_at = ?6
              WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
         )
         .bind(&lease.symbol)
@@ -532,6 +532,108 @@ impl ProgressStore {
         if done.rows_affected() == 0 {
             return Err(Self::lease_lost(lease));
         }
+        Ok(())
+    }
+
+    /// Marks the chunk about to be computed (fenced by the lease). Must be set
+    /// before the chunk's source is read: see [`ProgressStore::late_before`].
+    pub async fn set_inflight(
+        &self,
+        lease: &Lease,
+        until: Option<i64>,
+    ) -> Result<(), ProgressError> {
+        let done = sqlx::query(
+            "UPDATE progress SET inflight_until = ?4 WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
+        )
+        .bind(&lease.symbol)
+        .bind(lease.resolution.name())
+        .bind(&lease.owner)
+        .bind(until.map(to_rfc3339))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Self::lease_lost(lease));
+        }
+        Ok(())
+    }
+
+    /// Trades of `symbol` before this time may already have been aggregated (or
+    /// are being aggregated right now) at 1m, so they must be recomputed as late.
+    /// `None` if no 1m chunk ever ran.
+    pub async fn late_before(&self, symbol: &str) -> Result<Option<i64>, ProgressError> {
+        let row = sqlx::query(
+            "SELECT watermark, inflight_until FROM progress WHERE symbol = ?1 AND resolution = '1m'",
+        )
+        .bind(symbol)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(opt_time(&row, "watermark")?.max(opt_time(&row, "inflight_until")?))
+    }
+
+    /// Records `ranges` of `symbol` as dirty at every resolution.
+    pub async fn add_dirty(
+        &self,
+        symbol: &str,
+        ranges: &[std::ops::Range<i64>],
+        now: i64,
+    ) -> Result<(), ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        for range in ranges {
+            for res in Resolution::ALL {
+                sqlx::query(
+                    "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .bind(symbol)
+                .bind(res.name())
+                .bind(to_rfc3339(range.start))
+                .bind(to_rfc3339(range.end))
+                .bind(to_rfc3339(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Pending dirty ranges of one task as (row id, range), oldest first.
+    pub async fn dirty(
+        &self,
+        symbol: &str,
+        res: Resolution,
+    ) -> Result<Vec<(i64, std::ops::Range<i64>)>, ProgressError> {
+        let rows = sqlx::query(
+            "SELECT id, range_start, range_end FROM dirty_ranges WHERE symbol = ?1 AND resolution = ?2 ORDER BY id",
+        )
+        .bind(symbol)
+        .bind(res.name())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let start: String = r.try_get("range_start")?;
+                let end: String = r.try_get("range_end")?;
+                let parse = |s: &str| from_rfc3339(s).map_err(ProgressError::Invalid);
+                Ok((r.try_get("id")?, parse(&start)?..parse(&end)?))
+            })
+            .collect()
+    }
+
+    /// Removes processed dirty rows of one task (only ids up to `max_id`, so rows
+    /// added meanwhile stay).
+    pub async fn clear_dirty(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        max_id: i64,
+    ) -> Result<(), ProgressError> {
+        sqlx::query("DELETE FROM dirty_ranges WHERE symbol = ?1 AND resolution = ?2 AND id <= ?3")
+            .bind(symbol)
+            .bind(res.name())
+            .bind(max_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

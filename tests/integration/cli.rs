@@ -227,7 +227,7 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
     );
     assert!(gen_.status.success(), "{}", stderr(&gen_));
     let port = free_port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+    let daemon = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
         .arg("run")
         .env("OHLCD_INFLUX__URL", &app.server.url)
         .env("OHLCD_INFLUX__DATABASE", "cli")

@@ -226,9 +226,39 @@ impl TestApp {
         .collect()
     }
 
+    /// Starts the HTTP server on a free port (on this app's clock); returns its
+    /// base URL and a sender that stops it.
+    pub async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let mut settings = self.settings.clone();
+        settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
+        let state = ohlcd::server::AppState::new(
+            self.influx.clone(),
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            &settings,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ohlcd::server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        (url, tx)
+    }
+
     /// Candles computed independently (naively, in this file) from the raw trades
     /// of `symbol` read back over JSON, for windows starting before `until`.
     pub async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
+        let len = res.nanos();
+        self.expected_by(symbol, |t| t.div_euclid(len) * len)
+            .await
+            .into_iter()
+            .filter(|c| c.start + len <= until)
+            .collect()
+    }
+
+    /// Candles computed naively from the raw trades, grouped by `window_of`.
+    pub async fn expected_by(&self, symbol: &str, window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
         let trades = self
             .rows(&format!(
                 "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
@@ -247,17 +277,12 @@ impl TestApp {
             })
             .collect();
         raw.sort_by_key(|t| (t.0, t.1));
-        let len = res.nanos();
         let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
         for t in raw {
-            windows
-                .entry(t.0.div_euclid(len) * len)
-                .or_default()
-                .push(t);
+            windows.entry(window_of(t.0)).or_default().push(t);
         }
         windows
             .into_iter()
-            .filter(|(start, _)| start + len <= until)
             .map(|(start, ts)| Candle {
                 start,
                 open: ts[0].2,
@@ -315,4 +340,30 @@ pub fn t(s: &str) -> i64 {
 /// Seconds to nanoseconds.
 pub fn secs(s: i64) -> i64 {
     s * NANOS_PER_SEC
+}
+
+/// Monday 00:00 UTC of the week containing `t` (independent of ohlcd's code).
+pub fn naive_week_start(t: i64) -> i64 {
+    use chrono::{Datelike, TimeZone};
+    let d = chrono::Utc.timestamp_nanos(t).date_naive();
+    let monday = d - chrono::Duration::days(i64::from(d.weekday().num_days_from_monday()));
+    monday
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_nanos_opt()
+        .unwrap()
+}
+
+/// The 1st of the month containing `t`, 00:00 UTC.
+pub fn naive_month_start(t: i64) -> i64 {
+    use chrono::{Datelike, TimeZone};
+    let d = chrono::Utc.timestamp_nanos(t).date_naive();
+    d.with_day(1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_nanos_opt()
+        .unwrap()
 }

@@ -1,6 +1,8 @@
 //! Integration tests against a real influxd and a real SQLite file.
 //! One test binary (faster to link); each module is one area.
 
+mod browser;
 mod cli;
 mod engine;
 mod helpers;
+mod http;

@@ -1,0 +1,387 @@
+//! One handler per route; each states its route in its doc line.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::{Rejection, Reply};
+
+use super::models::{
+    self, CandleJson, OhlcResponse, Params, TradeJson, TradesError, count_param, range_params,
+    resolution_param, seconds_param, symbol_param,
+};
+use super::{ApiError, AppState};
+use crate::candle::{NANOS_PER_SEC, Resolution};
+use crate::datafeed::{History, adaptive_resolution};
+use crate::ingest::write_trades;
+use crate::progress::ProgressEntry;
+
+fn reject(e: impl Into<ApiError>) -> Rejection {
+    warp::reject::custom(e.into())
+}
+
+fn bad(message: String) -> Rejection {
+    warp::reject::custom(ApiError::bad_request(message))
+}
+
+fn udf_bad(message: String) -> Rejection {
+    warp::reject::custom(ApiError::bad_request(message).udf())
+}
+
+fn udf_reject(e: impl Into<ApiError>) -> Rejection {
+    warp::reject::custom(e.into().udf())
+}
+
+fn now_secs(state: &AppState) -> i64 {
+    state.clock.now().div_euclid(NANOS_PER_SEC)
+}
+
+/// TradingView sends `EXCHANGE:SYMBOL` once it knows the exchange.
+fn strip_exchange(p: &mut Params, key: &str, exchange: &str) {
+    if let Some(v) = p.get_mut(key)
+        && let Some(rest) = v.strip_prefix(&format!("{exchange}:"))
+    {
+        *v = rest.to_string();
+    }
+}
+
+/// `GET /udf/config`: what the datafeed supports.
+pub async fn udf_config(state: AppState) -> Result<impl Reply, Rejection> {
+    Ok(warp::reply::json(&json!({
+        "supported_resolutions": state.settings.supported_resolutions,
+        "supports_search": true,
+        "supports_group_request": false,
+        "supports_marks": false,
+        "supports_timescale_marks": false,
+        "supports_time": true,
+        "exchanges": [{"value": "", "name": "All exchanges", "desc": ""},
+                      {"value": state.settings.exchange, "name": state.settings.exchange, "desc": state.settings.exchange}],
+        "symbols_types": [{"name": "Crypto", "value": "crypto"}],
+    })))
+}
+
+/// Decimal places of `price` as printed (shortest round-trip form).
+fn decimals(price: f64) -> u32 {
+    let s = format!("{price}");
+    s.split_once('.').map_or(0, |(_, frac)| frac.len() as u32)
+}
+
+/// `GET /udf/symbols?symbol=`: symbol info for TradingView.
+pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    strip_exchange(&mut p, "symbol", &state.settings.exchange);
+    let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    state
+        .datafeed
+        .require_symbol(&symbol)
+        .await
+        .map_err(udf_reject)?;
+    let last = state
+        .influx
+        .last_trade_time_before(&symbol, i64::MAX)
+        .await
+        .map_err(udf_reject)?;
+    let mut price_decimals = 2;
+    if let Some(t) = last {
+        let trades = state
+            .influx
+            .read_trades(&symbol, t..t + 1)
+            .await
+            .map_err(udf_reject)?;
+        if let Some(trade) = trades.first() {
+            price_decimals = decimals(trade.price).clamp(2, 10);
+        }
+    }
+    Ok(warp::reply::json(&json!({
+        "name": symbol,
+        "ticker": symbol,
+        "full_name": format!("{}:{symbol}", state.settings.exchange),
+        "description": symbol,
+        "type": "crypto",
+        "session": "24x7",
+        "timezone": "Etc/UTC",
+        "exchange": state.settings.exchange,
+        "listed_exchange": state.settings.exchange,
+        "minmov": 1,
+        "pricescale": 10u64.pow(price_decimals),
+        "has_intraday": true,
+        "has_daily": true,
+        "has_weekly_and_monthly": true,
+        "supported_resolutions": state.settings.supported_resolutions,
+        "volume_precision": 6,
+        "data_status": "streaming",
+        "format": "price",
+    })))
+}
+
+/// `GET /udf/search?query=&limit=`: symbols containing the query.
+pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    let query = p
+        .get("query")
+        .map(|q| q.to_ascii_uppercase())
+        .unwrap_or_default();
+    let limit = count_param(&p, "limit", 30, 1000).map_err(udf_bad)?;
+    let symbols = state.datafeed.symbols().await.map_err(udf_reject)?;
+    let exchange = &state.settings.exchange;
+    let found: Vec<_> = symbols
+        .iter()
+        .filter(|s| s.to_ascii_uppercase().contains(&query))
+        .take(limit as usize)
+        .map(|s| {
+            json!({"symbol": s, "full_name": format!("{exchange}:{s}"), "description": s,
+                   "exchange": exchange, "ticker": s, "type": "crypto"})
+        })
+        .collect();
+    Ok(warp::reply::json(&found))
+}
+
+/// `GET /udf/history?symbol=&resolution=&from=&to=[&countback=]`: bars at exactly
+/// the requested resolution, `to` exclusive, `countback` before `from`.
+pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    strip_exchange(&mut p, "symbol", &state.settings.exchange);
+    let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    let res = resolution_param(&p, "resolution").map_err(udf_bad)?;
+    let to = seconds_param(&p, "to")
+        .map_err(udf_bad)?
+        .unwrap_or(now_secs(&state));
+    let countback = match p.get("countback").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(_) => Some(count_param(&p, "countback", 1, state.settings.max_bars).map_err(udf_bad)?),
+    };
+    let from = match (seconds_param(&p, "from").map_err(udf_bad)?, countback) {
+        (Some(from), _) => from,
+        (None, Some(_)) => 0,
+        (None, None) => return Err(udf_bad("missing parameter from".into())),
+    };
+    if countback.is_none() && from >= to {
+        return Err(udf_bad(format!("from ({from}) must be before to ({to})")));
+    }
+    let history = state
+        .datafeed
+        .history(
+            &symbol,
+            res,
+            from * NANOS_PER_SEC,
+            to * NANOS_PER_SEC,
+            countback,
+        )
+        .await
+        .map_err(udf_reject)?;
+    Ok(warp::reply::json(&match history {
+        History::Bars(bars) => json!({
+            "s": "ok",
+            "t": bars.iter().map(|c| c.start / NANOS_PER_SEC).collect::<Vec<_>>(),
+            "o": bars.iter().map(|c| c.open).collect::<Vec<_>>(),
+            "h": bars.iter().map(|c| c.high).collect::<Vec<_>>(),
+            "l": bars.iter().map(|c| c.low).collect::<Vec<_>>(),
+            "c": bars.iter().map(|c| c.close).collect::<Vec<_>>(),
+            "v": bars.iter().map(|c| c.volume).collect::<Vec<_>>(),
+        }),
+        History::NoData { next_time: Some(t) } => {
+            json!({"s": "no_data", "nextTime": t / NANOS_PER_SEC})
+        }
+        History::NoData { next_time: None } => json!({"s": "no_data"}),
+    }))
+}
+
+/// `GET /udf/time`: server time, bare Unix seconds.
+pub async fn udf_time(state: AppState) -> Result<impl Reply, Rejection> {
+    Ok(now_secs(&state).to_string())
+}
+
+/// `GET /api/ohlc?symbol=&resolution=&from=&to=`: candles for the chart page,
+/// coarsened for long ranges; says which resolution it used.
+pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let requested = resolution_param(&p, "resolution").map_err(bad)?;
+    let (from, to) = range_params(&p, now_secs(&state)).map_err(bad)?;
+    state
+        .datafeed
+        .require_symbol(&symbol)
+        .await
+        .map_err(reject)?;
+    let range = from * NANOS_PER_SEC..to * NANOS_PER_SEC;
+    let res = adaptive_resolution(requested, range.clone(), state.settings.ohlc_max_bars);
+    let bars = state
+        .datafeed
+        .bars(&symbol, res, range)
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::json(&OhlcResponse {
+        symbol,
+        requested_resolution: requested,
+        resolution: res,
+        from,
+        to,
+        candles: bars.iter().map(CandleJson::from).collect(),
+    }))
+}
+
+/// `GET /api/trades?symbol=&from=&to=&limit=`: raw trades, oldest first
+/// (`from` defaults to an hour before `to`, `to` to now, `limit` to 1000).
+pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let to = seconds_param(&p, "to")
+        .map_err(bad)?
+        .unwrap_or(now_secs(&state));
+    let from = seconds_param(&p, "from").map_err(bad)?.unwrap_or(to - 3600);
+    if from >= to {
+        return Err(bad(format!("from ({from}) must be before to ({to})")));
+    }
+    let limit = count_param(&p, "limit", 1000, 10_000).map_err(bad)?;
+    state
+        .datafeed
+        .require_symbol(&symbol)
+        .await
+        .map_err(reject)?;
+    let mut trades = Vec::new();
+    state
+        .influx
+        .stream_trades_limited(
+            &symbol,
+            from * NANOS_PER_SEC..to * NANOS_PER_SEC,
+            Some(limit),
+            |t| trades.push(TradeJson::from(&t)),
+        )
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::json(
+        &json!({"symbol": symbol, "trades": trades}),
+    ))
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: usize,
+    late: usize,
+}
+
+/// `POST /api/trades`: one trade or an array, validated all-or-nothing; trades
+/// behind the 1m watermark are recorded as late so the next tick recomputes them.
+pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl Reply, Rejection> {
+    let now_ms = state.clock.now().div_euclid(1_000_000);
+    let trades = models::parse_trades(&body, now_ms).map_err(|e| match e {
+        TradesError::Invalid(m) => bad(m),
+        TradesError::TooMany(n) => reject(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "{n} trades in one request; at most {}",
+                crate::ingest::INGEST_BATCH
+            ),
+            udf: false,
+        }),
+    })?;
+    write_trades(&state.influx, &trades).await.map_err(reject)?;
+    // Only after InfluxDB acknowledged the write: a chunk that read the source
+    // before this point has announced itself in `inflight_until`.
+    let mut late: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut thresholds: BTreeMap<&str, Option<i64>> = BTreeMap::new();
+    for t in &trades {
+        let threshold = match thresholds.get(t.symbol.as_str()) {
+            Some(th) => *th,
+            None => {
+                let th = state.store.late_before(&t.symbol).await.map_err(reject)?;
+                thresholds.insert(&t.symbol, th);
+                th
+            }
+        };
+        let time = t.stored().time;
+        if threshold.is_some_and(|th| time < th) {
+            late.entry(&t.symbol)
+                .or_default()
+                .push(Resolution::M1.window_start(time));
+        }
+    }
+    let mut late_count = 0;
+    for (symbol, mut minutes) in late {
+        late_count += minutes.len();
+        minutes.sort_unstable();
+        minutes.dedup();
+        let mut ranges: Vec<std::ops::Range<i64>> = Vec::new();
+        for m in minutes {
+            let end = m + Resolution::M1.nanos();
+            match ranges.last_mut() {
+                Some(r) if r.end == m => r.end = end,
+                _ => ranges.push(m..end),
+            }
+        }
+        state
+            .store
+            .add_dirty(symbol, &ranges, state.clock.now())
+            .await
+            .map_err(reject)?;
+    }
+    if thresholds.values().any(Option::is_none) {
+        state.datafeed.invalidate_symbols().await;
+    }
+    ::metrics::counter!("ohlcd_trades_ingested_total").increment(trades.len() as u64);
+    ::metrics::counter!("ohlcd_late_trades_total").increment(late_count as u64);
+    Ok(warp::reply::json(&Accepted {
+        accepted: trades.len(),
+        late: late_count,
+    }))
+}
+
+/// `GET /api/progress`: the progress table, as `ohlcd progress --json`.
+pub async fn api_progress(state: AppState) -> Result<impl Reply, Rejection> {
+    let now = state.clock.now();
+    let entries: Vec<ProgressEntry> = state
+        .store
+        .tasks()
+        .await
+        .map_err(reject)?
+        .iter()
+        .map(|t| ProgressEntry::from_task(t, now))
+        .collect();
+    Ok(warp::reply::json(&entries))
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    influx: String,
+    sqlite: String,
+}
+
+/// `GET /healthz`: 200 when InfluxDB (database included) and SQLite answer, else 503.
+pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
+    let influx = match state.influx.check_database().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let sqlite = match state.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let healthy = influx == "ok" && sqlite == "ok";
+    let body = Health {
+        status: if healthy { "ok" } else { "unhealthy" },
+        influx,
+        sqlite,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), status))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: AppState) -> Result<impl Reply, Rejection> {
+    // Lag is a property of the table, so read it at scrape time.
+    if let Ok(tasks) = state.store.tasks().await {
+        let now = state.clock.now();
+        for t in tasks {
+            if let Some(w) = t.watermark {
+                ::metrics::gauge!("ohlcd_task_lag_seconds", "symbol" => t.symbol.clone(), "resolution" => t.resolution.name())
+                    .set((now - w) as f64 / 1e9);
+            }
+        }
+    }
+    Ok(warp::reply::with_header(
+        super::metrics::render(),
+        "content-type",
+        "text/plain; version=0.0.4",
+    ))
+}

@@ -1,0 +1,312 @@
+//! The HTTP server (warp): TradingView UDF datafeed under `/udf`, JSON API under
+//! `/api`, health and metrics, and the chart page from `web/`.
+//!
+//! Filters only route and extract; handlers in [`handlers`] are plain async
+//! functions; request parsing and response shapes live in [`models`]. Every error
+//! becomes a JSON body with the right status in one place, [`recover`].
+
+pub mod handlers;
+pub mod metrics;
+pub mod models;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::clock::Clock;
+use crate::config::{DatafeedSettings, ServerSettings};
+use crate::datafeed::{Datafeed, DatafeedError};
+use crate::influx::{InfluxClient, InfluxError};
+use crate::progress::{ProgressError, ProgressStore};
+
+/// What handlers need: the external systems and settings.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// InfluxDB client.
+    pub influx: InfluxClient,
+    /// Progress store.
+    pub store: ProgressStore,
+    /// Candle serving.
+    pub datafeed: Arc<Datafeed>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Server settings.
+    pub server: ServerSettings,
+    /// Datafeed settings.
+    pub settings: DatafeedSettings,
+}
+
+impl AppState {
+    /// State for a server over these systems, with a [`Datafeed`] built from `settings`.
+    pub fn new(
+        influx: InfluxClient,
+        store: ProgressStore,
+        clock: Arc<dyn Clock>,
+        settings: &crate::config::Settings,
+    ) -> AppState {
+        let datafeed = Datafeed::new(
+            influx.clone(),
+            store.clone(),
+            clock.clone(),
+            settings.datafeed.max_bars,
+            std::time::Duration::from_secs(settings.datafeed.symbols_cache_secs),
+        );
+        AppState {
+            influx,
+            store,
+            datafeed: Arc::new(datafeed),
+            clock,
+            server: settings.server.clone(),
+            settings: settings.datafeed.clone(),
+        }
+    }
+}
+
+/// An error answered as `{"error": "..."}` (plus `s`/`errmsg` on UDF routes).
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for the client.
+    pub message: String,
+    /// Answer in the TradingView UDF error shape too.
+    pub udf: bool,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            udf: false,
+        }
+    }
+
+    /// The same error in the UDF shape.
+    pub fn udf(mut self) -> ApiError {
+        self.udf = true;
+        self
+    }
+}
+
+impl From<InfluxError> for ApiError {
+    fn from(e: InfluxError) -> Self {
+        let status = match e {
+            InfluxError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            udf: false,
+        }
+    }
+}
+
+impl From<ProgressError> for ApiError {
+    fn from(e: ProgressError) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e.to_string(),
+            udf: false,
+        }
+    }
+}
+
+impl From<DatafeedError> for ApiError {
+    fn from(e: DatafeedError) -> Self {
+        match e {
+            DatafeedError::UnknownSymbol(_) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: e.to_string(),
+                udf: false,
+            },
+            DatafeedError::BadRequest(m) => ApiError::bad_request(m),
+            DatafeedError::Influx(e) => e.into(),
+            DatafeedError::Progress(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errmsg: Option<&'a str>,
+}
+
+/// Maps every rejection to a JSON error body and status: the only place that
+/// decides how errors look on the wire.
+pub async fn recover(err: warp::Rejection) -> Result<impl warp::Reply, Infallible> {
+    let (status, message, udf) = if let Some(e) = err.find::<ApiError>() {
+        (e.status, e.message.clone(), e.udf)
+    } else if err.is_not_found() {
+        (StatusCode::NOT_FOUND, "no such endpoint".to_string(), false)
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large".to_string(),
+            false,
+        )
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "Content-Length header required".to_string(),
+            false,
+        )
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_string(),
+            false,
+        )
+    } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("invalid query string: {e}"),
+            false,
+        )
+    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported media type".to_string(),
+            false,
+        )
+    } else {
+        tracing::error!(?err, "unhandled rejection");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error".to_string(),
+            false,
+        )
+    };
+    let body = ErrorBody {
+        error: &message,
+        s: udf.then_some("error"),
+        errmsg: udf.then_some(message.as_str()),
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), status))
+}
+
+fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+fn params() -> impl Filter<Extract = (models::Params,), Error = Infallible> + Clone {
+    // A malformed query string yields no parameters; handlers then name what is missing.
+    warp::query::<models::Params>()
+        .or(warp::any().map(models::Params::new))
+        .unify()
+}
+
+/// All routes, with request logging and metrics.
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let web = PathBuf::from(&state.server.web_dir);
+    // Path before method in every route: an unknown path must be a 404, not the
+    // 405 of whichever route happened to check its method first.
+    let udf_config = warp::path!("udf" / "config")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_config);
+    let udf_symbols = warp::path!("udf" / "symbols")
+        .and(warp::get())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_symbols);
+    let udf_search = warp::path!("udf" / "search")
+        .and(warp::get())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_search);
+    let udf_history = warp::path!("udf" / "history")
+        .and(warp::get())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_history);
+    let udf_time = warp::path!("udf" / "time")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_time);
+    let api_ohlc = warp::path!("api" / "ohlc")
+        .and(warp::get())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::api_ohlc);
+    let api_trades_get = warp::path!("api" / "trades")
+        .and(warp::get())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::api_trades_get);
+    let api_trades_post = warp::path!("api" / "trades")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(
+            state.server.max_body_bytes,
+        ))
+        .and(warp::body::bytes())
+        .and(with_state(state.clone()))
+        .and_then(handlers::api_trades_post);
+    let api_progress = warp::path!("api" / "progress")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and_then(handlers::api_progress);
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and_then(handlers::healthz);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and_then(handlers::metrics);
+    let index = warp::path::end()
+        .and(warp::get())
+        .and(warp::fs::file(web.join("index.html")));
+    let static_files = warp::path("static").and(warp::fs::dir(web.clone()));
+    let chart_lib = warp::path!("lib" / "lightweight-charts.js")
+        .and(warp::get())
+        .and(warp::fs::file(web.join(
+            "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js",
+        )));
+    udf_config
+        .or(udf_symbols)
+        .or(udf_search)
+        .or(udf_history)
+        .or(udf_time)
+        .or(api_ohlc)
+        .or(api_trades_get)
+        .or(api_trades_post)
+        .or(api_progress)
+        .or(healthz)
+        .or(metrics)
+        .or(index)
+        .or(static_files)
+        .or(chart_lib)
+        .recover(recover)
+        .with(warp::log::custom(metrics::record_request))
+}
+
+/// Serves on an already bound listener until `shutdown` resolves, then finishes
+/// in-flight requests. Binding outside lets tests use port 0.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}

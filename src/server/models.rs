@@ -1,0 +1,477 @@
+//! Request parsing and response shapes of the HTTP API. Parsing is strict and
+//! pure: every rejection names the parameter (or the trade and field) at fault.
+
+use std::collections::HashMap;
+
+use chrono::DateTime;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
+use crate::datafeed::ChartResolution;
+use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
+
+/// Query parameters as received.
+pub type Params = HashMap<String, String>;
+
+/// Earliest accepted time for queries and trades: 2000-01-01T00:00:00Z (seconds).
+pub const MIN_TIME_SECS: i64 = 946_684_800;
+/// Latest accepted query time: 2200-01-01T00:00:00Z (seconds).
+pub const MAX_TIME_SECS: i64 = MAX_TIME_MS / 1000;
+/// How far in the future a trade may be stamped (clock skew), milliseconds.
+pub const MAX_FUTURE_MS: i64 = 3_600_000;
+
+/// A required parameter.
+pub fn required<'p>(p: &'p Params, name: &str) -> Result<&'p str, String> {
+    p.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("missing parameter {name}"))
+}
+
+/// A symbol parameter, validated.
+pub fn symbol_param(p: &Params, name: &str) -> Result<String, String> {
+    let s = required(p, name)?;
+    validate_symbol(s).map_err(|e| format!("{name}: {e}"))?;
+    Ok(s.to_string())
+}
+
+/// A Unix-seconds parameter within 2000..2200.
+pub fn seconds_param(p: &Params, name: &str) -> Result<Option<i64>, String> {
+    let Some(v) = p.get(name).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let secs: i64 = v
+        .parse()
+        .map_err(|_| format!("{name}: {v:?} is not a whole number of Unix seconds"))?;
+    // TradingView may ask for history far before any data; clamp, don't reject.
+    Ok(Some(secs.clamp(0, MAX_TIME_SECS)))
+}
+
+/// A chart-resolution parameter.
+pub fn resolution_param(p: &Params, name: &str) -> Result<ChartResolution, String> {
+    required(p, name)?
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// A positive integer parameter with a default and a maximum.
+pub fn count_param(p: &Params, name: &str, default: u64, max: u64) -> Result<u64, String> {
+    match p.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{name}: must be a whole number from 1 to {max}, got {v:?}"
+            )),
+        },
+    }
+}
+
+/// A `[from, to)` range in seconds that must be non-empty.
+pub fn range_params(p: &Params, now_secs: i64) -> Result<(i64, i64), String> {
+    let from = seconds_param(p, "from")?.ok_or("missing parameter from")?;
+    let to = seconds_param(p, "to")?.unwrap_or(now_secs);
+    if from >= to {
+        return Err(format!("from ({from}) must be before to ({to})"));
+    }
+    Ok((from, to))
+}
+
+/// Why a body of trades was rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TradesError {
+    /// 400: malformed or invalid.
+    Invalid(String),
+    /// 413: more trades than one request may carry.
+    TooMany(usize),
+}
+
+/// A stable 64-bit FNV-1a hash (std's hasher may change between releases, and
+/// derived ids must stay the same for a retried request).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn field_err(i: usize, field: &str, msg: impl std::fmt::Display) -> TradesError {
+    TradesError::Invalid(format!("trade {i}: {field}: {msg}"))
+}
+
+fn parse_timestamp(i: usize, v: &Value, now_ms: i64) -> Result<i64, TradesError> {
+    let ms = match v {
+        Value::Number(n) => n.as_i64().ok_or_else(|| {
+            field_err(
+                i,
+                "timestamp",
+                format!("{n} is not a whole number of Unix milliseconds"),
+            )
+        })?,
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map_err(|_| field_err(i, "timestamp", format!("{s:?} is not RFC 3339")))?
+            .timestamp_millis(),
+        other => {
+            return Err(field_err(
+                i,
+                "timestamp",
+                format!("must be Unix milliseconds or an RFC 3339 string, got {other}"),
+            ));
+        }
+    };
+    if !(MIN_TIME_SECS * 1000..=MAX_TIME_MS).contains(&ms) {
+        return Err(field_err(
+            i,
+            "timestamp",
+            format!("{ms} ms is not between 2000 and 2200"),
+        ));
+    }
+    if ms > now_ms + MAX_FUTURE_MS {
+        return Err(field_err(
+            i,
+            "timestamp",
+            "is more than an hour in the future",
+        ));
+    }
+    Ok(ms)
+}
+
+fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, TradesError> {
+    match obj.get(field) {
+        None => Err(field_err(i, field, "missing")),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(field_err(
+                i,
+                field,
+                format!("must be a finite number > 0, got {n}"),
+            )),
+        },
+        Some(other) => Err(field_err(
+            i,
+            field,
+            format!("must be a number, got {other}"),
+        )),
+    }
+}
+
+fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), TradesError> {
+    let Value::Object(obj) = v else {
+        return Err(TradesError::Invalid(format!(
+            "trade {i}: must be a JSON object, got {v}"
+        )));
+    };
+    const FIELDS: [&str; 6] = ["symbol", "price", "amount", "side", "timestamp", "id"];
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(field_err(
+            i,
+            unknown,
+            "unknown field (expected symbol, price, amount, side, timestamp, id)",
+        ));
+    }
+    let symbol = match obj.get("symbol") {
+        Some(Value::String(s)) => {
+            validate_symbol(s).map_err(|e| field_err(i, "symbol", e))?;
+            s.clone()
+        }
+        Some(other) => {
+            return Err(field_err(
+                i,
+                "symbol",
+                format!("must be a string, got {other}"),
+            ));
+        }
+        None => return Err(field_err(i, "symbol", "missing")),
+    };
+    let price = parse_number(i, obj, "price")?;
+    let amount = parse_number(i, obj, "amount")?;
+    let side = match obj.get("side") {
+        Some(Value::String(s)) => s.parse::<Side>().map_err(|e| field_err(i, "side", e))?,
+        Some(other) => {
+            return Err(field_err(
+                i,
+                "side",
+                format!("must be \"buy\" or \"sell\", got {other}"),
+            ));
+        }
+        None => return Err(field_err(i, "side", "missing")),
+    };
+    let time_ms = match obj.get("timestamp") {
+        Some(v) => parse_timestamp(i, v, now_ms)?,
+        None => return Err(field_err(i, "timestamp", "missing")),
+    };
+    let (id, has_id) = match obj.get("id") {
+        None | Some(Value::Null) => (0, false),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(id) if id >= 0 => (id, true),
+            _ => {
+                return Err(field_err(
+                    i,
+                    "id",
+                    format!("must be a whole number ≥ 0 below 2^63, got {n}"),
+                ));
+            }
+        },
+        Some(other) => return Err(field_err(i, "id", format!("must be a number, got {other}"))),
+    };
+    Ok((
+        NewTrade {
+            symbol,
+            side,
+            price,
+            amount,
+            time_ms,
+            id,
+        },
+        has_id,
+    ))
+}
+
+/// Parses `POST /api/trades`: one trade object or an array of them, all or
+/// nothing. Trades without an id get one derived from their content and their
+/// position among identical trades of the request, so a retried request maps to
+/// the same points (no double count) while identical trades in one request stay
+/// distinct.
+pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| TradesError::Invalid(format!("body is not valid JSON: {e}")))?;
+    let items: Vec<Value> = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        other => {
+            return Err(TradesError::Invalid(format!(
+                "body must be a trade object or an array of trades, got {}",
+                match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    _ => "a string",
+                }
+            )));
+        }
+    };
+    if items.is_empty() {
+        return Err(TradesError::Invalid("no trades in the body".into()));
+    }
+    if items.len() > INGEST_BATCH {
+        return Err(TradesError::TooMany(items.len()));
+    }
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let (mut trade, has_id) = parse_trade(i, v, now_ms)?;
+            if !has_id {
+                let content = fnv1a(&[
+                    trade.symbol.as_bytes(),
+                    trade.side.as_str().as_bytes(),
+                    &trade.time_ms.to_le_bytes(),
+                    &trade.price.to_bits().to_le_bytes(),
+                    &trade.amount.to_bits().to_le_bytes(),
+                ]);
+                let nth = seen.entry(content).or_insert(0);
+                trade.id = (fnv1a(&[&content.to_le_bytes(), &nth.to_le_bytes()]) >> 1) as i64;
+                *nth += 1;
+            }
+            Ok(trade)
+        })
+        .collect()
+}
+
+/// A candle as JSON, with time in Unix seconds.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CandleJson {
+    /// Window start, Unix seconds.
+    pub time: i64,
+    /// First trade price.
+    pub open: f64,
+    /// Highest price.
+    pub high: f64,
+    /// Lowest price.
+    pub low: f64,
+    /// Last trade price.
+    pub close: f64,
+    /// Sum of amounts.
+    pub volume: f64,
+    /// Sum of price × amount.
+    pub quote_volume: f64,
+    /// Trade count.
+    pub trades: i64,
+    /// Buyer-taker volume.
+    pub buy_volume: f64,
+}
+
+impl From<&Candle> for CandleJson {
+    fn from(c: &Candle) -> Self {
+        CandleJson {
+            time: c.start.div_euclid(NANOS_PER_SEC),
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            quote_volume: c.quote_volume,
+            trades: c.trades,
+            buy_volume: c.buy_volume,
+        }
+    }
+}
+
+/// `GET /api/ohlc` answer.
+#[derive(Debug, Serialize)]
+pub struct OhlcResponse {
+    /// Symbol.
+    pub symbol: String,
+    /// What the client asked for.
+    pub requested_resolution: ChartResolution,
+    /// What was used (coarser for long ranges).
+    pub resolution: ChartResolution,
+    /// Range start, Unix seconds.
+    pub from: i64,
+    /// Range end (exclusive), Unix seconds.
+    pub to: i64,
+    /// Bars, oldest first.
+    pub candles: Vec<CandleJson>,
+}
+
+/// A raw trade as JSON.
+#[derive(Debug, Serialize)]
+pub struct TradeJson {
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    /// Trade id.
+    pub id: i64,
+    /// Price.
+    pub price: f64,
+    /// Amount.
+    pub amount: f64,
+    /// `buy` or `sell`.
+    pub side: Side,
+}
+
+impl From<&Trade> for TradeJson {
+    fn from(t: &Trade) -> Self {
+        TradeJson {
+            timestamp: t.time.div_euclid(1_000_000),
+            id: t.id,
+            price: t.price,
+            amount: t.amount,
+            side: t.side,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_MS: i64 = 1_800_000_000_000;
+
+    fn err(body: &str) -> String {
+        match parse_trades(body.as_bytes(), NOW_MS) {
+            Err(TradesError::Invalid(m)) => m,
+            other => panic!("{body} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_trade_or_an_array_is_accepted_with_ms_or_rfc3339_times() {
+        let one = r#"{"symbol":"BTCUSD","price":100.5,"amount":0.1,"side":"buy","timestamp":1700000000123,"id":7}"#;
+        let t = parse_trades(one.as_bytes(), NOW_MS).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (t[0].time_ms, t[0].id, t[0].side),
+            (1_700_000_000_123, 7, Side::Buy)
+        );
+        let many = r#"[{"symbol":"ETHUSD","price":1,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5Z"},
+                       {"symbol":"ETHUSD","price":1,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5Z"}]"#;
+        let t = parse_trades(many.as_bytes(), NOW_MS).unwrap();
+        assert_eq!(t[0].time_ms, 1_700_000_000_500);
+        assert_ne!(
+            t[0].id, t[1].id,
+            "identical id-less trades in one request stay distinct"
+        );
+        let again = parse_trades(many.as_bytes(), NOW_MS).unwrap();
+        assert_eq!(t, again, "a retried request derives the same ids");
+    }
+
+    #[test]
+    fn rejections_name_the_first_bad_trade_and_field() {
+        let ok =
+            r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1700000000000}"#;
+        assert!(err(&format!("[{ok}, {{}}]")).starts_with("trade 1: symbol: missing"));
+        assert!(err(r#"{"symbol":"BTC USD","price":1,"amount":1,"side":"buy","timestamp":1700000000000}"#).starts_with("trade 0: symbol"));
+        assert!(err(r#"{"symbol":"BTCUSD","price":-1,"amount":1,"side":"buy","timestamp":1700000000000}"#).starts_with("trade 0: price"));
+        assert!(err(r#"{"symbol":"BTCUSD","price":"1","amount":1,"side":"buy","timestamp":1700000000000}"#).starts_with("trade 0: price"));
+        assert!(
+            err(
+                r#"{"symbol":"BTCUSD","price":1,"amount":0,"side":"buy","timestamp":1700000000000}"#
+            )
+            .starts_with("trade 0: amount")
+        );
+        assert!(err(r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"long","timestamp":1700000000000}"#).starts_with("trade 0: side"));
+        assert!(
+            err(r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1.5}"#)
+                .starts_with("trade 0: timestamp")
+        );
+        assert!(
+            err(r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":5}"#)
+                .starts_with("trade 0: timestamp")
+        );
+        assert!(
+            err(
+                r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1900000000000}"#
+            )
+            .contains("future")
+        );
+        assert!(err(r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1700000000000,"id":-3}"#).starts_with("trade 0: id"));
+        assert!(err(r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1700000000000,"px":1}"#).contains("unknown field"));
+        assert!(err(r#"{"symbol":"BTCUSD","price":NaN}"#).starts_with("body is not valid JSON"));
+        assert!(err(r#"{"symbol":"BTCUSD","price":1e400,"amount":1,"side":"buy","timestamp":1700000000000}"#).contains("JSON"));
+        assert!(err("[]").contains("no trades"));
+        assert!(err("42").contains("a number"));
+        assert!(err(r#"[{"symbol":"BTCUSD""#).starts_with("body is not valid JSON"));
+    }
+
+    #[test]
+    fn query_parameters_are_checked_with_their_name() {
+        let p = |pairs: &[(&str, &str)]| -> Params {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            range_params(&p(&[("from", "10"), ("to", "20")]), 0),
+            Ok((10, 20))
+        );
+        assert!(
+            range_params(&p(&[("from", "20"), ("to", "10")]), 0)
+                .unwrap_err()
+                .contains("before")
+        );
+        assert!(
+            range_params(&p(&[("from", "x")]), 0)
+                .unwrap_err()
+                .starts_with("from:")
+        );
+        assert!(
+            range_params(&p(&[]), 0)
+                .unwrap_err()
+                .contains("missing parameter from")
+        );
+        assert!(symbol_param(&p(&[("symbol", "a'b")]), "symbol").is_err());
+        assert!(resolution_param(&p(&[("resolution", "7X")]), "resolution").is_err());
+        assert_eq!(count_param(&p(&[]), "limit", 100, 1000), Ok(100));
+        assert!(count_param(&p(&[("limit", "0")]), "limit", 100, 1000).is_err());
+        assert!(count_param(&p(&[("limit", "1001")]), "limit", 100, 1000).is_err());
+    }
+}

@@ -1,0 +1,571 @@
+//! The HTTP API and UDF datafeed against a running server with real InfluxDB and
+//! SQLite: every answer is checked against bars computed independently from the
+//! raw trades.
+
+use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
+use ohlcd::engine::TaskFilter;
+use ohlcd::generate::{GenerateSpec, Generator};
+use ohlcd::ingest::NewTrade;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_candles_eq, naive_month_start, naive_week_start, t};
+
+/// Maps a trade time to the start of its bar.
+type WindowOf = Box<dyn Fn(i64) -> i64>;
+
+const FROM: &str = "2024-01-03T00:00:00Z";
+const TO: &str = "2024-03-12T07:30:00Z";
+
+/// Two symbols of trades over ~10 weeks (crossing months and weeks), the engine
+/// caught up, and the clock an hour after the data.
+async fn app_with_history(materialize: bool) -> TestApp {
+    let app = TestApp::spawn().await;
+    let spec = GenerateSpec {
+        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        from: t(FROM),
+        to: t(TO),
+        trades: 40_000,
+        seed: 11,
+    };
+    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
+    app.write(&trades).await;
+    app.clock.set(t(TO) + 3600 * NANOS_PER_SEC);
+    if materialize {
+        let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    app
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn post(url: &str, body: String) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Candles from a UDF `{s, t, o, h, l, c, v}` answer (sums other than volume are
+/// not part of UDF; they are filled from `expected` by the caller).
+fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
+    assert_eq!(v["s"], "ok", "{v}");
+    let col = |k: &str| v[k].as_array().unwrap().clone();
+    let (ts, o, h, l, c, vol) = (col("t"), col("o"), col("h"), col("l"), col("c"), col("v"));
+    (0..ts.len())
+        .map(|i| {
+            (
+                ts[i].as_i64().unwrap() * NANOS_PER_SEC,
+                o[i].as_f64().unwrap(),
+                h[i].as_f64().unwrap(),
+                l[i].as_f64().unwrap(),
+                c[i].as_f64().unwrap(),
+                vol[i].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn assert_udf_matches(bars: &[(i64, f64, f64, f64, f64, f64)], expected: &[Candle], what: &str) {
+    let got: Vec<Candle> = bars
+        .iter()
+        .zip(expected)
+        .map(|(b, e)| Candle {
+            start: b.0,
+            open: b.1,
+            high: b.2,
+            low: b.3,
+            close: b.4,
+            volume: b.5,
+            ..*e
+        })
+        .collect();
+    assert_eq!(bars.len(), expected.len(), "{what}: bar count");
+    assert_candles_eq(&got, expected, what);
+}
+
+#[tokio::test]
+async fn history_at_every_tested_resolution_equals_bars_from_raw_trades() {
+    for materialize in [true, false] {
+        let app = app_with_history(materialize).await;
+        let (url, _stop) = app.serve().await;
+        let (from, to) = (t(FROM) / NANOS_PER_SEC, t(TO) / NANOS_PER_SEC + 3600);
+        let minutes =
+            |m: i64| move |x: i64| x.div_euclid(m * 60 * NANOS_PER_SEC) * m * 60 * NANOS_PER_SEC;
+        let cases: Vec<(&str, WindowOf)> = vec![
+            ("30", Box::new(minutes(30))),
+            ("45", Box::new(minutes(45))),
+            ("120", Box::new(minutes(120))),
+            ("1D", Box::new(minutes(1440))),
+            ("1W", Box::new(naive_week_start)),
+            ("1M", Box::new(naive_month_start)),
+        ];
+        for (res, window_of) in cases {
+            let (status, v) = get(&format!(
+                "{url}/udf/history?symbol=ETHUSD&resolution={res}&from={from}&to={to}"
+            ))
+            .await;
+            assert_eq!(status, 200, "{res}: {v}");
+            // Bars starting at or after `from`: the first week/month starts earlier.
+            let expected: Vec<Candle> = app
+                .expected_by("ETHUSD", window_of)
+                .await
+                .into_iter()
+                .filter(|c| c.start >= from * NANOS_PER_SEC)
+                .collect();
+            assert!(!expected.is_empty());
+            assert_udf_matches(
+                &udf_bars(&v),
+                &expected,
+                &format!("{res} (materialized: {materialize})"),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn countback_returns_that_many_bars_before_to_and_to_is_exclusive() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    let to = t("2024-02-20T12:00:00Z") / NANOS_PER_SEC;
+    let (status, v) = get(&format!(
+        "{url}/udf/history?symbol=BTCUSD&resolution=60&from=1&to={to}&countback=7"
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let hour = 3600 * NANOS_PER_SEC;
+    let expected: Vec<Candle> = app
+        .expected_by("BTCUSD", |x| x.div_euclid(hour) * hour)
+        .await
+        .into_iter()
+        .filter(|c| c.start < to * NANOS_PER_SEC)
+        .collect();
+    let last7 = &expected[expected.len() - 7..];
+    assert_udf_matches(&udf_bars(&v), last7, "countback=7");
+    assert_eq!(
+        udf_bars(&v).last().unwrap().0,
+        (to - 3600) * NANOS_PER_SEC,
+        "the bar at `to` is excluded"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_range_answers_no_data_with_the_nearest_earlier_bar() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    // After the last trade: no bars, nextTime is the bar of the last trade.
+    let from = t("2024-03-20T00:00:00Z") / NANOS_PER_SEC;
+    let (status, v) = get(&format!(
+        "{url}/udf/history?symbol=BTCUSD&resolution=15&from={from}&to={}",
+        from + 86_400
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["s"], "no_data", "{v}");
+    let last = app
+        .expected("BTCUSD", Resolution::M15, i64::MAX)
+        .await
+        .last()
+        .unwrap()
+        .start;
+    assert_eq!(v["nextTime"], last / NANOS_PER_SEC);
+    // Before the first trade: no earlier bar, so no nextTime.
+    let (_, v) = get(&format!(
+        "{url}/udf/history?symbol=BTCUSD&resolution=15&from=1000000000&to=1000086400"
+    ))
+    .await;
+    assert_eq!(v, json!({"s": "no_data"}));
+}
+
+#[tokio::test]
+async fn the_open_bar_is_live_and_changes_when_a_trade_is_posted() {
+    let app = TestApp::spawn().await;
+    let (url, _stop) = app.serve().await;
+    let now = t("2024-06-01T12:34:30Z");
+    app.clock.set(now);
+    let ms = |s: &str| t(s) / 1_000_000;
+    let body = json!([
+        {"symbol": "SOLUSD", "price": 150.0, "amount": 1.0, "side": "buy", "timestamp": ms("2024-06-01T12:33:10Z"), "id": 1},
+        {"symbol": "SOLUSD", "price": 151.0, "amount": 1.0, "side": "buy", "timestamp": ms("2024-06-01T12:34:05Z"), "id": 2},
+    ]);
+    let (status, v) = post(&format!("{url}/api/trades"), body.to_string()).await;
+    assert_eq!((status, &v["accepted"]), (200, &json!(2)), "{v}");
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    let poll = format!(
+        "{url}/udf/history?symbol=SOLUSD&resolution=1&from=1&to={}&countback=2",
+        now / NANOS_PER_SEC
+    );
+    let (_, v) = get(&poll).await;
+    let bars = udf_bars(&v);
+    assert_eq!(bars.len(), 2, "{v}");
+    assert_eq!(
+        bars[1].0,
+        t("2024-06-01T12:34:00Z"),
+        "the open minute is served from raw trades"
+    );
+    assert_eq!((bars[1].4, bars[1].2), (151.0, 151.0));
+
+    let more = json!({"symbol": "SOLUSD", "price": 155.5, "amount": 2.0, "side": "sell", "timestamp": ms("2024-06-01T12:34:20Z"), "id": 3});
+    let (status, _) = post(&format!("{url}/api/trades"), more.to_string()).await;
+    assert_eq!(status, 200);
+    let (_, v) = get(&poll).await;
+    let bars = udf_bars(&v);
+    assert_eq!(
+        (bars[1].2, bars[1].4, bars[1].5),
+        (155.5, 155.5, 3.0),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_trade_updates_candles_at_every_resolution_after_the_next_tick() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    // Far behind every watermark, with a price no other trade has.
+    let late = json!({"symbol": "BTCUSD", "price": 99999.5, "amount": 3.25, "side": "buy",
+                      "timestamp": "2024-02-07T10:11:12.345Z", "id": 987654321});
+    let (status, v) = post(&format!("{url}/api/trades"), late.to_string()).await;
+    assert_eq!((status, &v["late"]), (200, &json!(1)), "{v}");
+    let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    assert!(report.failures.is_empty());
+    let until = ohlcd::clock::Clock::now(&app.clock) - 5 * NANOS_PER_SEC;
+    for res in Resolution::ALL {
+        let stored = app.stored("BTCUSD", res).await;
+        let expected = app
+            .expected("BTCUSD", res, Resolution::M1.window_start(until))
+            .await;
+        assert_candles_eq(
+            &stored,
+            &expected,
+            &format!("BTCUSD {res} after late trade"),
+        );
+        let at = res.window_start(t("2024-02-07T10:11:12Z"));
+        let c = stored.iter().find(|c| c.start == at).unwrap();
+        assert_eq!(c.high, 99999.5, "{res}");
+    }
+    // Recomputed once: the dirty ranges are gone.
+    for res in Resolution::ALL {
+        assert!(app.store.dirty("BTCUSD", res).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    let (from, to) = (t(FROM) / NANOS_PER_SEC, t(TO) / NANOS_PER_SEC);
+    // 31 days at 1m: more than 30 days → 15m (2,980 bars, under the 3,000 cap).
+    let from = from.max(to - 31 * 86_400 - 3600);
+    let (status, v) = get(&format!(
+        "{url}/api/ohlc?symbol=BTCUSD&resolution=1&from={from}&to={to}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["requested_resolution"].as_str(), v["resolution"].as_str()),
+        (Some("1"), Some("15"))
+    );
+    let q = 15 * 60 * NANOS_PER_SEC;
+    let expected: Vec<Candle> = app
+        .expected_by("BTCUSD", |x| x.div_euclid(q) * q)
+        .await
+        .into_iter()
+        .filter(|c| c.start >= from * NANOS_PER_SEC && c.start < to * NANOS_PER_SEC)
+        .collect();
+    let got: Vec<Candle> = v["candles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Candle {
+            start: c["time"].as_i64().unwrap() * NANOS_PER_SEC,
+            open: c["open"].as_f64().unwrap(),
+            high: c["high"].as_f64().unwrap(),
+            low: c["low"].as_f64().unwrap(),
+            close: c["close"].as_f64().unwrap(),
+            volume: c["volume"].as_f64().unwrap(),
+            quote_volume: c["quote_volume"].as_f64().unwrap(),
+            trades: c["trades"].as_i64().unwrap(),
+            buy_volume: c["buy_volume"].as_f64().unwrap(),
+        })
+        .collect();
+    assert_candles_eq(&got, &expected, "/api/ohlc 15m");
+    // The whole ~69 days at 1m: 15m would be 6,600 bars, over the cap → 60.
+    let (_, v) = get(&format!(
+        "{url}/api/ohlc?symbol=BTCUSD&resolution=1&from={}&to={to}",
+        t(FROM) / NANOS_PER_SEC
+    ))
+    .await;
+    assert_eq!(v["resolution"], "60", "{v}");
+    // Over a year: 1D.
+    let (_, v) = get(&format!(
+        "{url}/api/ohlc?symbol=BTCUSD&resolution=5&from={}&to={to}",
+        to - 400 * 86_400
+    ))
+    .await;
+    assert_eq!(v["resolution"], "1D", "{v}");
+}
+
+#[tokio::test]
+async fn udf_metadata_endpoints_answer_as_tradingview_expects() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    let (_, config) = get(&format!("{url}/udf/config")).await;
+    assert_eq!(config["supports_search"], true);
+    assert_eq!(config["supports_group_request"], false);
+    assert_eq!(config["supports_time"], true);
+    let res: Vec<&str> = config["supported_resolutions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for r in [
+        "1", "5", "15", "30", "45", "60", "120", "240", "360", "720", "1D", "1W", "1M",
+    ] {
+        assert!(res.contains(&r), "{r} missing from {res:?}");
+    }
+    let (status, info) = get(&format!("{url}/udf/symbols?symbol=BTCUSD")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            info["session"].as_str(),
+            info["timezone"].as_str(),
+            info["type"].as_str()
+        ),
+        (Some("24x7"), Some("Etc/UTC"), Some("crypto"))
+    );
+    assert_eq!(
+        (
+            info["has_intraday"].as_bool(),
+            info["has_daily"].as_bool(),
+            info["has_weekly_and_monthly"].as_bool()
+        ),
+        (Some(true), Some(true), Some(true))
+    );
+    assert_eq!(
+        info["pricescale"], 100,
+        "BTC prices have 2 decimals: {info}"
+    );
+    assert!(info["minmov"].is_number() && info["volume_precision"].is_number());
+    let (_, exch) = get(&format!("{url}/udf/symbols?symbol=ohlcd:ETHUSD")).await;
+    assert_eq!(exch["name"], "ETHUSD");
+    let (_, found) = get(&format!("{url}/udf/search?query=eth&limit=10")).await;
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert_eq!(found[0]["symbol"], "ETHUSD");
+    let (_, all) = get(&format!("{url}/udf/search?query=&limit=1")).await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "limit applies");
+    let time = reqwest::get(format!("{url}/udf/time"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        time,
+        ((t(TO) + 3600 * NANOS_PER_SEC) / NANOS_PER_SEC).to_string()
+    );
+}
+
+#[tokio::test]
+async fn progress_health_metrics_and_raw_trades_are_served() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    let (status, progress) = get(&format!("{url}/api/progress")).await;
+    assert_eq!(status, 200);
+    let entries = progress.as_array().unwrap();
+    assert_eq!(entries.len(), 12);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["status"] == "completed" && e["watermark"].is_string())
+    );
+    let (status, health) = get(&format!("{url}/healthz")).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, trades) = get(&format!(
+        "{url}/api/trades?symbol=BTCUSD&from={}&to={}&limit=5",
+        t(FROM) / NANOS_PER_SEC,
+        t(TO) / NANOS_PER_SEC
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let trades = trades["trades"].as_array().unwrap();
+    assert_eq!(trades.len(), 5);
+    assert!(
+        trades
+            .windows(2)
+            .all(|w| w[0]["timestamp"].as_i64() <= w[1]["timestamp"].as_i64())
+    );
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "ohlcd_http_requests_total",
+        "ohlcd_task_lag_seconds",
+        "ohlcd_candles_written_total",
+        "ohlcd_chunk_duration_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metrics.contains(r#"route="/api/progress",status="200""#),
+        "{metrics}"
+    );
+}
+
+async fn trade_count(app: &TestApp) -> i64 {
+    let rows = app.rows("SELECT count(price) FROM trades").await;
+    rows.first().map_or(0, |r| r["count"].as_i64().unwrap())
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_4xx_with_a_message_and_write_nothing() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    let before = trade_count(&app).await;
+    let ok = r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1706745600000}"#;
+    let posts: Vec<(String, u16, &str)> = vec![
+        (format!("[{ok}, {{\"symbol\":\"BTCUSD\"}}]"), 400, "trade 1: price"),
+        (r#"{"symbol":"BTC'USD","price":1,"amount":1,"side":"buy","timestamp":1706745600000}"#.into(), 400, "trade 0: symbol"),
+        (r#"{"symbol":"BTCUSD\n","price":1,"amount":1,"side":"buy","timestamp":1706745600000}"#.into(), 400, "symbol"),
+        (r#"{"symbol":"БТК","price":1,"amount":1,"side":"buy","timestamp":1706745600000}"#.into(), 400, "symbol"),
+        (r#"{"symbol":"BTCUSD","price":-1,"amount":1,"side":"buy","timestamp":1706745600000}"#.into(), 400, "price"),
+        (r#"{"symbol":"BTCUSD","price":1,"amount":0,"side":"buy","timestamp":1706745600000}"#.into(), 400, "amount"),
+        (r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"up","timestamp":1706745600000}"#.into(), 400, "side"),
+        (r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":"yesterday"}"#.into(), 400, "timestamp"),
+        (r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy"}"#.into(), 400, "timestamp"),
+        (r#"{"symbol":"BTCUSD","price":Infinity,"amount":1,"side":"buy","timestamp":1706745600000}"#.into(), 400, "JSON"),
+        (r#"{"symbol":"BTCUSD","price":1e999,"amount":1,"side":"buy","timestamp":1706745600000}"#.into(), 400, "JSON"),
+        (r#"{"symbol":"BTCUSD","pri"#.into(), 400, "JSON"),
+        ("null".into(), 400, "trade object"),
+        (format!("[{}]", vec![ok; 100_001].join(",")), 413, "at most"),
+        ("x".repeat(17 * 1024 * 1024), 413, "too large"),
+    ];
+    for (body, status, needle) in posts {
+        let shown: String = body.chars().take(80).collect();
+        let (got, v) = post(&format!("{url}/api/trades"), body).await;
+        assert_eq!(got, status, "{shown}: {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{shown}: {msg:?} should mention {needle:?}"
+        );
+    }
+    assert_eq!(
+        trade_count(&app).await,
+        before,
+        "nothing written by rejected requests"
+    );
+
+    let gets: Vec<(String, u16, &str)> = vec![
+        (
+            "/udf/history?symbol=NOPE&resolution=1&from=1&to=2".into(),
+            404,
+            "unknown symbol",
+        ),
+        (
+            "/udf/history?symbol=BTCUSD&resolution=7X&from=1&to=2".into(),
+            400,
+            "resolution",
+        ),
+        (
+            "/udf/history?symbol=BTCUSD&resolution=1&from=20&to=10".into(),
+            400,
+            "before",
+        ),
+        (
+            "/udf/history?symbol=BTCUSD&resolution=1&from=abc&to=10".into(),
+            400,
+            "from",
+        ),
+        (
+            "/udf/history?symbol=BTCUSD&resolution=1&from=0&to=7258118400".into(),
+            400,
+            "range too large",
+        ),
+        (
+            "/udf/history?symbol=BTCUSD&resolution=1&to=10&countback=0".into(),
+            400,
+            "countback",
+        ),
+        (
+            "/udf/history?symbol=BTC%27%20OR%201%3D1&resolution=1&from=1&to=2".into(),
+            400,
+            "symbol",
+        ),
+        (
+            "/udf/history?resolution=1&from=1&to=2".into(),
+            400,
+            "symbol",
+        ),
+        ("/udf/symbols?symbol=ZZZ".into(), 404, "unknown symbol"),
+        ("/udf/search?limit=-1".into(), 400, "limit"),
+        (
+            "/api/ohlc?symbol=BTCUSD&resolution=1&from=10&to=5".into(),
+            400,
+            "before",
+        ),
+        (
+            "/api/ohlc?symbol=BTCUSD&resolution=D1&from=1&to=5".into(),
+            400,
+            "resolution",
+        ),
+        (
+            "/api/ohlc?symbol=BTCUSD&resolution=1&from=99999999999999999999&to=5".into(),
+            400,
+            "from",
+        ),
+        (
+            "/api/trades?symbol=BTCUSD&limit=100000".into(),
+            400,
+            "limit",
+        ),
+        ("/api/trades?symbol=%22%3B%20DROP".into(), 400, "symbol"),
+        ("/no/such/thing".into(), 404, "no such endpoint"),
+    ];
+    for (path, status, needle) in gets {
+        let (got, v) = get(&format!("{url}{path}")).await;
+        assert_eq!(got, status, "{path}: {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(needle),
+            "{path}: {msg:?} should mention {needle:?}"
+        );
+        if path.starts_with("/udf/") && status != 404
+            || path.starts_with("/udf/history?symbol=NOPE")
+        {
+            assert_eq!(v["s"], "error", "{path}: UDF error shape");
+        }
+    }
+    assert_eq!(trade_count(&app).await, before);
+}
+
+#[tokio::test]
+async fn trades_without_ids_survive_and_a_retried_request_counts_once() {
+    let app = TestApp::spawn().await;
+    app.clock.set(t("2024-07-01T00:00:00Z"));
+    let (url, _stop) = app.serve().await;
+    let trade = json!({"symbol": "DOGEUSD", "price": 0.1, "amount": 100.0, "side": "sell", "timestamp": "2024-06-30T10:00:00.001Z"});
+    let body = json!([trade, trade, {"symbol": "DOGEUSD", "price": 0.2, "amount": 5.0, "side": "sell", "timestamp": "2024-06-30T10:00:00.001Z"}]).to_string();
+    assert_eq!(
+        post(&format!("{url}/api/trades"), body.clone()).await.0,
+        200
+    );
+    assert_eq!(post(&format!("{url}/api/trades"), body).await.0, 200);
+    assert_eq!(trade_count(&app).await, 3);
+}

@@ -1,0 +1,210 @@
+#!/usr/bin/env node
+// Browser test of the ohlcd chart page.
+//
+//   node web/tests/chart.mjs <base_url> <screenshot_path>
+//
+// Needs playwright-core (web/package.json devDependency) and a Chromium at
+// /usr/bin/chromium (Debian package `chromium`); override with CHROMIUM=/path.
+// Exits 0 on success, 1 with a message on failure.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import fs from 'node:fs';
+
+// Resolve playwright-core from web/node_modules even when run from the repo root.
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(path.join(here, '..', 'package.json'));
+let chromium;
+try {
+  ({ chromium } = require('playwright-core'));
+} catch (e) {
+  console.error(`FAIL: cannot load playwright-core (run \`npm ci\` in web/): ${e.message}`);
+  process.exit(1);
+}
+
+const [baseArg, shotArg] = process.argv.slice(2);
+if (!baseArg || !shotArg) {
+  console.error('usage: node web/tests/chart.mjs <base_url> <screenshot_path>');
+  process.exit(2);
+}
+const base = baseArg.replace(/\/+$/, '');
+const screenshotPath = path.resolve(shotArg);
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+const WAIT_MS = 20_000;
+
+const problems = []; // uncaught page errors / console errors
+let step = 'start';
+const log = (msg) => console.log(`[chart.mjs] ${msg}`);
+
+class TestFailure extends Error {}
+function assert(cond, msg) {
+  if (!cond) throw new TestFailure(`${step}: ${msg}`);
+}
+
+async function state(page) {
+  return page.evaluate(() => (window.ohlcd ? JSON.parse(JSON.stringify(window.ohlcd)) : null));
+}
+
+async function waitFor(page, what, fn, arg) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: WAIT_MS, polling: 100 });
+  } catch (e) {
+    const s = await state(page).catch(() => null);
+    const status = await page.textContent('#status').catch(() => '?');
+    throw new TestFailure(`${step}: timed out after ${WAIT_MS / 1000}s waiting for ${what}; window.ohlcd=${JSON.stringify(s)}; status line="${status}"`);
+  }
+}
+
+/** Fetch the page's last /api/ohlc request ourselves and compare with what is drawn.
+ *  Retried a few times: a live update may add a bar between our two reads. */
+async function assertBarsMatchApi(page, expect = {}) {
+  let last = '';
+  for (let attempt = 0; attempt < 8; attempt++) {
+    const s = await state(page);
+    assert(s && s.lastRequest, `window.ohlcd.lastRequest is not set (${JSON.stringify(s)})`);
+    assert(!s.error, `page reports an error: ${s.error}`);
+    const url = new URL(s.lastRequest, `${base}/`).toString();
+    const resp = await fetch(url, { headers: { Accept: 'application/json' } });
+    const text = await resp.text();
+    assert(resp.ok, `GET ${url} → HTTP ${resp.status}: ${text.slice(0, 300)}`);
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      throw new TestFailure(`${step}: GET ${url} returned non-JSON: ${text.slice(0, 200)}`);
+    }
+    assert(Array.isArray(body.candles), `GET ${url}: no candles array`);
+    const s2 = await state(page);
+    const n = body.candles.length;
+    if (s2.lastRequest === s.lastRequest && s2.bars === n && s.bars === n && String(s2.resolution) === String(body.resolution)) {
+      assert(n > 0, `API returned 0 candles for ${url}; the chart needs data to be tested`);
+      if (expect.resolution) assert(String(s2.requestedResolution) === expect.resolution, `requested resolution ${s2.requestedResolution}, expected ${expect.resolution}`);
+      const label = await page.textContent('#resolution-shown');
+      assert(label.includes(n.toLocaleString('en-US')), `#resolution-shown "${label}" does not show the bar count ${n}`);
+      log(`${step}: ${s2.symbol} requested ${s2.requestedResolution} shown ${s2.resolution}: ${n} bars drawn == API (${label.trim()})`);
+      return s2;
+    }
+    last = `drawn bars=${s2.bars} resolution=${s2.resolution} vs API candles=${n} resolution=${body.resolution} (${url})`;
+    await page.waitForTimeout(750);
+  }
+  throw new TestFailure(`${step}: chart does not match the API: ${last}`);
+}
+
+/** Wait until a full reload newer than `prevLoads` finished with window.ohlcd[key] === value. */
+async function waitForReload(page, prevLoads, what, key, value) {
+  await waitFor(
+    page,
+    what,
+    ([prev, k, v]) => {
+      const o = window.ohlcd;
+      return !!o && o.loads > prev && !o.loading && o[k] === v;
+    },
+    [prevLoads, key, value],
+  );
+}
+
+async function main() {
+  if (!fs.existsSync(executablePath)) {
+    throw new TestFailure(`no Chromium at ${executablePath} (apt-get install -y chromium, or set CHROMIUM=)`);
+  }
+  const browser = await chromium.launch({
+    executablePath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    page.on('pageerror', (err) => problems.push(`uncaught page error: ${err.message}`));
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') {
+        const loc = msg.location();
+        problems.push(`console error: ${msg.text()}${loc && loc.url ? ` (${loc.url})` : ''}`);
+      }
+    });
+    page.on('requestfailed', (req) => {
+      const f = req.failure();
+      problems.push(`request failed: ${req.url()} ${f ? f.errorText : ''}`);
+    });
+    const checkProblems = () => assert(problems.length === 0, `browser reported problems:\n  ${problems.join('\n  ')}`);
+
+    // 1. open the page and wait for the first load
+    step = 'open';
+    let resp;
+    try {
+      resp = await page.goto(`${base}/`, { waitUntil: 'domcontentloaded', timeout: WAIT_MS });
+    } catch (e) {
+      throw new TestFailure(`${step}: cannot open ${base}/: ${String(e.message).split('\n')[0]}`);
+    }
+    assert(resp && resp.ok(), `GET ${base}/ → HTTP ${resp ? resp.status() : 'no response'}`);
+    await waitFor(page, 'window.ohlcd.ready', () => window.ohlcd && window.ohlcd.ready === true);
+    checkProblems();
+
+    // 2. bars drawn == API answer for the same request
+    step = 'initial load';
+    const first = await assertBarsMatchApi(page);
+    const active = await page.$$eval('button[data-resolution].active', (bs) => bs.map((b) => b.dataset.resolution));
+    assert(active.length === 1 && active[0] === first.requestedResolution,
+      `active timeframe buttons ${JSON.stringify(active)}, expected ["${first.requestedResolution}"]`);
+    checkProblems();
+
+    // 3. 1h timeframe
+    step = '1h timeframe';
+    const target = first.requestedResolution === '60' ? '240' : '60';
+    const before1h = (await state(page)).loads;
+    await page.click(`button[data-resolution="${target}"]`);
+    await waitForReload(page, before1h, `reload at resolution ${target}`, 'requestedResolution', target);
+    const s1h = await assertBarsMatchApi(page, { resolution: target });
+    const activeNow = await page.getAttribute(`button[data-resolution="${target}"]`, 'class');
+    assert(/\bactive\b/.test(activeNow || ''), `button[data-resolution="${target}"] is not highlighted`);
+    const shownAttr = await page.getAttribute('#resolution-shown', 'data-resolution');
+    assert(shownAttr === String(s1h.resolution), `#resolution-shown data-resolution="${shownAttr}", expected "${s1h.resolution}"`);
+    checkProblems();
+
+    // 4. another symbol
+    step = 'symbol switch';
+    const options = await page.$$eval('#symbol option', (os) => os.map((o) => o.value));
+    assert(options.length >= 2, `symbol selector has ${options.length} option(s): ${JSON.stringify(options)}; need at least 2`);
+    const prevSymbol = s1h.symbol;
+    const other = options.find((o) => o !== prevSymbol);
+    const beforeSym = (await state(page)).loads;
+    await page.selectOption('#symbol', other);
+    await waitForReload(page, beforeSym, `reload for symbol ${other}`, 'symbol', other);
+    const sSym = await assertBarsMatchApi(page, { resolution: target });
+    assert(sSym.symbol !== prevSymbol && sSym.symbol === other, `window.ohlcd.symbol is ${sSym.symbol}, expected ${other} (was ${prevSymbol})`);
+    checkProblems();
+
+    // 5. progress table
+    step = 'progress table';
+    await waitFor(page, 'a row in #progress-table',
+      () => document.querySelectorAll('#progress-table tbody tr[data-symbol]').length > 0);
+    const rows = await page.$$eval('#progress-table tbody tr[data-symbol]', (trs) => trs.length);
+    log(`${step}: ${rows} row(s)`);
+    checkProblems();
+
+    // 6. screenshot
+    step = 'screenshot';
+    fs.mkdirSync(path.dirname(screenshotPath), { recursive: true });
+    await page.waitForTimeout(300); // let the canvas settle
+    await page.screenshot({ path: screenshotPath, fullPage: true });
+    log(`${step}: saved ${screenshotPath}`);
+
+    // 7. no page/console errors during the whole run
+    step = 'errors';
+    checkProblems();
+    await context.close();
+  } finally {
+    await browser.close();
+  }
+}
+
+try {
+  await main();
+  log('PASS: all chart page checks passed');
+  console.log('1 passed, 0 failed');
+  process.exit(0);
+} catch (e) {
+  console.error(`[chart.mjs] FAIL: ${e instanceof TestFailure ? e.message : e.stack || e}`);
+  console.log('0 passed, 1 failed');
+  process.exit(1);
+}
