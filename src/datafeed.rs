@@ -5,7 +5,8 @@
 //! Where that source's watermark ends, finer materialized resolutions continue,
 //! and raw trades cover whatever no resolution has materialized yet (the open
 //! minute, or an engine that is behind), so the newest bar is live. A source whose
-//! query fails is skipped in favour of the next finer one, then raw trades.
+//! query fails or comes back empty is skipped in favour of the next finer one, then
+//! raw trades.
 
 use std::fmt;
 use std::ops::Range;
@@ -296,6 +297,9 @@ impl Datafeed {
                 .stream_candles(source, symbol, cursor..seg_end, |c| segment.push(c))
                 .await
             {
+                // Materialized but empty while raw trades may exist (a dropped or
+                // damaged measurement): let the next finer source try this segment.
+                Ok(_) if segment.is_empty() => {}
                 Ok(_) => {
                     for c in &segment {
                         agg.add_candle(c);

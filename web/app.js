@@ -602,11 +602,17 @@ function fmtDuration(ms) {
   return `${(v / 60000).toFixed(1)} min`;
 }
 
-function lagClass(sec) {
+const RESOLUTION_SECONDS = { '1m': 60, '5m': 300, '15m': 900, '1h': 3600, '4h': 14400, '1d': 86400 };
+
+// A task is healthy while its watermark trails now by at most one window of its
+// own resolution (plus the settle delay and a tick): a 1d task is normally up to
+// a day behind, a 1m task a minute.
+function lagClass(sec, resolution) {
   if (sec == null || !Number.isFinite(Number(sec))) return 'lag-unknown';
   const v = Number(sec);
-  if (v <= 300) return 'lag-ok';
-  if (v <= 3600) return 'lag-warn';
+  const window = RESOLUTION_SECONDS[resolution] ?? 60;
+  if (v <= window + 120) return 'lag-ok';
+  if (v <= 2 * window + 600) return 'lag-warn';
   return 'lag-bad';
 }
 
@@ -644,7 +650,7 @@ function renderProgress(rows) {
     tr.append(st);
 
     tr.append(td(fmtTimestamp(r.watermark), 'mono', r.watermark || ''));
-    tr.append(td(r.lag ?? '—', `mono ${lagClass(r.lag_seconds)}`, r.lag_seconds != null ? `${r.lag_seconds} s` : ''));
+    tr.append(td(r.lag ?? '—', `mono ${lagClass(r.lag_seconds, r.resolution)}`, r.lag_seconds != null ? `${r.lag_seconds} s` : ''));
 
     const lastRun = r.last_run_finished_at || r.last_run_started_at;
     const dur = fmtDuration(r.last_run_duration_ms);

@@ -569,3 +569,28 @@ async fn trades_without_ids_survive_and_a_retried_request_counts_once() {
     assert_eq!(post(&format!("{url}/api/trades"), body).await.0, 200);
     assert_eq!(trade_count(&app).await, 3);
 }
+
+#[tokio::test]
+async fn a_missing_source_measurement_falls_back_to_finer_data() {
+    let app = app_with_history(true).await;
+    let (url, _stop) = app.serve().await;
+    // Someone dropped the 15m candles: 30-minute bars must still be right.
+    app.influx
+        .query_json("DROP MEASUREMENT ohlc_15m")
+        .await
+        .unwrap();
+    let (from, to) = (t(FROM) / NANOS_PER_SEC, t(TO) / NANOS_PER_SEC);
+    let (status, v) = get(&format!(
+        "{url}/udf/history?symbol=BTCUSD&resolution=30&from={from}&to={to}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let half = 1800 * NANOS_PER_SEC;
+    let expected: Vec<Candle> = app
+        .expected_by("BTCUSD", |x| x.div_euclid(half) * half)
+        .await
+        .into_iter()
+        .filter(|c| c.start < to * NANOS_PER_SEC)
+        .collect();
+    assert_udf_matches(&udf_bars(&v), &expected, "30 without ohlc_15m");
+}
