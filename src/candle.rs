@@ -516,15 +516,14 @@ impl Aggregator {
         match &mut self.current {
             Some((s, acc)) if *s == start => acc.add(c),
             _ => {
+                // A window seen before is updated where it is parked; only a new
+                // window becomes current. So `current` is never also in `done`.
+                if let Some(acc) = self.done.get_mut(&start) {
+                    acc.add(c);
+                    return;
+                }
                 self.park_current();
-                let acc = match self.done.remove(&start) {
-                    Some(mut acc) => {
-                        acc.add(c);
-                        acc
-                    }
-                    None => Accumulator::new(c),
-                };
-                self.current = Some((start, acc));
+                self.current = Some((start, Accumulator::new(c)));
             }
         }
     }
