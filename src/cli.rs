@@ -130,6 +130,7 @@ async fn connect_influx(settings: &Settings) -> anyhow::Result<InfluxClient> {
     let influx = InfluxClient::new(&settings.influx)?;
     influx.ping().await?;
     influx.check_database().await?;
+    influx.check_writable().await?;
     Ok(influx)
 }
 
@@ -242,15 +243,24 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
             &to_rfc3339(e.range.start)[..10]
         ));
     }));
+    let engine = Arc::new(engine);
+    let stopper = engine.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("interrupted: finishing the current chunk, then stopping");
+        stopper.request_stop();
+    });
+    // Tasks leased by another process are either being worked on (a running
+    // daemon) or held by a dead one whose lease will expire: wait for either.
+    let lease_wait = Duration::from_secs(settings.progress.lease_secs * 2 + 5);
+    let mut waiting_since: Option<Instant> = None;
     let started = Instant::now();
     let (mut chunks, mut rows, mut candles) = (0, 0, 0);
-    let mut leased;
     loop {
         let report = engine.tick(&filter).await?;
         chunks += report.chunks;
         rows += report.rows_read;
         candles += report.candles_written;
-        leased = report.tasks_leased;
         if !report.failures.is_empty() {
             pb.abandon();
             for (symbol, res, error) in &report.failures {
@@ -261,10 +271,36 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
                 report.failures.len()
             );
         }
-        // Time moves during a long backfill: go round until a tick finds nothing new.
-        if report.chunks == 0 {
+        if engine.stop_requested() {
+            pb.abandon();
+            bail!("interrupted; progress so far is kept, run again to resume");
+        }
+        if report.chunks > 0 {
+            waiting_since = None;
+            continue;
+        }
+        // Time moves during a long backfill: done once a tick finds nothing new.
+        if report.tasks_leased == 0 {
             break;
         }
+        let since = *waiting_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > lease_wait {
+            pb.abandon();
+            bail!(
+                "{} task(s) stayed leased by another ohlcd for {}s; is one running? (see `ohlcd progress`)",
+                report.tasks_leased,
+                lease_wait.as_secs()
+            );
+        }
+        pb.set_message(format!(
+            "waiting for {} task(s) leased by another ohlcd",
+            report.tasks_leased
+        ));
+        tracing::info!(
+            tasks = report.tasks_leased,
+            "waiting for leases held by another ohlcd"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -272,9 +308,6 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
         "backfill complete: {chunks} chunks, {rows} source rows read, {candles} candles written in {secs:.1}s ({:.0} rows/s)",
         rows as f64 / secs.max(1e-9)
     );
-    if leased > 0 {
-        println!("note: {leased} task(s) were leased by another ohlcd and skipped");
-    }
     Ok(())
 }
 

@@ -81,6 +81,8 @@ pub struct EngineSettings {
     pub concurrency: usize,
     /// Attempts per chunk before the task is marked failed.
     pub chunk_attempts: u32,
+    /// Raw data re-read behind the 1m watermark every tick, seconds.
+    pub lookback_secs: u64,
     /// Chunk length in days per resolution name.
     pub chunk_days: BTreeMap<String, u32>,
 }
@@ -125,6 +127,8 @@ pub struct DatafeedSettings {
     pub symbols_cache_secs: u64,
     /// Exchange name shown to clients.
     pub exchange: String,
+    /// Timeout of InfluxDB requests made while serving, seconds.
+    pub timeout_secs: u64,
 }
 
 /// Why the configuration could not be loaded.

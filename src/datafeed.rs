@@ -306,6 +306,9 @@ impl Datafeed {
                     }
                     cursor = seg_end;
                 }
+                // InfluxDB itself is down or hung: every other source would fail
+                // the same way, one timeout each. Answer the error now.
+                Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(symbol, source = %source, error = %e, "candle source failed; falling back to a finer one");
                 }

@@ -147,6 +147,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Equal up to floating-point summation order: a re-read can return rows of two
+/// series with equal timestamps in another order, which may move the last bit of
+/// a sum but never a price or the trade count.
+fn same_candle(a: &Candle, b: &Candle) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs());
+    (a.start, a.open, a.high, a.low, a.close, a.trades)
+        == (b.start, b.open, b.high, b.low, b.close, b.trades)
+        && close(a.volume, b.volume)
+        && close(a.quote_volume, b.quote_volume)
+        && close(a.buy_volume, b.buy_volume)
+}
+
 /// A lease-holder id unique to this process: host, pid and a random suffix.
 pub fn default_owner() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -198,7 +210,8 @@ impl Engine {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn stop_requested(&self) -> bool {
+    /// True once [`Engine::request_stop`] was called.
+    pub fn stop_requested(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -295,6 +308,10 @@ impl Engine {
                 break;
             }
             let outcome = self.run_task(symbol, res).await;
+            if res == Resolution::M1 {
+                // Crash test point: 1m done, the coarser resolutions not yet.
+                crate::failpoint::hit("mid_cascade").await;
+            }
             let failed = matches!(outcome, TaskOutcome::Failed(_));
             out.push((symbol.to_string(), res, outcome));
             if failed {
@@ -401,6 +418,14 @@ impl Engine {
         let symbol = lease.symbol.as_str();
         let (mut chunks, mut rows_read, mut candles_written) =
             self.recompute_dirty(lease, task.watermark).await?;
+        if res == Resolution::M1
+            && let Some(w) = task.watermark
+        {
+            let (c, r, n) = self.rescan_lookback(lease, w).await?;
+            chunks += c;
+            rows_read += r;
+            candles_written += n;
+        }
         let done = |chunks, rows_read, candles_written| TaskOutcome::Done {
             chunks,
             rows_read,
@@ -507,6 +532,71 @@ impl Engine {
         self.store.commit_chunk(lease, &record, true).await?;
         self.notify(&lease.symbol, res, watermark..target, 0, 0);
         Ok(target)
+    }
+
+    /// Re-reads the raw trades of the last `engine.lookback_secs` behind the 1m
+    /// watermark and compares them with the stored 1m candles. Windows that
+    /// changed (trades written straight into InfluxDB, bypassing the API) are
+    /// rewritten at 1m and recorded as dirty for the coarser resolutions, which
+    /// recompute them in cascade order.
+    async fn rescan_lookback(
+        &self,
+        lease: &Lease,
+        watermark: i64,
+    ) -> Result<(u64, u64, u64), EngineError> {
+        let lookback = self.settings.lookback_secs as i64 * NANOS_PER_SEC;
+        if lookback == 0 {
+            return Ok((0, 0, 0));
+        }
+        let symbol = lease.symbol.as_str();
+        let range = Resolution::M1.window_start(watermark - lookback)..watermark;
+        let started_at = self.clock.now();
+        let mut agg = Aggregator::new(Resolution::M1);
+        let rows = self
+            .influx
+            .stream_trades(symbol, range.clone(), |t| agg.add_trade(&t))
+            .await?;
+        let fresh = agg.finish();
+        let stored: std::collections::BTreeMap<i64, Candle> = self
+            .influx
+            .read_candles(Resolution::M1, symbol, range.clone())
+            .await?
+            .into_iter()
+            .map(|c| (c.start, c))
+            .collect();
+        let changed: Vec<Candle> = fresh
+            .into_iter()
+            .filter(|c| !stored.get(&c.start).is_some_and(|s| same_candle(s, c)))
+            .collect();
+        if changed.is_empty() {
+            return Ok((0, rows, 0));
+        }
+        tracing::info!(
+            symbol,
+            windows = changed.len(),
+            "lookback found trades behind the watermark"
+        );
+        self.influx
+            .write_candles(Resolution::M1, symbol, &changed)
+            .await?;
+        let ranges: Vec<Range<i64>> = changed
+            .iter()
+            .map(|c| c.start..c.start + Resolution::M1.nanos())
+            .collect();
+        self.store
+            .add_dirty_at(symbol, &ranges, &Resolution::ALL[1..], self.clock.now())
+            .await?;
+        let record = ChunkRecord {
+            kind: "late",
+            range,
+            started_at,
+            finished_at: self.clock.now(),
+            rows_read: rows,
+            candles_written: changed.len() as u64,
+            error: None,
+        };
+        self.store.commit_chunk(lease, &record, false).await?;
+        Ok((1, rows, changed.len() as u64))
     }
 
     /// Recomputes the windows late trades landed in, behind this task's
@@ -652,6 +742,8 @@ impl Engine {
             self.delete_stale(symbol, res, range, &candles).await?;
         }
         self.influx.write_candles(res, symbol, &candles).await?;
+        // Crash test point: candles written, watermark not yet committed.
+        crate::failpoint::hit("after_write").await;
         Ok((rows, candles.len() as u64))
     }
 

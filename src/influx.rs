@@ -73,6 +73,18 @@ pub enum InfluxError {
         /// Server message.
         message: String,
     },
+    /// The credentials may read but not write the database.
+    #[error(
+        "InfluxDB at {url} does not let this user write to database {database:?} ({message}); ohlcd writes candles there: grant WRITE or use another user"
+    )]
+    ReadOnly {
+        /// Base URL.
+        url: String,
+        /// Database name.
+        database: String,
+        /// Server message.
+        message: String,
+    },
     /// A query was accepted but failed.
     #[error("InfluxDB query failed: {message} (query: {query})")]
     Query {
@@ -191,7 +203,6 @@ impl InfluxClient {
     pub fn new(s: &InfluxSettings) -> Result<InfluxClient, InfluxError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(s.connect_timeout_secs))
-            .timeout(s.timeout())
             .pool_max_idle_per_host(8)
             .build()
             .map_err(|e| InfluxError::Protocol(format!("cannot build HTTP client: {e}")))?;
@@ -228,8 +239,22 @@ impl InfluxClient {
         &self.database
     }
 
+    /// A client sharing this one's connections whose requests time out after
+    /// `secs` and are retried `retries` times: serving and health checks must
+    /// fail fast rather than wait out the long timeout meant for chunk reads.
+    pub fn fail_fast(&self, secs: u64, retries: u32) -> InfluxClient {
+        InfluxClient {
+            timeout_secs: secs,
+            retries,
+            ..self.clone()
+        }
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.request(method, format!("{}{}", self.url, path));
+        let rb = self
+            .http
+            .request(method, format!("{}{}", self.url, path))
+            .timeout(Duration::from_secs(self.timeout_secs));
         match &self.auth {
             Auth::None => rb,
             Auth::Basic { username, password } => rb.basic_auth(username, Some(password)),
@@ -387,6 +412,23 @@ impl InfluxClient {
         .map(|_| ())
     }
 
+    /// Fails with [`InfluxError::ReadOnly`] unless the credentials may write to
+    /// the database. Probes with an empty write, which stores nothing.
+    pub async fn check_writable(&self) -> Result<(), InfluxError> {
+        match self.write_lines(Bytes::new()).await {
+            Err(InfluxError::Unauthorized {
+                status: 403,
+                message,
+                ..
+            }) => Err(InfluxError::ReadOnly {
+                url: self.url.clone(),
+                database: self.database.clone(),
+                message,
+            }),
+            other => other,
+        }
+    }
+
     /// Symbols that have raw trades (`SHOW TAG VALUES`), sorted.
     pub async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
         let v = self
@@ -500,6 +542,9 @@ impl InfluxClient {
             })?;
             if !more {
                 break;
+            }
+            if rows == 1_000 {
+                crate::failpoint::hit("mid_read").await;
             }
             let first = rec.get(0).unwrap_or_default();
             if first == b"error" && rec.len() == 1 {

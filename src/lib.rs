@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod datafeed;
 pub mod engine;
+pub mod failpoint;
 pub mod generate;
 pub mod influx;
 pub mod ingest;

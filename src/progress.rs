@@ -578,9 +578,21 @@ impl ProgressStore {
         ranges: &[std::ops::Range<i64>],
         now: i64,
     ) -> Result<(), ProgressError> {
+        self.add_dirty_at(symbol, ranges, &Resolution::ALL, now)
+            .await
+    }
+
+    /// Records `ranges` of `symbol` as dirty at the given resolutions.
+    pub async fn add_dirty_at(
+        &self,
+        symbol: &str,
+        ranges: &[std::ops::Range<i64>],
+        resolutions: &[Resolution],
+        now: i64,
+    ) -> Result<(), ProgressError> {
         let mut tx = self.pool.begin().await?;
         for range in ranges {
-            for res in Resolution::ALL {
+            for &res in resolutions {
                 sqlx::query(
                     "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )

@@ -50,6 +50,8 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: &crate::config::Settings,
     ) -> AppState {
+        // Serving and health checks fail fast; the engine keeps the long timeout.
+        let influx = influx.fail_fast(settings.datafeed.timeout_secs, 0);
         let datafeed = Datafeed::new(
             influx.clone(),
             store.clone(),

@@ -30,7 +30,7 @@ pub fn free_port() -> u16 {
 /// A throwaway influxd.
 pub struct TestInflux {
     child: Child,
-    _dir: TempDir,
+    dir: TempDir,
     /// Base URL of its HTTP API.
     pub url: String,
 }
@@ -38,10 +38,20 @@ pub struct TestInflux {
 impl TestInflux {
     /// Starts influxd and waits until `/ping` answers.
     pub fn start() -> TestInflux {
+        Self::start_with(false)
+    }
+
+    /// Starts influxd with authentication enabled (no users yet).
+    pub fn start_with_auth() -> TestInflux {
+        Self::start_with(true)
+    }
+
+    fn start_with(auth: bool) -> TestInflux {
         let dir = tempfile::tempdir().unwrap();
         let http_port = free_port();
         let rpc_port = free_port();
         let d = dir.path().display();
+        let auth = if auth { "  auth-enabled = true\n" } else { "" };
         let conf = format!(
             r#"reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -56,34 +66,42 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
-[continuous_queries]
+{auth}[continuous_queries]
   enabled = false
 "#
         );
-        let conf_path = dir.path().join("influxdb.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("influxd.log")).unwrap();
-        let child = Command::new("influxd")
+        std::fs::write(dir.path().join("influxdb.conf"), conf).unwrap();
+        let child = Self::spawn(&dir);
+        let url = format!("http://127.0.0.1:{http_port}");
+        let server = TestInflux { child, dir, url };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(dir: &TempDir) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("influxd.log"))
+            .unwrap();
+        Command::new("influxd")
             .arg("-config")
-            .arg(&conf_path)
+            .arg(dir.path().join("influxdb.conf"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect(
                 "influxd not found: run scripts/test, which installs the Debian package influxdb",
-            );
-        let url = format!("http://127.0.0.1:{http_port}");
-        let server = TestInflux {
-            child,
-            _dir: dir,
-            url,
-        };
+            )
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(resp) = reqwest_blocking_ping(&server.url)
+            if let Ok(resp) = reqwest_blocking_ping(&self.url)
                 && resp
             {
-                return server;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -91,6 +109,36 @@ bind-address = "127.0.0.1:{rpc_port}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} influxd");
+    }
+
+    /// Freezes influxd (SIGSTOP): connections are accepted but never answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen influxd (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Stops influxd; its data stays for [`TestInflux::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts influxd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir);
+        self.wait_ready();
     }
 }
 
@@ -106,6 +154,10 @@ fn reqwest_blocking_ping(url: &str) -> Result<bool, std::io::Error> {
 
 impl Drop for TestInflux {
     fn drop(&mut self) {
+        // A frozen process is thawed first so it dies promptly.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -162,6 +214,24 @@ impl TestApp {
             clock: ManualClock::new(0),
             dir,
         }
+    }
+
+    /// The `ohlcd` binary configured for this app's influxd, database and SQLite
+    /// file (5 s leases, 2 s InfluxDB timeouts, warnings only).
+    pub fn ohlcd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohlcd"));
+        cmd.env("OHLCD_INFLUX__URL", &self.server.url)
+            .env("OHLCD_INFLUX__DATABASE", self.influx.database())
+            .env(
+                "OHLCD_PROGRESS__DATABASE_URL",
+                &self.settings.progress.database_url,
+            )
+            .env("OHLCD_PROGRESS__LEASE_SECS", "5")
+            .env("OHLCD_INFLUX__TIMEOUT_SECS", "2")
+            .env("OHLCD_INFLUX__RETRIES", "0")
+            .env("OHLCD_ENGINE__CHUNK_ATTEMPTS", "1")
+            .env("OHLCD_LOG", "warn");
+        cmd
     }
 
     /// An engine on this app's clock with the given lease-holder id.

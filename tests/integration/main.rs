@@ -4,5 +4,6 @@
 mod browser;
 mod cli;
 mod engine;
+mod faults;
 mod helpers;
 mod http;

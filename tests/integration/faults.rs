@@ -1,0 +1,613 @@
+//! Fault injection: crashes at chosen points, InfluxDB stopped or frozen, two
+//! daemons on one SQLite file, trades written behind ohlcd's back, SIGTERM, and
+//! broken configuration. After each, the candles must still equal an
+//! independent computation from the raw trades.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use ohlcd::candle::{NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Side};
+use ohlcd::clock::{Clock, SystemClock};
+use ohlcd::engine::TaskFilter;
+use ohlcd::generate::{GenerateSpec, Generator};
+use ohlcd::ingest::{NewTrade, write_trades};
+use ohlcd::progress::TaskStatus;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TestInflux, assert_candles_eq, free_port, t};
+
+/// Writes `trades` trades of `symbols` over `days` days starting 2024-01-01.
+async fn with_trades(app: &TestApp, symbols: &[&str], days: i64, trades: u64) {
+    let from = t("2024-01-01T00:00:00Z");
+    let spec = GenerateSpec {
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        from,
+        to: from + days * NANOS_PER_DAY,
+        trades,
+        seed: 99,
+    };
+    let all: Vec<NewTrade> = Generator::new(&spec).collect();
+    app.write(&all).await;
+}
+
+/// Every stored candle of every resolution equals the reference, and every task
+/// is completed with no lease.
+async fn assert_exact_and_settled(app: &TestApp, symbols: &[&str]) {
+    let now = SystemClock.now();
+    for symbol in symbols {
+        for res in Resolution::ALL {
+            let expected = app.expected(symbol, res, now - 60 * NANOS_PER_SEC).await;
+            let stored = app.stored(symbol, res).await;
+            assert_candles_eq(&stored, &expected, &format!("{symbol} {res}"));
+        }
+    }
+    for task in app.store.tasks().await.unwrap() {
+        assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+        assert_eq!(task.lease_owner, None, "{task:?}");
+    }
+}
+
+/// Waits until a line of the child's stderr contains `needle`; returns the
+/// lines read so far.
+fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Vec<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let found = line.contains(needle);
+        lines.push(line);
+        if found {
+            return lines;
+        }
+    }
+    panic!("{needle:?} not seen on stderr within {timeout:?}: {lines:#?}");
+}
+
+/// Waits for the child to exit, at most `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls until at least `n` chunks are committed in the run history.
+async fn wait_for_chunks(app: &TestApp, symbol: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let runs = app
+            .store
+            .runs(symbol, Resolution::M1, 1000)
+            .await
+            .unwrap_or_default();
+        if runs.iter().filter(|r| r.status == "ok").count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} chunks committed in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
+    let app = TestApp::spawn().await;
+    let symbols = ["BTCUSD", "ETHUSD"];
+    with_trades(&app, &symbols, 40, 60_000).await;
+    let mut crashing = app
+        .ohlcd()
+        .arg("backfill")
+        .env("OHLCD_FAILPOINT", point)
+        // One symbol at a time, so the state at the crash point is known.
+        .env("OHLCD_ENGINE__CONCURRENCY", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_stderr(
+        &mut crashing,
+        &format!("failpoint {} reached", point.split(':').next().unwrap()),
+        Duration::from_secs(60),
+    );
+    crashing.kill().unwrap(); // SIGKILL: no cleanup of any kind
+    crashing.wait().unwrap();
+    let orphaned = app
+        .store
+        .tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.status == TaskStatus::Running && t.lease_owner.is_some())
+        .count();
+    assert_eq!(
+        orphaned > 0,
+        expect_orphaned_lease,
+        "leases left by the killed process"
+    );
+    if point == "mid_cascade" {
+        // 1m of the first symbol is done, nothing coarser has started.
+        let m1 = app
+            .store
+            .task("BTCUSD", Resolution::M1)
+            .await
+            .unwrap()
+            .unwrap();
+        let m5 = app
+            .store
+            .task("BTCUSD", Resolution::M5)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m1.status, TaskStatus::Completed);
+        assert_eq!((m5.status, m5.watermark), (TaskStatus::Idle, None));
+    }
+
+    // Restarted with no manual step: waits out the dead lease, then finishes.
+    let started = Instant::now();
+    let out = app.ohlcd().arg("backfill").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if expect_orphaned_lease {
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "the lease was respected"
+        );
+    }
+    assert_exact_and_settled(&app, &symbols).await;
+}
+
+#[tokio::test]
+async fn a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_exact_candles() {
+    crash_at_and_recover("mid_read", true).await;
+}
+
+#[tokio::test]
+async fn a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles() {
+    crash_at_and_recover("after_write:7", true).await;
+}
+
+#[tokio::test]
+async fn a_backfill_killed_mid_cascade_resumes_the_coarser_resolutions() {
+    crash_at_and_recover("mid_cascade", false).await;
+}
+
+#[tokio::test]
+async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_rerun_catches_up() {
+    let app = TestApp::spawn().await;
+    with_trades(&app, &["BTCUSD"], 365, 150_000).await;
+    let mut backfill = app
+        .ohlcd()
+        .arg("backfill")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_chunks(&app, "BTCUSD", 5, Duration::from_secs(60)).await;
+    app.server.freeze();
+    let status = wait_exit(&mut backfill, Duration::from_secs(60));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut backfill.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("did not answer within 2s"), "{err}");
+    let failed: Vec<_> = app
+        .store
+        .tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.status == TaskStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("did not answer")
+    );
+    assert_eq!(
+        failed[0].lease_owner, None,
+        "a failed task releases its lease"
+    );
+    let frozen_at = failed[0].watermark;
+    // The failed chunk is in the history; the watermark stayed where it was.
+    let runs = app
+        .store
+        .runs("BTCUSD", failed[0].resolution, 1)
+        .await
+        .unwrap();
+    assert_eq!(runs[0].status, "failed");
+    assert_eq!(
+        Some(ohlcd::times::from_rfc3339(&runs[0].range_start).unwrap()),
+        frozen_at
+    );
+
+    app.server.thaw();
+    let out = app.ohlcd().arg("backfill").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exact_and_settled(&app, &["BTCUSD"]).await;
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let resp = client.get(url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body, started.elapsed())
+}
+
+#[tokio::test]
+async fn serving_answers_errors_fast_while_influxdb_is_down_or_frozen_and_recovers() {
+    let mut app = TestApp::spawn().await;
+    app.settings.datafeed.timeout_secs = 2;
+    with_trades(&app, &["BTCUSD"], 10, 20_000).await;
+    app.clock.set(t("2024-01-12T00:00:00Z"));
+    let engine = app.engine("a");
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let (url, _stop) = app.serve().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let history = format!(
+        "{url}/udf/history?symbol=BTCUSD&resolution=60&from={}&to={}",
+        t("2024-01-02T00:00:00Z") / NANOS_PER_SEC,
+        t("2024-01-05T00:00:00Z") / NANOS_PER_SEC
+    );
+    let (status, healthy, _) = get(&client, &history).await;
+    assert_eq!(status, 200);
+
+    app.server.freeze();
+    let (status, body, took) = get(&client, &history).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["s"], "error");
+    assert!(took < Duration::from_secs(8), "answered in {took:?}");
+    let (status, body, took) = get(&client, &format!("{url}/healthz")).await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("unhealthy")));
+    assert!(
+        body["influx"].as_str().unwrap().contains("did not answer"),
+        "{body}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "healthz answered in {took:?}"
+    );
+    app.server.thaw();
+    assert_eq!(get(&client, &history).await.1, healthy);
+
+    app.server.stop();
+    let (status, body, _) = get(&client, &history).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach InfluxDB")
+    );
+    assert_eq!(get(&client, &format!("{url}/healthz")).await.0, 503);
+    let before = app.store.tasks().await.unwrap();
+    app.clock.advance(NANOS_PER_DAY);
+    assert!(
+        engine.tick(&TaskFilter::default()).await.is_err(),
+        "a tick fails while InfluxDB is down"
+    );
+    assert_eq!(
+        app.store
+            .tasks()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.watermark)
+            .collect::<Vec<_>>(),
+        before.iter().map(|t| t.watermark).collect::<Vec<_>>(),
+        "no watermark moved"
+    );
+
+    app.server.restart();
+    assert_eq!(get(&client, &format!("{url}/healthz")).await.0, 200);
+    assert_eq!(get(&client, &history).await.1, healthy);
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let until = Resolution::M1.window_start(app.clock.now() - 5 * NANOS_PER_SEC);
+    for res in Resolution::ALL {
+        let expected = app.expected("BTCUSD", res, until).await;
+        assert_candles_eq(
+            &app.stored("BTCUSD", res).await,
+            &expected,
+            &format!("{res} after outage"),
+        );
+    }
+}
+
+fn spawn_daemon(app: &TestApp) -> (Child, u16) {
+    let port = free_port();
+    let child = app
+        .ohlcd()
+        .arg("run")
+        .env("OHLCD_ENGINE__CRON", "* * * * * *")
+        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+fn sigterm(child: &Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn wait_all_completed(app: &TestApp, tasks: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let all = app.store.tasks().await.unwrap();
+        if all.len() == tasks && all.iter().all(|t| t.status == TaskStatus::Completed) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks not completed in {timeout:?}: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_sqlite_file_never_process_a_task_twice() {
+    let app = TestApp::spawn().await;
+    let symbols = ["ADAUSD", "BTCUSD", "ETHUSD", "SOLUSD"];
+    with_trades(&app, &symbols, 30, 80_000).await;
+    let (mut a, _) = spawn_daemon(&app);
+    let (mut b, _) = spawn_daemon(&app);
+    wait_all_completed(&app, 24, Duration::from_secs(120)).await;
+    for daemon in [&a, &b] {
+        sigterm(daemon);
+    }
+    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+    assert_exact_and_settled(&app, &symbols).await;
+    // Forward chunks of each task tile its range exactly once: no range was
+    // processed by both daemons.
+    let mut owners = std::collections::BTreeSet::new();
+    for symbol in symbols {
+        for res in Resolution::ALL {
+            let mut runs = app.store.runs(symbol, res, 100_000).await.unwrap();
+            runs.retain(|r| r.kind == "chunk" && r.status == "ok");
+            runs.reverse();
+            owners.extend(runs.iter().map(|r| r.owner.clone()));
+            for pair in runs.windows(2) {
+                assert_eq!(
+                    pair[0].range_end, pair[1].range_start,
+                    "{symbol} {res}: {pair:?}"
+                );
+            }
+        }
+    }
+    assert!(!owners.is_empty());
+}
+
+#[tokio::test]
+async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild() {
+    let app = TestApp::spawn().await;
+    with_trades(&app, &["BTCUSD"], 3, 10_000).await;
+    let now = t("2024-01-03T23:50:30Z");
+    app.clock.set(now);
+    let engine = app.engine("a");
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let direct = |time: &str, id: i64| NewTrade {
+        symbol: "BTCUSD".into(),
+        side: Side::Buy,
+        price: 12345.5,
+        amount: 7.0,
+        time_ms: t(time) / 1_000_000,
+        id,
+    };
+    // Two minutes behind the 1m watermark, inside the 5-minute lookback; written
+    // straight into InfluxDB, so no dirty range is recorded.
+    write_trades(&app.influx, &[direct("2024-01-03T23:48:10Z", 900_001)])
+        .await
+        .unwrap();
+    app.clock.advance(10 * NANOS_PER_SEC);
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let until = Resolution::M1.window_start(app.clock.now() - 5 * NANOS_PER_SEC);
+    for res in Resolution::ALL {
+        let expected = app.expected("BTCUSD", res, until).await;
+        assert_candles_eq(
+            &app.stored("BTCUSD", res).await,
+            &expected,
+            &format!("{res} after lookback"),
+        );
+    }
+    // A day behind: out of the lookback's reach until a rebuild.
+    write_trades(&app.influx, &[direct("2024-01-02T10:00:00Z", 900_002)])
+        .await
+        .unwrap();
+    engine.tick(&TaskFilter::default()).await.unwrap();
+    let stale = app.stored("BTCUSD", Resolution::M1).await;
+    assert_ne!(stale, app.expected("BTCUSD", Resolution::M1, until).await);
+    engine
+        .rebuild(
+            "BTCUSD",
+            t("2024-01-02T00:00:00Z"),
+            t("2024-01-02T12:00:00Z"),
+        )
+        .await
+        .unwrap();
+    for res in Resolution::ALL {
+        let expected = app.expected("BTCUSD", res, until).await;
+        assert_candles_eq(
+            &app.stored("BTCUSD", res).await,
+            &expected,
+            &format!("{res} after rebuild"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_during_a_backfill_finishes_the_chunk_releases_leases_and_exits_zero() {
+    let app = TestApp::spawn().await;
+    with_trades(&app, &["BTCUSD"], 365, 150_000).await;
+    let (mut daemon, _) = spawn_daemon(&app);
+    wait_for_chunks(&app, "BTCUSD", 3, Duration::from_secs(60)).await;
+    sigterm(&daemon);
+    let status = wait_exit(&mut daemon, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    for task in app.store.tasks().await.unwrap() {
+        assert_eq!(task.lease_owner, None, "{task:?}");
+        assert_ne!(task.status, TaskStatus::Running, "{task:?}");
+        if let Some(w) = task.watermark {
+            assert_eq!(
+                w % task.resolution.nanos(),
+                0,
+                "watermark on a window boundary"
+            );
+        }
+    }
+    let m1 = app
+        .store
+        .task("BTCUSD", Resolution::M1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        m1.watermark.unwrap() < t("2024-12-30T00:00:00Z"),
+        "stopped before the end: {m1:?}"
+    );
+    let out = app.ohlcd().arg("backfill").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exact_and_settled(&app, &["BTCUSD"]).await;
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[tokio::test]
+async fn configuration_errors_stop_start_up_with_one_clear_line() {
+    let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let q = |user: &'static str, q: &'static str| {
+        http.post(format!("{}/query", influx.url))
+            .basic_auth(user, Some("pw"))
+            .form(&[("q", q)])
+            .send()
+    };
+    // The first user may be created without credentials.
+    q(
+        "",
+        "CREATE USER admin WITH PASSWORD 'pw' WITH ALL PRIVILEGES",
+    )
+    .await
+    .unwrap();
+    for stmt in [
+        "CREATE DATABASE d",
+        "CREATE USER ro WITH PASSWORD 'pw'",
+        "GRANT READ ON d TO ro",
+    ] {
+        assert!(q("admin", stmt).await.unwrap().status().is_success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |user: &str, password: &str, args: &[&str], extra: &[(&str, String)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ohlcd"));
+        cmd.args(args)
+            .env("OHLCD_INFLUX__URL", &influx.url)
+            .env("OHLCD_INFLUX__DATABASE", "d")
+            .env("OHLCD_INFLUX__USERNAME", user)
+            .env("OHLCD_INFLUX__PASSWORD", password)
+            .env(
+                "OHLCD_PROGRESS__DATABASE_URL",
+                dir.path().join("p.db").display().to_string(),
+            );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let err = one_line_error(&run("admin", "wrong", &["backfill"], &[]));
+    assert!(
+        err.contains("refused the credentials") && err.contains("influx.username"),
+        "{err}"
+    );
+    let err = one_line_error(&run("ro", "pw", &["backfill"], &[]));
+    assert!(
+        err.contains("does not let this user write") && err.contains("grant WRITE"),
+        "{err}"
+    );
+    // The right user works.
+    let ok = run("admin", "pw", &["backfill"], &[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let err = one_line_error(&run(
+        "admin",
+        "pw",
+        &["run"],
+        &[("OHLCD_ENGINE__CRON", "every minute".into())],
+    ));
+    assert!(
+        err.contains("engine.cron") && err.contains("not a valid cron"),
+        "{err}"
+    );
+
+    let corrupt = dir.path().join("corrupt.db");
+    std::fs::write(&corrupt, vec![0x42u8; 8192]).unwrap();
+    let err = one_line_error(&run(
+        "admin",
+        "pw",
+        &["progress"],
+        &[(
+            "OHLCD_PROGRESS__DATABASE_URL",
+            corrupt.display().to_string(),
+        )],
+    ));
+    assert!(
+        err.contains("progress database") && err.contains("corrupt.db"),
+        "{err}"
+    );
+
+    let err = one_line_error(&run(
+        "admin",
+        "pw",
+        &["backfill"],
+        &[("OHLCD_INFLUX__URL", "localhost:8086".into())],
+    ));
+    assert!(err.contains("influx.url"), "{err}");
+}
