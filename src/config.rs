@@ -83,6 +83,8 @@ pub struct EngineSettings {
     pub chunk_attempts: u32,
     /// Raw data re-read behind the 1m watermark every tick, seconds.
     pub lookback_secs: u64,
+    /// Concurrent sub-range reads of one 1m chunk.
+    pub read_parallelism: usize,
     /// Chunk length in days per resolution name.
     pub chunk_days: BTreeMap<String, u32>,
 }
@@ -196,8 +198,14 @@ impl Settings {
         if self.influx.write_batch == 0 || self.influx.query_chunk_size == 0 {
             return bad("influx.write_batch and influx.query_chunk_size must be > 0".into());
         }
-        if self.engine.concurrency == 0 || self.engine.chunk_attempts == 0 {
-            return bad("engine.concurrency and engine.chunk_attempts must be > 0".into());
+        if self.engine.concurrency == 0
+            || self.engine.chunk_attempts == 0
+            || self.engine.read_parallelism == 0
+        {
+            return bad(
+                "engine.concurrency, engine.chunk_attempts and engine.read_parallelism must be > 0"
+                    .into(),
+            );
         }
         if self.progress.lease_secs < 5 {
             return bad("progress.lease_secs must be at least 5".into());

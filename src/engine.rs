@@ -724,20 +724,17 @@ impl Engine {
         range: Range<i64>,
         delete_stale: bool,
     ) -> Result<(u64, u64), EngineError> {
-        let mut agg = Aggregator::new(res);
-        let rows = match res.source() {
-            None => {
-                self.influx
-                    .stream_trades(symbol, range.clone(), |t| agg.add_trade(&t))
-                    .await?
-            }
+        let (rows, candles) = match res.source() {
+            None => self.aggregate_raw(symbol, range.clone()).await?,
             Some(source) => {
-                self.influx
+                let mut agg = Aggregator::new(res);
+                let rows = self
+                    .influx
                     .stream_candles(source, symbol, range.clone(), |c| agg.add_candle(&c))
-                    .await?
+                    .await?;
+                (rows, agg.finish())
             }
         };
-        let candles = agg.finish();
         if delete_stale {
             self.delete_stale(symbol, res, range, &candles).await?;
         }
@@ -745,6 +742,40 @@ impl Engine {
         // Crash test point: candles written, watermark not yet committed.
         crate::failpoint::hit("after_write").await;
         Ok((rows, candles.len() as u64))
+    }
+
+    /// 1m candles of `range` from raw trades. InfluxDB's serialization of the
+    /// rows, not our aggregation, is what limits speed, so the range is split at
+    /// minute boundaries into `engine.read_parallelism` parts read concurrently
+    /// (InfluxDB serializes each on its own core). Parts cover disjoint windows,
+    /// so their candles simply concatenate.
+    async fn aggregate_raw(&self, symbol: &str, range: Range<i64>) -> Result<(u64, Vec<Candle>), EngineError> {
+        let minute = Resolution::M1.nanos();
+        let parts = self.settings.read_parallelism.max(1) as i64;
+        let step = ceil_to((range.end - range.start).div_euclid(parts).max(1), minute);
+        let mut bounds = Vec::new();
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + step).min(range.end);
+            bounds.push(start..end);
+            start = end;
+        }
+        let reads = bounds.into_iter().map(|part| async move {
+            let mut agg = Aggregator::new(Resolution::M1);
+            let rows = self
+                .influx
+                .stream_trades(symbol, part, |t| agg.add_trade(&t))
+                .await?;
+            Ok::<_, EngineError>((rows, agg.finish()))
+        });
+        let mut rows = 0;
+        let mut candles = Vec::new();
+        for result in futures_util::future::join_all(reads).await {
+            let (n, part) = result?;
+            rows += n;
+            candles.extend(part);
+        }
+        Ok((rows, candles))
     }
 
     async fn delete_stale(

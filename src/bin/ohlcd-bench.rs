@@ -1597,8 +1597,8 @@ fn compare_bars(udf: &Value, rows: &[&Value], start: i64) -> Option<String> {
     let col = |k: &str| udf[k].as_array().cloned().unwrap_or_default();
     let (t, o, h, l, c, v) = (col("t"), col("o"), col("h"), col("l"), col("c"), col("v"));
     let mut ours: BTreeMap<i64, [f64; 6]> = BTreeMap::new();
-    for i in 0..t.len() {
-        let Some(ts) = t[i].as_i64() else { continue };
+    for (i, ts) in t.iter().enumerate() {
+        let Some(ts) = ts.as_i64() else { continue };
         if ts < start {
             continue;
         }
@@ -1696,6 +1696,7 @@ async fn run(args: Args) -> Result<bool> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
 
+    let load_start = loadavg();
     let scratch = Scratch::new()?;
     say!("scratch directory {}", scratch.0.display());
     let own = match &args.influx_url {
@@ -1739,14 +1740,6 @@ async fn run(args: Args) -> Result<bool> {
         failures: Vec::new(),
         notes: Vec::new(),
     };
-    let header = machine_header(
-        &args,
-        &b,
-        &influx_version,
-        &ohlcd_version,
-        own.is_some(),
-        &now,
-    );
     let mut r = Results::default();
 
     let outcome = async {
@@ -1791,8 +1784,18 @@ async fn run(args: Args) -> Result<bool> {
             }
         }
     }
+    let own_influx = own.is_some();
     drop(own);
 
+    let header = machine_header(
+        &args,
+        &b,
+        &influx_version,
+        &ohlcd_version,
+        own_influx,
+        &now,
+        &load_start,
+    );
     let rows = table_rows(&b, &r);
     print_table(&rows);
     let md = markdown(&header, &rows, &b);
@@ -1808,6 +1811,25 @@ async fn run(args: Args) -> Result<bool> {
     Ok(b.failures.is_empty())
 }
 
+/// `/proc/loadavg`'s three load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A ratio: one decimal below 10, none above.
+fn times_str(x: f64) -> String {
+    if x < 10.0 {
+        format!("×{x:.1}")
+    } else {
+        format!("×{x:.0}")
+    }
+}
+
 fn machine_header(
     args: &Args,
     b: &Bench,
@@ -1815,6 +1837,7 @@ fn machine_header(
     ohlcd_version: &str,
     own: bool,
     now: &chrono::DateTime<chrono::Utc>,
+    load_start: &str,
 ) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -1830,8 +1853,6 @@ fn machine_header(
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let inherited: Vec<String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("OHLCD_"))
         .map(|(k, v)| format!("{k}={v}"))
@@ -1841,9 +1862,9 @@ fn machine_header(
     let _ = writeln!(h, "- date: {} UTC", now.format("%Y-%m-%d %H:%M:%S"));
     let _ = writeln!(
         h,
-        "- machine: {model}, nproc {nproc}, {:.1} GiB memory, load average at start {}",
+        "- machine: {model}, nproc {nproc}, {:.1} GiB memory; load average (1/5/15 min) {load_start} at start, {} at end",
         mem_kb as f64 / 1024.0 / 1024.0,
-        load.join(" ")
+        loadavg()
     );
     let _ = writeln!(
         h,
@@ -2078,12 +2099,12 @@ fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
         rows.push(row(
             format!("  InfluxDB on the fly {} ×1000 p50 / p99", l.udf),
             format!(
-                "{:.1} / {:.1} ms ({} bars, {} requests), on-the-fly / ohlcd ×{:.0}",
+                "{:.1} / {:.1} ms ({} bars, {} requests), on-the-fly / ohlcd {}",
                 ms(l.influx_p50),
                 ms(l.influx_p99),
                 l.influx_bars,
                 l.influx_n,
-                l.influx_p50.as_secs_f64() / l.p50.as_secs_f64().max(1e-9)
+                times_str(l.influx_p50.as_secs_f64() / l.p50.as_secs_f64().max(1e-9))
             ),
         ));
     }
@@ -2092,11 +2113,12 @@ fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
         rows.push(check(
             format!(
                 "on-the-fly / ohlcd for 1h × {}d ({} bars), p50",
-                (l.bars / 24).max(1),
+                b.args.days.min(30),
                 l.bars
             ),
             format!(
-                "×{x:.0} ({:.1} ms vs {:.2} ms)",
+                "{} ({:.1} ms vs {:.2} ms)",
+                times_str(x),
                 ms(l.influx_p50),
                 ms(l.p50)
             ),
