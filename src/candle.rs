@@ -182,7 +182,7 @@ impl FromStr for Side {
         match s {
             "buy" => Ok(Side::Buy),
             "sell" => Ok(Side::Sell),
-            other => Err(format!("side must be \"buy\" or \"sell\", got {other:?}")),
+            other => Err(format!("must be \"buy\" or \"sell\", got {other:?}")),
         }
     }
 }

@@ -268,10 +268,11 @@ impl Datafeed {
             return Ok(Vec::new());
         }
         let end = bucketing.next_start(bucketing.window_start(range.end - 1));
+        // Exact for fixed-length bars; months count as 31 days (an estimate).
         let estimate = ((end - start) / res.nominal_nanos()) as u64;
-        if estimate > self.max_bars.saturating_mul(4) {
+        if estimate > self.max_bars {
             return Err(DatafeedError::BadRequest(format!(
-                "range too large: about {estimate} bars at {res}, at most {}; narrow the range or use a coarser resolution",
+                "range too large: {estimate} bars at {res}, at most {}; narrow the range or use a coarser resolution",
                 self.max_bars
             )));
         }
@@ -375,8 +376,9 @@ impl Datafeed {
         };
         let first = res.bucketing().window_start(first);
         let bar = res.nominal_nanos();
-        // bars() refuses more than 4 × max_bars; stay below that.
-        let widest = bar.saturating_mul(self.max_bars as i64 * 3);
+        // bars() refuses more than max_bars; the widest look-back stays one bar
+        // under that, as alignment can add a bar at the end.
+        let widest = bar.saturating_mul((self.max_bars as i64 - 1).max(1));
         let mut span = bar.saturating_mul(n as i64 + 1);
         loop {
             span = span.min(widest);

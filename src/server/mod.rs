@@ -84,11 +84,22 @@ pub struct ApiError {
 impl warp::reject::Reject for ApiError {}
 
 impl ApiError {
-    /// 400 with a message.
+    /// 400 with a message (cut to a sensible length: messages quote the bad
+    /// value, which may be megabytes long).
     pub fn bad_request(message: impl Into<String>) -> ApiError {
+        let mut message = message.into();
+        const MAX: usize = 300;
+        if message.len() > MAX {
+            let mut cut = MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: message.into(),
+            message,
             udf: false,
         }
     }

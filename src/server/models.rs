@@ -36,7 +36,8 @@ pub fn symbol_param(p: &Params, name: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A Unix-seconds parameter within 2000..2200.
+/// A Unix-seconds parameter, clamped to 1970..2200 (TradingView asks for history
+/// far before any data; that is an empty answer, not an error).
 pub fn seconds_param(p: &Params, name: &str) -> Result<Option<i64>, String> {
     let Some(v) = p.get(name).filter(|v| !v.is_empty()) else {
         return Ok(None);
@@ -44,7 +45,6 @@ pub fn seconds_param(p: &Params, name: &str) -> Result<Option<i64>, String> {
     let secs: i64 = v
         .parse()
         .map_err(|_| format!("{name}: {v:?} is not a whole number of Unix seconds"))?;
-    // TradingView may ask for history far before any data; clamp, don't reject.
     Ok(Some(secs.clamp(0, MAX_TIME_SECS)))
 }
 
