@@ -352,6 +352,24 @@ impl Drop for Proc {
     }
 }
 
+/// `text` without ANSI colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// VmHWM (peak resident set) of a live process, kB.
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -734,7 +752,7 @@ struct Bench {
     /// Data range, Unix ns, `[from, to)`.
     from: i64,
     to: i64,
-    /// Databases to drop at the end (external InfluxDB only).
+    /// Databases created; dropped at the end on an external InfluxDB.
     created: Vec<String>,
     /// Where ohlcd misbehaved or its answers differ from InfluxDB's.
     issues: Vec<String>,
@@ -776,10 +794,13 @@ impl Bench {
 
     /// Warnings and errors in an ohlcd log, reported as issues.
     fn scan_log(&mut self, proc: &Proc) {
-        let text = proc.stderr_text();
+        let text = strip_ansi(&proc.stderr_text());
         let bad: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains(" WARN ") || l.contains("ERROR") || l.contains("panicked"))
+            .filter(|l| {
+                let words: Vec<&str> = l.split_whitespace().take(3).collect();
+                words.contains(&"WARN") || words.contains(&"ERROR") || l.contains("panicked")
+            })
             .collect();
         if !bad.is_empty() {
             let shown: Vec<&str> = bad.iter().take(3).copied().collect();
@@ -1716,7 +1737,9 @@ async fn run(args: Args) -> Result<bool> {
     say!("InfluxDB {influx_version} at {url}");
 
     let now = chrono::Utc::now();
-    let today = now
+    // The data ends at the last UTC midnight at least an hour ago, so every
+    // resolution's watermark is past it once ohlcd has caught up.
+    let today = (now - chrono::Duration::hours(1))
         .timestamp_nanos_opt()
         .context("clock out of range")?
         .div_euclid(DAY_NS)
@@ -1919,7 +1942,7 @@ fn row(metric: impl Into<String>, value: impl Into<String>) -> Row {
     Row {
         metric: metric.into(),
         value: value.into(),
-        target: String::new(),
+        target: "—".to_string(),
         status: Status::Info,
     }
 }
@@ -2188,7 +2211,7 @@ fn print_table(rows: &[Row]) {
 fn markdown(header: &str, rows: &[Row], b: &Bench) -> String {
     let esc = |s: &str| s.replace('|', "\\|");
     let mut md = String::from(header);
-    md.push_str("\n| metric | value | target | status |\n| --- | ---: | ---: | --- |\n");
+    md.push_str("\n| metric | value | target | status |\n| --- | --- | --- | --- |\n");
     for r in rows {
         let _ = writeln!(
             md,
