@@ -225,6 +225,24 @@ pub struct Candle {
     pub buy_volume: f64,
 }
 
+impl Candle {
+    /// This candle followed by `later`, a candle of the same window covering the
+    /// time after it (two parts of one bar read from different sources).
+    pub fn followed_by(&self, later: &Candle) -> Candle {
+        Candle {
+            start: self.start,
+            open: self.open,
+            high: self.high.max(later.high),
+            low: self.low.min(later.low),
+            close: later.close,
+            volume: self.volume + later.volume,
+            quote_volume: self.quote_volume + later.quote_volume,
+            trades: self.trades + later.trades,
+            buy_volume: self.buy_volume + later.buy_volume,
+        }
+    }
+}
+
 /// Neumaier (improved Kahan) compensated sum: keeps the rounding error of a long
 /// sum near one ulp, so the cascade and a direct sum agree to the last bits.
 #[derive(Clone, Copy, Debug, Default)]
@@ -767,6 +785,25 @@ mod tests {
             min(15).sources(),
             vec![Resolution::M15, Resolution::M5, Resolution::M1]
         );
+    }
+
+    #[test]
+    fn a_bar_read_in_two_parts_equals_the_bar_read_at_once() {
+        let trades: Vec<Trade> = (0..10)
+            .map(|i| {
+                trade(
+                    i * 5 * NANOS_PER_SEC,
+                    i,
+                    100.0 + ((i * 7) % 5) as f64,
+                    1.0 + i as f64,
+                    Side::Buy,
+                )
+            })
+            .collect();
+        let whole = candles_from_trades(Resolution::M1, &trades)[0];
+        let first = candles_from_trades(Resolution::M1, &trades[..4])[0];
+        let second = candles_from_trades(Resolution::M1, &trades[4..])[0];
+        assert_eq!(first.followed_by(&second), whole);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::candle::{Aggregator, Bucketing, Candle, NANOS_PER_DAY, NANOS_PER_SEC};
+use crate::candle::{Aggregator, Bucketing, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution};
 use crate::clock::Clock;
 use crate::influx::{InfluxClient, InfluxError};
 use crate::progress::{ProgressError, ProgressStore};
@@ -191,6 +191,7 @@ pub struct Datafeed {
     max_bars: u64,
     symbols_ttl: Duration,
     symbols: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+    first_trades: tokio::sync::Mutex<std::collections::HashMap<String, (Instant, Option<i64>)>>,
 }
 
 impl Datafeed {
@@ -209,6 +210,7 @@ impl Datafeed {
             max_bars,
             symbols_ttl,
             symbols: tokio::sync::Mutex::new(None),
+            first_trades: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -238,6 +240,23 @@ impl Datafeed {
     /// Forgets the cached symbol list (after trades of a new symbol arrive).
     pub async fn invalidate_symbols(&self) {
         *self.symbols.lock().await = None;
+    }
+
+    /// Time of the symbol's first trade, cached like the symbol list: the query
+    /// behind it has no time bound and its cost grows with the data.
+    async fn first_trade_time(&self, symbol: &str) -> Result<Option<i64>, DatafeedError> {
+        let ttl = self.symbols_ttl * 12;
+        if let Some((at, t)) = self.first_trades.lock().await.get(symbol)
+            && at.elapsed() < ttl
+        {
+            return Ok(*t);
+        }
+        let t = self.influx.first_trade_time(symbol).await?;
+        self.first_trades
+            .lock()
+            .await
+            .insert(symbol.to_string(), (Instant::now(), t));
+        Ok(t)
     }
 
     /// Fails with [`DatafeedError::UnknownSymbol`] unless `symbol` has trades.
@@ -276,37 +295,68 @@ impl Datafeed {
                 self.max_bars
             )));
         }
-        let mut agg = Aggregator::new(bucketing);
+        // Plan: the coarsest source up to its watermark, then each finer one up to
+        // its own, then raw trades for the rest (the live tail).
+        let watermarks = self.store.watermarks(symbol).await?;
+        let sources = bucketing.sources();
+        let mut plan: Vec<(usize, Range<i64>)> = Vec::new();
         let mut cursor = start;
-        for source in bucketing.sources() {
-            let Some(watermark) = self
-                .store
-                .task(symbol, source)
-                .await?
-                .and_then(|t| t.watermark)
-            else {
-                continue;
-            };
-            let seg_end = watermark.min(end);
-            if cursor >= seg_end {
-                continue;
+        for (i, source) in sources.iter().enumerate() {
+            if let Some(&w) = watermarks.get(source)
+                && cursor < w.min(end)
+            {
+                plan.push((i, cursor..w.min(end)));
+                cursor = w.min(end);
             }
-            // Buffer the segment so a query failing halfway leaves nothing behind.
-            let mut segment = Vec::new();
+        }
+        if cursor < end {
+            plan.push((sources.len(), cursor..end));
+        }
+        // Segments are independent: fetch them concurrently, so a request costs
+        // about one InfluxDB round trip rather than one per source.
+        let fetched = futures_util::future::join_all(plan.iter().map(|(i, seg)| {
+            // Fallbacks must have materialized the whole segment.
+            let usable: Vec<Resolution> = sources[*i..]
+                .iter()
+                .copied()
+                .filter(|r| watermarks.get(r).is_some_and(|w| *w >= seg.end))
+                .collect();
+            self.segment(symbol, bucketing, usable, seg.clone())
+        }))
+        .await;
+        let mut bars: Vec<Candle> = Vec::new();
+        for segment in fetched {
+            for c in segment? {
+                // A bar straddling two segments arrives in two parts, in time order.
+                match bars.last_mut() {
+                    Some(last) if last.start == c.start => *last = last.followed_by(&c),
+                    _ => bars.push(c),
+                }
+            }
+        }
+        bars.retain(|c| c.start >= range.start && c.start < range.end);
+        Ok(bars)
+    }
+
+    /// Bars of one segment from `sources[0]`; if that query fails (InfluxDB up)
+    /// or comes back empty though it is materialized (a dropped or damaged
+    /// measurement), from the next finer source, and finally from raw trades.
+    async fn segment(
+        &self,
+        symbol: &str,
+        bucketing: Bucketing,
+        sources: Vec<Resolution>,
+        range: Range<i64>,
+    ) -> Result<Vec<Candle>, DatafeedError> {
+        for source in &sources {
+            let mut agg = Aggregator::new(bucketing);
             match self
                 .influx
-                .stream_candles(source, symbol, cursor..seg_end, |c| segment.push(c))
+                .stream_candles(*source, symbol, range.clone(), |c| agg.add_candle(&c))
                 .await
             {
-                // Materialized but empty while raw trades may exist (a dropped or
-                // damaged measurement): let the next finer source try this segment.
-                Ok(_) if segment.is_empty() => {}
-                Ok(_) => {
-                    for c in &segment {
-                        agg.add_candle(c);
-                    }
-                    cursor = seg_end;
-                }
+                Ok(rows) if rows > 0 => return Ok(agg.finish()),
+                Ok(_) => {}
                 // InfluxDB itself is down or hung: every other source would fail
                 // the same way, one timeout each. Answer the error now.
                 Err(e) if e.is_transient() => return Err(e.into()),
@@ -315,14 +365,11 @@ impl Datafeed {
                 }
             }
         }
-        if cursor < end {
-            self.influx
-                .stream_trades(symbol, cursor..end, |t| agg.add_trade(&t))
-                .await?;
-        }
-        let mut bars = agg.finish();
-        bars.retain(|c| c.start >= range.start && c.start < range.end);
-        Ok(bars)
+        let mut agg = Aggregator::new(bucketing);
+        self.influx
+            .stream_trades(symbol, range, |t| agg.add_trade(&t))
+            .await?;
+        Ok(agg.finish())
     }
 
     /// The UDF history answer: bars in `[from, to)`, or with `countback` the
@@ -371,7 +418,7 @@ impl Datafeed {
                 self.max_bars
             )));
         }
-        let Some(first) = self.influx.first_trade_time(symbol).await? else {
+        let Some(first) = self.first_trade_time(symbol).await? else {
             return Ok(Vec::new());
         };
         let first = res.bucketing().window_start(first);

@@ -749,7 +749,11 @@ impl Engine {
     /// minute boundaries into `engine.read_parallelism` parts read concurrently
     /// (InfluxDB serializes each on its own core). Parts cover disjoint windows,
     /// so their candles simply concatenate.
-    async fn aggregate_raw(&self, symbol: &str, range: Range<i64>) -> Result<(u64, Vec<Candle>), EngineError> {
+    async fn aggregate_raw(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<(u64, Vec<Candle>), EngineError> {
         let minute = Resolution::M1.nanos();
         let parts = self.settings.read_parallelism.max(1) as i64;
         let step = ceil_to((range.end - range.start).div_euclid(parts).max(1), minute);

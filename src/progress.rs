@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
 use crate::candle::Resolution;
@@ -298,6 +300,10 @@ impl ProgressStore {
             // WAL lets readers (`ohlcd progress`) run while a daemon writes, and the
             // busy timeout makes two daemons wait for each other instead of failing.
             .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL under WAL never corrupts the file; a power cut may only lose
+            // the last commits, i.e. move a watermark back, and recomputing
+            // candles is idempotent. It saves an fsync per chunk.
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -359,6 +365,30 @@ impl ProgressStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(task_from_row).transpose()
+    }
+
+    /// Watermarks of all of `symbol`'s tasks that have one (one query: serving a
+    /// chart request needs them all).
+    pub async fn watermarks(
+        &self,
+        symbol: &str,
+    ) -> Result<std::collections::HashMap<Resolution, i64>, ProgressError> {
+        let rows = sqlx::query(
+            "SELECT resolution, watermark FROM progress WHERE symbol = ?1 AND watermark IS NOT NULL",
+        )
+        .bind(symbol)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let res: String = r.try_get("resolution")?;
+                let res = res.parse().map_err(|e: crate::candle::UnknownResolution| {
+                    ProgressError::Invalid(e.to_string())
+                })?;
+                let w = opt_time(r, "watermark")?.expect("filtered on NOT NULL");
+                Ok((res, w))
+            })
+            .collect()
     }
 
     /// Atomically leases the task to `owner` until `now + lease`, if nobody else

@@ -234,12 +234,108 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
     ))
 }
 
-/// Parses `POST /api/trades`: one trade object or an array of them, all or
-/// nothing. Trades without an id get one derived from their content and their
-/// position among identical trades of the request, so a retried request maps to
-/// the same points (no double count) while identical trades in one request stay
-/// distinct.
-pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesError> {
+/// A trade as it comes over the wire, borrowed from the body where possible.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireTrade<'a> {
+    #[serde(borrow)]
+    symbol: std::borrow::Cow<'a, str>,
+    price: f64,
+    amount: f64,
+    #[serde(borrow)]
+    side: std::borrow::Cow<'a, str>,
+    timestamp: WireTime<'a>,
+    #[serde(default)]
+    id: Option<i64>,
+}
+
+/// Unix milliseconds (an integer) or an RFC 3339 string.
+enum WireTime<'a> {
+    Millis(i64),
+    Text(std::borrow::Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for WireTime<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WireTime<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("integer milliseconds or an RFC 3339 string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(WireTime::Millis(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(WireTime::Millis)
+                    .map_err(|_| E::custom("timestamp out of range"))
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(WireTime::Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireTime::Text(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The fast path for well-formed bodies: typed, borrowing deserialization with
+/// the same checks as [`parse_trade`]. `None` on anything unusual, so the
+/// `Value` path can say precisely what is wrong; accepting the same bodies with
+/// the same values is what `tests/input_props.rs` checks.
+fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    let wire: Vec<WireTrade> = match first {
+        b'[' => serde_json::from_slice(body).ok()?,
+        b'{' => vec![serde_json::from_slice(body).ok()?],
+        _ => return None,
+    };
+    if wire.is_empty() || wire.len() > INGEST_BATCH {
+        return None;
+    }
+    wire.into_iter()
+        .map(|w| {
+            validate_symbol(&w.symbol).ok()?;
+            let positive = |x: f64| x.is_finite() && x > 0.0;
+            if !positive(w.price) || !positive(w.amount) {
+                return None;
+            }
+            let side = w.side.parse::<Side>().ok()?;
+            let ms = match w.timestamp {
+                WireTime::Millis(ms) => ms,
+                WireTime::Text(s) => DateTime::parse_from_rfc3339(&s).ok()?.timestamp_millis(),
+            };
+            if !(MIN_TIME_SECS * 1000..=MAX_TIME_MS).contains(&ms) || ms > now_ms + MAX_FUTURE_MS {
+                return None;
+            }
+            let (id, has_id) = match w.id {
+                Some(id) if id >= 0 => (id, true),
+                Some(_) => return None,
+                None => (0, false),
+            };
+            Some((
+                NewTrade {
+                    symbol: w.symbol.into_owned(),
+                    side,
+                    price: w.price,
+                    amount: w.amount,
+                    time_ms: ms,
+                    id,
+                },
+                has_id,
+            ))
+        })
+        .collect()
+}
+
+/// The general path: any JSON, with an error naming the first bad trade and field.
+fn parse_trades_checked(body: &[u8], now_ms: i64) -> Result<Vec<(NewTrade, bool)>, TradesError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| TradesError::Invalid(format!("body is not valid JSON: {e}")))?;
     let items: Vec<Value> = match value {
@@ -263,12 +359,27 @@ pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesErr
     if items.len() > INGEST_BATCH {
         return Err(TradesError::TooMany(items.len()));
     }
-    let mut seen: HashMap<u64, u64> = HashMap::new();
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let (mut trade, has_id) = parse_trade(i, v, now_ms)?;
+        .map(|(i, v)| parse_trade(i, v, now_ms))
+        .collect()
+}
+
+/// Parses `POST /api/trades`: one trade object or an array of them, all or
+/// nothing. Trades without an id get one derived from their content and their
+/// position among identical trades of the request, so a retried request maps to
+/// the same points (no double count) while identical trades in one request stay
+/// distinct.
+pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesError> {
+    let parsed = match parse_trades_fast(body, now_ms) {
+        Some(parsed) => parsed,
+        None => parse_trades_checked(body, now_ms)?,
+    };
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    Ok(parsed
+        .into_iter()
+        .map(|(mut trade, has_id)| {
             if !has_id {
                 let content = fnv1a(&[
                     trade.symbol.as_bytes(),
@@ -281,9 +392,39 @@ pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesErr
                 trade.id = (fnv1a(&[&content.to_le_bytes(), &nth.to_le_bytes()]) >> 1) as i64;
                 *nth += 1;
             }
-            Ok(trade)
+            trade
         })
-        .collect()
+        .collect())
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_and_the_checked_path_agree_on_valid_and_invalid_bodies() {
+        let now = 1_800_000_000_000;
+        let bodies = [
+            r#"{"symbol":"BTCUSD","price":1,"amount":2.5,"side":"buy","timestamp":1700000000123,"id":7}"#,
+            r#"[{"symbol":"B\u0054C","price":1e2,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5+01:00","id":null}]"#,
+            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":-1}"#,
+            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1.5}"#,
+            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":1,"id":2}"#,
+            r#"{"symbol":"BTCUSD","price":"1","amount":2,"side":"buy","timestamp":1700000000000}"#,
+        ];
+        for body in bodies {
+            let fast = parse_trades_fast(body.as_bytes(), now);
+            let checked = parse_trades_checked(body.as_bytes(), now).ok();
+            if let Some(fast) = fast {
+                assert_eq!(Some(fast), checked, "{body}");
+            }
+        }
+        assert!(
+            parse_trades_fast(bodies[0].as_bytes(), now).is_some(),
+            "valid bodies take the fast path"
+        );
+        assert!(parse_trades_fast(bodies[1].as_bytes(), now).is_some());
+    }
 }
 
 /// A candle as JSON, with time in Unix seconds.
