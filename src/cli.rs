@@ -127,10 +127,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Connects to InfluxDB and checks that it answers and the database exists.
 async fn connect_influx(settings: &Settings) -> anyhow::Result<InfluxClient> {
-    let influx = InfluxClient::new(&settings.influx)?;
-    influx.ping().await?;
+    let mut influx = InfluxClient::new(&settings.influx)?;
+    let version = influx.ping().await?;
+    influx.set_read_format_for(&version);
     influx.check_database().await?;
     influx.check_writable().await?;
+    tracing::debug!(version, format = ?influx.read_format(), "connected to InfluxDB");
     Ok(influx)
 }
 

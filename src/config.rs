@@ -52,6 +52,8 @@ pub struct InfluxSettings {
     pub query_chunk_size: usize,
     /// Lines per write request.
     pub write_batch: usize,
+    /// `auto`, `msgpack` or `csv`.
+    pub read_format: String,
 }
 
 impl InfluxSettings {
@@ -190,6 +192,12 @@ impl Settings {
             return bad(format!(
                 "influx.url must start with http:// or https://, got {:?}",
                 self.influx.url
+            ));
+        }
+        if !["auto", "msgpack", "csv"].contains(&self.influx.read_format.as_str()) {
+            return bad(format!(
+                "influx.read_format must be auto, msgpack or csv, got {:?}",
+                self.influx.read_format
             ));
         }
         if self.influx.database.trim().is_empty() {

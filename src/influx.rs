@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::candle::{Candle, Resolution, Side, Trade};
 use crate::config::InfluxSettings;
+use crate::msgpack::{ChunkDecoder, DecodeError, Decoded, Val};
 
 /// Measurement holding raw trades.
 pub const TRADES_MEASUREMENT: &str = "trades";
@@ -134,6 +135,8 @@ pub struct InfluxClient {
     timeout_secs: u64,
     chunk_size: usize,
     write_batch: usize,
+    read_format: ReadFormat,
+    read_format_auto: bool,
 }
 
 /// Escapes a string for an InfluxQL single-quoted literal.
@@ -146,35 +149,72 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Column positions of a CSV result, found from its header row.
+/// Column positions of a result, found from its header.
 #[derive(Debug, Default)]
-struct Columns(Vec<Vec<u8>>);
+struct Columns(Vec<String>);
 
 impl Columns {
     fn index(&self, name: &str) -> Result<usize, InfluxError> {
         self.0
             .iter()
-            .position(|c| c == name.as_bytes())
-            .ok_or_else(|| InfluxError::Protocol(format!("CSV result has no column {name:?}")))
+            .position(|c| c == name)
+            .ok_or_else(|| InfluxError::Protocol(format!("result has no column {name:?}")))
     }
 }
 
-fn field(rec: &csv_async::ByteRecord, i: usize) -> &str {
-    rec.get(i)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .unwrap_or("")
+/// One row of a result, whichever wire format it came in.
+enum Row<'r> {
+    Csv(&'r csv_async::ByteRecord),
+    Pack(&'r [Val<'r>]),
 }
 
-fn parse_f64(rec: &csv_async::ByteRecord, i: usize, name: &str) -> Result<f64, InfluxError> {
-    let s = field(rec, i);
-    s.parse()
-        .map_err(|_| InfluxError::Protocol(format!("column {name}: {s:?} is not a number")))
+impl Row<'_> {
+    fn bytes(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            Row::Csv(rec) => rec.get(i),
+            Row::Pack(vals) => match vals.get(i) {
+                Some(Val::Str(s)) => Some(s),
+                _ => None,
+            },
+        }
+    }
+
+    fn f64(&self, i: usize, name: &str) -> Result<f64, InfluxError> {
+        let v = match self {
+            Row::Csv(rec) => {
+                let s = rec
+                    .get(i)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .unwrap_or("");
+                s.parse().ok()
+            }
+            Row::Pack(vals) => vals.get(i).and_then(Val::as_f64),
+        };
+        v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not a number")))
+    }
+
+    fn i64(&self, i: usize, name: &str) -> Result<i64, InfluxError> {
+        let v = match self {
+            Row::Csv(rec) => {
+                let s = rec
+                    .get(i)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .unwrap_or("");
+                s.parse().ok()
+            }
+            Row::Pack(vals) => vals.get(i).and_then(Val::as_i64),
+        };
+        v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not an integer")))
+    }
 }
 
-fn parse_i64(rec: &csv_async::ByteRecord, i: usize, name: &str) -> Result<i64, InfluxError> {
-    let s = field(rec, i);
-    s.parse()
-        .map_err(|_| InfluxError::Protocol(format!("column {name}: {s:?} is not an integer")))
+/// How query results are read from InfluxDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFormat {
+    /// MessagePack (InfluxDB 1.x): cheaper to produce and to parse.
+    Msgpack,
+    /// CSV: served by every InfluxDB generation.
+    Csv,
 }
 
 /// Line protocol for candles of one symbol and resolution.
@@ -226,6 +266,12 @@ impl InfluxClient {
             timeout_secs: s.timeout_secs,
             chunk_size: s.query_chunk_size,
             write_batch: s.write_batch,
+            read_format: match s.read_format.as_str() {
+                "csv" => ReadFormat::Csv,
+                // `auto` starts with msgpack, the 1.x format; see set_read_format_for.
+                _ => ReadFormat::Msgpack,
+            },
+            read_format_auto: s.read_format == "auto",
         })
     }
 
@@ -342,6 +388,24 @@ impl InfluxClient {
             tracing::warn!(what, attempt, ?backoff, error = %err, "InfluxDB request failed, retrying");
             tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// With `influx.read_format = "auto"`, settles the format from the server
+    /// version: MessagePack from InfluxDB 1.x, CSV from anything else (2.x and
+    /// 3.x do not serve MessagePack on `/query`).
+    pub fn set_read_format_for(&mut self, version: &str) {
+        if self.read_format_auto {
+            self.read_format = if version.starts_with("1.") {
+                ReadFormat::Msgpack
+            } else {
+                ReadFormat::Csv
+            };
+        }
+    }
+
+    /// The format query results are read in.
+    pub fn read_format(&self) -> ReadFormat {
+        self.read_format
     }
 
     /// `GET /ping`, once, without retries (start-up checks should fail fast);
@@ -497,25 +561,153 @@ impl InfluxClient {
             .and_then(|row| row.first().and_then(Value::as_i64)))
     }
 
-    /// Streams a query answered as chunked CSV, calling `on_row` with each data
-    /// row and the header's columns. Returns the number of rows.
-    async fn stream_csv(
+    /// Sends a streaming query (chunked) asking for `accept`.
+    async fn send_streaming(
         &self,
         q: &str,
-        mut on_row: impl FnMut(&Columns, &csv_async::ByteRecord) -> Result<(), InfluxError>,
-    ) -> Result<u64, InfluxError> {
+        accept: &str,
+    ) -> Result<reqwest::Response, InfluxError> {
         let mut form = self.db_params();
         form.push(("q", q.to_string()));
         form.push(("epoch", "ns".to_string()));
         form.push(("chunked", "true".to_string()));
         form.push(("chunk_size", self.chunk_size.to_string()));
-        let resp = self
-            .send("query", || {
-                self.request(reqwest::Method::POST, "/query")
-                    .header(reqwest::header::ACCEPT, "application/csv")
-                    .form(&form)
-            })
-            .await?;
+        self.send("query", || {
+            self.request(reqwest::Method::POST, "/query")
+                .header(reqwest::header::ACCEPT, accept)
+                .form(&form)
+        })
+        .await
+    }
+
+    fn stream_error(&self, e: reqwest::Error) -> InfluxError {
+        if e.is_timeout() {
+            InfluxError::Timeout {
+                url: self.url.clone(),
+                secs: self.timeout_secs,
+            }
+        } else {
+            InfluxError::Stream(root_cause(&e))
+        }
+    }
+
+    /// Streams a query's rows in the configured format, calling `on_row` with the
+    /// columns and each row. Returns the number of rows. Memory stays at one
+    /// response chunk, whatever the result size.
+    async fn stream_rows(
+        &self,
+        q: &str,
+        mut on_row: impl FnMut(&Columns, Row<'_>) -> Result<(), InfluxError>,
+    ) -> Result<u64, InfluxError> {
+        match self.read_format {
+            ReadFormat::Csv => self.stream_csv(q, &mut on_row).await,
+            ReadFormat::Msgpack => self.stream_msgpack(q, &mut on_row).await,
+        }
+    }
+
+    async fn stream_msgpack(
+        &self,
+        q: &str,
+        on_row: &mut impl FnMut(&Columns, Row<'_>) -> Result<(), InfluxError>,
+    ) -> Result<u64, InfluxError> {
+        let mut resp = self.send_streaming(q, "application/x-msgpack").await?;
+        let mut decoder = ChunkDecoder::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+        let mut start = 0usize;
+        let mut rows = 0u64;
+        let mut columns = Columns::default();
+        let mut failure: Option<InfluxError> = None;
+        let mut at_failpoint = false;
+        let mut retry_at = 0usize;
+        loop {
+            let more = resp.chunk().await.map_err(|e| self.stream_error(e))?;
+            let done = more.is_none();
+            if let Some(bytes) = more {
+                // Keep the unconsumed tail only; the buffer holds about one chunk.
+                if start > 0 && start >= buf.len() / 2 {
+                    buf.drain(..start);
+                    start = 0;
+                }
+                buf.extend_from_slice(&bytes);
+            }
+            // Re-decoding an incomplete chunk starts over from its first byte, so
+            // only retry once the pending bytes have doubled: total work stays
+            // within about twice one pass, whatever size the network reads are.
+            while start < buf.len() && (done || buf.len() - start >= retry_at) {
+                let decoded = decoder.decode(&buf[start..], &mut |cols, vals| {
+                    if columns.0.len() != cols.len()
+                        || columns.0.iter().zip(cols).any(|(a, b)| a != b)
+                    {
+                        columns = Columns(cols.to_vec());
+                    }
+                    match on_row(&columns, Row::Pack(vals)) {
+                        Ok(()) => {
+                            rows += 1;
+                            if rows == 1_000 {
+                                at_failpoint = true;
+                            }
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            failure = Some(e);
+                            Err(msg)
+                        }
+                    }
+                });
+                match decoded {
+                    Ok(Decoded::Chunk(n)) => {
+                        start += n;
+                        retry_at = 0;
+                    }
+                    Ok(Decoded::NeedMore) if done => {
+                        return Err(InfluxError::Stream("msgpack result ends mid-chunk".into()));
+                    }
+                    Ok(Decoded::NeedMore) => {
+                        retry_at = (buf.len() - start) * 2;
+                        break;
+                    }
+                    Err(DecodeError::Server(message)) => {
+                        return Err(if message.contains("database not found") {
+                            InfluxError::DatabaseNotFound {
+                                url: self.url.clone(),
+                                database: self.database.clone(),
+                            }
+                        } else {
+                            InfluxError::Query {
+                                message,
+                                query: q.to_string(),
+                            }
+                        });
+                    }
+                    Err(DecodeError::Invalid(m)) => {
+                        return Err(failure.take().unwrap_or_else(|| {
+                            InfluxError::Protocol(format!("msgpack result: {m}"))
+                        }));
+                    }
+                    Err(DecodeError::NeedMore) => unreachable!("decode reports NeedMore as Ok"),
+                }
+            }
+            if std::mem::take(&mut at_failpoint) {
+                crate::failpoint::hit("mid_read").await;
+            }
+            if done {
+                if start < buf.len() {
+                    return Err(InfluxError::Stream("msgpack result ends mid-chunk".into()));
+                }
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// Streams a query answered as chunked CSV. CSV answers an empty 200 for a
+    /// missing database, which is why the engine checks the database first.
+    async fn stream_csv(
+        &self,
+        q: &str,
+        on_row: &mut impl FnMut(&Columns, Row<'_>) -> Result<(), InfluxError>,
+    ) -> Result<u64, InfluxError> {
+        let resp = self.send_streaming(q, "application/csv").await?;
         let body = resp
             .bytes_stream()
             .map_err(|e| std::io::Error::other(root_cause(&e)));
@@ -551,7 +743,7 @@ impl InfluxClient {
                 // InfluxDB reports a failed statement as a header `error` and a row
                 // with the message.
                 let message = if csv.read_byte_record(&mut rec).await.unwrap_or(false) {
-                    field(&rec, 0).to_string()
+                    String::from_utf8_lossy(rec.get(0).unwrap_or_default()).into_owned()
                 } else {
                     "unknown error".to_string()
                 };
@@ -561,13 +753,17 @@ impl InfluxClient {
                 });
             }
             if first == b"name" {
-                columns = Some(Columns(rec.iter().map(<[u8]>::to_vec).collect()));
+                columns = Some(Columns(
+                    rec.iter()
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect(),
+                ));
                 continue;
             }
             let cols = columns
                 .as_ref()
                 .ok_or_else(|| InfluxError::Protocol("CSV row before header".into()))?;
-            on_row(cols, &rec)?;
+            on_row(cols, Row::Csv(&rec))?;
             rows += 1;
         }
         Ok(rows)
@@ -602,7 +798,7 @@ impl InfluxClient {
             range.end
         );
         let mut idx: Option<[usize; 5]> = None;
-        self.stream_csv(&q, |cols, rec| {
+        self.stream_rows(&q, |cols, row| {
             let [t, p, a, id, side] = match idx {
                 Some(i) => i,
                 None => *idx.insert([
@@ -613,7 +809,7 @@ impl InfluxClient {
                     cols.index("side")?,
                 ]),
             };
-            let side = match rec.get(side) {
+            let side = match row.bytes(side) {
                 Some(b"buy") => Side::Buy,
                 Some(b"sell") => Side::Sell,
                 other => {
@@ -624,10 +820,10 @@ impl InfluxClient {
                 }
             };
             on_trade(Trade {
-                time: parse_i64(rec, t, "time")?,
-                id: parse_i64(rec, id, "id")?,
-                price: parse_f64(rec, p, "price")?,
-                amount: parse_f64(rec, a, "amount")?,
+                time: row.i64(t, "time")?,
+                id: row.i64(id, "id")?,
+                price: row.f64(p, "price")?,
+                amount: row.f64(a, "amount")?,
                 side,
             });
             Ok(())
@@ -662,7 +858,7 @@ impl InfluxClient {
             "buy_volume",
         ];
         let mut idx: Option<[usize; 9]> = None;
-        self.stream_csv(&q, |cols, rec| {
+        self.stream_rows(&q, |cols, row| {
             let i = match idx {
                 Some(i) => i,
                 None => {
@@ -674,15 +870,15 @@ impl InfluxClient {
                 }
             };
             on_candle(Candle {
-                start: parse_i64(rec, i[0], "time")?,
-                open: parse_f64(rec, i[1], "open")?,
-                high: parse_f64(rec, i[2], "high")?,
-                low: parse_f64(rec, i[3], "low")?,
-                close: parse_f64(rec, i[4], "close")?,
-                volume: parse_f64(rec, i[5], "volume")?,
-                quote_volume: parse_f64(rec, i[6], "quote_volume")?,
-                trades: parse_i64(rec, i[7], "trades")?,
-                buy_volume: parse_f64(rec, i[8], "buy_volume")?,
+                start: row.i64(i[0], "time")?,
+                open: row.f64(i[1], "open")?,
+                high: row.f64(i[2], "high")?,
+                low: row.f64(i[3], "low")?,
+                close: row.f64(i[4], "close")?,
+                volume: row.f64(i[5], "volume")?,
+                quote_volume: row.f64(i[6], "quote_volume")?,
+                trades: row.i64(i[7], "trades")?,
+                buy_volume: row.f64(i[8], "buy_volume")?,
             });
             Ok(())
         })

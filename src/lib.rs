@@ -6,9 +6,11 @@
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
 //! - [`ingest`]: trade validation and encoding into the `trades` measurement.
 //! - [`generate`]: reproducible random-walk demo trades.
-//! - [`influx`]: InfluxDB client over the 1.x HTTP API (streaming CSV reads,
-//!   line-protocol writes, retries).
+//! - [`influx`]: InfluxDB client over the 1.x HTTP API (streaming MessagePack or
+//!   CSV reads, line-protocol writes, retries); [`msgpack`] decodes the former.
 //! - [`progress`]: SQLite progress store (tasks, leases, watermarks, run history).
+//! - [`datafeed`]: serving candles at any chart resolution.
+//! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step.
 //! - [`scheduler`]: cron trigger for the engine.
 //! - [`server`]: HTTP server.
@@ -25,6 +27,7 @@ pub mod failpoint;
 pub mod generate;
 pub mod influx;
 pub mod ingest;
+pub mod msgpack;
 pub mod progress;
 pub mod scheduler;
 pub mod server;

@@ -1769,22 +1769,54 @@ async fn run(args: Args) -> Result<bool> {
         // 2. Data.
         r.generate = Some(b.generate(&db, args.trades).await?);
         b.settle().await;
-        // 3. Backfill.
-        match b.backfill(&db, args.trades).await {
-            Ok(x) => {
-                r.rss.push((args.trades, x.peak_kb));
-                r.backfill = Some(x);
+        // 3., 4. and 5. Backfill and the references, interleaved in two rounds:
+        // freshly written data reads slower until InfluxDB has settled it, so
+        // whatever runs first pays for that. Best of two for both sides.
+        let mut backfills = Vec::new();
+        for round in 1..=2 {
+            if let Err(e) = b.raw_pull(&mut r).await {
+                b.fail("raw pull reference", e);
             }
-            Err(e) => b.fail("backfill", e),
+            b.settle().await;
+            match b.backfill(&db, args.trades).await {
+                Ok(x) => backfills.push(x),
+                Err(e) => b.fail("backfill", e),
+            }
+            b.settle().await;
+            if round == 1 {
+                if let Err(e) = b.group_by(&mut r).await {
+                    b.fail("InfluxQL GROUP BY reference", e);
+                }
+                b.settle().await;
+            }
         }
-        // 4. and 5. References.
-        b.settle().await;
-        if let Err(e) = b.group_by(&mut r).await {
-            b.fail("InfluxQL GROUP BY reference", e);
+        if !backfills.is_empty() {
+            b.notes.push(format!(
+                "backfill runs (each from a fresh SQLite file): {}; the best is used",
+                backfills
+                    .iter()
+                    .map(|x| format!("{:.2} s", x.elapsed.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
-        if let Err(e) = b.raw_pull(&mut r).await {
-            b.fail("raw pull reference", e);
+        if let Some(best) = backfills.into_iter().min_by_key(|x| x.elapsed) {
+            r.rss.push((args.trades, best.peak_kb));
+            r.backfill = Some(best);
         }
+        // Best of the two rounds of each raw pull.
+        let mut best: Vec<RawPull> = Vec::new();
+        for pull in r.raw.drain(..) {
+            match best
+                .iter_mut()
+                .find(|p| p.format == pull.format && p.shape == pull.shape)
+            {
+                Some(p) if p.elapsed <= pull.elapsed => {}
+                Some(p) => *p = pull,
+                None => best.push(pull),
+            }
+        }
+        r.raw = best;
         // 7. and 8. The daemon.
         b.settle().await;
         if let Err(e) = b.daemon(&mut r).await {

@@ -320,3 +320,39 @@ async fn a_leased_task_is_skipped_until_its_lease_expires_then_taken_over() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn msgpack_and_csv_reads_return_identical_trades_and_candles() {
+    let (app, spec) = app_with_generated_trades(20_000).await;
+    app.clock.set(spec.to + NANOS_PER_DAY);
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    let client = |format: &str| {
+        let mut s = app.settings.influx.clone();
+        s.read_format = format.to_string();
+        // Small chunks: many chunk boundaries inside one result.
+        s.query_chunk_size = 777;
+        ohlcd::influx::InfluxClient::new(&s).unwrap()
+    };
+    let (pack, csv) = (client("msgpack"), client("csv"));
+    let range = spec.from..spec.to;
+    let trades = pack.read_trades("BTCUSD", range.clone()).await.unwrap();
+    assert_eq!(trades.len(), 10_000);
+    assert_eq!(
+        trades,
+        csv.read_trades("BTCUSD", range.clone()).await.unwrap()
+    );
+    for res in Resolution::ALL {
+        let candles = pack
+            .read_candles(res, "ETHUSD", range.clone())
+            .await
+            .unwrap();
+        assert!(!candles.is_empty());
+        assert_eq!(
+            candles,
+            csv.read_candles(res, "ETHUSD", range.clone())
+                .await
+                .unwrap(),
+            "{res}"
+        );
+    }
+}
