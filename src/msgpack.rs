@@ -47,6 +47,9 @@ impl Val<'_> {
     }
 }
 
+/// Receives `(columns, row)`; an `Err` stops decoding with that message.
+pub type OnRow<'f> = dyn FnMut(&[String], &[Val]) -> Result<(), String> + 'f;
+
 /// Why decoding stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecodeError {
@@ -211,11 +214,7 @@ impl ChunkDecoder {
     /// Decodes the chunk at the start of `buf`, calling `on_row(columns, row)`
     /// for each row not handed out before. `on_row` may stop decoding with an
     /// error message.
-    pub fn decode(
-        &mut self,
-        buf: &[u8],
-        on_row: &mut dyn FnMut(&[String], &[Val]) -> Result<(), String>,
-    ) -> Result<Decoded, DecodeError> {
+    pub fn decode(&mut self, buf: &[u8], on_row: &mut OnRow) -> Result<Decoded, DecodeError> {
         let mut cur = Cursor { buf, pos: 0 };
         let mut row: Vec<Val> = Vec::with_capacity(8);
         let mut index = 0usize;
@@ -237,7 +236,7 @@ impl ChunkDecoder {
         cur: &mut Cursor<'a>,
         row: &mut Vec<Val<'a>>,
         index: &mut usize,
-        on_row: &mut dyn FnMut(&[String], &[Val]) -> Result<(), String>,
+        on_row: &mut OnRow,
     ) -> Res<()> {
         for _ in 0..cur.map_len()? {
             match cur.str()? {
@@ -263,7 +262,7 @@ impl ChunkDecoder {
         cur: &mut Cursor<'a>,
         row: &mut Vec<Val<'a>>,
         index: &mut usize,
-        on_row: &mut dyn FnMut(&[String], &[Val]) -> Result<(), String>,
+        on_row: &mut OnRow,
     ) -> Res<()> {
         for _ in 0..cur.map_len()? {
             match cur.str()? {
@@ -289,7 +288,7 @@ impl ChunkDecoder {
         cur: &mut Cursor<'a>,
         row: &mut Vec<Val<'a>>,
         index: &mut usize,
-        on_row: &mut dyn FnMut(&[String], &[Val]) -> Result<(), String>,
+        on_row: &mut OnRow,
     ) -> Res<()> {
         for _ in 0..cur.map_len()? {
             match cur.str()? {
