@@ -137,6 +137,9 @@ pub struct Engine {
     tick_lock: tokio::sync::Mutex<()>,
     observer: Option<ChunkObserver>,
     stopping: std::sync::atomic::AtomicBool,
+    /// Concurrent reads per 1m chunk: `read_parallelism` shared by the symbols
+    /// processed at once (set per tick).
+    parts_per_chunk: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -189,6 +192,7 @@ impl Engine {
             tick_lock: tokio::sync::Mutex::new(()),
             observer: None,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            parts_per_chunk: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
@@ -263,6 +267,13 @@ impl Engine {
         self.influx.check_database().await?;
         let symbols = self.discover(filter).await?;
         let resolutions = filter.resolutions();
+        // InfluxDB's serialization is the bottleneck and runs one core per query:
+        // split chunks only while there are fewer symbols in flight than reads.
+        let in_flight = self.settings.concurrency.min(symbols.len()).max(1);
+        self.parts_per_chunk.store(
+            (self.settings.read_parallelism / in_flight).max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let outcomes: Vec<Vec<(String, Resolution, TaskOutcome)>> =
             futures_util::stream::iter(symbols)
                 .map(|symbol| {
@@ -745,17 +756,20 @@ impl Engine {
     }
 
     /// 1m candles of `range` from raw trades. InfluxDB's serialization of the
-    /// rows, not our aggregation, is what limits speed, so the range is split at
-    /// minute boundaries into `engine.read_parallelism` parts read concurrently
-    /// (InfluxDB serializes each on its own core). Parts cover disjoint windows,
-    /// so their candles simply concatenate.
+    /// rows, not our aggregation, is what limits speed, so the range may be split
+    /// at minute boundaries into parts read concurrently (InfluxDB serializes each
+    /// on its own core); see `parts_per_chunk`. Parts cover disjoint windows, so
+    /// their candles simply concatenate.
     async fn aggregate_raw(
         &self,
         symbol: &str,
         range: Range<i64>,
     ) -> Result<(u64, Vec<Candle>), EngineError> {
         let minute = Resolution::M1.nanos();
-        let parts = self.settings.read_parallelism.max(1) as i64;
+        let parts = self
+            .parts_per_chunk
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1) as i64;
         let step = ceil_to((range.end - range.start).div_euclid(parts).max(1), minute);
         let mut bounds = Vec::new();
         let mut start = range.start;
