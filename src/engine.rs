@@ -123,6 +123,13 @@ pub struct ChunkEvent {
     pub candles_written: u64,
 }
 
+/// Chunks computed but not yet written.
+#[derive(Debug, Default)]
+struct Batch {
+    candles: Vec<Candle>,
+    records: Vec<ChunkRecord>,
+}
+
 /// Callback for chunk events.
 pub type ChunkObserver = Arc<dyn Fn(&ChunkEvent) + Send + Sync>;
 
@@ -453,20 +460,26 @@ impl Engine {
             return Ok(done(chunks, rows_read, candles_written));
         };
         let chunk_len = self.settings.chunk_nanos(res);
+        // Chunks are computed one by one but their candles are written in batches
+        // of about `influx.write_batch` (each InfluxDB write is an fsync, and so
+        // is each SQLite commit); the watermarks of a batch are committed together
+        // right after InfluxDB acknowledged its write.
+        let mut batch = Batch::default();
         while watermark < horizon && !self.stop_requested() {
             // Chunk ends stay on the chunk grid, so chunks line up across runs.
             let end = (floor_to(watermark, chunk_len) + chunk_len).min(horizon);
             let range = watermark..end;
-            // Announce the chunk before reading it, so a trade ingested meanwhile
-            // is seen as late (and recomputed) rather than silently missed.
-            self.store.set_inflight(lease, Some(end)).await?;
+            if res == Resolution::M1 {
+                // Announce the chunk before reading it, so a trade ingested
+                // meanwhile is seen as late (and recomputed), not silently missed.
+                self.store.set_inflight(lease, Some(end)).await?;
+            }
             let started_at = self.clock.now();
-            let (rows, candles) = match self
-                .materialize_with_retries(symbol, res, range.clone(), false)
-                .await
+            let (rows, candles) = match self.compute_with_retries(symbol, res, range.clone()).await
             {
                 Ok(r) => r,
                 Err(e) => {
+                    self.flush_or_record(lease, &mut batch).await?;
                     let record = ChunkRecord {
                         kind: "chunk",
                         range,
@@ -480,32 +493,89 @@ impl Engine {
                     return Err(e);
                 }
             };
-            let record = ChunkRecord {
+            batch.records.push(ChunkRecord {
                 kind: "chunk",
-                range: range.clone(),
+                range,
                 started_at,
                 finished_at: self.clock.now(),
                 rows_read: rows,
-                candles_written: candles,
+                candles_written: candles.len() as u64,
                 error: None,
-            };
-            self.store.commit_chunk(lease, &record, true).await?;
-            ::metrics::histogram!("ohlcd_chunk_duration_seconds", "resolution" => res.name())
-                .record((record.finished_at - record.started_at) as f64 / 1e9);
-            self.notify(symbol, res, range, rows, candles);
+            });
+            batch.candles.extend(candles);
             watermark = end;
             chunks += 1;
             rows_read += rows;
-            candles_written += candles;
+            if rows == 0
+                || watermark >= horizon
+                || batch.candles.len() >= self.influx.write_batch()
+                || self.stop_requested()
+            {
+                candles_written += self.flush_or_record(lease, &mut batch).await?;
+            }
             if rows == 0 && watermark < horizon {
                 watermark = self.skip_empty(lease, watermark, horizon).await?;
             }
         }
+        candles_written += self.flush_or_record(lease, &mut batch).await?;
         Ok(TaskOutcome::Done {
             chunks,
             rows_read,
             candles_written,
         })
+    }
+
+    /// [`Engine::flush`]; if the write fails, the batch's range is recorded as a
+    /// failed run (its watermarks stay uncommitted) before the error is returned.
+    async fn flush_or_record(&self, lease: &Lease, batch: &mut Batch) -> Result<u64, EngineError> {
+        match self.flush(lease, batch).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) {
+                    let record = ChunkRecord {
+                        kind: "chunk",
+                        range: first.range.start..last.range.end,
+                        started_at: first.started_at,
+                        finished_at: self.clock.now(),
+                        rows_read: 0,
+                        candles_written: 0,
+                        error: Some(e.to_string()),
+                    };
+                    self.store.record_failure(lease, &record).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a batch's candles, then commits its chunks (watermark included) in
+    /// one transaction. Returns the candles written.
+    async fn flush(&self, lease: &Lease, batch: &mut Batch) -> Result<u64, EngineError> {
+        if batch.records.is_empty() {
+            return Ok(0);
+        }
+        let res = lease.resolution;
+        self.influx
+            .write_candles(res, &lease.symbol, &batch.candles)
+            .await?;
+        // Crash test point: candles written, watermark not yet committed.
+        crate::failpoint::hit("after_write").await;
+        self.store.commit_chunks(lease, &batch.records).await?;
+        for r in &batch.records {
+            ::metrics::histogram!("ohlcd_chunk_duration_seconds", "resolution" => res.name())
+                .record((r.finished_at - r.started_at) as f64 / 1e9);
+            self.notify(
+                &lease.symbol,
+                res,
+                r.range.clone(),
+                r.rows_read,
+                r.candles_written,
+            );
+        }
+        let written = batch.candles.len() as u64;
+        batch.records.clear();
+        batch.candles.clear();
+        Ok(written)
     }
 
     /// After an empty chunk, jumps the watermark over the stretch with no source
@@ -735,17 +805,7 @@ impl Engine {
         range: Range<i64>,
         delete_stale: bool,
     ) -> Result<(u64, u64), EngineError> {
-        let (rows, candles) = match res.source() {
-            None => self.aggregate_raw(symbol, range.clone()).await?,
-            Some(source) => {
-                let mut agg = Aggregator::new(res);
-                let rows = self
-                    .influx
-                    .stream_candles(source, symbol, range.clone(), |c| agg.add_candle(&c))
-                    .await?;
-                (rows, agg.finish())
-            }
-        };
+        let (rows, candles) = self.compute(symbol, res, range.clone()).await?;
         if delete_stale {
             self.delete_stale(symbol, res, range, &candles).await?;
         }
@@ -753,6 +813,50 @@ impl Engine {
         // Crash test point: candles written, watermark not yet committed.
         crate::failpoint::hit("after_write").await;
         Ok((rows, candles.len() as u64))
+    }
+
+    /// Candles of `res` in `range` from its source, not written. Returns (rows
+    /// read, candles).
+    async fn compute(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        range: Range<i64>,
+    ) -> Result<(u64, Vec<Candle>), EngineError> {
+        match res.source() {
+            None => self.aggregate_raw(symbol, range).await,
+            Some(source) => {
+                let mut agg = Aggregator::new(res);
+                let rows = self
+                    .influx
+                    .stream_candles(source, symbol, range, |c| agg.add_candle(&c))
+                    .await?;
+                Ok((rows, agg.finish()))
+            }
+        }
+    }
+
+    /// [`Engine::compute`] retried on transient InfluxDB errors.
+    async fn compute_with_retries(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        range: Range<i64>,
+    ) -> Result<(u64, Vec<Candle>), EngineError> {
+        let mut attempt = 1;
+        loop {
+            match self.compute(symbol, res, range.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(EngineError::Influx(e))
+                    if e.is_transient() && attempt < self.settings.chunk_attempts =>
+                {
+                    tracing::warn!(symbol, resolution = %res, attempt, error = %e, "chunk read failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// 1m candles of `range` from raw trades. InfluxDB's serialization of the

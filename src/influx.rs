@@ -280,6 +280,11 @@ impl InfluxClient {
         &self.url
     }
 
+    /// Candle lines per write request.
+    pub fn write_batch(&self) -> usize {
+        self.write_batch
+    }
+
     /// Database name.
     pub fn database(&self) -> &str {
         &self.database

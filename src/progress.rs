@@ -307,16 +307,36 @@ impl ProgressStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| ProgressError::Migrate {
-                url: url.to_string(),
-                source,
-            })?;
+        // Two processes opening a fresh file at once would both create the
+        // tables and one would fail; SQLite has no advisory lock for sqlx to
+        // take, so serialize migrations with a lock file next to the database.
+        let lock_path = format!("{}.migrate-lock", options.get_filename().display());
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ok();
+        if let Some(file) = &lock {
+            let file = file
+                .try_clone()
+                .map_err(|e| ProgressError::Invalid(e.to_string()))?;
+            tokio::task::spawn_blocking(move || file.lock())
+                .await
+                .map_err(|e| ProgressError::Invalid(e.to_string()))?
+                .map_err(|e| ProgressError::Invalid(format!("cannot lock {lock_path}: {e}")))?;
+        }
+        let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+        if let Some(file) = &lock {
+            let _ = file.unlock();
+        }
+        migrated.map_err(|source| ProgressError::Migrate {
+            url: url.to_string(),
+            source,
+        })?;
         Ok(ProgressStore { pool })
     }
 
@@ -490,6 +510,43 @@ impl ProgressStore {
             return Err(Self::lease_lost(lease));
         }
         self.insert_run(&mut tx, lease, chunk).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Commits consecutive forward chunks at once: one history row each and the
+    /// watermark moved to the last one's end, in one transaction fenced by the
+    /// lease. Call only after InfluxDB acknowledged their candles.
+    pub async fn commit_chunks(
+        &self,
+        lease: &Lease,
+        chunks: &[ChunkRecord],
+    ) -> Result<(), ProgressError> {
+        let Some(last) = chunks.last() else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE progress SET watermark = ?4, chunks = chunks + ?5, rows_read = rows_read + ?6,
+                candles_written = candles_written + ?7, updated_at = ?8
+             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
+        )
+        .bind(&lease.symbol)
+        .bind(lease.resolution.name())
+        .bind(&lease.owner)
+        .bind(to_rfc3339(last.range.end))
+        .bind(chunks.len() as i64)
+        .bind(chunks.iter().map(|c| c.rows_read as i64).sum::<i64>())
+        .bind(chunks.iter().map(|c| c.candles_written as i64).sum::<i64>())
+        .bind(to_rfc3339(last.finished_at))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Self::lease_lost(lease));
+        }
+        for chunk in chunks {
+            self.insert_run(&mut tx, lease, chunk).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -715,5 +772,38 @@ impl ProgressStore {
     /// Closes the pool (waits for connections to finish).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn processes_opening_a_fresh_database_at_once_all_succeed() {
+        // Found when `ohlcd run` and `ohlcd progress` started together: both ran
+        // the migrations and one failed with "table progress already exists".
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let opens = (0..6).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { ProgressStore::connect(&url).await })
+        });
+        for open in futures_util::future::join_all(opens).await {
+            let store = open.unwrap().unwrap();
+            assert!(store.tasks().await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_sqlite_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.db");
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let err = ProgressStore::connect(&path.display().to_string())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("junk.db"), "{err}");
     }
 }

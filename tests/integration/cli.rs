@@ -227,7 +227,7 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
     );
     assert!(gen_.status.success(), "{}", stderr(&gen_));
     let port = free_port();
-    let daemon = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
         .arg("run")
         .env("OHLCD_INFLUX__URL", &app.server.url)
         .env("OHLCD_INFLUX__DATABASE", "cli")
@@ -256,7 +256,16 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    assert!(caught_up, "daemon did not complete its tasks");
+    if !caught_up {
+        let json = ohlcd(&app, &["progress", "--json"]);
+        let _ = daemon.kill();
+        let out = daemon.wait_with_output().unwrap();
+        panic!(
+            "daemon did not complete its tasks: {}\n{}",
+            String::from_utf8_lossy(&json.stdout),
+            stderr(&out)
+        );
+    }
     let health = http.get(&url).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let body: Value = health.json().await.unwrap();
