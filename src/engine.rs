@@ -714,34 +714,56 @@ impl Engine {
                 _ => merged.push(r),
             }
         }
-        let chunk_len = self.settings.chunk_nanos(res);
         let (mut chunks, mut rows_read, mut candles_written) = (0, 0, 0);
         for range in merged {
-            let mut start = range.start;
-            while start < range.end {
-                let stop = (start + chunk_len).min(range.end);
-                let started_at = self.clock.now();
-                let (rows, candles) = self
-                    .materialize_with_retries(symbol, res, start..stop, false)
-                    .await?;
-                let record = ChunkRecord {
-                    kind: "late",
-                    range: start..stop,
-                    started_at,
-                    finished_at: self.clock.now(),
-                    rows_read: rows,
-                    candles_written: candles,
-                    error: None,
-                };
-                self.store.commit_chunk(lease, &record, false).await?;
-                self.notify(symbol, res, start..stop, rows, candles);
-                chunks += 1;
-                rows_read += rows;
-                candles_written += candles;
-                start = stop;
-            }
+            let (c, r, n) = self.recompute(lease, range, "late", false).await?;
+            chunks += c;
+            rows_read += r;
+            candles_written += n;
         }
         self.store.clear_dirty(symbol, res, max_id).await?;
+        Ok((chunks, rows_read, candles_written))
+    }
+
+    /// Recomputes `range` (already below the task's watermark) chunk by chunk,
+    /// committing each chunk to the history without moving the watermark and
+    /// renewing the lease as it goes. Returns (chunks, rows read, candles).
+    async fn recompute(
+        &self,
+        lease: &Lease,
+        range: Range<i64>,
+        kind: &'static str,
+        delete_stale: bool,
+    ) -> Result<(u64, u64, u64), EngineError> {
+        let (symbol, res) = (lease.symbol.as_str(), lease.resolution);
+        let chunk_len = self.settings.chunk_nanos(res);
+        let (mut chunks, mut rows_read, mut candles_written) = (0, 0, 0);
+        let mut start = range.start;
+        while start < range.end {
+            let stop = (start + chunk_len).min(range.end);
+            let started_at = self.clock.now();
+            let (rows, candles) = self
+                .materialize_with_retries(symbol, res, start..stop, delete_stale)
+                .await?;
+            let record = ChunkRecord {
+                kind,
+                range: start..stop,
+                started_at,
+                finished_at: self.clock.now(),
+                rows_read: rows,
+                candles_written: candles,
+                error: None,
+            };
+            self.store.commit_chunk(lease, &record, false).await?;
+            self.store
+                .heartbeat(lease, self.clock.now(), self.lease)
+                .await?;
+            self.notify(symbol, res, start..stop, rows, candles);
+            chunks += 1;
+            rows_read += rows;
+            candles_written += candles;
+            start = stop;
+        }
         Ok((chunks, rows_read, candles_written))
     }
 
@@ -775,19 +797,34 @@ impl Engine {
         range: Range<i64>,
         delete_stale: bool,
     ) -> Result<(u64, u64), EngineError> {
-        let mut attempt = 1;
+        self.retrying(symbol, res, || {
+            self.materialize(symbol, res, range.clone(), delete_stale)
+        })
+        .await
+    }
+
+    /// Runs `attempt` up to `engine.chunk_attempts` times while it fails with a
+    /// transient InfluxDB error.
+    async fn retrying<T, F, Fut>(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        mut attempt: F,
+    ) -> Result<T, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        let mut n = 1;
         loop {
-            match self
-                .materialize(symbol, res, range.clone(), delete_stale)
-                .await
-            {
+            match attempt().await {
                 Ok(r) => return Ok(r),
                 Err(EngineError::Influx(e))
-                    if e.is_transient() && attempt < self.settings.chunk_attempts =>
+                    if e.is_transient() && n < self.settings.chunk_attempts =>
                 {
-                    tracing::warn!(symbol, resolution = %res, attempt, error = %e, "chunk failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-                    attempt += 1;
+                    tracing::warn!(symbol, resolution = %res, attempt = n, error = %e, "chunk failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(n))).await;
+                    n += 1;
                 }
                 Err(e) => return Err(e),
             }
@@ -843,20 +880,8 @@ impl Engine {
         res: Resolution,
         range: Range<i64>,
     ) -> Result<(u64, Vec<Candle>), EngineError> {
-        let mut attempt = 1;
-        loop {
-            match self.compute(symbol, res, range.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(EngineError::Influx(e))
-                    if e.is_transient() && attempt < self.settings.chunk_attempts =>
-                {
-                    tracing::warn!(symbol, resolution = %res, attempt, error = %e, "chunk read failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.retrying(symbol, res, || self.compute(symbol, res, range.clone()))
+            .await
     }
 
     /// 1m candles of `range` from raw trades. InfluxDB's serialization of the
@@ -964,37 +989,11 @@ impl Engine {
         for res in Resolution::ALL {
             let before = self.store.task(symbol, res).await?;
             let (lease, task) = self.claim_waiting(symbol, res).await?;
-            let result = async {
-                let end = range.end.min(task.watermark.unwrap_or(i64::MIN));
-                let chunk_len = self.settings.chunk_nanos(res);
-                let mut start = range.start;
-                let mut written = 0;
-                while start < end {
-                    let stop = (start + chunk_len).min(end);
-                    let started_at = self.clock.now();
-                    let (rows, candles) = self
-                        .materialize_with_retries(symbol, res, start..stop, true)
-                        .await?;
-                    let record = ChunkRecord {
-                        kind: "rebuild",
-                        range: start..stop,
-                        started_at,
-                        finished_at: self.clock.now(),
-                        rows_read: rows,
-                        candles_written: candles,
-                        error: None,
-                    };
-                    self.store.commit_chunk(&lease, &record, false).await?;
-                    self.store
-                        .heartbeat(&lease, self.clock.now(), self.lease)
-                        .await?;
-                    self.notify(symbol, res, start..stop, rows, candles);
-                    written += candles;
-                    start = stop;
-                }
-                Ok::<u64, EngineError>(written)
-            }
-            .await;
+            let end = range.end.min(task.watermark.unwrap_or(i64::MIN));
+            let result = self
+                .recompute(&lease, range.start..end, "rebuild", true)
+                .await
+                .map(|(_, _, candles)| candles);
             // A rebuild does not change how far the task got: keep its status.
             let status = match before.map(|t| t.status) {
                 Some(TaskStatus::Running) | None => TaskStatus::Idle,

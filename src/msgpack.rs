@@ -151,6 +151,14 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The message of an `"error"` entry, as the error to stop with.
+    fn server_error(&mut self) -> DecodeError {
+        match self.str() {
+            Ok(msg) => DecodeError::Server(String::from_utf8_lossy(msg).into_owned()),
+            Err(e) => e,
+        }
+    }
+
     fn map_len(&mut self) -> Res<usize> {
         match self.marker()? {
             Marker::FixMap(n) => Ok(usize::from(n)),
@@ -240,12 +248,7 @@ impl ChunkDecoder {
     ) -> Res<()> {
         for _ in 0..cur.map_len()? {
             match cur.str()? {
-                b"error" => {
-                    let msg = cur.str()?;
-                    return Err(DecodeError::Server(
-                        String::from_utf8_lossy(msg).into_owned(),
-                    ));
-                }
+                b"error" => return Err(cur.server_error()),
                 b"results" => {
                     for _ in 0..cur.array_len()? {
                         self.result(cur, row, index, on_row)?;
@@ -266,12 +269,7 @@ impl ChunkDecoder {
     ) -> Res<()> {
         for _ in 0..cur.map_len()? {
             match cur.str()? {
-                b"error" => {
-                    let msg = cur.str()?;
-                    return Err(DecodeError::Server(
-                        String::from_utf8_lossy(msg).into_owned(),
-                    ));
-                }
+                b"error" => return Err(cur.server_error()),
                 b"series" => {
                     for _ in 0..cur.array_len()? {
                         self.series(cur, row, index, on_row)?;
