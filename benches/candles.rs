@@ -116,5 +116,42 @@ fn bench_cascade(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_trades_to_1m, bench_cascade);
+/// The ingest path of `POST /api/trades` for one 10,000-trade request: parse and
+/// validate the JSON body, then encode line protocol.
+fn bench_ingest(c: &mut Criterion) {
+    let trades: Vec<ohlcd::ingest::NewTrade> = one_day_of_trades(11)
+        .iter()
+        .take(10_000)
+        .map(|t| ohlcd::ingest::NewTrade {
+            symbol: "BTCUSD".into(),
+            side: t.side,
+            price: t.price,
+            amount: t.amount,
+            time_ms: t.time / 1_000_000,
+            id: t.id,
+        })
+        .collect();
+    let body = serde_json::to_vec(
+        &trades
+            .iter()
+            .map(|t| {
+                serde_json::json!({"symbol": t.symbol, "price": t.price, "amount": t.amount,
+                    "side": t.side.as_str(), "timestamp": t.time_ms, "id": t.id})
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let now_ms = 2_000_000_000_000;
+    let mut g = c.benchmark_group("ingest_10k");
+    g.throughput(Throughput::Elements(trades.len() as u64));
+    g.bench_function("parse_json", |b| {
+        b.iter(|| ohlcd::server::models::parse_trades(black_box(&body), now_ms).unwrap())
+    });
+    g.bench_function("encode_line_protocol", |b| {
+        b.iter(|| ohlcd::ingest::encode_trades(black_box(&trades)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_trades_to_1m, bench_cascade, bench_ingest);
 criterion_main!(benches);
