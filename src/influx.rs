@@ -179,32 +179,30 @@ impl Row<'_> {
         }
     }
 
-    fn f64(&self, i: usize, name: &str) -> Result<f64, InfluxError> {
+    /// Column `i` as a `T`: parsed from CSV text, or taken from the msgpack value.
+    fn value<T: std::str::FromStr>(
+        &self,
+        i: usize,
+        name: &str,
+        what: &str,
+        from_pack: impl Fn(&Val) -> Option<T>,
+    ) -> Result<T, InfluxError> {
         let v = match self {
-            Row::Csv(rec) => {
-                let s = rec
-                    .get(i)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .unwrap_or("");
-                s.parse().ok()
-            }
-            Row::Pack(vals) => vals.get(i).and_then(Val::as_f64),
+            Row::Csv(rec) => rec
+                .get(i)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse().ok()),
+            Row::Pack(vals) => vals.get(i).and_then(from_pack),
         };
-        v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not a number")))
+        v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not {what}")))
+    }
+
+    fn f64(&self, i: usize, name: &str) -> Result<f64, InfluxError> {
+        self.value(i, name, "a number", |v| v.as_f64())
     }
 
     fn i64(&self, i: usize, name: &str) -> Result<i64, InfluxError> {
-        let v = match self {
-            Row::Csv(rec) => {
-                let s = rec
-                    .get(i)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .unwrap_or("");
-                s.parse().ok()
-            }
-            Row::Pack(vals) => vals.get(i).and_then(Val::as_i64),
-        };
-        v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not an integer")))
+        self.value(i, name, "an integer", |v| v.as_i64())
     }
 }
 
