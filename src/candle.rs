@@ -368,28 +368,6 @@ impl Accumulator {
         self.trades += c.trades;
     }
 
-    fn merge(&mut self, other: &Accumulator) {
-        if other.open_key < self.open_key {
-            self.open = other.open;
-            self.open_key = other.open_key;
-        }
-        if other.close_key >= self.close_key {
-            self.close = other.close;
-            self.close_key = other.close_key;
-        }
-        self.high = self.high.max(other.high);
-        self.low = self.low.min(other.low);
-        for (mine, theirs) in [
-            (&mut self.volume, other.volume),
-            (&mut self.quote_volume, other.quote_volume),
-            (&mut self.buy_volume, other.buy_volume),
-        ] {
-            mine.add(theirs.sum);
-            mine.add(theirs.compensation);
-        }
-        self.trades += other.trades;
-    }
-
     fn finish(&self, start: i64) -> Candle {
         Candle {
             start,
@@ -548,19 +526,12 @@ impl Aggregator {
 
     fn park_current(&mut self) {
         if let Some((start, acc)) = self.current.take() {
-            match self.done.get_mut(&start) {
-                Some(existing) => existing.merge(&acc),
-                None => {
-                    self.done.insert(start, acc);
-                }
-            }
+            let previous = self.done.insert(start, acc);
+            debug_assert!(
+                previous.is_none(),
+                "the current window is never parked twice"
+            );
         }
-    }
-
-    /// Number of windows with data so far.
-    pub fn len(&mut self) -> usize {
-        self.park_current();
-        self.done.len()
     }
 
     /// True when nothing has been added.

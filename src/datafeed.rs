@@ -11,11 +11,9 @@
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::candle::{Aggregator, Bucketing, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution};
-use crate::clock::Clock;
 use crate::influx::{InfluxClient, InfluxError};
 use crate::progress::{ProgressError, ProgressStore};
 
@@ -187,7 +185,6 @@ pub enum History {
 pub struct Datafeed {
     influx: InfluxClient,
     store: ProgressStore,
-    clock: Arc<dyn Clock>,
     max_bars: u64,
     symbols_ttl: Duration,
     symbols: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
@@ -199,29 +196,17 @@ impl Datafeed {
     pub fn new(
         influx: InfluxClient,
         store: ProgressStore,
-        clock: Arc<dyn Clock>,
         max_bars: u64,
         symbols_ttl: Duration,
     ) -> Datafeed {
         Datafeed {
             influx,
             store,
-            clock,
             max_bars,
             symbols_ttl,
             symbols: tokio::sync::Mutex::new(None),
             first_trades: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }
-    }
-
-    /// The clock requests are served by.
-    pub fn now(&self) -> i64 {
-        self.clock.now()
-    }
-
-    /// Most bars one request may return.
-    pub fn max_bars(&self) -> u64 {
-        self.max_bars
     }
 
     /// Known symbols (those with trades), cached for a few seconds.

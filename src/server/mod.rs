@@ -55,7 +55,6 @@ impl AppState {
         let datafeed = Datafeed::new(
             influx.clone(),
             store.clone(),
-            clock.clone(),
             settings.datafeed.max_bars,
             std::time::Duration::from_secs(settings.datafeed.symbols_cache_secs),
         );
