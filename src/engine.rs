@@ -610,7 +610,7 @@ impl Engine {
             candles_written: 0,
             error: None,
         };
-        self.store.commit_chunk(lease, &record, true).await?;
+        self.store.commit_chunks(lease, &[record]).await?;
         self.notify(&lease.symbol, res, watermark..target, 0, 0);
         Ok(target)
     }
@@ -676,7 +676,7 @@ impl Engine {
             candles_written: changed.len() as u64,
             error: None,
         };
-        self.store.commit_chunk(lease, &record, false).await?;
+        self.store.commit_chunk(lease, &record).await?;
         Ok((1, rows, changed.len() as u64))
     }
 
@@ -754,7 +754,7 @@ impl Engine {
                 candles_written: candles,
                 error: None,
             };
-            self.store.commit_chunk(lease, &record, false).await?;
+            self.store.commit_chunk(lease, &record).await?;
             self.store
                 .heartbeat(lease, self.clock.now(), self.lease)
                 .await?;

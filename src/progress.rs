@@ -479,28 +479,22 @@ impl ProgressStore {
         Ok(())
     }
 
-    /// Records a chunk in the history and, for forward progress, moves the
-    /// watermark to `chunk.range.end`, in one transaction fenced by the lease.
-    /// Call only after InfluxDB acknowledged the candle write.
+    /// Records a recomputed chunk (rebuild, late data) in the history and adds
+    /// it to the counters, without moving the watermark; fenced by the lease.
     pub async fn commit_chunk(
         &self,
         lease: &Lease,
         chunk: &ChunkRecord,
-        advance_watermark: bool,
     ) -> Result<(), ProgressError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE progress SET
-                watermark = CASE WHEN ?4 THEN ?5 ELSE watermark END,
-                chunks = chunks + 1, rows_read = rows_read + ?6,
-                candles_written = candles_written + ?7, updated_at = ?8
+            "UPDATE progress SET chunks = chunks + 1, rows_read = rows_read + ?4,
+                candles_written = candles_written + ?5, updated_at = ?6
              WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
         )
         .bind(&lease.symbol)
         .bind(lease.resolution.name())
         .bind(&lease.owner)
-        .bind(advance_watermark)
-        .bind(to_rfc3339(chunk.range.end))
         .bind(chunk.rows_read as i64)
         .bind(chunk.candles_written as i64)
         .bind(to_rfc3339(chunk.finished_at))
