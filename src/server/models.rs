@@ -126,21 +126,21 @@ fn parse_timestamp(i: usize, v: &Value, now_ms: i64) -> Result<i64, TradesError>
             ));
         }
     };
+    match time_refusal(ms, now_ms) {
+        Some(why) => Err(field_err(i, "timestamp", why)),
+        None => Ok(ms),
+    }
+}
+
+/// Why a trade time (Unix ms) is refused, if it is: the one rule both parse paths use.
+fn time_refusal(ms: i64, now_ms: i64) -> Option<String> {
     if !(MIN_TIME_SECS * 1000..=MAX_TIME_MS).contains(&ms) {
-        return Err(field_err(
-            i,
-            "timestamp",
-            format!("{ms} ms is not between 2000 and 2200"),
-        ));
+        Some(format!("{ms} ms is not between 2000 and 2200"))
+    } else if ms > now_ms + MAX_FUTURE_MS {
+        Some("is more than an hour in the future".into())
+    } else {
+        None
     }
-    if ms > now_ms + MAX_FUTURE_MS {
-        return Err(field_err(
-            i,
-            "timestamp",
-            "is more than an hour in the future",
-        ));
-    }
-    Ok(ms)
 }
 
 fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, TradesError> {
@@ -301,35 +301,23 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
     }
     wire.into_iter()
         .map(|w| {
-            validate_symbol(&w.symbol).ok()?;
-            let positive = |x: f64| x.is_finite() && x > 0.0;
-            if !positive(w.price) || !positive(w.amount) {
-                return None;
-            }
-            let side = w.side.parse::<Side>().ok()?;
-            let ms = match w.timestamp {
+            let time_ms = match w.timestamp {
                 WireTime::Millis(ms) => ms,
                 WireTime::Text(s) => DateTime::parse_from_rfc3339(&s).ok()?.timestamp_millis(),
             };
-            if !(MIN_TIME_SECS * 1000..=MAX_TIME_MS).contains(&ms) || ms > now_ms + MAX_FUTURE_MS {
+            if time_refusal(time_ms, now_ms).is_some() {
                 return None;
             }
-            let (id, has_id) = match w.id {
-                Some(id) if id >= 0 => (id, true),
-                Some(_) => return None,
-                None => (0, false),
+            let trade = NewTrade {
+                symbol: w.symbol.into_owned(),
+                side: w.side.parse::<Side>().ok()?,
+                price: w.price,
+                amount: w.amount,
+                time_ms,
+                id: w.id.unwrap_or(0),
             };
-            Some((
-                NewTrade {
-                    symbol: w.symbol.into_owned(),
-                    side,
-                    price: w.price,
-                    amount: w.amount,
-                    time_ms: ms,
-                    id,
-                },
-                has_id,
-            ))
+            trade.validate().ok()?;
+            Some((trade, w.id.is_some()))
         })
         .collect()
 }
