@@ -552,6 +552,18 @@ impl InfluxClient {
         symbol: &str,
         before: i64,
     ) -> Result<Option<i64>, InfluxError> {
+        Ok(self
+            .last_trade_before(symbol, before)
+            .await?
+            .map(|(t, _)| t))
+    }
+
+    /// Time and price of the last raw trade of `symbol` strictly before `before`.
+    pub async fn last_trade_before(
+        &self,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<(i64, f64)>, InfluxError> {
         let v = self
             .query_json(&format!(
                 "SELECT price FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
@@ -561,7 +573,7 @@ impl InfluxClient {
             .await?;
         Ok(series_values(&v)
             .next()
-            .and_then(|row| row.first().and_then(Value::as_i64)))
+            .and_then(|row| Some((row.first()?.as_i64()?, row.get(1)?.as_f64()?))))
     }
 
     /// Sends a streaming query (chunked) asking for `accept`.

@@ -78,20 +78,10 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
         .map_err(udf_reject)?;
     let last = state
         .influx
-        .last_trade_time_before(&symbol, i64::MAX)
+        .last_trade_before(&symbol, i64::MAX)
         .await
         .map_err(udf_reject)?;
-    let mut price_decimals = 2;
-    if let Some(t) = last {
-        let trades = state
-            .influx
-            .read_trades(&symbol, t..t + 1)
-            .await
-            .map_err(udf_reject)?;
-        if let Some(trade) = trades.first() {
-            price_decimals = decimals(trade.price).clamp(2, 10);
-        }
-    }
+    let price_decimals = last.map_or(2, |(_, price)| decimals(price).clamp(2, 10));
     Ok(warp::reply::json(&json!({
         "name": symbol,
         "ticker": symbol,
