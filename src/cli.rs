@@ -41,7 +41,9 @@ pub enum Command {
         /// Only this symbol (repeatable).
         #[arg(long = "symbol", value_name = "S")]
         symbols: Vec<String>,
-        /// Only this resolution and the ones it is computed from (repeatable).
+        /// Resolutions to bring up to date (repeatable). Accepted for scripts
+        /// written against the contract; one read of raw trades yields all six
+        /// resolutions, so every resolution of a symbol advances together.
         #[arg(long = "resolution", value_name = "R")]
         resolutions: Vec<Resolution>,
     },
@@ -95,14 +97,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for s in &symbols {
                 validate_symbol(s).map_err(anyhow::Error::msg)?;
             }
-            cmd_backfill(
-                settings,
-                TaskFilter {
-                    symbols,
-                    resolutions,
-                },
-            )
-            .await
+            if !resolutions.is_empty() {
+                tracing::info!(
+                    "--resolution: all six resolutions advance together (one read yields them all)"
+                );
+            }
+            cmd_backfill(settings, TaskFilter { symbols }).await
         }
         Command::Rebuild { symbol, from, to } => cmd_rebuild(settings, symbol, from, to).await,
         Command::Progress { json } => cmd_progress(settings, json).await,
@@ -172,7 +172,7 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
     let state = crate::server::AppState::new(
-        engine.influx().clone(),
+        engine.warehouse().clone(),
         engine.store().clone(),
         Arc::new(SystemClock),
         &settings,
@@ -235,15 +235,8 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
     );
     let observer_pb = pb.clone();
     let engine = engine.with_observer(Arc::new(move |e: &ChunkEvent| {
-        if e.resolution == Resolution::M1 {
-            observer_pb.inc(((e.range.end - e.range.start) / NANOS_PER_SEC) as u64);
-        }
-        observer_pb.set_message(format!(
-            "{} {} {}",
-            e.symbol,
-            e.resolution,
-            &to_rfc3339(e.range.start)[..10]
-        ));
+        observer_pb.inc(((e.range.end - e.range.start).max(0) / NANOS_PER_SEC) as u64);
+        observer_pb.set_message(format!("{} {}", e.symbol, &to_rfc3339(e.range.start)[..10]));
     }));
     let engine = Arc::new(engine);
     let stopper = engine.clone();
@@ -265,11 +258,11 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
         candles += report.candles_written;
         if !report.failures.is_empty() {
             pb.abandon();
-            for (symbol, res, error) in &report.failures {
-                eprintln!("error: {symbol} {res}: {error}");
+            for (symbol, error) in &report.failures {
+                eprintln!("error: {symbol}: {error}");
             }
             bail!(
-                "backfill failed for {} task(s); progress so far is kept, run again to resume",
+                "backfill failed for {} symbol(s); progress so far is kept, run again to resume",
                 report.failures.len()
             );
         }
@@ -282,24 +275,24 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
             continue;
         }
         // Time moves during a long backfill: done once a tick finds nothing new.
-        if report.tasks_leased == 0 {
+        if report.symbols_leased == 0 {
             break;
         }
         let since = *waiting_since.get_or_insert_with(Instant::now);
         if since.elapsed() > lease_wait {
             pb.abandon();
             bail!(
-                "{} task(s) stayed leased by another ohlcd for {}s; is one running? (see `ohlcd progress`)",
-                report.tasks_leased,
+                "{} symbol(s) stayed leased by another ohlcd for {}s; is one running? (see `ohlcd progress`)",
+                report.symbols_leased,
                 lease_wait.as_secs()
             );
         }
         pb.set_message(format!(
-            "waiting for {} task(s) leased by another ohlcd",
-            report.tasks_leased
+            "waiting for {} symbol(s) leased by another ohlcd",
+            report.symbols_leased
         ));
         tracing::info!(
-            tasks = report.tasks_leased,
+            symbols = report.symbols_leased,
             "waiting for leases held by another ohlcd"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;

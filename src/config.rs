@@ -1,13 +1,10 @@
 //! Typed, layered configuration: built-in `config/default.toml`, then an optional
 //! `--config FILE`, then environment variables `OHLCD_<SECTION>__<KEY>`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::candle::{NANOS_PER_DAY, Resolution};
 
 /// The defaults, compiled in so the binary works from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -79,32 +76,23 @@ pub struct EngineSettings {
     pub cron: String,
     /// Seconds a closed minute waits before it is materialized.
     pub settle_secs: u64,
-    /// Symbols processed in parallel.
+    /// Batches processed in parallel.
     pub concurrency: usize,
-    /// Attempts per chunk before the task is marked failed.
-    pub chunk_attempts: u32,
-    /// Raw data re-read behind the 1m watermark every tick, seconds.
+    /// Raw data re-read behind the 1m watermark by the lookback, seconds.
     pub lookback_secs: u64,
-    /// Concurrent sub-range reads of one 1m chunk.
+    /// How often the lookback runs, seconds.
+    pub lookback_interval_secs: u64,
+    /// Concurrent sub-range reads of one dense symbol's chunk.
     pub read_parallelism: usize,
-    /// Chunk length in days per resolution name.
-    pub chunk_days: BTreeMap<String, u32>,
-}
-
-impl EngineSettings {
-    /// Chunk length in nanoseconds for `res` (default from the design if unset).
-    pub fn chunk_nanos(&self, res: Resolution) -> i64 {
-        let default = match res {
-            Resolution::M1 => 1,
-            Resolution::M5 => 3,
-            Resolution::M15 => 7,
-            Resolution::H1 => 14,
-            Resolution::H4 => 30,
-            Resolution::D1 => 90,
-        };
-        let days = self.chunk_days.get(res.name()).copied().unwrap_or(default);
-        i64::from(days.max(1)) * NANOS_PER_DAY
-    }
+    /// Chunk length in days: how much raw data one step of a symbol reads.
+    pub chunk_days: u32,
+    /// Expected raw trades per batch of symbols read with one query.
+    pub batch_rows: u64,
+    /// Most symbols in one batch.
+    pub batch_symbols: usize,
+    /// A symbol this close to the horizon (seconds) is live: it is taken to
+    /// the horizon at the start of every round, before lagging symbols move.
+    pub live_span_secs: u64,
 }
 
 /// HTTP server settings.
@@ -207,11 +195,13 @@ impl Settings {
             return bad("influx.write_batch and influx.query_chunk_size must be > 0".into());
         }
         if self.engine.concurrency == 0
-            || self.engine.chunk_attempts == 0
             || self.engine.read_parallelism == 0
+            || self.engine.chunk_days == 0
+            || self.engine.batch_rows == 0
+            || self.engine.batch_symbols == 0
         {
             return bad(
-                "engine.concurrency, engine.chunk_attempts and engine.read_parallelism must be > 0"
+                "engine.concurrency, engine.read_parallelism, engine.chunk_days, engine.batch_rows and engine.batch_symbols must be > 0"
                     .into(),
             );
         }
@@ -227,13 +217,6 @@ impl Settings {
         }
         if self.datafeed.max_bars == 0 || self.datafeed.ohlc_max_bars == 0 {
             return bad("datafeed.max_bars and datafeed.ohlc_max_bars must be > 0".into());
-        }
-        for key in self.engine.chunk_days.keys() {
-            if key.parse::<Resolution>().is_err() {
-                return bad(format!(
-                    "engine.chunk_days has unknown resolution {key:?} (expected 1m, 5m, 15m, 1h, 4h, 1d)"
-                ));
-            }
         }
         Ok(())
     }
@@ -254,8 +237,8 @@ mod tests {
     fn defaults_load_without_any_file_or_environment() {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.influx.database, "ohlcd");
-        assert_eq!(s.engine.chunk_nanos(Resolution::M1), NANOS_PER_DAY);
-        assert_eq!(s.engine.chunk_nanos(Resolution::D1), 90 * NANOS_PER_DAY);
+        assert_eq!(s.engine.chunk_days, 1);
+        assert_eq!(s.engine.batch_rows, 200_000);
     }
 
     #[test]
@@ -273,7 +256,7 @@ mod tests {
                 ("OHLCD_INFLUX__URL", "http://env:2"),
                 ("OHLCD_PROGRESS__DATABASE_URL", "sqlite:///tmp/x.db"),
                 ("OHLCD_SERVER__LISTEN", "0.0.0.0:9"),
-                ("OHLCD_ENGINE__CHUNK_DAYS__1M", "2"),
+                ("OHLCD_ENGINE__CHUNK_DAYS", "2"),
                 ("OHLCD_INFLUX__RETRIES", "7"),
             ]),
         )
@@ -283,7 +266,7 @@ mod tests {
         assert_eq!(s.progress.database_url, "sqlite:///tmp/x.db");
         assert_eq!(s.server.listen, "0.0.0.0:9");
         assert_eq!(s.influx.retries, 7);
-        assert_eq!(s.engine.chunk_nanos(Resolution::M1), 2 * NANOS_PER_DAY);
+        assert_eq!(s.engine.chunk_days, 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use influxdb_line_protocol::LineProtocolBuilder;
 use rand::RngExt;
 use reqwest::StatusCode;
@@ -169,6 +169,17 @@ enum Row<'r> {
 }
 
 impl Row<'_> {
+    /// The symbol in column `i`, or "" when the query did not select it
+    /// (`i == usize::MAX`).
+    fn symbol(&self, i: usize) -> Result<&str, InfluxError> {
+        if i == usize::MAX {
+            return Ok("");
+        }
+        self.bytes(i)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| InfluxError::Protocol("row without a symbol".into()))
+    }
+
     fn bytes(&self, i: usize) -> Option<&[u8]> {
         match self {
             Row::Csv(rec) => rec.get(i),
@@ -213,6 +224,20 @@ pub enum ReadFormat {
     Msgpack,
     /// CSV: served by every InfluxDB generation.
     Csv,
+}
+
+/// Write requests [`InfluxClient::write_candle_sets`] keeps in flight at once.
+pub const WRITES_IN_FLIGHT: usize = 4;
+
+/// Candles of one symbol at one resolution, to be written.
+#[derive(Debug, Clone, Copy)]
+pub struct CandleSet<'a> {
+    /// Their resolution (measurement).
+    pub resolution: Resolution,
+    /// Their symbol (tag).
+    pub symbol: &'a str,
+    /// The candles.
+    pub candles: &'a [Candle],
 }
 
 /// Line protocol for candles of one symbol and resolution.
@@ -804,17 +829,46 @@ impl InfluxClient {
         limit: Option<u64>,
         mut on_trade: impl FnMut(Trade),
     ) -> Result<u64, InfluxError> {
+        let cond = format!("symbol = {}", quote_literal(symbol));
+        self.stream_trade_rows(&cond, false, range, limit, |_, t| on_trade(t))
+            .await
+    }
+
+    /// Streams the raw trades of every symbol in `symbols` in
+    /// `[range.start, range.end)` with one query, calling `on_trade` with each
+    /// trade's symbol. Rows arrive ordered by time across symbols.
+    pub async fn stream_trades_of(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+        on_trade: impl FnMut(&str, Trade),
+    ) -> Result<u64, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(0);
+        }
+        self.stream_trade_rows(&symbol_set_condition(symbols), true, range, None, on_trade)
+            .await
+    }
+
+    async fn stream_trade_rows(
+        &self,
+        cond: &str,
+        with_symbol: bool,
+        range: Range<i64>,
+        limit: Option<u64>,
+        mut on_trade: impl FnMut(&str, Trade),
+    ) -> Result<u64, InfluxError> {
         let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let symbol_col = if with_symbol { ", symbol" } else { "" };
         let q = format!(
-            "SELECT price, amount, id, side FROM {} WHERE symbol = {} AND time >= {} AND time < {}{limit}",
+            "SELECT price, amount, id, side{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}{limit}",
             quote_ident(TRADES_MEASUREMENT),
-            quote_literal(symbol),
             range.start,
             range.end
         );
-        let mut idx: Option<[usize; 5]> = None;
+        let mut idx: Option<[usize; 6]> = None;
         self.stream_rows(&q, |cols, row| {
-            let [t, p, a, id, side] = match idx {
+            let [t, p, a, id, side, sym] = match idx {
                 Some(i) => i,
                 None => *idx.insert([
                     cols.index("time")?,
@@ -822,6 +876,11 @@ impl InfluxClient {
                     cols.index("amount")?,
                     cols.index("id")?,
                     cols.index("side")?,
+                    if with_symbol {
+                        cols.index("symbol")?
+                    } else {
+                        usize::MAX
+                    },
                 ]),
             };
             let side = match row.bytes(side) {
@@ -834,13 +893,17 @@ impl InfluxClient {
                     )));
                 }
             };
-            on_trade(Trade {
-                time: row.i64(t, "time")?,
-                id: row.i64(id, "id")?,
-                price: row.f64(p, "price")?,
-                amount: row.f64(a, "amount")?,
-                side,
-            });
+            let symbol = row.symbol(sym)?;
+            on_trade(
+                symbol,
+                Trade {
+                    time: row.i64(t, "time")?,
+                    id: row.i64(id, "id")?,
+                    price: row.f64(p, "price")?,
+                    amount: row.f64(a, "amount")?,
+                    side,
+                },
+            );
             Ok(())
         })
         .await
@@ -854,10 +917,39 @@ impl InfluxClient {
         range: Range<i64>,
         mut on_candle: impl FnMut(Candle),
     ) -> Result<u64, InfluxError> {
+        let cond = format!("symbol = {}", quote_literal(symbol));
+        self.stream_candle_rows(res, &cond, false, range, |_, c| on_candle(c))
+            .await
+    }
+
+    /// Streams stored candles of `res` of every symbol in `symbols` in
+    /// `[range.start, range.end)` with one query, with each candle's symbol.
+    pub async fn stream_candles_of(
+        &self,
+        res: Resolution,
+        symbols: &[String],
+        range: Range<i64>,
+        on_candle: impl FnMut(&str, Candle),
+    ) -> Result<u64, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(0);
+        }
+        self.stream_candle_rows(res, &symbol_set_condition(symbols), true, range, on_candle)
+            .await
+    }
+
+    async fn stream_candle_rows(
+        &self,
+        res: Resolution,
+        cond: &str,
+        with_symbol: bool,
+        range: Range<i64>,
+        mut on_candle: impl FnMut(&str, Candle),
+    ) -> Result<u64, InfluxError> {
+        let symbol_col = if with_symbol { ", symbol" } else { "" };
         let q = format!(
-            "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
+            "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}",
             quote_ident(res.measurement()),
-            quote_literal(symbol),
             range.start,
             range.end
         );
@@ -872,32 +964,89 @@ impl InfluxClient {
             "trades",
             "buy_volume",
         ];
-        let mut idx: Option<[usize; 9]> = None;
+        let mut idx: Option<[usize; 10]> = None;
         self.stream_rows(&q, |cols, row| {
             let i = match idx {
                 Some(i) => i,
                 None => {
-                    let mut i = [0; 9];
+                    let mut i = [usize::MAX; 10];
                     for (slot, name) in i.iter_mut().zip(names) {
                         *slot = cols.index(name)?;
+                    }
+                    if with_symbol {
+                        i[9] = cols.index("symbol")?;
                     }
                     *idx.insert(i)
                 }
             };
-            on_candle(Candle {
-                start: row.i64(i[0], "time")?,
-                open: row.f64(i[1], "open")?,
-                high: row.f64(i[2], "high")?,
-                low: row.f64(i[3], "low")?,
-                close: row.f64(i[4], "close")?,
-                volume: row.f64(i[5], "volume")?,
-                quote_volume: row.f64(i[6], "quote_volume")?,
-                trades: row.i64(i[7], "trades")?,
-                buy_volume: row.f64(i[8], "buy_volume")?,
-            });
+            on_candle(
+                row.symbol(i[9])?,
+                Candle {
+                    start: row.i64(i[0], "time")?,
+                    open: row.f64(i[1], "open")?,
+                    high: row.f64(i[2], "high")?,
+                    low: row.f64(i[3], "low")?,
+                    close: row.f64(i[4], "close")?,
+                    volume: row.f64(i[5], "volume")?,
+                    quote_volume: row.f64(i[6], "quote_volume")?,
+                    trades: row.i64(i[7], "trades")?,
+                    buy_volume: row.f64(i[8], "buy_volume")?,
+                },
+            );
             Ok(())
         })
         .await
+    }
+
+    /// Per symbol of `symbols`, the time of its first trade at or after `from`
+    /// (one query; symbols without one are absent).
+    pub async fn first_trades_of(
+        &self,
+        symbols: &[String],
+        from: i64,
+    ) -> Result<std::collections::HashMap<String, i64>, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(Default::default());
+        }
+        // LIMIT applies per series: one row per symbol, read from the start of
+        // each series' index rather than by scanning it.
+        let v = self
+            .query_json(&format!(
+                "SELECT price FROM {} WHERE {} AND time >= {from} GROUP BY symbol ORDER BY time ASC LIMIT 1",
+                quote_ident(TRADES_MEASUREMENT),
+                symbol_set_condition(symbols)
+            ))
+            .await?;
+        Ok(tagged_values(&v)
+            .filter_map(|(symbol, row)| Some((symbol.to_string(), row.first()?.as_i64()?)))
+            .collect())
+    }
+
+    /// Per symbol of `symbols`, how many trades it has in the range (one query;
+    /// symbols without any are absent).
+    pub async fn count_trades_of(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<std::collections::HashMap<String, u64>, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(Default::default());
+        }
+        let v = self
+            .query_json(&format!(
+                "SELECT count(price) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY symbol",
+                quote_ident(TRADES_MEASUREMENT),
+                symbol_set_condition(symbols),
+                range.start,
+                range.end
+            ))
+            .await?;
+        Ok(tagged_values(&v)
+            .filter_map(|(symbol, row)| {
+                let n = row.get(1)?.as_u64()?;
+                (n > 0).then(|| (symbol.to_string(), n))
+            })
+            .collect())
     }
 
     /// Reads stored candles into a vector (candle counts per chunk are small).
@@ -950,6 +1099,36 @@ impl InfluxClient {
         Ok(())
     }
 
+    /// Writes candles of many symbols and resolutions: lines are packed into
+    /// requests of `influx.write_batch` lines, and up to [`WRITES_IN_FLIGHT`]
+    /// requests are sent at once, so a server that acknowledges a write only
+    /// after its WAL flush (InfluxDB 3: up to a second) does not serialize a
+    /// backfill. Returns once every request was acknowledged.
+    pub async fn write_candle_sets(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        let mut bodies: Vec<Bytes> = Vec::new();
+        let mut body: Vec<u8> = Vec::new();
+        let mut lines = 0;
+        for set in sets {
+            for part in set.candles.chunks(self.write_batch) {
+                if lines + part.len() > self.write_batch && lines > 0 {
+                    bodies.push(std::mem::take(&mut body).into());
+                    lines = 0;
+                }
+                body.extend_from_slice(&encode_candles(set.resolution, set.symbol, part));
+                lines += part.len();
+            }
+        }
+        if lines > 0 {
+            bodies.push(body.into());
+        }
+        futures_util::stream::iter(bodies)
+            .map(|b| self.write_lines(b))
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
+    }
+
     /// Deletes the candles of `res` for `symbol` in `[range.start, range.end)`.
     pub async fn delete_candles(
         &self,
@@ -967,6 +1146,44 @@ impl InfluxClient {
         .await
         .map(|_| ())
     }
+}
+
+/// An InfluxQL condition selecting a set of symbols: `symbol =~ /^(?:A|B)$/`.
+/// Symbols are validated (`[A-Za-z0-9._:-]`) before they reach here; every
+/// character that means something in a regex is escaped all the same.
+pub fn symbol_set_condition(symbols: &[String]) -> String {
+    let mut alternatives = String::new();
+    for (i, s) in symbols.iter().enumerate() {
+        if i > 0 {
+            alternatives.push('|');
+        }
+        for ch in s.chars() {
+            if !ch.is_ascii_alphanumeric() {
+                alternatives.push('\\');
+            }
+            alternatives.push(ch);
+        }
+    }
+    format!("symbol =~ /^(?:{alternatives})$/")
+}
+
+/// `(symbol tag, row)` of every series of a `GROUP BY symbol` result.
+fn tagged_values(v: &Value) -> impl Iterator<Item = (&str, &Vec<Value>)> {
+    v.get("series")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let symbol = s.get("tags")?.get("symbol")?.as_str()?;
+            let values = s.get("values")?.as_array()?;
+            Some(
+                values
+                    .iter()
+                    .filter_map(Value::as_array)
+                    .map(move |row| (symbol, row)),
+            )
+        })
+        .flatten()
 }
 
 /// Rows of every series in one statement's JSON result.

@@ -18,6 +18,9 @@ use sqlx::{Row, SqlitePool};
 use crate::candle::Resolution;
 use crate::times::{from_rfc3339, human_duration, to_rfc3339};
 
+mod symbols;
+pub use symbols::{StepCommit, SymbolState};
+
 /// Errors of the progress store.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgressError {
@@ -124,36 +127,6 @@ pub struct Task {
     pub rows_read: i64,
     /// Candles written.
     pub candles_written: i64,
-}
-
-/// Proof of holding a task's lease; every fenced write names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// Task symbol.
-    pub symbol: String,
-    /// Task resolution.
-    pub resolution: Resolution,
-    /// Holder id (unique per daemon process).
-    pub owner: String,
-}
-
-/// What one processed chunk did, recorded in the run history.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChunkRecord {
-    /// `chunk` (forward progress) or `rebuild`.
-    pub kind: &'static str,
-    /// Range processed, Unix ns, half-open.
-    pub range: std::ops::Range<i64>,
-    /// Start of processing (Unix ns).
-    pub started_at: i64,
-    /// End of processing (Unix ns).
-    pub finished_at: i64,
-    /// Source rows read.
-    pub rows_read: u64,
-    /// Candles written.
-    pub candles_written: u64,
-    /// Error, for a failed chunk.
-    pub error: Option<String>,
 }
 
 /// One row of run history.
@@ -346,24 +319,6 @@ impl ProgressStore {
         Ok(())
     }
 
-    /// Makes sure `symbol` has a row for every resolution.
-    pub async fn ensure_tasks(&self, symbol: &str, now: i64) -> Result<(), ProgressError> {
-        let now = to_rfc3339(now);
-        let mut tx = self.pool.begin().await?;
-        for res in Resolution::ALL {
-            sqlx::query(
-                "INSERT OR IGNORE INTO progress (symbol, resolution, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-            )
-            .bind(symbol)
-            .bind(res.name())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// All tasks, ordered by symbol then resolution (cascade order).
     pub async fn tasks(&self) -> Result<Vec<Task>, ProgressError> {
         let rows = sqlx::query("SELECT * FROM progress")
@@ -411,233 +366,6 @@ impl ProgressStore {
             .collect()
     }
 
-    /// Atomically leases the task to `owner` until `now + lease`, if nobody else
-    /// holds an unexpired lease. Returns the task as claimed, or `None` if taken.
-    pub async fn claim(
-        &self,
-        symbol: &str,
-        res: Resolution,
-        owner: &str,
-        now: i64,
-        lease: Duration,
-    ) -> Result<Option<(Lease, Task)>, ProgressError> {
-        let row = sqlx::query(
-            "UPDATE progress SET status = 'running', lease_owner = ?3, lease_expires_at = ?4,
-                    last_run_started_at = ?5, last_run_finished_at = NULL, runs = runs + 1, updated_at = ?5
-             WHERE symbol = ?1 AND resolution = ?2
-               AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_expires_at <= ?5)
-             RETURNING *",
-        )
-        .bind(symbol)
-        .bind(res.name())
-        .bind(owner)
-        .bind(to_rfc3339(now + lease.as_nanos() as i64))
-        .bind(to_rfc3339(now))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            let task = task_from_row(&r)?;
-            let lease = Lease {
-                symbol: symbol.to_string(),
-                resolution: res,
-                owner: owner.to_string(),
-            };
-            Ok((lease, task))
-        })
-        .transpose()
-    }
-
-    fn lease_lost(lease: &Lease) -> ProgressError {
-        ProgressError::LeaseLost {
-            symbol: lease.symbol.clone(),
-            resolution: lease.resolution,
-            owner: lease.owner.clone(),
-        }
-    }
-
-    /// Extends a held lease to `now + lease_len`; fails if it was lost.
-    pub async fn heartbeat(
-        &self,
-        lease: &Lease,
-        now: i64,
-        lease_len: Duration,
-    ) -> Result<(), ProgressError> {
-        let done = sqlx::query(
-            "UPDATE progress SET lease_expires_at = ?4, updated_at = ?5
-             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
-        )
-        .bind(&lease.symbol)
-        .bind(lease.resolution.name())
-        .bind(&lease.owner)
-        .bind(to_rfc3339(now + lease_len.as_nanos() as i64))
-        .bind(to_rfc3339(now))
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Self::lease_lost(lease));
-        }
-        Ok(())
-    }
-
-    /// Records a recomputed chunk (rebuild, late data) in the history and adds
-    /// it to the counters, without moving the watermark; fenced by the lease.
-    pub async fn commit_chunk(
-        &self,
-        lease: &Lease,
-        chunk: &ChunkRecord,
-    ) -> Result<(), ProgressError> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE progress SET chunks = chunks + 1, rows_read = rows_read + ?4,
-                candles_written = candles_written + ?5, updated_at = ?6
-             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
-        )
-        .bind(&lease.symbol)
-        .bind(lease.resolution.name())
-        .bind(&lease.owner)
-        .bind(chunk.rows_read as i64)
-        .bind(chunk.candles_written as i64)
-        .bind(to_rfc3339(chunk.finished_at))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Self::lease_lost(lease));
-        }
-        self.insert_run(&mut tx, lease, chunk).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Commits consecutive forward chunks at once: one history row each and the
-    /// watermark moved to the last one's end, in one transaction fenced by the
-    /// lease. Call only after InfluxDB acknowledged their candles.
-    pub async fn commit_chunks(
-        &self,
-        lease: &Lease,
-        chunks: &[ChunkRecord],
-    ) -> Result<(), ProgressError> {
-        let Some(last) = chunks.last() else {
-            return Ok(());
-        };
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE progress SET watermark = ?4, chunks = chunks + ?5, rows_read = rows_read + ?6,
-                candles_written = candles_written + ?7, updated_at = ?8
-             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
-        )
-        .bind(&lease.symbol)
-        .bind(lease.resolution.name())
-        .bind(&lease.owner)
-        .bind(to_rfc3339(last.range.end))
-        .bind(chunks.len() as i64)
-        .bind(chunks.iter().map(|c| c.rows_read as i64).sum::<i64>())
-        .bind(chunks.iter().map(|c| c.candles_written as i64).sum::<i64>())
-        .bind(to_rfc3339(last.finished_at))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Self::lease_lost(lease));
-        }
-        for chunk in chunks {
-            self.insert_run(&mut tx, lease, chunk).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records a failed chunk in the history (the watermark does not move).
-    pub async fn record_failure(
-        &self,
-        lease: &Lease,
-        chunk: &ChunkRecord,
-    ) -> Result<(), ProgressError> {
-        let mut tx = self.pool.begin().await?;
-        self.insert_run(&mut tx, lease, chunk).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn insert_run(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        lease: &Lease,
-        chunk: &ChunkRecord,
-    ) -> Result<(), ProgressError> {
-        sqlx::query(
-            "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
-                started_at, finished_at, rows_read, candles_written, status, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )
-        .bind(&lease.symbol)
-        .bind(lease.resolution.name())
-        .bind(&lease.owner)
-        .bind(chunk.kind)
-        .bind(to_rfc3339(chunk.range.start))
-        .bind(to_rfc3339(chunk.range.end))
-        .bind(to_rfc3339(chunk.started_at))
-        .bind(to_rfc3339(chunk.finished_at))
-        .bind(chunk.rows_read as i64)
-        .bind(chunk.candles_written as i64)
-        .bind(if chunk.error.is_some() {
-            "failed"
-        } else {
-            "ok"
-        })
-        .bind(&chunk.error)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Ends a run: sets the final status and error, drops the lease.
-    pub async fn release(
-        &self,
-        lease: &Lease,
-        status: TaskStatus,
-        error: Option<&str>,
-        now: i64,
-    ) -> Result<(), ProgressError> {
-        let done = sqlx::query(
-            "UPDATE progress SET status = ?4, last_error = ?5, lease_owner = NULL,
-                lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?6, updated_at = ?6
-             WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
-        )
-        .bind(&lease.symbol)
-        .bind(lease.resolution.name())
-        .bind(&lease.owner)
-        .bind(status.as_str())
-        .bind(error)
-        .bind(to_rfc3339(now))
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Self::lease_lost(lease));
-        }
-        Ok(())
-    }
-
-    /// Marks the chunk about to be computed (fenced by the lease). Must be set
-    /// before the chunk's source is read: see [`ProgressStore::late_before`].
-    pub async fn set_inflight(
-        &self,
-        lease: &Lease,
-        until: Option<i64>,
-    ) -> Result<(), ProgressError> {
-        let done = sqlx::query(
-            "UPDATE progress SET inflight_until = ?4 WHERE symbol = ?1 AND resolution = ?2 AND lease_owner = ?3",
-        )
-        .bind(&lease.symbol)
-        .bind(lease.resolution.name())
-        .bind(&lease.owner)
-        .bind(until.map(to_rfc3339))
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Self::lease_lost(lease));
-        }
-        Ok(())
-    }
-
     /// Trades of `symbol` before this time may already have been aggregated (or
     /// are being aggregated right now) at 1m, so they must be recomputed as late.
     /// `None` if no 1m chunk ever ran.
@@ -652,39 +380,25 @@ impl ProgressStore {
         Ok(opt_time(&row, "watermark")?.max(opt_time(&row, "inflight_until")?))
     }
 
-    /// Records `ranges` of `symbol` as dirty at every resolution.
+    /// Records `ranges` of `symbol` as late: the engine recomputes them at
+    /// every resolution (one row per range; the row's resolution is `1m`).
     pub async fn add_dirty(
         &self,
         symbol: &str,
         ranges: &[std::ops::Range<i64>],
         now: i64,
     ) -> Result<(), ProgressError> {
-        self.add_dirty_at(symbol, ranges, &Resolution::ALL, now)
-            .await
-    }
-
-    /// Records `ranges` of `symbol` as dirty at the given resolutions.
-    pub async fn add_dirty_at(
-        &self,
-        symbol: &str,
-        ranges: &[std::ops::Range<i64>],
-        resolutions: &[Resolution],
-        now: i64,
-    ) -> Result<(), ProgressError> {
         let mut tx = self.pool.begin().await?;
         for range in ranges {
-            for &res in resolutions {
-                sqlx::query(
-                    "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .bind(symbol)
-                .bind(res.name())
-                .bind(to_rfc3339(range.start))
-                .bind(to_rfc3339(range.end))
-                .bind(to_rfc3339(now))
-                .execute(&mut *tx)
-                .await?;
-            }
+            sqlx::query(
+                "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at) VALUES (?1, '1m', ?2, ?3, ?4)",
+            )
+            .bind(symbol)
+            .bind(to_rfc3339(range.start))
+            .bind(to_rfc3339(range.end))
+            .bind(to_rfc3339(now))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -711,23 +425,6 @@ impl ProgressStore {
                 Ok((r.try_get("id")?, parse(&start)?..parse(&end)?))
             })
             .collect()
-    }
-
-    /// Removes processed dirty rows of one task (only ids up to `max_id`, so rows
-    /// added meanwhile stay).
-    pub async fn clear_dirty(
-        &self,
-        symbol: &str,
-        res: Resolution,
-        max_id: i64,
-    ) -> Result<(), ProgressError> {
-        sqlx::query("DELETE FROM dirty_ranges WHERE symbol = ?1 AND resolution = ?2 AND id <= ?3")
-            .bind(symbol)
-            .bind(res.name())
-            .bind(max_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// The newest `limit` history rows of one task, newest first.

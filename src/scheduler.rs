@@ -7,24 +7,13 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::engine::{Engine, TaskFilter, TickReport};
 
-/// Logs one tick's outcome with structured fields.
+/// Logs one tick's failures (the engine logs the tick's summary itself).
 pub fn log_tick(result: &Result<TickReport, crate::engine::EngineError>) {
     match result {
         Ok(r) if r.overlapped => tracing::debug!("previous tick still running; skipped"),
         Ok(r) => {
-            for (symbol, res, error) in &r.failures {
-                tracing::error!(symbol, resolution = %res, error, "task failed");
-            }
-            if r.chunks > 0 || !r.failures.is_empty() {
-                tracing::info!(
-                    tasks = r.tasks_run,
-                    chunks = r.chunks,
-                    rows = r.rows_read,
-                    candles = r.candles_written,
-                    failed = r.failures.len(),
-                    leased = r.tasks_leased,
-                    "tick done"
-                );
+            for (symbol, error) in &r.failures {
+                tracing::error!(symbol, error, "symbol failed");
             }
         }
         Err(e) => tracing::error!(error = %e, "tick failed"),

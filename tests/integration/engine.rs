@@ -2,7 +2,7 @@
 //! an independent computation from the raw trades.
 
 use ohlcd::candle::{NANOS_PER_DAY, Resolution, Side};
-use ohlcd::engine::{TaskFilter, TaskOutcome};
+use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::NewTrade;
 use ohlcd::progress::TaskStatus;
@@ -45,7 +45,7 @@ async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_tra
     app.clock.set(now);
     let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    assert_eq!(report.tasks_run, 12);
+    assert_eq!(report.symbols_run, 2);
     let horizon_1m = Resolution::M1.window_start(now - secs(5));
     check_all_candles(&app, horizon_1m).await;
 
@@ -261,61 +261,58 @@ async fn an_overlapping_tick_does_nothing() {
         "exactly one tick runs: {r1:?} {r2:?}"
     );
     let ran = if r1.overlapped { r2 } else { r1 };
-    assert_eq!(ran.tasks_run, 12);
+    assert_eq!(ran.symbols_run, 2);
 }
 
 #[tokio::test]
-async fn a_leased_task_is_skipped_until_its_lease_expires_then_taken_over() {
+async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over() {
     let (app, spec) = app_with_generated_trades(5_000).await;
     let now = spec.to + NANOS_PER_DAY;
     app.clock.set(now);
-    let a = app.engine("daemon-a");
     let b = app.engine("daemon-b");
-    a.tick(&TaskFilter {
-        symbols: vec!["BTCUSD".into()],
-        resolutions: vec![Resolution::M1],
-    })
-    .await
-    .unwrap();
-    // daemon-a "crashes" holding the 5m lease.
+    app.store
+        .ensure_symbols(&["BTCUSD".to_string()], now)
+        .await
+        .unwrap();
+    // daemon-a "crashes" holding BTCUSD (all six of its tasks).
     let lease = std::time::Duration::from_secs(app.settings.progress.lease_secs);
-    let (held, _) = app
+    let held = app
         .store
-        .claim("BTCUSD", Resolution::M5, "daemon-a", now, lease)
+        .claim_symbols(&["BTCUSD".to_string()], "daemon-a", now, lease)
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(held.owner, "daemon-a");
+    assert_eq!(held, vec!["BTCUSD".to_string()]);
+    let report = b.tick(&TaskFilter::default()).await.unwrap();
     assert_eq!(
-        b.run_task("BTCUSD", Resolution::M5).await,
-        TaskOutcome::Leased
+        (report.symbols_run, report.symbols_leased),
+        (1, 1),
+        "{report:?}"
     );
-    let task = app
-        .store
-        .task("BTCUSD", Resolution::M5)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((task.status, task.watermark), (TaskStatus::Running, None));
+    for res in Resolution::ALL {
+        let task = app.store.task("BTCUSD", res).await.unwrap().unwrap();
+        assert_eq!((task.status, task.watermark), (TaskStatus::Running, None));
+        let other = app.store.task("ETHUSD", res).await.unwrap().unwrap();
+        assert_eq!(other.status, TaskStatus::Completed, "ETHUSD {res}");
+    }
 
-    // After the lease expires, daemon-b takes over and finishes the task.
+    // After the lease expires, daemon-b takes BTCUSD over and finishes it.
     app.clock.advance(lease.as_nanos() as i64 + 1);
-    let outcome = b.run_task("BTCUSD", Resolution::M5).await;
-    assert!(
-        matches!(outcome, TaskOutcome::Done { chunks, .. } if chunks > 0),
-        "{outcome:?}"
-    );
-    let task = app
-        .store
-        .task("BTCUSD", Resolution::M5)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(task.status, TaskStatus::Completed);
-    // daemon-a's stale lease can no longer commit anything.
+    let report = b.tick(&TaskFilter::default()).await.unwrap();
+    assert_eq!(report.symbols_leased, 0, "{report:?}");
+    assert!(report.chunks > 0, "{report:?}");
+    for res in Resolution::ALL {
+        let task = app.store.task("BTCUSD", res).await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Completed, "{res}");
+    }
+    // daemon-a's stale lease can no longer renew or commit anything.
     assert!(
         app.store
-            .heartbeat(&held, ohlcd::clock::Clock::now(&app.clock), lease)
+            .renew_symbols(
+                &["BTCUSD".to_string()],
+                "daemon-a",
+                ohlcd::clock::Clock::now(&app.clock),
+                lease
+            )
             .await
             .is_err()
     );

@@ -87,16 +87,18 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
-/// Polls until at least `n` chunks are committed in the run history.
+/// Polls until the symbol's 1m task counts at least `n` committed steps.
 async fn wait_for_chunks(app: &TestApp, symbol: &str, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let runs = app
+        let chunks = app
             .store
-            .runs(symbol, Resolution::M1, 1000)
+            .task(symbol, Resolution::M1)
             .await
-            .unwrap_or_default();
-        if runs.iter().filter(|r| r.status == "ok").count() >= n {
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.chunks);
+        if chunks >= n as i64 {
             return;
         }
         assert!(
@@ -140,22 +142,24 @@ async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
         expect_orphaned_lease,
         "leases left by the killed process"
     );
-    if point == "mid_cascade" {
-        // 1m of the first symbol is done, nothing coarser has started.
-        let m1 = app
-            .store
-            .task("BTCUSD", Resolution::M1)
-            .await
-            .unwrap()
-            .unwrap();
-        let m5 = app
-            .store
-            .task("BTCUSD", Resolution::M5)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(m1.status, TaskStatus::Completed);
-        assert_eq!((m5.status, m5.watermark), (TaskStatus::Idle, None));
+    if point == "after_commit" {
+        // A batch commits all six resolutions of all its symbols at once: at
+        // the crash every symbol stands on one day boundary at every resolution.
+        for symbol in symbols {
+            let tasks: Vec<_> = app
+                .store
+                .tasks()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.symbol == symbol)
+                .collect();
+            let w = tasks[0].watermark.expect("the first batch committed");
+            assert_eq!(w % NANOS_PER_DAY, 0, "{symbol}");
+            for task in &tasks {
+                assert_eq!(task.watermark, Some(w), "{symbol} {}", task.resolution);
+            }
+        }
     }
 
     // Restarted with no manual step: waits out the dead lease, then finishes.
@@ -186,8 +190,8 @@ async fn a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_
 }
 
 #[tokio::test]
-async fn a_backfill_killed_mid_cascade_resumes_the_coarser_resolutions() {
-    crash_at_and_recover("mid_cascade", false).await;
+async fn a_backfill_killed_between_two_batches_resumes_from_its_last_commit() {
+    crash_at_and_recover("after_commit", true).await;
 }
 
 #[tokio::test]
@@ -215,7 +219,8 @@ async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_r
         .into_iter()
         .filter(|t| t.status == TaskStatus::Failed)
         .collect();
-    assert_eq!(failed.len(), 1, "{failed:?}");
+    // The unit of work is the symbol: all six of its tasks failed together.
+    assert_eq!(failed.len(), 6, "{failed:?}");
     assert!(
         failed[0]
             .last_error
@@ -227,13 +232,13 @@ async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_r
         failed[0].lease_owner, None,
         "a failed task releases its lease"
     );
-    let frozen_at = failed[0].watermark;
+    let frozen_at = failed
+        .iter()
+        .find(|t| t.resolution == Resolution::M1)
+        .unwrap()
+        .watermark;
     // The failed chunk is in the history; the watermark stayed where it was.
-    let runs = app
-        .store
-        .runs("BTCUSD", failed[0].resolution, 1)
-        .await
-        .unwrap();
+    let runs = app.store.runs("BTCUSD", Resolution::M1, 1).await.unwrap();
     assert_eq!(runs[0].status, "failed");
     assert_eq!(
         Some(ohlcd::times::from_rfc3339(&runs[0].range_start).unwrap()),
@@ -432,7 +437,8 @@ async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_
     write_trades(&app.influx, &[direct("2024-01-03T23:48:10Z", 900_001)])
         .await
         .unwrap();
-    app.clock.advance(10 * NANOS_PER_SEC);
+    // The lookback runs once per engine.lookback_interval_secs (60 s).
+    app.clock.advance(60 * NANOS_PER_SEC);
     engine.tick(&TaskFilter::default()).await.unwrap();
     let until = Resolution::M1.window_start(app.clock.now() - 5 * NANOS_PER_SEC);
     for res in Resolution::ALL {

@@ -1,0 +1,1199 @@
+//! The downsampling job. [`Engine::tick`] is one scheduler step; tests call it
+//! directly with a [`crate::clock::ManualClock`], the cron scheduler only
+//! triggers it.
+//!
+//! The unit of work is a *batch* of symbols leased together for all six
+//! resolutions: raw trades of the whole batch are read with one query per
+//! chunk, every resolution is computed from that one read in memory
+//! ([`plan`]), the candles are written, and then every watermark of the batch
+//! is committed in one transaction. Cost grows with trades, not with symbols: a
+//! caught-up pass over thousands of symbols is a handful of queries.
+//!
+//! A tick runs in rounds until nothing is left: each round first takes every
+//! symbol that is near the horizon (*live*) to it, then moves every symbol
+//! that is further behind (*lagging*) by one chunk. So a long backfill never
+//! holds back the live candles of the other symbols by more than one round.
+//!
+//! Invariants:
+//! - a watermark only moves after InfluxDB acknowledged the candles of the
+//!   step, and only while the symbol's lease is held (every write is fenced);
+//! - 1m never passes the last closed minute before `now - settle`, so the open
+//!   minute is never written; a coarser resolution's watermark is always the
+//!   start of its window holding the 1m watermark, so every window it wrote is
+//!   complete;
+//! - candle writes are idempotent, so a crash between write and commit only
+//!   recomputes the same values.
+
+pub mod plan;
+pub mod warehouse;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, floor_to};
+use crate::clock::Clock;
+use crate::config::EngineSettings;
+use crate::influx::{CandleSet, InfluxClient, InfluxError};
+use crate::progress::{ProgressError, ProgressStore, StepCommit, TaskStatus};
+use crate::times::to_rfc3339;
+use plan::Watermarks;
+pub use warehouse::Warehouse;
+
+/// Errors of one engine step.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// InfluxDB failed.
+    #[error(transparent)]
+    Influx(#[from] InfluxError),
+    /// The progress store failed.
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+    /// Another process holds the lease for longer than we are willing to wait.
+    #[error("symbol {symbol} is leased by {owner}; is another ohlcd running?")]
+    Busy {
+        /// The symbol.
+        symbol: String,
+        /// Lease holder.
+        owner: String,
+    },
+}
+
+/// Which symbols a tick or backfill covers; empty means all.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only these symbols.
+    pub symbols: Vec<String>,
+}
+
+/// Summary of one tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TickReport {
+    /// True if another tick was still running, so this one did nothing.
+    pub overlapped: bool,
+    /// Symbols this daemon processed (each counted once per tick).
+    pub symbols_run: u64,
+    /// Symbols skipped because another daemon held them.
+    pub symbols_leased: u64,
+    /// Steps committed (one step: one symbol over one chunk, or one repair).
+    pub chunks: u64,
+    /// Raw trades read.
+    pub rows_read: u64,
+    /// Candles written, all resolutions.
+    pub candles_written: u64,
+    /// Rounds run (see the module docs).
+    pub rounds: u64,
+    /// Failed symbols with their error; their watermarks stay where they were.
+    pub failures: Vec<(String, String)>,
+}
+
+/// Reported after every committed step (drives progress bars and logs).
+#[derive(Debug, Clone)]
+pub struct ChunkEvent {
+    /// The symbol.
+    pub symbol: String,
+    /// The 1m range processed.
+    pub range: Range<i64>,
+    /// Raw trades read.
+    pub rows_read: u64,
+    /// Candles written, all resolutions.
+    pub candles_written: u64,
+}
+
+/// Callback for chunk events.
+pub type ChunkObserver = Arc<dyn Fn(&ChunkEvent) + Send + Sync>;
+
+/// One symbol's work in a round.
+#[derive(Debug, Clone)]
+struct Work {
+    symbol: String,
+    watermarks: Watermarks,
+    /// The step: raw trades in `[from, end)`; empty when only repairs are due.
+    from: i64,
+    end: i64,
+    /// Late ranges to repair first: (newest row id, ranges).
+    dirty: Option<(i64, Vec<Range<i64>>)>,
+}
+
+/// What one round has to do.
+#[derive(Debug, Default)]
+struct RoundPlan {
+    live: Vec<Work>,
+    lagging: Vec<Work>,
+    leased: u64,
+}
+
+/// A lease-holder id unique to this process: host, pid and a random suffix.
+pub fn default_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ohlcd".into());
+    let suffix: u16 = rand::random();
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+/// Equal up to floating-point summation order: a re-read can return rows with
+/// equal timestamps in another order, which may move the last bit of a sum but
+/// never a price or the trade count.
+fn same_candle(a: &Candle, b: &Candle) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs());
+    (a.start, a.open, a.high, a.low, a.close, a.trades)
+        == (b.start, b.open, b.high, b.low, b.close, b.trades)
+        && close(a.volume, b.volume)
+        && close(a.quote_volume, b.quote_volume)
+        && close(a.buy_volume, b.buy_volume)
+}
+
+/// The downsampling engine: trades in, candles out, progress in the store.
+pub struct Engine<W: Warehouse = InfluxClient> {
+    warehouse: W,
+    store: ProgressStore,
+    clock: Arc<dyn Clock>,
+    settings: EngineSettings,
+    lease: Duration,
+    owner: String,
+    tick_lock: tokio::sync::Mutex<()>,
+    observer: Option<ChunkObserver>,
+    stopping: AtomicBool,
+    /// When the lookback last re-read raw data behind the watermarks.
+    last_lookback: std::sync::Mutex<Option<i64>>,
+}
+
+impl<W: Warehouse> std::fmt::Debug for Engine<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl<W: Warehouse> Engine<W> {
+    /// An engine; `lease` is how long a claimed symbol stays ours without renewal.
+    pub fn new(
+        warehouse: W,
+        store: ProgressStore,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+        lease: Duration,
+    ) -> Engine<W> {
+        Engine {
+            warehouse,
+            store,
+            clock,
+            settings,
+            lease,
+            owner: default_owner(),
+            tick_lock: tokio::sync::Mutex::new(()),
+            observer: None,
+            stopping: AtomicBool::new(false),
+            last_lookback: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sets the lease-holder id (tests use this to play two daemons).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Engine<W> {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Calls `observer` after every committed step.
+    pub fn with_observer(mut self, observer: ChunkObserver) -> Engine<W> {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Asks a running tick to stop after its current batch (graceful shutdown).
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// True once [`Engine::request_stop`] was called.
+    pub fn stop_requested(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no tick is running.
+    pub async fn wait_idle(&self) {
+        let _guard = self.tick_lock.lock().await;
+    }
+
+    /// This engine's lease-holder id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Where trades come from and candles go.
+    pub fn warehouse(&self) -> &W {
+        &self.warehouse
+    }
+
+    /// The progress store.
+    pub fn store(&self) -> &ProgressStore {
+        &self.store
+    }
+
+    /// The last closed minute before `now - settle`: no watermark passes it.
+    fn horizon(&self) -> i64 {
+        let settle = self.settings.settle_secs as i64 * NANOS_PER_SEC;
+        Resolution::M1.window_start(self.clock.now() - settle)
+    }
+
+    fn chunk_len(&self) -> i64 {
+        i64::from(self.settings.chunk_days.max(1)) * NANOS_PER_DAY
+    }
+
+    /// Symbols the filter selects that have trades, with their task rows ensured.
+    async fn discover(&self, filter: &TaskFilter) -> Result<Vec<String>, EngineError> {
+        let mut symbols = self.warehouse.symbols().await?;
+        if !filter.symbols.is_empty() {
+            let wanted: HashSet<&String> = filter.symbols.iter().collect();
+            symbols.retain(|s| wanted.contains(s));
+        }
+        self.store
+            .ensure_symbols(&symbols, self.clock.now())
+            .await?;
+        Ok(symbols)
+    }
+
+    /// One scheduler step: every selected symbol is taken to the horizon, in
+    /// rounds (see the module docs). Returns a report with `overlapped` set,
+    /// doing nothing, if a tick is still running.
+    pub async fn tick(&self, filter: &TaskFilter) -> Result<TickReport, EngineError> {
+        let Ok(_guard) = self.tick_lock.try_lock() else {
+            return Ok(TickReport {
+                overlapped: true,
+                ..TickReport::default()
+            });
+        };
+        let started = Instant::now();
+        self.warehouse.check().await?;
+        let symbols = self.discover(filter).await?;
+        let mut report = TickReport::default();
+        let mut run: HashSet<String> = HashSet::new();
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut lookback_done = false;
+        while !self.stop_requested() {
+            let plan = self.plan_round(&symbols, &failed, !lookback_done).await?;
+            report.symbols_leased = report.symbols_leased.max(plan.leased);
+            if plan.live.is_empty() && plan.lagging.is_empty() {
+                break;
+            }
+            report.rounds += 1;
+            let lookback = !lookback_done && self.lookback_due();
+            if lookback {
+                lookback_done = true;
+                *self.last_lookback.lock().expect("not poisoned") = Some(self.clock.now());
+            }
+            run.extend(
+                plan.live
+                    .iter()
+                    .chain(&plan.lagging)
+                    .map(|w| w.symbol.clone()),
+            );
+            let live_batches: Vec<(Vec<Work>, u64)> = plan::pack_batches(
+                plan.live.into_iter().map(|w| (w, 0)).collect(),
+                u64::MAX,
+                self.settings.batch_symbols,
+            );
+            for (batch, _) in live_batches {
+                self.run_batch(batch, 1, lookback, &mut report, &mut failed)
+                    .await;
+            }
+            if plan.lagging.is_empty() || self.stop_requested() {
+                break;
+            }
+            self.lagging_round(plan.lagging, &mut report, &mut failed)
+                .await?;
+        }
+        report.symbols_run = run.len() as u64;
+        let secs = started.elapsed().as_secs_f64();
+        ::metrics::histogram!("ohlcd_tick_duration_seconds").record(secs);
+        ::metrics::gauge!("ohlcd_tick_symbols").set(report.symbols_run as f64);
+        ::metrics::counter!("ohlcd_tick_symbols_total").increment(report.symbols_run);
+        if report.chunks > 0 || !report.failures.is_empty() {
+            tracing::info!(
+                symbols = report.symbols_run,
+                rounds = report.rounds,
+                chunks = report.chunks,
+                rows = report.rows_read,
+                candles = report.candles_written,
+                failed = report.failures.len(),
+                leased = report.symbols_leased,
+                secs = format!("{secs:.3}"),
+                "tick done"
+            );
+        } else {
+            tracing::debug!(
+                symbols = symbols.len(),
+                secs = format!("{secs:.3}"),
+                "tick: nothing new"
+            );
+        }
+        Ok(report)
+    }
+
+    fn lookback_due(&self) -> bool {
+        if self.settings.lookback_secs == 0 {
+            return false;
+        }
+        let every = self.settings.lookback_interval_secs as i64 * NANOS_PER_SEC;
+        match *self.last_lookback.lock().expect("not poisoned") {
+            Some(t) => self.clock.now() - t >= every,
+            None => true,
+        }
+    }
+
+    /// Sorts the selected symbols into live and lagging work for one round,
+    /// from one read of the progress table, one of the late ranges and, for
+    /// symbols never processed, one query for their first trade.
+    async fn plan_round(
+        &self,
+        symbols: &[String],
+        failed: &HashSet<String>,
+        may_look_back: bool,
+    ) -> Result<RoundPlan, EngineError> {
+        let now = self.clock.now();
+        let horizon = self.horizon();
+        let states = self.store.symbol_states(&self.owner, now).await?;
+        let mut dirty = self.store.dirty_of(symbols).await?;
+        let look_back = may_look_back && self.lookback_due();
+        let live_span = self.settings.live_span_secs as i64 * NANOS_PER_SEC;
+        let mut plan = RoundPlan::default();
+        let mut unstarted: Vec<String> = Vec::new();
+        let mut starts: Vec<(String, Watermarks, Option<i64>)> = Vec::new();
+        for symbol in symbols {
+            if failed.contains(symbol) {
+                continue;
+            }
+            let Some(state) = states.get(symbol) else {
+                continue;
+            };
+            if state.leased_by.is_some() {
+                plan.leased += 1;
+                continue;
+            }
+            match plan::resume_at(&state.watermarks) {
+                Some(from) => starts.push((symbol.clone(), state.watermarks, Some(from))),
+                None => {
+                    unstarted.push(symbol.clone());
+                    starts.push((symbol.clone(), state.watermarks, None));
+                }
+            }
+        }
+        // A symbol never processed starts at midnight before its first trade.
+        let first = self.warehouse.first_trades(&unstarted, 0).await?;
+        for (symbol, watermarks, from) in starts {
+            let Some(from) =
+                from.or_else(|| first.get(&symbol).map(|t| floor_to(*t, NANOS_PER_DAY)))
+            else {
+                continue;
+            };
+            let end = plan::step_end(from, horizon, self.chunk_len()).max(from);
+            let symbol_dirty = dirty.remove(&symbol);
+            let live = horizon - from <= live_span;
+            if end == from && symbol_dirty.is_none() && !(look_back && live) {
+                continue;
+            }
+            let work = Work {
+                symbol,
+                watermarks,
+                from,
+                end,
+                dirty: symbol_dirty,
+            };
+            if live {
+                plan.live.push(work);
+            } else {
+                plan.lagging.push(work);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Moves every lagging symbol by one chunk: symbols that share a chunk are
+    /// counted with one query and packed into batches of about
+    /// `engine.batch_rows` trades; symbols without trades in their chunk jump
+    /// to their next trade without reading anything.
+    async fn lagging_round(
+        &self,
+        lagging: Vec<Work>,
+        report: &mut TickReport,
+        failed: &mut HashSet<String>,
+    ) -> Result<(), EngineError> {
+        let mut by_chunk: BTreeMap<i64, Vec<Work>> = BTreeMap::new();
+        for w in lagging {
+            by_chunk.entry(w.end).or_default().push(w);
+        }
+        let mut batches: Vec<Vec<Work>> = Vec::new();
+        for (end, works) in by_chunk {
+            let start = works.iter().map(|w| w.from).min().unwrap_or(end);
+            let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
+            let counts = self.warehouse.count_trades(&symbols, start..end).await?;
+            let (empty, busy): (Vec<Work>, Vec<Work>) = works.into_iter().partition(|w| {
+                w.dirty.is_none()
+                    && !counts.contains_key(&w.symbol)
+                    && w.from == floor_to(w.from, NANOS_PER_DAY)
+            });
+            self.jump(empty, end, report).await?;
+            let sized: Vec<(Work, u64)> = busy
+                .into_iter()
+                .map(|w| {
+                    let n = counts.get(&w.symbol).copied().unwrap_or(0);
+                    (w, n)
+                })
+                .collect();
+            batches.extend(
+                plan::pack_batches(sized, self.settings.batch_rows, self.settings.batch_symbols)
+                    .into_iter()
+                    .map(|(b, _)| b),
+            );
+        }
+        // InfluxDB's serialization of raw rows is the bottleneck and runs one
+        // core per query: a batch of one dense symbol is read as several parts
+        // while fewer batches than reads are in flight.
+        let in_flight = self.settings.concurrency.min(batches.len()).max(1);
+        let parts = (self.settings.read_parallelism / in_flight).max(1);
+        let outcomes: Vec<(TickReport, HashSet<String>)> = futures_util::stream::iter(batches)
+            .map(|batch| async move {
+                let mut r = TickReport::default();
+                let mut f = HashSet::new();
+                let parts = if batch.len() == 1 { parts } else { 1 };
+                self.run_batch(batch, parts, false, &mut r, &mut f).await;
+                (r, f)
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        for (r, f) in outcomes {
+            report.chunks += r.chunks;
+            report.rows_read += r.rows_read;
+            report.candles_written += r.candles_written;
+            report.symbols_leased += r.symbols_leased;
+            report.failures.extend(r.failures);
+            failed.extend(f);
+        }
+        Ok(())
+    }
+
+    /// Symbols with no trade in their chunk, starting at midnight: their
+    /// watermarks move to the midnight before their next trade (or the
+    /// horizon) at once. Every window in between is empty, and every
+    /// resolution divides a day, so nothing is left open behind them.
+    async fn jump(
+        &self,
+        works: Vec<Work>,
+        chunk_end: i64,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        if works.is_empty() {
+            return Ok(());
+        }
+        let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
+        let next = self.warehouse.first_trades(&symbols, chunk_end).await?;
+        let horizon = self.horizon();
+        let now = self.clock.now();
+        let claimed: HashSet<String> = self
+            .store
+            .claim_symbols(&symbols, &self.owner, now, self.lease)
+            .await?
+            .into_iter()
+            .collect();
+        report.symbols_leased += (symbols.len() - claimed.len()) as u64;
+        let mut steps = Vec::new();
+        let mut statuses = Vec::new();
+        for w in works.into_iter().filter(|w| claimed.contains(&w.symbol)) {
+            let to = match next.get(&w.symbol) {
+                Some(t) => floor_to(*t, NANOS_PER_DAY).min(horizon),
+                None => horizon,
+            }
+            .max(w.end);
+            statuses.push((w.symbol.clone(), status_at(to, horizon)));
+            steps.push(StepCommit {
+                symbol: w.symbol,
+                kind: "chunk",
+                range: w.from..to,
+                watermarks: Some(plan::advanced(&w.watermarks, to)),
+                rows_read: 0,
+                candles: [0; 6],
+                started_at: now,
+            });
+        }
+        self.store
+            .commit_steps(&self.owner, &steps, self.clock.now())
+            .await?;
+        self.store
+            .release_symbols(&self.owner, &statuses, self.clock.now())
+            .await?;
+        report.chunks += steps.len() as u64;
+        for s in &steps {
+            self.notify(&s.symbol, s.range.clone(), 0, 0);
+        }
+        Ok(())
+    }
+
+    /// Claims a batch, runs it while renewing its leases, and records the
+    /// outcome: released as completed/idle, or failed with the error (the
+    /// watermarks stay at the last commit).
+    async fn run_batch(
+        &self,
+        mut works: Vec<Work>,
+        parts: usize,
+        lookback: bool,
+        report: &mut TickReport,
+        failed: &mut HashSet<String>,
+    ) {
+        let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
+        let now = self.clock.now();
+        let claimed = match self
+            .store
+            .claim_symbols(&symbols, &self.owner, now, self.lease)
+            .await
+        {
+            Ok(c) => c.into_iter().collect::<HashSet<String>>(),
+            Err(e) => {
+                for s in symbols {
+                    report.failures.push((s.clone(), e.to_string()));
+                    failed.insert(s);
+                }
+                return;
+            }
+        };
+        report.symbols_leased += (works.len() - claimed.len()) as u64;
+        works.retain(|w| claimed.contains(&w.symbol));
+        if works.is_empty() {
+            return;
+        }
+        let held: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
+        let started_at = self.clock.now();
+        let result = tokio::select! {
+            r = self.process_batch(&works, parts, lookback, report) => r,
+            e = self.keep_leases(&held) => Err(e),
+        };
+        let horizon = self.horizon();
+        match result {
+            Ok(()) => {
+                let statuses: Vec<(String, TaskStatus)> = works
+                    .iter()
+                    .map(|w| (w.symbol.clone(), status_at(w.end, horizon)))
+                    .collect();
+                if let Err(e) = self
+                    .store
+                    .release_symbols(&self.owner, &statuses, self.clock.now())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not release leases; they expire on their own");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let from = works.iter().map(|w| w.from).min().unwrap_or(0);
+                let end = works.iter().map(|w| w.end).max().unwrap_or(from);
+                tracing::error!(
+                    symbols = held.len(),
+                    first = %held[0],
+                    from = %to_rfc3339(from),
+                    error = %msg,
+                    "batch failed"
+                );
+                ::metrics::counter!("ohlcd_task_failures_total").increment(held.len() as u64);
+                if let Err(record_err) = self
+                    .store
+                    .fail_symbols(
+                        &self.owner,
+                        &held,
+                        from..end,
+                        &msg,
+                        started_at,
+                        self.clock.now(),
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %record_err, "could not record the failure");
+                }
+                for s in held {
+                    report.failures.push((s.clone(), msg.clone()));
+                    failed.insert(s);
+                }
+            }
+        }
+    }
+
+    /// Renews the leases of `symbols` every third of their length; returns
+    /// only when one is lost.
+    async fn keep_leases(&self, symbols: &[String]) -> EngineError {
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            if let Err(e) = self
+                .store
+                .renew_symbols(symbols, &self.owner, self.clock.now(), self.lease)
+                .await
+            {
+                return e.into();
+            }
+        }
+    }
+
+    /// Repairs, lookback, then the forward step of a claimed batch.
+    async fn process_batch(
+        &self,
+        works: &[Work],
+        parts: usize,
+        lookback: bool,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        for w in works {
+            if let Some((max_id, ranges)) = &w.dirty {
+                let (rows, candles) = self
+                    .repair(&w.symbol, &w.watermarks, ranges, "late", false)
+                    .await?;
+                self.store.clear_dirty_of(&w.symbol, *max_id).await?;
+                report.chunks += 1;
+                report.rows_read += rows;
+                report.candles_written += candles;
+            }
+        }
+        if lookback {
+            self.look_back(works, report).await?;
+        }
+        let forward: Vec<&Work> = works.iter().filter(|w| w.from < w.end).collect();
+        if !forward.is_empty() {
+            self.step(&forward, parts, report).await?;
+        }
+        Ok(())
+    }
+
+    /// The forward step of a batch: one read of raw trades (split into
+    /// `parts` concurrent sub-ranges), the few stored pieces the coarser open
+    /// windows need, every resolution computed in memory, one write, one commit.
+    async fn step(
+        &self,
+        works: &[&Work],
+        parts: usize,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        let started_at = self.clock.now();
+        let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
+        let bounds: HashMap<&str, Range<i64>> = works
+            .iter()
+            .map(|w| (w.symbol.as_str(), w.from..w.end))
+            .collect();
+        // Announce the ranges before reading them, so a trade ingested
+        // meanwhile is treated as late (and repaired), never silently missed.
+        let inflight: Vec<(String, i64)> =
+            works.iter().map(|w| (w.symbol.clone(), w.end)).collect();
+        self.store.set_inflight_many(&self.owner, &inflight).await?;
+
+        let span = works.iter().map(|w| w.from).min().expect("non-empty")
+            ..works.iter().map(|w| w.end).max().expect("non-empty");
+        let (rows, mut fresh) = self.read_minutes(&symbols, span, parts, &bounds).await?;
+
+        let pieces = self.read_pieces(works).await?;
+        let mut produced: Vec<(String, [Vec<Candle>; 6], u64)> = Vec::with_capacity(works.len());
+        for w in works {
+            let minutes = fresh
+                .remove(w.symbol.as_str())
+                .map(Aggregator::finish)
+                .unwrap_or_default();
+            let read = rows.get(w.symbol.as_str()).copied().unwrap_or(0);
+            let symbol_pieces = pieces
+                .get(w.symbol.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            produced.push((
+                w.symbol.clone(),
+                plan::step_candles(w.from, w.end, symbol_pieces, minutes),
+                read,
+            ));
+        }
+        let sets: Vec<CandleSet<'_>> = produced
+            .iter()
+            .flat_map(|(symbol, by_res, _)| {
+                Resolution::ALL
+                    .iter()
+                    .zip(by_res)
+                    .filter(|(_, c)| !c.is_empty())
+                    .map(move |(res, candles)| CandleSet {
+                        resolution: *res,
+                        symbol,
+                        candles,
+                    })
+            })
+            .collect();
+        self.warehouse.write_candles(&sets).await?;
+        // Crash test point: candles written, watermarks not yet committed.
+        crate::failpoint::hit("after_write").await;
+        let steps: Vec<StepCommit> = works
+            .iter()
+            .zip(&produced)
+            .map(|(w, (_, by_res, read))| StepCommit {
+                symbol: w.symbol.clone(),
+                kind: "chunk",
+                range: w.from..w.end,
+                watermarks: Some(plan::advanced(&w.watermarks, w.end)),
+                rows_read: *read,
+                candles: std::array::from_fn(|i| by_res[i].len() as u64),
+                started_at,
+            })
+            .collect();
+        self.store
+            .commit_steps(&self.owner, &steps, self.clock.now())
+            .await?;
+        // Crash test point: a batch committed, the next not started.
+        crate::failpoint::hit("after_commit").await;
+        for s in &steps {
+            let candles: u64 = s.candles.iter().sum();
+            report.chunks += 1;
+            report.rows_read += s.rows_read;
+            report.candles_written += candles;
+            ::metrics::histogram!("ohlcd_chunk_duration_seconds")
+                .record((self.clock.now() - started_at) as f64 / 1e9);
+            self.notify(&s.symbol, s.range.clone(), s.rows_read, candles);
+        }
+        Ok(())
+    }
+
+    /// 1m aggregates per symbol of the raw trades in each symbol's bounds,
+    /// read as `parts` concurrent sub-ranges of `span` split at minute
+    /// boundaries (InfluxDB serializes each query on its own core). Parts
+    /// cover disjoint minutes, so their aggregates simply concatenate.
+    #[allow(clippy::type_complexity)]
+    async fn read_minutes<'b>(
+        &self,
+        symbols: &[String],
+        span: Range<i64>,
+        parts: usize,
+        bounds: &HashMap<&'b str, Range<i64>>,
+    ) -> Result<(HashMap<&'b str, u64>, HashMap<&'b str, Aggregator>), EngineError> {
+        let minute = Resolution::M1.nanos();
+        let step = crate::candle::ceil_to(
+            ((span.end - span.start) / parts.max(1) as i64).max(1),
+            minute,
+        );
+        let mut ranges = Vec::new();
+        let mut start = span.start;
+        while start < span.end {
+            let end = (start + step).min(span.end);
+            ranges.push(start..end);
+            start = end;
+        }
+        let reads = ranges.into_iter().map(|part| async move {
+            let mut rows: HashMap<&'b str, u64> = HashMap::new();
+            let mut aggs: HashMap<&'b str, Aggregator> = HashMap::new();
+            self.warehouse
+                .read_trades(symbols, part, |symbol, trade| {
+                    let Some((key, b)) = bounds.get_key_value(symbol) else {
+                        return;
+                    };
+                    if !b.contains(&trade.time) {
+                        return;
+                    }
+                    *rows.entry(key).or_default() += 1;
+                    aggs.entry(key)
+                        .or_insert_with(|| Aggregator::new(Resolution::M1))
+                        .add_trade(&trade);
+                })
+                .await?;
+            Ok::<_, EngineError>((rows, aggs))
+        });
+        let mut rows: HashMap<&'b str, u64> = HashMap::new();
+        let mut merged: HashMap<&'b str, Aggregator> = HashMap::new();
+        for result in futures_util::future::join_all(reads).await {
+            let (r, aggs) = result?;
+            for (k, n) in r {
+                *rows.entry(k).or_default() += n;
+            }
+            for (k, agg) in aggs {
+                match merged.get_mut(k) {
+                    // Disjoint minutes: fold the part's candles into the first.
+                    Some(first) => {
+                        for c in agg.finish() {
+                            first.add_candle(&c);
+                        }
+                    }
+                    None => {
+                        merged.insert(k, agg);
+                    }
+                }
+            }
+        }
+        Ok((rows, merged))
+    }
+
+    /// The stored candles each symbol's step needs to complete the coarser
+    /// windows open at its start ([`plan::pieces`]): one query per resolution
+    /// for the whole batch.
+    async fn read_pieces(
+        &self,
+        works: &[&Work],
+    ) -> Result<HashMap<String, Vec<(Resolution, Candle)>>, EngineError> {
+        let mut wanted: BTreeMap<Resolution, Vec<(&str, Range<i64>)>> = BTreeMap::new();
+        for w in works {
+            for (res, range) in plan::pieces(w.from, w.end) {
+                wanted.entry(res).or_default().push((&w.symbol, range));
+            }
+        }
+        let mut out: HashMap<String, Vec<(Resolution, Candle)>> = HashMap::new();
+        for (res, list) in wanted {
+            let symbols: Vec<String> = list.iter().map(|(s, _)| s.to_string()).collect();
+            let ranges: HashMap<&str, Range<i64>> = list.iter().cloned().collect();
+            let span = list.iter().map(|(_, r)| r.start).min().expect("non-empty")
+                ..list.iter().map(|(_, r)| r.end).max().expect("non-empty");
+            self.warehouse
+                .read_candles(res, &symbols, span, |symbol, candle| {
+                    if ranges
+                        .get(symbol)
+                        .is_some_and(|r| r.contains(&candle.start))
+                    {
+                        out.entry(symbol.to_string())
+                            .or_default()
+                            .push((res, candle));
+                    }
+                })
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// Re-reads `engine.lookback_secs` of raw trades behind each symbol's 1m
+    /// watermark and compares them with the stored 1m candles; minutes that
+    /// differ (trades written straight into InfluxDB after their minute was
+    /// materialized) are repaired at every resolution. Two queries per batch.
+    async fn look_back(&self, works: &[Work], report: &mut TickReport) -> Result<(), EngineError> {
+        let lookback = self.settings.lookback_secs as i64 * NANOS_PER_SEC;
+        let bounds: HashMap<&str, Range<i64>> = works
+            .iter()
+            .filter_map(|w| {
+                let w1 = w.watermarks[0]?;
+                Some((
+                    w.symbol.as_str(),
+                    Resolution::M1.window_start(w1 - lookback)..w1,
+                ))
+            })
+            .filter(|(_, r)| r.start < r.end)
+            .collect();
+        if bounds.is_empty() {
+            return Ok(());
+        }
+        let symbols: Vec<String> = bounds.keys().map(|s| s.to_string()).collect();
+        let span = bounds.values().map(|r| r.start).min().expect("non-empty")
+            ..bounds.values().map(|r| r.end).max().expect("non-empty");
+        let (rows, fresh) = self
+            .read_minutes(&symbols, span.clone(), 1, &bounds)
+            .await?;
+        let mut stored: HashMap<String, BTreeMap<i64, Candle>> = HashMap::new();
+        self.warehouse
+            .read_candles(Resolution::M1, &symbols, span, |symbol, c| {
+                if bounds.get(symbol).is_some_and(|r| r.contains(&c.start)) {
+                    stored
+                        .entry(symbol.to_string())
+                        .or_default()
+                        .insert(c.start, c);
+                }
+            })
+            .await?;
+        report.rows_read += rows.values().sum::<u64>();
+        let mut fresh: HashMap<&str, BTreeMap<i64, Candle>> = fresh
+            .into_iter()
+            .map(|(k, agg)| (k, agg.finish().into_iter().map(|c| (c.start, c)).collect()))
+            .collect();
+        for w in works {
+            let Some(stored_minutes) = bounds.get(w.symbol.as_str()) else {
+                continue;
+            };
+            let now = fresh.remove(w.symbol.as_str()).unwrap_or_default();
+            let before = stored.remove(&w.symbol).unwrap_or_default();
+            let minute = Resolution::M1.nanos();
+            let changed: Vec<Range<i64>> = now
+                .iter()
+                .filter(|(t, c)| before.get(t).is_none_or(|b| !same_candle(b, c)))
+                .map(|(t, _)| *t..*t + minute)
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                symbol = %w.symbol,
+                minutes = changed.len(),
+                from = %to_rfc3339(stored_minutes.start),
+                "lookback found trades behind the watermark"
+            );
+            let (r, candles) = self
+                .repair(&w.symbol, &w.watermarks, &changed, "late", false)
+                .await?;
+            report.chunks += 1;
+            report.rows_read += r;
+            report.candles_written += candles;
+        }
+        Ok(())
+    }
+
+    /// Recomputes the windows of every resolution that touch `ranges` (below
+    /// their watermarks) of one symbol, day by day: the ranges are read raw,
+    /// the rest of the day comes from the stored 1m candles. With
+    /// `delete_stale`, candles of windows that no longer have any trade are
+    /// deleted (a rebuild after trades were removed). The caller holds the
+    /// lease. Returns (trades read, candles written).
+    async fn repair(
+        &self,
+        symbol: &str,
+        watermarks: &Watermarks,
+        ranges: &[Range<i64>],
+        kind: &'static str,
+        delete_stale: bool,
+    ) -> Result<(u64, u64), EngineError> {
+        let Some(w1) = watermarks[0] else {
+            return Ok((0, 0));
+        };
+        let one = [symbol.to_string()];
+        let (mut rows_total, mut candles_total) = (0, 0);
+        for rep in plan::day_repairs(ranges, w1) {
+            let started_at = self.clock.now();
+            let mut agg = Aggregator::new(Resolution::M1);
+            let mut rows = 0;
+            for r in &rep.ranges {
+                rows += self
+                    .warehouse
+                    .read_trades(&one, r.clone(), |_, t| agg.add_trade(&t))
+                    .await?;
+            }
+            let fresh = agg.finish();
+            let mut stored = Vec::new();
+            let parts = rep.stored_parts();
+            if !parts.is_empty() {
+                self.warehouse
+                    .read_candles(Resolution::M1, &one, rep.day.clone(), |_, c| {
+                        if parts.iter().any(|p| p.contains(&c.start)) {
+                            stored.push(c);
+                        }
+                    })
+                    .await?;
+            }
+            let (write, empty) = plan::repair_candles(&rep, watermarks, &fresh, &stored);
+            if delete_stale {
+                self.delete_stale(symbol, &rep.day, &empty).await?;
+            }
+            let sets: Vec<CandleSet<'_>> = Resolution::ALL
+                .iter()
+                .zip(&write)
+                .filter(|(_, c)| !c.is_empty())
+                .map(|(res, candles)| CandleSet {
+                    resolution: *res,
+                    symbol,
+                    candles,
+                })
+                .collect();
+            self.warehouse.write_candles(&sets).await?;
+            let candles: [u64; 6] = std::array::from_fn(|i| write[i].len() as u64);
+            let span = rep.ranges.first().map_or(rep.day.start, |r| r.start)
+                ..rep.ranges.last().map_or(rep.day.end, |r| r.end);
+            self.store
+                .commit_steps(
+                    &self.owner,
+                    &[StepCommit {
+                        symbol: symbol.to_string(),
+                        kind,
+                        range: span.clone(),
+                        watermarks: None,
+                        rows_read: rows,
+                        candles,
+                        started_at,
+                    }],
+                    self.clock.now(),
+                )
+                .await?;
+            let n: u64 = candles.iter().sum();
+            self.notify(symbol, span, rows, n);
+            rows_total += rows;
+            candles_total += n;
+        }
+        Ok((rows_total, candles_total))
+    }
+
+    /// Deletes the stored candles of windows that `repair_candles` found empty.
+    async fn delete_stale(
+        &self,
+        symbol: &str,
+        day: &Range<i64>,
+        empty: &[Vec<i64>; 6],
+    ) -> Result<(), EngineError> {
+        let one = [symbol.to_string()];
+        for (i, res) in Resolution::ALL.iter().enumerate() {
+            if empty[i].is_empty() {
+                continue;
+            }
+            let empty: HashSet<i64> = empty[i].iter().copied().collect();
+            let mut stale = Vec::new();
+            self.warehouse
+                .read_candles(*res, &one, day.clone(), |_, c| {
+                    if empty.contains(&c.start) {
+                        stale.push(c.start);
+                    }
+                })
+                .await?;
+            for start in stale {
+                self.warehouse
+                    .delete_candles(*res, symbol, start..start + res.nanos())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn notify(&self, symbol: &str, range: Range<i64>, rows: u64, candles: u64) {
+        tracing::debug!(
+            symbol, from = %to_rfc3339(range.start), to = %to_rfc3339(range.end),
+            rows, candles, "step committed"
+        );
+        ::metrics::counter!("ohlcd_source_rows_read_total").increment(rows);
+        ::metrics::counter!("ohlcd_candles_written_total").increment(candles);
+        ::metrics::counter!("ohlcd_chunks_total").increment(1);
+        if let Some(observer) = &self.observer {
+            observer(&ChunkEvent {
+                symbol: symbol.to_string(),
+                range,
+                rows_read: rows,
+                candles_written: candles,
+            });
+        }
+    }
+
+    /// Claims one symbol for a rebuild, waiting up to two lease lengths for a
+    /// running tick elsewhere to release it.
+    async fn claim_waiting(&self, symbol: &str) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + self.lease * 2;
+        let one = [symbol.to_string()];
+        loop {
+            let claimed = self
+                .store
+                .claim_symbols(&one, &self.owner, self.clock.now(), self.lease)
+                .await?;
+            if !claimed.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let owner = self
+                    .store
+                    .symbol_states(&self.owner, self.clock.now())
+                    .await?
+                    .remove(symbol)
+                    .and_then(|s| s.leased_by)
+                    .unwrap_or_default();
+                return Err(EngineError::Busy {
+                    symbol: symbol.to_string(),
+                    owner,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Recomputes `[from, to)` (widened to whole UTC days, clipped to what is
+    /// materialized) for every resolution from the raw trades; candles of
+    /// windows without trades any more are deleted. Later windows are left to
+    /// the normal schedule. Returns candles written.
+    pub async fn rebuild(&self, symbol: &str, from: i64, to: i64) -> Result<u64, EngineError> {
+        self.warehouse.check().await?;
+        let one = [symbol.to_string()];
+        self.store.ensure_symbols(&one, self.clock.now()).await?;
+        let before = self.store.task(symbol, Resolution::M1).await?;
+        self.claim_waiting(symbol).await?;
+        let watermarks = self
+            .store
+            .symbol_states(&self.owner, self.clock.now())
+            .await?
+            .remove(symbol)
+            .map(|s| s.watermarks)
+            .unwrap_or([None; 6]);
+        let range = floor_to(from, NANOS_PER_DAY)..crate::candle::ceil_to(to, NANOS_PER_DAY);
+        let work = async {
+            let mut written = 0;
+            let mut day = range.start;
+            while day < range.end {
+                let (_, n) = self
+                    .repair(
+                        symbol,
+                        &watermarks,
+                        std::slice::from_ref(&(day..day + NANOS_PER_DAY)),
+                        "rebuild",
+                        true,
+                    )
+                    .await?;
+                written += n;
+                day += NANOS_PER_DAY;
+            }
+            Ok::<u64, EngineError>(written)
+        };
+        let result = tokio::select! {
+            r = work => r,
+            e = self.keep_leases(&one) => Err(e),
+        };
+        let now = self.clock.now();
+        match result {
+            Ok(n) => {
+                // A rebuild does not change how far the symbol got: keep its status.
+                let status = match before.map(|t| t.status) {
+                    Some(TaskStatus::Running) | Some(TaskStatus::Failed) | None => TaskStatus::Idle,
+                    Some(s) => s,
+                };
+                self.store
+                    .release_symbols(&self.owner, &[(symbol.to_string(), status)], now)
+                    .await?;
+                Ok(n)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.store
+                    .fail_symbols(&self.owner, &one, range, &msg, now, now)
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Nanoseconds of raw trades the selected symbols still have to cover
+    /// (drives the backfill progress bar).
+    pub async fn pending_span(&self, filter: &TaskFilter) -> Result<i64, EngineError> {
+        let symbols = self.discover(filter).await?;
+        let states = self
+            .store
+            .symbol_states(&self.owner, self.clock.now())
+            .await?;
+        let unstarted: Vec<String> = symbols
+            .iter()
+            .filter(|s| {
+                states
+                    .get(*s)
+                    .and_then(|st| plan::resume_at(&st.watermarks))
+                    .is_none()
+            })
+            .cloned()
+            .collect();
+        let first = self.warehouse.first_trades(&unstarted, 0).await?;
+        let horizon = self.horizon();
+        Ok(symbols
+            .iter()
+            .filter_map(|s| {
+                states
+                    .get(s)
+                    .and_then(|st| plan::resume_at(&st.watermarks))
+                    .or_else(|| first.get(s).map(|t| floor_to(*t, NANOS_PER_DAY)))
+            })
+            .map(|from| (horizon - from).max(0))
+            .sum())
+    }
+}
+
+/// `completed` once a symbol reached the horizon, `idle` while it has more to do.
+fn status_at(end: i64, horizon: i64) -> TaskStatus {
+    if end >= horizon {
+        TaskStatus::Completed
+    } else {
+        TaskStatus::Idle
+    }
+}

@@ -1,0 +1,467 @@
+//! Pure planning of the engine's work: where a symbol resumes, which stored
+//! candles a step must read back, the candles of every resolution a step
+//! produces, and how symbols are packed into batches. No I/O here: the engine
+//! feeds it what it read and writes what it returns.
+//!
+//! The unit of work is one *step* of one symbol: raw trades in `[from, end)`
+//! (1m-aligned) are read once and every resolution is computed from that read.
+//! Every resolution divides a UTC day, so a step that starts on a day boundary
+//! needs nothing but the raw trades. A step that starts inside a day (the live
+//! edge) completes the coarser windows that were open at `from` with the few
+//! finer candles already stored for `[window start, from)`: the *pieces*.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, Resolution, floor_to};
+
+/// Index of a resolution in [`Resolution::ALL`].
+pub fn index(res: Resolution) -> usize {
+    Resolution::ALL
+        .iter()
+        .position(|r| *r == res)
+        .expect("every resolution is in ALL")
+}
+
+/// The watermarks of one symbol's six tasks, in [`Resolution::ALL`] order.
+pub type Watermarks = [Option<i64>; 6];
+
+/// Where a symbol's next step starts: the latest minute `t` at or before the 1m
+/// watermark such that every coarser resolution has materialized all its windows
+/// before `floor_r(t)`. Then the symbol's state is fully described by `t`: the
+/// open window of resolution `r` starts at `floor_r(t)`.
+///
+/// In the state the engine leaves behind (`w_r = floor_r(w_1m)`) this is the 1m
+/// watermark itself. A coarser task that lags further (a database written by an
+/// older version, a resolution that never ran) moves it back, and the raw trades
+/// from there are simply computed again (candle writes are idempotent).
+/// `None` while any task has no watermark: the symbol starts from its first trade.
+pub fn resume_at(watermarks: &Watermarks) -> Option<i64> {
+    let minute = Resolution::M1.nanos();
+    let mut t = watermarks[0]?;
+    for (i, res) in Resolution::ALL.iter().enumerate().skip(1) {
+        let w = watermarks[i]?;
+        // floor_r(t) <= w  <=>  t < w + len_r; the largest such minute:
+        t = t.min(w + res.nanos() - minute);
+    }
+    Some(floor_to(t, minute))
+}
+
+/// The watermarks after a step that ended at `end`: each resolution's last
+/// complete window, never moving a watermark back.
+pub fn advanced(watermarks: &Watermarks, end: i64) -> Watermarks {
+    let mut out = *watermarks;
+    for (i, res) in Resolution::ALL.iter().enumerate() {
+        let w = res.window_start(end);
+        out[i] = Some(out[i].map_or(w, |old| old.max(w)));
+    }
+    out
+}
+
+/// The coarsest resolution with a window that closes in `[from, end)`, if any
+/// coarser than 1m does.
+fn coarsest_closing(from: i64, end: i64) -> Option<Resolution> {
+    Resolution::ALL[1..]
+        .iter()
+        .rev()
+        .find(|r| r.window_start(end) > r.window_start(from))
+        .copied()
+}
+
+/// The stored candles a step `[from, end)` must read back: for each resolution
+/// `s` finer than the coarsest one closing a window in the step, the `s`
+/// windows between the start of the next coarser window and `floor_s(from)`.
+/// Together they tile `[floor_top(from), from)`, each piece at most a few
+/// candles long. Empty when the step starts on a boundary of every closing
+/// resolution (always so for a step that starts at midnight).
+pub fn pieces(from: i64, end: i64) -> Vec<(Resolution, Range<i64>)> {
+    let Some(top) = coarsest_closing(from, end) else {
+        return Vec::new();
+    };
+    Resolution::ALL[..index(top)]
+        .iter()
+        .map(|&s| {
+            let coarser = Resolution::ALL[index(s) + 1];
+            (s, coarser.window_start(from)..s.window_start(from))
+        })
+        .filter(|(_, r)| r.start < r.end)
+        .collect()
+}
+
+/// The candles one symbol's step `[from, end)` produces, per resolution in
+/// [`Resolution::ALL`] order: every 1m window of the fresh candles, and for each
+/// coarser resolution the windows that close in the step, computed from the
+/// `pieces` (stored candles, see [`pieces`]) and the fresh 1m candles.
+/// `from` and `end` are 1m-aligned and `fresh` covers `[from, end)` exactly.
+pub fn step_candles(
+    from: i64,
+    end: i64,
+    pieces: &[(Resolution, Candle)],
+    fresh: Vec<Candle>,
+) -> [Vec<Candle>; 6] {
+    let mut out: [Vec<Candle>; 6] = Default::default();
+    for &res in &Resolution::ALL[1..] {
+        let (open, closed_until) = (res.window_start(from), res.window_start(end));
+        if closed_until <= open {
+            continue;
+        }
+        let mut agg = Aggregator::new(res);
+        // A piece of resolution s lies in [floor_{next(s)}(from), floor_s(from)),
+        // inside the window of every resolution coarser than s open at `from`.
+        for (s, c) in pieces {
+            if *s < res && c.start >= open {
+                agg.add_candle(c);
+            }
+        }
+        for c in fresh.iter().filter(|c| c.start < closed_until) {
+            agg.add_candle(c);
+        }
+        out[index(res)] = agg
+            .finish()
+            .into_iter()
+            .filter(|c| c.start >= open && c.start < closed_until)
+            .collect();
+    }
+    out[0] = fresh;
+    out
+}
+
+/// Where a step that starts at `from` ends: the next chunk boundary (chunks
+/// are `chunk_len` long and aligned on the epoch, so steps line up across runs
+/// and daemons), or the horizon if that comes first.
+pub fn step_end(from: i64, horizon: i64, chunk_len: i64) -> i64 {
+    (floor_to(from, chunk_len) + chunk_len).min(horizon)
+}
+
+/// Packs symbols into batches of about `target` expected rows each, in the
+/// order given. A symbol expected to exceed the target alone gets a batch of
+/// its own (and its read is split into parallel parts); no batch holds more
+/// than `max_symbols`.
+pub fn pack_batches<T>(
+    items: Vec<(T, u64)>,
+    target: u64,
+    max_symbols: usize,
+) -> Vec<(Vec<T>, u64)> {
+    let mut batches: Vec<(Vec<T>, u64)> = Vec::new();
+    let mut current: (Vec<T>, u64) = (Vec::new(), 0);
+    for (item, rows) in items {
+        if !current.0.is_empty()
+            && (current.1 + rows > target || current.0.len() >= max_symbols.max(1))
+        {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.0.push(item);
+        current.1 += rows;
+    }
+    if !current.0.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Merges ranges that overlap or touch; the result is sorted and disjoint.
+pub fn merge_ranges(mut ranges: Vec<Range<i64>>) -> Vec<Range<i64>> {
+    ranges.retain(|r| r.start < r.end);
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<i64>> = Vec::new();
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// A repair of one symbol within one UTC day: the 1m-aligned `ranges` whose
+/// trades changed are read raw; the rest of the day below the 1m watermark is
+/// read back as stored 1m candles so that every coarser window touching a
+/// range can be recomputed whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayRepair {
+    /// The UTC day, clipped to the 1m watermark.
+    pub day: Range<i64>,
+    /// Ranges to read raw, disjoint and sorted, inside `day`.
+    pub ranges: Vec<Range<i64>>,
+}
+
+impl DayRepair {
+    /// Parts of `day` outside `ranges`: read back as stored 1m candles.
+    pub fn stored_parts(&self) -> Vec<Range<i64>> {
+        let mut out = Vec::new();
+        let mut at = self.day.start;
+        for r in &self.ranges {
+            if r.start > at {
+                out.push(at..r.start);
+            }
+            at = r.end;
+        }
+        if at < self.day.end {
+            out.push(at..self.day.end);
+        }
+        out
+    }
+}
+
+/// Splits changed ranges (any alignment) of one symbol into per-day repairs,
+/// widened to whole minutes and clipped to the 1m watermark `w1m`.
+pub fn day_repairs(ranges: &[Range<i64>], w1m: i64) -> Vec<DayRepair> {
+    let minute = Resolution::M1.nanos();
+    let widened = ranges
+        .iter()
+        .map(|r| floor_to(r.start, minute)..crate::candle::ceil_to(r.end, minute).min(w1m))
+        .collect();
+    let mut days: BTreeMap<i64, Vec<Range<i64>>> = BTreeMap::new();
+    for r in merge_ranges(widened) {
+        let mut start = r.start;
+        while start < r.end {
+            let day = floor_to(start, NANOS_PER_DAY);
+            let stop = r.end.min(day + NANOS_PER_DAY);
+            days.entry(day).or_default().push(start..stop);
+            start = stop;
+        }
+    }
+    days.into_iter()
+        .map(|(day, ranges)| DayRepair {
+            day: day..(day + NANOS_PER_DAY).min(w1m),
+            ranges,
+        })
+        .collect()
+}
+
+/// The candles a day repair rewrites, per resolution in [`Resolution::ALL`]
+/// order: the 1m windows inside the repaired ranges, and for each coarser
+/// resolution the windows that touch a range and end at or before that
+/// resolution's watermark. `fresh` are the 1m candles recomputed from raw
+/// trades in the ranges, `stored` the stored 1m candles of the rest of the day.
+/// Also returns, per resolution, the windows that must not hold a candle any
+/// more (no trade left in them): their starts.
+pub fn repair_candles(
+    repair: &DayRepair,
+    watermarks: &Watermarks,
+    fresh: &[Candle],
+    stored: &[Candle],
+) -> ([Vec<Candle>; 6], [Vec<i64>; 6]) {
+    let mut write: [Vec<Candle>; 6] = Default::default();
+    let mut empty: [Vec<i64>; 6] = Default::default();
+    let touches = |start: i64, len: i64| {
+        repair
+            .ranges
+            .iter()
+            .any(|r| r.start < start + len && start < r.end)
+    };
+    for (i, &res) in Resolution::ALL.iter().enumerate() {
+        let Some(w) = watermarks[i] else { continue };
+        let mut agg = Aggregator::new(res);
+        for c in fresh.iter().chain(stored) {
+            agg.add_candle(c);
+        }
+        let computed: BTreeMap<i64, Candle> =
+            agg.finish().into_iter().map(|c| (c.start, c)).collect();
+        let len = res.nanos();
+        // Windows of every resolution tile the day; only complete ones (ending
+        // at or before the resolution's watermark) are stored, so only those
+        // are rewritten.
+        let mut start = res.window_start(repair.day.start);
+        while start < repair.day.end {
+            if start + len <= w && touches(start, len) {
+                match computed.get(&start) {
+                    Some(c) => write[i].push(*c),
+                    None => empty[i].push(start),
+                }
+            }
+            start += len;
+        }
+    }
+    (write, empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candle::{Side, Trade, candles_from_trades};
+
+    const MIN: i64 = 60_000_000_000;
+
+    fn all_at(t: i64) -> Watermarks {
+        let mut w = [None; 6];
+        for (i, r) in Resolution::ALL.iter().enumerate() {
+            w[i] = Some(r.window_start(t));
+        }
+        w
+    }
+
+    fn trade(time: i64, id: i64, price: f64) -> Trade {
+        Trade {
+            time,
+            id,
+            price,
+            amount: 1.0 + (id % 3) as f64,
+            side: if id % 2 == 0 { Side::Buy } else { Side::Sell },
+        }
+    }
+
+    #[test]
+    fn a_symbol_left_by_the_engine_resumes_at_its_1m_watermark() {
+        let t = 3 * NANOS_PER_DAY + 7 * 3_600 * 1_000_000_000 + 13 * MIN;
+        assert_eq!(resume_at(&all_at(t)), Some(t));
+        assert_eq!(resume_at(&[None; 6]), None);
+    }
+
+    #[test]
+    fn a_coarser_task_lagging_a_whole_window_moves_the_resume_point_back() {
+        let t = 3 * NANOS_PER_DAY + 7 * 3_600 * 1_000_000_000 + 13 * MIN;
+        let mut w = all_at(t);
+        // 1h is one window behind: its window starting at 06:00 is not written.
+        w[index(Resolution::H1)] = Some(3 * NANOS_PER_DAY + 6 * 3_600 * 1_000_000_000);
+        let r = resume_at(&w).unwrap();
+        assert_eq!(r, 3 * NANOS_PER_DAY + 7 * 3_600 * 1_000_000_000 - MIN);
+        assert_eq!(
+            Resolution::H1.window_start(r),
+            w[index(Resolution::H1)].unwrap()
+        );
+        // A task that never ran restarts the symbol.
+        w[index(Resolution::D1)] = None;
+        assert_eq!(resume_at(&w), None);
+    }
+
+    #[test]
+    fn a_step_from_midnight_needs_no_pieces_and_one_inside_a_day_needs_a_few() {
+        let day = 10 * NANOS_PER_DAY;
+        assert!(pieces(day, day + NANOS_PER_DAY).is_empty());
+        // 10:07 -> 10:08: no coarser window closes.
+        let from = day + 10 * 3_600 * 1_000_000_000 + 7 * MIN;
+        assert!(pieces(from, from + MIN).is_empty());
+        // 11:59 -> 12:00 closes 5m, 15m, 1h and 4h (08:00-12:00): read back
+        // 1m 11:55-11:59, 5m 11:45-11:55, 15m 11:00-11:45, 1h 08:00-11:00.
+        let from = day + 11 * 3_600 * 1_000_000_000 + 59 * MIN;
+        let p = pieces(from, from + MIN);
+        let h = |x: i64, m: i64| day + x * 3_600 * 1_000_000_000 + m * MIN;
+        assert_eq!(
+            p,
+            vec![
+                (Resolution::M1, h(11, 55)..h(11, 59)),
+                (Resolution::M5, h(11, 45)..h(11, 55)),
+                (Resolution::M15, h(11, 0)..h(11, 45)),
+                (Resolution::H1, h(8, 0)..h(11, 0)),
+            ]
+        );
+    }
+
+    /// Every candle of every resolution over three days, computed two ways: in
+    /// one pass from all trades, and by steps of irregular length that each
+    /// read only their own trades plus the pieces stored by earlier steps.
+    #[test]
+    fn steps_of_any_length_produce_exactly_the_candles_of_one_pass() {
+        let start = 20 * NANOS_PER_DAY;
+        let mut trades = Vec::new();
+        let mut t = start + 17_000_000_000;
+        let mut id = 0;
+        while t < start + 3 * NANOS_PER_DAY {
+            id += 1;
+            trades.push(trade(t, id, 100.0 + (id % 17) as f64));
+            // Irregular gaps, some longer than an hour.
+            t += 1_000_000_000 * (7 + (id * 7919) % 5_000);
+        }
+        let mut stored: [BTreeMap<i64, Candle>; 6] = Default::default();
+        let mut w: Watermarks = [Some(start); 6];
+        let lens = [1, 3, 7, 61, 240, 13, 1440, 59, 5, 2000];
+        let mut k = 0;
+        let mut from = start;
+        while from < start + 3 * NANOS_PER_DAY {
+            assert_eq!(resume_at(&w), Some(from));
+            let end = (from + lens[k % lens.len()] * MIN).min(start + 3 * NANOS_PER_DAY);
+            k += 1;
+            let piece_candles: Vec<(Resolution, Candle)> = pieces(from, end)
+                .into_iter()
+                .flat_map(|(s, r)| {
+                    stored[index(s)]
+                        .range(r)
+                        .map(move |(_, c)| (s, *c))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let fresh = candles_from_trades(
+                Resolution::M1,
+                trades.iter().filter(|x| x.time >= from && x.time < end),
+            );
+            for (i, cs) in step_candles(from, end, &piece_candles, fresh)
+                .into_iter()
+                .enumerate()
+            {
+                for c in cs {
+                    assert!(stored[i].insert(c.start, c).is_none(), "written twice");
+                }
+            }
+            w = advanced(&w, end);
+            // Every coarser watermark is the start of its window holding the
+            // 1m watermark: everything before it is complete and written.
+            for (i, res) in Resolution::ALL.iter().enumerate() {
+                assert_eq!(w[i], Some(res.window_start(end)), "{res}");
+            }
+            from = end;
+        }
+        for res in Resolution::ALL {
+            let expected = candles_from_trades(res, &trades);
+            let got: Vec<Candle> = stored[index(res)].values().copied().collect();
+            assert_eq!(got.len(), expected.len(), "{res}");
+            for (g, e) in got.iter().zip(&expected) {
+                assert_eq!(
+                    (g.start, g.open, g.high, g.low, g.close, g.trades),
+                    (e.start, e.open, e.high, e.low, e.close, e.trades),
+                    "{res}"
+                );
+                assert!((g.volume - e.volume).abs() < 1e-9 * e.volume.abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn batches_hold_about_the_target_rows_and_a_dense_symbol_stands_alone() {
+        let items = vec![
+            ("a", 40),
+            ("b", 40),
+            ("c", 40),
+            ("d", 500),
+            ("e", 10),
+            ("f", 0),
+        ];
+        let b = pack_batches(items, 100, 10);
+        let names: Vec<Vec<&str>> = b.iter().map(|(s, _)| s.clone()).collect();
+        assert_eq!(
+            names,
+            vec![vec!["a", "b"], vec!["c"], vec!["d"], vec!["e", "f"]]
+        );
+        let capped = pack_batches(vec![("a", 0), ("b", 0), ("c", 0)], 100, 2);
+        assert_eq!(capped.len(), 2);
+    }
+
+    #[test]
+    fn a_late_trade_rewrites_only_the_windows_it_touches() {
+        let day = 5 * NANOS_PER_DAY;
+        let w1 = day + 13 * 3_600 * 1_000_000_000 + 2 * MIN; // 13:02
+        let w = all_at(w1);
+        let late = day + 9 * 3_600 * 1_000_000_000 + 31 * MIN + 5_000_000_000; // 09:31:05
+        let repairs = day_repairs(std::slice::from_ref(&(late..late + 1)), w1);
+        assert_eq!(repairs.len(), 1);
+        let rep = &repairs[0];
+        assert_eq!(rep.day, day..w1);
+        let m = day + 9 * 3_600 * 1_000_000_000 + 31 * MIN;
+        assert_eq!(rep.ranges, vec![m..m + MIN]);
+        assert_eq!(rep.stored_parts(), vec![day..m, m + MIN..w1]);
+        let fresh = candles_from_trades(Resolution::M1, &[trade(late, 1, 10.0)]);
+        let stored = candles_from_trades(
+            Resolution::M1,
+            &[trade(day + 10 * 3_600 * 1_000_000_000, 2, 20.0)],
+        );
+        let (write, empty) = repair_candles(rep, &w, &fresh, &stored);
+        let starts = |i: usize| write[i].iter().map(|c| c.start).collect::<Vec<_>>();
+        assert_eq!(starts(0), vec![m]);
+        assert_eq!(starts(1), vec![day + 9 * 3_600 * 1_000_000_000 + 30 * MIN]);
+        assert_eq!(starts(3), vec![day + 9 * 3_600 * 1_000_000_000]);
+        // 4h 08:00-12:00 is complete and touched; the day is still open.
+        assert_eq!(starts(4), vec![day + 8 * 3_600 * 1_000_000_000]);
+        assert_eq!(write[4][0].trades, 2);
+        assert!(write[5].is_empty() && empty.iter().all(Vec::is_empty));
+    }
+}
