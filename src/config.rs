@@ -209,7 +209,7 @@ impl Settings {
             return bad("progress.lease_secs must be at least 5".into());
         }
         for r in &self.datafeed.supported_resolutions {
-            if r.parse::<crate::datafeed::ChartResolution>().is_err() {
+            if r.parse::<crate::chart::ChartResolution>().is_err() {
                 return bad(format!(
                     "datafeed.supported_resolutions has {r:?}, not a chart resolution (1, 5, 60, 1D, 1W, 1M, ...)"
                 ));

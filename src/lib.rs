@@ -6,18 +6,24 @@
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
 //! - [`ingest`]: trade validation and encoding into the `trades` measurement.
 //! - [`generate`]: reproducible random-walk demo trades.
-//! - [`influx`]: InfluxDB client over the 1.x HTTP API (streaming MessagePack or
-//!   CSV reads, line-protocol writes, retries); [`msgpack`] decodes the former.
-//! - [`progress`]: SQLite progress store (tasks, leases, watermarks, run history).
+//! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
+//!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
+//!   decoders ([`influx::decode`]), candle encoding ([`influx::encode`]).
+//! - [`progress`]: SQLite progress store (tasks, symbol leases, watermarks, run
+//!   history).
+//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution.
 //! - [`datafeed`]: serving candles at any chart resolution.
 //! - [`failpoint`]: crash points for fault-injection tests.
-//! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step.
+//! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step,
+//!   [`engine::plan`] its pure arithmetic, [`engine::Warehouse`] its narrow
+//!   view of InfluxDB.
 //! - [`scheduler`]: cron trigger for the engine.
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
 //! - [`cli`]: the `ohlcd` command line.
 
 pub mod candle;
+pub mod chart;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -27,7 +33,6 @@ pub mod failpoint;
 pub mod generate;
 pub mod influx;
 pub mod ingest;
-pub mod msgpack;
 pub mod progress;
 pub mod scheduler;
 pub mod server;

@@ -1,0 +1,480 @@
+//! The InfluxQL the engine and the datafeed send: symbol discovery, first and
+//! last trades, counts, streamed reads of trades and candles (one symbol or a
+//! set), database checks, deletes. Every literal and identifier is quoted here.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use crate::candle::{Candle, Resolution, Side, Trade};
+
+/// Escapes a string for an InfluxQL single-quoted literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Escapes an identifier for InfluxQL double quotes.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl InfluxClient {
+    /// Creates the database if it does not exist (idempotent).
+    pub async fn create_database(&self) -> Result<(), InfluxError> {
+        self.query_json(&format!("CREATE DATABASE {}", quote_ident(&self.database)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Fails with [`InfluxError::DatabaseNotFound`] unless the database exists.
+    pub async fn check_database(&self) -> Result<(), InfluxError> {
+        self.query_json(&format!(
+            "SHOW RETENTION POLICIES ON {}",
+            quote_ident(&self.database)
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// Fails with [`InfluxError::ReadOnly`] unless the credentials may write to
+    /// the database. Probes with an empty write, which stores nothing.
+    pub async fn check_writable(&self) -> Result<(), InfluxError> {
+        match self.write_lines(Bytes::new()).await {
+            Err(InfluxError::Unauthorized {
+                status: 403,
+                message,
+                ..
+            }) => Err(InfluxError::ReadOnly {
+                url: self.url.clone(),
+                database: self.database.clone(),
+                message,
+            }),
+            other => other,
+        }
+    }
+
+    /// Symbols that have raw trades (`SHOW TAG VALUES`), sorted.
+    pub async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"",
+                quote_ident(TRADES_MEASUREMENT)
+            ))
+            .await?;
+        let mut out: Vec<String> = series_values(&v)
+            .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Time of the earliest raw trade of `symbol`, if any.
+    pub async fn first_trade_time(&self, symbol: &str) -> Result<Option<i64>, InfluxError> {
+        self.first_time_from(None, symbol, i64::MIN).await
+    }
+
+    /// Time of the first point of `symbol` at or after `from`, in the raw trades
+    /// (`res` = `None`) or in the candles of `res`.
+    pub async fn first_time_from(
+        &self,
+        res: Option<Resolution>,
+        symbol: &str,
+        from: i64,
+    ) -> Result<Option<i64>, InfluxError> {
+        let (measurement, field) = match res {
+            None => (TRADES_MEASUREMENT, "price"),
+            Some(r) => (r.measurement(), "close"),
+        };
+        let time_cond = if from == i64::MIN {
+            String::new()
+        } else {
+            format!(" AND time >= {from}")
+        };
+        let v = self
+            .query_json(&format!(
+                "SELECT {field} FROM {} WHERE symbol = {}{time_cond} ORDER BY time ASC LIMIT 1",
+                quote_ident(measurement),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(series_values(&v)
+            .next()
+            .and_then(|row| row.first().and_then(Value::as_i64)))
+    }
+
+    /// Time of the last raw trade of `symbol` strictly before `before`, if any.
+    pub async fn last_trade_time_before(
+        &self,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<i64>, InfluxError> {
+        Ok(self
+            .last_trade_before(symbol, before)
+            .await?
+            .map(|(t, _)| t))
+    }
+
+    /// Time and price of the last raw trade of `symbol` strictly before `before`.
+    pub async fn last_trade_before(
+        &self,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<(i64, f64)>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SELECT price FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
+                quote_ident(TRADES_MEASUREMENT),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(series_values(&v)
+            .next()
+            .and_then(|row| Some((row.first()?.as_i64()?, row.get(1)?.as_f64()?))))
+    }
+
+    /// Streams the raw trades of `symbol` in `[range.start, range.end)` in time
+    /// order into `on_trade`; returns how many were read.
+    pub async fn stream_trades(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+        on_trade: impl FnMut(Trade),
+    ) -> Result<u64, InfluxError> {
+        self.stream_trades_limited(symbol, range, None, on_trade)
+            .await
+    }
+
+    /// Like [`InfluxClient::stream_trades`], stopping after `limit` trades.
+    pub async fn stream_trades_limited(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+        limit: Option<u64>,
+        mut on_trade: impl FnMut(Trade),
+    ) -> Result<u64, InfluxError> {
+        let cond = format!("symbol = {}", quote_literal(symbol));
+        self.stream_trade_rows(&cond, false, range, limit, |_, t| on_trade(t))
+            .await
+    }
+
+    /// Streams the raw trades of every symbol in `symbols` in
+    /// `[range.start, range.end)` with one query, calling `on_trade` with each
+    /// trade's symbol. Rows arrive ordered by time across symbols.
+    pub async fn stream_trades_of(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+        on_trade: impl FnMut(&str, Trade),
+    ) -> Result<u64, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(0);
+        }
+        self.stream_trade_rows(&symbol_set_condition(symbols), true, range, None, on_trade)
+            .await
+    }
+
+    async fn stream_trade_rows(
+        &self,
+        cond: &str,
+        with_symbol: bool,
+        range: Range<i64>,
+        limit: Option<u64>,
+        mut on_trade: impl FnMut(&str, Trade),
+    ) -> Result<u64, InfluxError> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let symbol_col = if with_symbol { ", symbol" } else { "" };
+        let q = format!(
+            "SELECT price, amount, id, side{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}{limit}",
+            quote_ident(TRADES_MEASUREMENT),
+            range.start,
+            range.end
+        );
+        let mut idx: Option<[usize; 6]> = None;
+        self.stream_rows(&q, |cols, row| {
+            let [t, p, a, id, side, sym] = match idx {
+                Some(i) => i,
+                None => *idx.insert([
+                    cols.index("time")?,
+                    cols.index("price")?,
+                    cols.index("amount")?,
+                    cols.index("id")?,
+                    cols.index("side")?,
+                    if with_symbol {
+                        cols.index("symbol")?
+                    } else {
+                        usize::MAX
+                    },
+                ]),
+            };
+            let side = match row.bytes(side) {
+                Some(b"buy") => Side::Buy,
+                Some(b"sell") => Side::Sell,
+                other => {
+                    return Err(InfluxError::Protocol(format!(
+                        "trade with side {:?}",
+                        other.map(String::from_utf8_lossy)
+                    )));
+                }
+            };
+            let symbol = row.symbol(sym)?;
+            on_trade(
+                symbol,
+                Trade {
+                    time: row.i64(t, "time")?,
+                    id: row.i64(id, "id")?,
+                    price: row.f64(p, "price")?,
+                    amount: row.f64(a, "amount")?,
+                    side,
+                },
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Streams stored candles of `res` for `symbol` in `[range.start, range.end)`.
+    pub async fn stream_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+        mut on_candle: impl FnMut(Candle),
+    ) -> Result<u64, InfluxError> {
+        let cond = format!("symbol = {}", quote_literal(symbol));
+        self.stream_candle_rows(res, &cond, false, range, |_, c| on_candle(c))
+            .await
+    }
+
+    /// Streams stored candles of `res` of every symbol in `symbols` in
+    /// `[range.start, range.end)` with one query, with each candle's symbol.
+    pub async fn stream_candles_of(
+        &self,
+        res: Resolution,
+        symbols: &[String],
+        range: Range<i64>,
+        on_candle: impl FnMut(&str, Candle),
+    ) -> Result<u64, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(0);
+        }
+        self.stream_candle_rows(res, &symbol_set_condition(symbols), true, range, on_candle)
+            .await
+    }
+
+    async fn stream_candle_rows(
+        &self,
+        res: Resolution,
+        cond: &str,
+        with_symbol: bool,
+        range: Range<i64>,
+        mut on_candle: impl FnMut(&str, Candle),
+    ) -> Result<u64, InfluxError> {
+        let symbol_col = if with_symbol { ", symbol" } else { "" };
+        let q = format!(
+            "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}",
+            quote_ident(res.measurement()),
+            range.start,
+            range.end
+        );
+        let names = [
+            "time",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "trades",
+            "buy_volume",
+        ];
+        let mut idx: Option<[usize; 10]> = None;
+        self.stream_rows(&q, |cols, row| {
+            let i = match idx {
+                Some(i) => i,
+                None => {
+                    let mut i = [usize::MAX; 10];
+                    for (slot, name) in i.iter_mut().zip(names) {
+                        *slot = cols.index(name)?;
+                    }
+                    if with_symbol {
+                        i[9] = cols.index("symbol")?;
+                    }
+                    *idx.insert(i)
+                }
+            };
+            on_candle(
+                row.symbol(i[9])?,
+                Candle {
+                    start: row.i64(i[0], "time")?,
+                    open: row.f64(i[1], "open")?,
+                    high: row.f64(i[2], "high")?,
+                    low: row.f64(i[3], "low")?,
+                    close: row.f64(i[4], "close")?,
+                    volume: row.f64(i[5], "volume")?,
+                    quote_volume: row.f64(i[6], "quote_volume")?,
+                    trades: row.i64(i[7], "trades")?,
+                    buy_volume: row.f64(i[8], "buy_volume")?,
+                },
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Per symbol of `symbols`, the time of its first trade at or after `from`
+    /// (one query; symbols without one are absent).
+    pub async fn first_trades_of(
+        &self,
+        symbols: &[String],
+        from: i64,
+    ) -> Result<std::collections::HashMap<String, i64>, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(Default::default());
+        }
+        // LIMIT applies per series: one row per symbol, read from the start of
+        // each series' index rather than by scanning it.
+        let v = self
+            .query_json(&format!(
+                "SELECT price FROM {} WHERE {} AND time >= {from} GROUP BY symbol ORDER BY time ASC LIMIT 1",
+                quote_ident(TRADES_MEASUREMENT),
+                symbol_set_condition(symbols)
+            ))
+            .await?;
+        Ok(tagged_values(&v)
+            .filter_map(|(symbol, row)| Some((symbol.to_string(), row.first()?.as_i64()?)))
+            .collect())
+    }
+
+    /// Per symbol of `symbols`, how many trades it has in the range (one query;
+    /// symbols without any are absent).
+    pub async fn count_trades_of(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<std::collections::HashMap<String, u64>, InfluxError> {
+        if symbols.is_empty() {
+            return Ok(Default::default());
+        }
+        let v = self
+            .query_json(&format!(
+                "SELECT count(price) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY symbol",
+                quote_ident(TRADES_MEASUREMENT),
+                symbol_set_condition(symbols),
+                range.start,
+                range.end
+            ))
+            .await?;
+        Ok(tagged_values(&v)
+            .filter_map(|(symbol, row)| {
+                let n = row.get(1)?.as_u64()?;
+                (n > 0).then(|| (symbol.to_string(), n))
+            })
+            .collect())
+    }
+
+    /// Reads stored candles into a vector (candle counts per chunk are small).
+    pub async fn read_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<Vec<Candle>, InfluxError> {
+        let mut out = Vec::new();
+        self.stream_candles(res, symbol, range, |c| out.push(c))
+            .await?;
+        Ok(out)
+    }
+
+    /// Reads all raw trades in a range into memory (tests and small ranges only).
+    pub async fn read_trades(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<Vec<Trade>, InfluxError> {
+        let mut out = Vec::new();
+        self.stream_trades(symbol, range, |t| out.push(t)).await?;
+        Ok(out)
+    }
+
+    /// Deletes the candles of `res` for `symbol` in `[range.start, range.end)`.
+    pub async fn delete_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<(), InfluxError> {
+        self.query_json(&format!(
+            "DELETE FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
+            quote_ident(res.measurement()),
+            quote_literal(symbol),
+            range.start,
+            range.end
+        ))
+        .await
+        .map(|_| ())
+    }
+}
+
+/// An InfluxQL condition selecting a set of symbols: `symbol =~ /^(?:A|B)$/`.
+/// Symbols are validated (`[A-Za-z0-9._:-]`) before they reach here; every
+/// character that means something in a regex is escaped all the same.
+pub fn symbol_set_condition(symbols: &[String]) -> String {
+    let mut alternatives = String::new();
+    for (i, s) in symbols.iter().enumerate() {
+        if i > 0 {
+            alternatives.push('|');
+        }
+        for ch in s.chars() {
+            if !ch.is_ascii_alphanumeric() {
+                alternatives.push('\\');
+            }
+            alternatives.push(ch);
+        }
+    }
+    format!("symbol =~ /^(?:{alternatives})$/")
+}
+
+/// `(symbol tag, row)` of every series of a `GROUP BY symbol` result.
+fn tagged_values(v: &Value) -> impl Iterator<Item = (&str, &Vec<Value>)> {
+    v.get("series")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let symbol = s.get("tags")?.get("symbol")?.as_str()?;
+            let values = s.get("values")?.as_array()?;
+            Some(
+                values
+                    .iter()
+                    .filter_map(Value::as_array)
+                    .map(move |row| (symbol, row)),
+            )
+        })
+        .flatten()
+}
+
+/// Rows of every series in one statement's JSON result.
+fn series_values(v: &Value) -> impl Iterator<Item = &Vec<Value>> {
+    v.get("series")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("values").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_identifiers_cannot_break_out_of_their_quotes() {
+        assert_eq!(quote_literal("BTC'USD"), r"'BTC\'USD'");
+        assert_eq!(quote_literal(r"a\' OR 1=1"), r"'a\\\' OR 1=1'");
+        assert_eq!(quote_ident("my\"db"), r#""my\"db""#);
+    }
+}
