@@ -725,7 +725,9 @@ impl<W: Warehouse> Engine<W> {
                     })
             })
             .collect();
-        self.warehouse.write_candles(&sets).await?;
+        if !sets.is_empty() {
+            self.warehouse.write_candles(&sets).await?;
+        }
         // Crash test point: candles written, watermarks not yet committed.
         crate::failpoint::hit("after_write").await;
         let steps: Vec<StepCommit> = works
@@ -988,7 +990,9 @@ impl<W: Warehouse> Engine<W> {
                     candles,
                 })
                 .collect();
-            self.warehouse.write_candles(&sets).await?;
+            if !sets.is_empty() {
+                self.warehouse.write_candles(&sets).await?;
+            }
             let candles: [u64; 6] = std::array::from_fn(|i| write[i].len() as u64);
             let span = rep.ranges.first().map_or(rep.day.start, |r| r.start)
                 ..rep.ranges.last().map_or(rep.day.end, |r| r.end);
