@@ -238,7 +238,7 @@ mod tests {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.influx.database, "ohlcd");
         assert_eq!(s.engine.chunk_days, 1);
-        assert_eq!(s.engine.batch_rows, 200_000);
+        assert_eq!(s.engine.batch_rows, 100_000);
     }
 
     #[test]

@@ -22,6 +22,51 @@ pub struct CandleSet<'a> {
     pub candles: &'a [Candle],
 }
 
+/// Request bodies of at most `lines` candle lines each, encoded one at a time
+/// as they are asked for.
+struct Bodies<'s, 'a> {
+    sets: &'s [CandleSet<'a>],
+    set: usize,
+    offset: usize,
+    lines: usize,
+}
+
+impl<'s, 'a> Bodies<'s, 'a> {
+    fn new(sets: &'s [CandleSet<'a>], lines: usize) -> Self {
+        Bodies {
+            sets,
+            set: 0,
+            offset: 0,
+            lines: lines.max(1),
+        }
+    }
+}
+
+impl Iterator for Bodies<'_, '_> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let mut body = Vec::new();
+        let mut room = self.lines;
+        while room > 0 && self.set < self.sets.len() {
+            let set = &self.sets[self.set];
+            let take = (set.candles.len() - self.offset).min(room);
+            body.extend_from_slice(&encode_candles(
+                set.resolution,
+                set.symbol,
+                &set.candles[self.offset..self.offset + take],
+            ));
+            room -= take;
+            self.offset += take;
+            if self.offset == set.candles.len() {
+                self.set += 1;
+                self.offset = 0;
+            }
+        }
+        (!body.is_empty()).then(|| body.into())
+    }
+}
+
 /// Line protocol for candles of one symbol and resolution.
 pub fn encode_candles(res: Resolution, symbol: &str, candles: &[Candle]) -> Vec<u8> {
     let mut lp = LineProtocolBuilder::new_with(Vec::with_capacity(candles.len() * 160));
@@ -64,23 +109,9 @@ impl InfluxClient {
     /// after its WAL flush (InfluxDB 3: up to a second) does not serialize a
     /// backfill. Returns once every request was acknowledged.
     pub async fn write_candle_sets(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        let mut bodies: Vec<Bytes> = Vec::new();
-        let mut body: Vec<u8> = Vec::new();
-        let mut lines = 0;
-        for set in sets {
-            for part in set.candles.chunks(self.write_batch) {
-                if lines + part.len() > self.write_batch && lines > 0 {
-                    bodies.push(std::mem::take(&mut body).into());
-                    lines = 0;
-                }
-                body.extend_from_slice(&encode_candles(set.resolution, set.symbol, part));
-                lines += part.len();
-            }
-        }
-        if lines > 0 {
-            bodies.push(body.into());
-        }
-        futures_util::stream::iter(bodies)
+        // Bodies are encoded as the requests go out: at most a few requests'
+        // worth of line protocol exists at once, however many candles.
+        futures_util::stream::iter(Bodies::new(sets, self.write_batch))
             .map(|b| self.write_lines(b))
             .buffer_unordered(WRITES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
@@ -92,6 +123,48 @@ impl InfluxClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_hold_at_most_the_batch_and_every_candle_exactly_once() {
+        let c = |start| Candle {
+            start,
+            open: 1.0,
+            high: 1.0,
+            low: 1.0,
+            close: 1.0,
+            volume: 1.0,
+            quote_volume: 1.0,
+            trades: 1,
+            buy_volume: 0.0,
+        };
+        let a: Vec<Candle> = (0..7).map(c).collect();
+        let b: Vec<Candle> = (100..103).map(c).collect();
+        let sets = [
+            CandleSet {
+                resolution: Resolution::M1,
+                symbol: "A",
+                candles: &a,
+            },
+            CandleSet {
+                resolution: Resolution::M1,
+                symbol: "B",
+                candles: &[],
+            },
+            CandleSet {
+                resolution: Resolution::M5,
+                symbol: "B",
+                candles: &b,
+            },
+        ];
+        let bodies: Vec<String> = Bodies::new(&sets, 4)
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        let counts: Vec<usize> = bodies.iter().map(|b| b.lines().count()).collect();
+        assert_eq!(counts, vec![4, 4, 2]);
+        let all: Vec<&str> = bodies.iter().flat_map(|b| b.lines()).collect();
+        assert_eq!(all.len(), 10);
+        assert!(all[7].starts_with("ohlc_5m,symbol=B ") && all[7].ends_with(" 100"));
+    }
 
     #[test]
     fn candles_encode_as_one_line_each_with_integer_trade_count() {
