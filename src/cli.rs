@@ -414,7 +414,7 @@ async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<
     let secs = started.elapsed().as_secs_f64();
     println!(
         "generated {written} trades for {} from {} to {} in {secs:.1}s ({:.0} trades/s) into {}/{}",
-        spec.symbols.join(","),
+        symbol_list(&spec.symbols),
         to_rfc3339(spec.from),
         to_rfc3339(spec.to),
         written as f64 / secs.max(1e-9),
@@ -422,4 +422,15 @@ async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<
         settings.influx.database
     );
     Ok(())
+}
+
+/// A list of symbols for a message: all of them when few, else how many and
+/// the first and last.
+fn symbol_list(symbols: &[String]) -> String {
+    match symbols {
+        [first, .., last] if symbols.len() > 5 => {
+            format!("{} symbols ({first} … {last})", symbols.len())
+        }
+        _ => symbols.join(","),
+    }
 }
