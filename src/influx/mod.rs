@@ -317,6 +317,17 @@ impl InfluxClient {
         }
     }
 
+    /// The longest one request can take before its error is returned: every
+    /// attempt (`influx.retries` + 1) running into `influx.timeout_secs`, plus
+    /// the longest backoff between them. This is also how long a failing
+    /// InfluxDB keeps a batch from being marked `failed`: the client is the one
+    /// place that retries (the engine does not retry a failed batch within a
+    /// tick; the next tick starts it again).
+    pub fn worst_case(&self) -> Duration {
+        let waits: Duration = (1..=self.retries).map(max_backoff).sum();
+        Duration::from_secs(self.timeout_secs) * (self.retries + 1) + waits
+    }
+
     /// With `influx.read_format = "auto"`, settles the format from the server
     /// version: MessagePack from InfluxDB 1.x, CSV from anything else (2.x and
     /// 3.x do not serve MessagePack on `/query`).
@@ -402,9 +413,19 @@ impl InfluxClient {
 /// 100 ms, 200 ms, 400 ms … (capped at 5 s) plus up to 50 % jitter, so clients that
 /// failed together do not retry together.
 pub(super) fn backoff_delay(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let base = backoff_base(attempt);
     let jitter = rand::rng().random_range(0..=base / 2);
     Duration::from_millis(base + jitter)
+}
+
+fn backoff_base(attempt: u32) -> u64 {
+    100u64.saturating_mul(1 << attempt.min(6)).min(5_000)
+}
+
+/// The longest [`backoff_delay`] can be for `attempt`.
+fn max_backoff(attempt: u32) -> Duration {
+    let base = backoff_base(attempt);
+    Duration::from_millis(base + base / 2)
 }
 
 /// The innermost error message (reqwest's own message is often just "error sending request").
@@ -425,5 +446,16 @@ mod tests {
         assert!(backoff_delay(1) >= Duration::from_millis(200));
         assert!(backoff_delay(1) <= Duration::from_millis(300));
         assert!(backoff_delay(30) <= Duration::from_millis(7_500));
+        for attempt in 1..10 {
+            assert!(backoff_delay(attempt) <= max_backoff(attempt));
+        }
+    }
+
+    #[test]
+    fn the_worst_case_is_every_attempt_timing_out_plus_the_backoffs() {
+        let settings = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
+        // Defaults: 4 attempts of 60 s, backoffs of at most 0.3, 0.6 and 1.2 s.
+        let client = InfluxClient::new(&settings.influx).unwrap();
+        assert_eq!(client.worst_case(), Duration::from_millis(242_100));
     }
 }

@@ -201,12 +201,28 @@ async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_r
     let mut backfill = app
         .ohlcd()
         .arg("backfill")
+        .env("OHLCD_INFLUX__RETRIES", "1")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for_chunks(&app, "BTCUSD", 5, Duration::from_secs(60)).await;
     app.server.freeze();
+    let frozen = Instant::now();
     let status = wait_exit(&mut backfill, Duration::from_secs(60));
+    // One place retries (the client), so the time to `failed` is bounded by
+    // its worst case (README: every attempt timing out plus the backoffs),
+    // not multiplied by engine-level attempts. Generous slack for a busy
+    // machine: it only has to tell one layer of retries from two.
+    let worst = {
+        let mut s = app.settings.influx.clone();
+        (s.timeout_secs, s.retries) = (2, 1);
+        ohlcd::influx::InfluxClient::new(&s).unwrap().worst_case()
+    };
+    assert!(
+        frozen.elapsed() < worst * 2 + Duration::from_secs(2),
+        "failed after {:?}; worst case {worst:?}",
+        frozen.elapsed()
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(&mut backfill.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());

@@ -229,7 +229,6 @@ impl TestApp {
             .env("OHLCD_PROGRESS__LEASE_SECS", "5")
             .env("OHLCD_INFLUX__TIMEOUT_SECS", "2")
             .env("OHLCD_INFLUX__RETRIES", "0")
-            .env("OHLCD_ENGINE__CHUNK_ATTEMPTS", "1")
             .env("OHLCD_LOG", "warn");
         cmd
     }
