@@ -14,7 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::{ChunkEvent, Engine, TaskFilter};
 use crate::generate::{GenerateSpec, Generator};
-use crate::influx::InfluxClient;
+use crate::influx::{InfluxClient, InfluxError};
 use crate::ingest::{INGEST_BATCH, NewTrade, validate_symbol, write_trades};
 use crate::progress::{ProgressEntry, ProgressStore};
 use crate::times::{parse_time_arg, to_rfc3339};
@@ -125,19 +125,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Connects to InfluxDB and checks that it answers and the database exists.
-async fn connect_influx(settings: &Settings) -> anyhow::Result<InfluxClient> {
+/// Connects to InfluxDB and checks that it answers and the database exists;
+/// with `create_missing`, a missing database is created (where the
+/// credentials allow it) and the log says so.
+async fn connect_influx(settings: &Settings, create_missing: bool) -> anyhow::Result<InfluxClient> {
     let mut influx = InfluxClient::new(&settings.influx)?;
     let version = influx.ping().await?;
     influx.set_read_format_for(&version);
-    influx.check_database().await?;
+    match influx.check_database().await {
+        Err(missing @ InfluxError::DatabaseNotFound { .. }) if create_missing => {
+            if let Err(e) = influx.create_database().await {
+                return Err(anyhow::anyhow!("{missing} (creating it failed: {e})"));
+            }
+            tracing::info!(
+                database = influx.database(),
+                url = influx.url(),
+                "created the InfluxDB database"
+            );
+        }
+        other => other?,
+    }
     influx.check_writable().await?;
     tracing::debug!(version, format = ?influx.read_format(), "connected to InfluxDB");
     Ok(influx)
 }
 
-async fn build_engine(settings: &Settings) -> anyhow::Result<Engine> {
-    let influx = connect_influx(settings).await?;
+async fn build_engine(settings: &Settings, create_missing: bool) -> anyhow::Result<Engine> {
+    let influx = connect_influx(settings, create_missing).await?;
     let store = ProgressStore::connect(&settings.progress.database_url).await?;
     Ok(Engine::new(
         influx,
@@ -161,7 +175,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     crate::scheduler::validate_cron(&settings.engine.cron).map_err(anyhow::Error::msg)?;
-    let engine = Arc::new(build_engine(&settings).await?);
+    let engine = Arc::new(build_engine(&settings, true).await?);
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| {
@@ -227,7 +241,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<()> {
-    let engine = build_engine(&settings).await?;
+    let engine = build_engine(&settings, false).await?;
     let pending = engine.pending_span(&filter).await?;
     let pb = bar(
         (pending / NANOS_PER_SEC).max(1) as u64,
@@ -311,7 +325,7 @@ async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> 
     if from >= to {
         bail!("--from must be before --to");
     }
-    let engine = build_engine(&settings).await?;
+    let engine = build_engine(&settings, false).await?;
     let started = Instant::now();
     let written = engine.rebuild(&symbol, from, to).await?;
     println!(

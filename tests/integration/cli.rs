@@ -309,3 +309,63 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
     );
     assert!(stdout(&status).contains(&format!("listening on http://127.0.0.1:{port}")));
 }
+
+#[tokio::test]
+async fn run_creates_a_missing_database_and_says_so() {
+    let app = TestApp::spawn().await;
+    let port = free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+        .arg("run")
+        .env("OHLCD_INFLUX__URL", &app.server.url)
+        .env("OHLCD_INFLUX__DATABASE", "brand_new")
+        .env(
+            "OHLCD_PROGRESS__DATABASE_URL",
+            app.dir.path().join("new.db").display().to_string(),
+        )
+        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("OHLCD_LOG", "ohlcd=info,warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let healthy = loop {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || daemon.try_wait().unwrap().is_some() {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || daemon.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(healthy, "daemon did not come up: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("created the InfluxDB database")
+            && stderr(&out).contains("brand_new"),
+        "{}",
+        stderr(&out)
+    );
+    let dbs: Value = http
+        .get(format!("{}/query", app.server.url))
+        .query(&[("q", "SHOW DATABASES")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(dbs.to_string().contains("\"brand_new\""), "{dbs}");
+}
