@@ -338,11 +338,46 @@ const state = {
   fromDate: null,
   toDate: null,
   followToday: true, // the to-date was "today" when chosen: roll it forward at midnight UTC
+  autoRange: true,   // the range was not chosen by the user: it follows the symbol's data
 };
 
 function defaultRange(resolution, toDate = todayUTC()) {
   const days = (TIMEFRAMES[resolution] || TIMEFRAMES[DEFAULT_RESOLUTION]).days;
   return { fromDate: addDays(toDate, -days), toDate };
+}
+
+/**
+ * The UTC day of `symbol`'s newest bar (from the datafeed's own countback
+ * query), or null if it has none or the request fails. A chart opens there,
+ * as TradingView does, so historical data does not open on an empty week.
+ */
+async function latestDay(symbol) {
+  const now = Math.floor(Date.now() / 1000);
+  const q = new URLSearchParams({
+    symbol, resolution: '1D', from: '0', to: String(now + DAY), countback: '1',
+  });
+  try {
+    const r = await getJSON(`/udf/history?${q}`);
+    if (r && r.s === 'ok' && Array.isArray(r.t) && r.t.length) return unixToDate(r.t[r.t.length - 1]);
+  } catch (e) {
+    console.warn(`ohlcd: newest bar of ${symbol}: ${e.message}`);
+  }
+  return null;
+}
+
+/** While the user has not chosen a range, end it on the symbol's newest data. */
+async function anchorToLatest() {
+  if (!state.autoRange || !state.symbol) return;
+  const day = await latestDay(state.symbol);
+  const today = todayUTC();
+  const end = day && day < today ? day : today;
+  const r = defaultRange(state.resolution, end);
+  state.fromDate = r.fromDate;
+  state.toDate = r.toDate;
+  // A symbol that trades today stays live; one whose data ends in the past
+  // opens on its data and stays there.
+  state.followToday = end >= today;
+  syncControls();
 }
 
 function syncControls() {
@@ -740,6 +775,7 @@ function onRangeInput(immediate) {
     state.fromDate = f;
     state.toDate = t;
     state.followToday = t >= todayUTC();
+    state.autoRange = false;
     syncControls();
     load();
   };
@@ -752,8 +788,9 @@ function wire() {
     const b = ev.target.closest('button[data-resolution]');
     if (b) onTimeframe(b.dataset.resolution);
   });
-  els.symbol.addEventListener('change', () => {
+  els.symbol.addEventListener('change', async () => {
     state.symbol = els.symbol.value;
+    await anchorToLatest();
     load();
   });
   els.fromDate.addEventListener('change', () => onRangeInput(false));
@@ -819,6 +856,9 @@ async function startWithSymbols(h) {
   ohlcd.error = null;
   state.symbol = h.symbol && symbols.includes(h.symbol) ? h.symbol : symbols[0] || null;
   syncControls();
+  // A shared link with explicit dates keeps them; otherwise open on the data.
+  state.autoRange = !h.to && !h.from && h.days == null;
+  await anchorToLatest();
   await load();
   setInterval(liveTick, POLL_MS);
 }
