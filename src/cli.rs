@@ -65,23 +65,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write random-walk demo trades through the ingest path.
+    /// Write random-walk demo trades through the ingest path; with `--live`,
+    /// keep posting trades stamped "now" to a running daemon until stopped.
     Generate {
         /// Comma-separated symbols.
         #[arg(long, value_delimiter = ',', required = true)]
         symbols: Vec<String>,
         /// Start (RFC 3339, date or Unix seconds).
-        #[arg(long, value_parser = parse_time_arg)]
-        from: i64,
+        #[arg(long, value_parser = parse_time_arg, required_unless_present = "live")]
+        from: Option<i64>,
         /// End, exclusive (RFC 3339, date or Unix seconds).
-        #[arg(long, value_parser = parse_time_arg)]
-        to: i64,
+        #[arg(long, value_parser = parse_time_arg, required_unless_present = "live")]
+        to: Option<i64>,
         /// Total number of trades over all symbols.
-        #[arg(long)]
-        trades: u64,
+        #[arg(long, required_unless_present = "live")]
+        trades: Option<u64>,
         /// Seed for reproducible data.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Post live trades to `POST /api/trades` of a running daemon until
+        /// SIGINT/SIGTERM, continuing each symbol from its last stored price.
+        #[arg(long, conflicts_with_all = ["from", "to", "trades"])]
+        live: bool,
+        /// Live trades per second over all symbols.
+        #[arg(long, default_value_t = 50.0, requires = "live")]
+        rate: f64,
+        /// The daemon to post to (default: http:// + server.listen).
+        #[arg(long, value_name = "URL", requires = "live")]
+        url: Option<String>,
     },
 }
 
@@ -112,7 +123,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             trades,
             seed,
+            live,
+            rate,
+            url,
         } => {
+            if live {
+                return cmd_generate_live(settings, symbols, rate, seed, url).await;
+            }
+            let (Some(from), Some(to), Some(trades)) = (from, to, trades) else {
+                bail!("generate needs --from, --to and --trades (or --live)");
+            };
             let spec = GenerateSpec {
                 symbols,
                 from,
@@ -447,4 +467,81 @@ fn symbol_list(symbols: &[String]) -> String {
         }
         _ => symbols.join(","),
     }
+}
+
+/// `generate --live`: posts `rate` trades a second, in 5 requests a second,
+/// to the daemon's ingest API until SIGINT/SIGTERM. A failed request is
+/// reported and the next one goes on (the daemon may still be starting).
+async fn cmd_generate_live(
+    settings: Settings,
+    symbols: Vec<String>,
+    rate: f64,
+    seed: u64,
+    url: Option<String>,
+) -> anyhow::Result<()> {
+    for s in &symbols {
+        validate_symbol(s).map_err(anyhow::Error::msg)?;
+    }
+    if !(rate > 0.0 && rate <= 100_000.0) {
+        bail!("--rate must be between 0 and 100000 trades per second, got {rate}");
+    }
+    let influx = InfluxClient::new(&settings.influx)?;
+    let now = SystemClock.now();
+    let mut start = Vec::new();
+    for s in &symbols {
+        // Continue the stored walk; a fresh symbol (or an unreachable InfluxDB) starts anew.
+        let last = influx.last_trade_before(s, now).await.ok().flatten();
+        start.push((s.clone(), last.map(|(_, price)| price)));
+    }
+    let mut walk = crate::generate::LiveWalk::new(start, seed);
+    let base = url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
+    let endpoint = format!("{}/api/trades", base.trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    eprintln!("posting about {rate} trades/s to {endpoint} until Ctrl-C");
+    let (mut due, mut posted, mut failures) = (0.0f64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        due += rate / 5.0;
+        let n = due.floor() as usize;
+        due -= n as f64;
+        if n == 0 {
+            continue;
+        }
+        let trades = walk.trades(SystemClock.now() / 1_000_000, n);
+        let body: Vec<serde_json::Value> = trades
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "symbol": t.symbol, "price": t.price, "amount": t.amount,
+                    "side": t.side.as_str(), "timestamp": t.time_ms, "id": t.id,
+                })
+            })
+            .collect();
+        match http.post(&endpoint).json(&body).send().await {
+            Ok(resp) if resp.status().is_success() => posted += n as u64,
+            Ok(resp) => {
+                failures += 1;
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                eprintln!("POST {endpoint}: {status}: {}", text.trim());
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(25) {
+                    eprintln!("POST {endpoint}: {e} (is `ohlcd run` up? retrying)");
+                }
+            }
+        }
+    }
+    println!("posted {posted} live trades to {endpoint}");
+    Ok(())
 }

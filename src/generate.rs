@@ -183,6 +183,73 @@ impl Iterator for Generator {
     }
 }
 
+/// A live random walk for the demo: trades stamped "now", continuing from each
+/// symbol's last price, at about `rate` trades a second over all symbols.
+/// Deterministic for a seed and the same sequence of `at` times.
+#[derive(Debug)]
+pub struct LiveWalk {
+    symbols: Vec<(String, f64, i32)>,
+    rng: ChaCha8Rng,
+    amounts: LogNormal<f64>,
+    last_ms: i64,
+    seq: i64,
+}
+
+impl LiveWalk {
+    /// A walk over `symbols` (symbol, last price or `None` for a fresh start).
+    pub fn new(symbols: Vec<(String, Option<f64>)>, seed: u64) -> LiveWalk {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let symbols = symbols
+            .into_iter()
+            .map(|(s, last)| {
+                let price = last.unwrap_or_else(|| start_price(&s, &mut rng));
+                let decimals = (6 - price.log10().floor() as i32).max(0);
+                (s, price.ln(), decimals)
+            })
+            .collect();
+        LiveWalk {
+            symbols,
+            rng,
+            amounts: LogNormal::new(-1.0, 1.0).expect("valid parameters"),
+            last_ms: 0,
+            seq: 0,
+        }
+    }
+
+    /// `n` trades at `at_ms` (Unix ms), spread over the symbols at random.
+    pub fn trades(&mut self, at_ms: i64, n: usize) -> Vec<NewTrade> {
+        let dt_days = if self.last_ms == 0 {
+            0.0
+        } else {
+            (at_ms - self.last_ms).max(0) as f64 / MS_PER_DAY
+        };
+        self.last_ms = at_ms;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = self.rng.random_range(0..self.symbols.len());
+            let step: f64 = StandardNormal.sample(&mut self.rng);
+            // Volatility per trade: the interval's share spread over its trades.
+            let sigma = DAILY_VOLATILITY * (dt_days / n.max(1) as f64).sqrt();
+            let (symbol, log_price, decimals) = &mut self.symbols[i];
+            *log_price += sigma * step;
+            let scale = 10f64.powi(*decimals);
+            let price = ((log_price.exp() * scale).round() / scale).max(1.0 / scale);
+            let amount = ((self.amounts.sample(&mut self.rng) * 1e6).round() / 1e6).max(1e-6);
+            // Unique per process run: milliseconds, then a counter.
+            self.seq += 1;
+            out.push(NewTrade {
+                symbol: symbol.clone(),
+                side: if step >= 0.0 { Side::Buy } else { Side::Sell },
+                price,
+                amount,
+                time_ms: at_ms,
+                id: at_ms * 1_000 + self.seq % 1_000,
+            });
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +288,26 @@ mod tests {
         let c: Vec<NewTrade> = Generator::new(&spec(8)).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_live_walk_continues_from_the_last_price_with_valid_unique_trades() {
+        let mut walk = LiveWalk::new(
+            vec![("BTCUSD".into(), Some(41_000.0)), ("XYZ".into(), None)],
+            1,
+        );
+        let mut ids = std::collections::HashSet::new();
+        for k in 0..50 {
+            let at = 1_700_000_000_000 + k * 200;
+            for t in walk.trades(at, 10) {
+                assert_eq!(t.time_ms, at);
+                assert!(t.validate().is_ok(), "{t:?}");
+                assert!(ids.insert((t.symbol.clone(), t.id)), "duplicate id");
+                if t.symbol == "BTCUSD" {
+                    assert!((t.price / 41_000.0 - 1.0).abs() < 0.01, "{}", t.price);
+                }
+            }
+        }
     }
 
     #[test]
