@@ -179,6 +179,27 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     );
     crate::server::metrics::handle();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_server = if settings.server.metrics_listen.is_empty() {
+        None
+    } else {
+        let metrics_listener = tokio::net::TcpListener::bind(&settings.server.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (server.metrics_listen)",
+                    settings.server.metrics_listen
+                )
+            })?;
+        tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics");
+        let mut metrics_stop = stop_rx.clone();
+        Some(tokio::spawn(crate::server::serve_metrics(
+            metrics_listener,
+            state.clone(),
+            async move {
+                let _ = metrics_stop.wait_for(|s| *s).await;
+            },
+        )))
+    };
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(crate::server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -203,6 +224,9 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     engine.wait_idle().await;
     first.abort();
     let _ = server.await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     engine.store().close().await;
     tracing::info!("stopped");
     Ok(())
