@@ -84,7 +84,8 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Post live trades to `POST /api/trades` of a running daemon until
-        /// SIGINT/SIGTERM, continuing each symbol from its last stored price.
+        /// SIGINT/SIGTERM, continuing each symbol from its last stored price
+        /// (with `server.ingest_token` as the Bearer token when set).
         #[arg(long, conflicts_with_all = ["from", "to", "trades"])]
         live: bool,
         /// Live trades per second over all symbols.
@@ -213,6 +214,27 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     );
     crate::server::metrics::handle();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_server = if settings.server.metrics_listen.is_empty() {
+        None
+    } else {
+        let metrics_listener = tokio::net::TcpListener::bind(&settings.server.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (server.metrics_listen)",
+                    settings.server.metrics_listen
+                )
+            })?;
+        tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics");
+        let mut metrics_stop = stop_rx.clone();
+        Some(tokio::spawn(crate::server::serve_metrics(
+            metrics_listener,
+            state.clone(),
+            async move {
+                let _ = metrics_stop.wait_for(|s| *s).await;
+            },
+        )))
+    };
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(crate::server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -237,6 +259,9 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     engine.wait_idle().await;
     first.abort();
     let _ = server.await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     engine.store().close().await;
     tracing::info!("stopped");
     Ok(())
@@ -526,7 +551,11 @@ async fn cmd_generate_live(
                 })
             })
             .collect();
-        match http.post(&endpoint).json(&body).send().await {
+        let mut request = http.post(&endpoint).json(&body);
+        if settings.server.ingest_token.is_set() {
+            request = request.bearer_auth(settings.server.ingest_token.expose());
+        }
+        match request.send().await {
             Ok(resp) if resp.status().is_success() => posted += n as u64,
             Ok(resp) => {
                 failures += 1;

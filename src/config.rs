@@ -104,6 +104,181 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     /// Directory of the chart page.
     pub web_dir: String,
+    /// Bearer token that writing (`POST /api/trades`) requires; unset: none.
+    pub ingest_token: Secret,
+    /// File holding the ingest token (read once at start-up, whitespace trimmed).
+    pub ingest_token_file: String,
+    /// Token that reading requires (Bearer, or Basic auth password); unset: reading is public.
+    pub read_token: Secret,
+    /// File holding the read token.
+    pub read_token_file: String,
+    /// Separate listen address for `/metrics`; empty: served on `listen`.
+    pub metrics_listen: String,
+    /// Origins (`https://host[:port]`) allowed to call `/udf/*` and `/api/*` from a browser.
+    pub cors_origins: Vec<String>,
+    /// Seconds a client has to send a request's headers (also the keep-alive idle limit).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in.
+    pub body_timeout_secs: u64,
+    /// Most connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most requests querying InfluxDB at once; the rest wait their turn.
+    pub max_queries: usize,
+    /// Most expensive (long-range) queries at once, out of `max_queries`.
+    pub max_heavy_queries: usize,
+    /// A query for more bars (or trades) than this counts as expensive.
+    pub heavy_query_bars: u64,
+    /// Seconds a query waits for its turn before it is answered 503.
+    pub queue_timeout_secs: u64,
+}
+
+/// A credential: compared, never printed. `Debug` says only whether it is set.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// Whether a value is configured.
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The credential itself, for comparing; never log or format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() {
+            "Secret(<redacted>)"
+        } else {
+            "Secret(<unset>)"
+        })
+    }
+}
+
+/// Shortest accepted token: long enough that guessing is hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl ServerSettings {
+    /// Fills `ingest_token`/`read_token` from their files and checks them. Error
+    /// messages name the key and the file, never the value.
+    fn resolve_tokens(&mut self) -> Result<(), SettingsError> {
+        resolve_token(
+            &mut self.ingest_token,
+            &self.ingest_token_file,
+            "ingest_token",
+        )?;
+        resolve_token(&mut self.read_token, &self.read_token_file, "read_token")
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Value(m));
+        for origin in &self.cors_origins {
+            if let Err(why) = check_origin(origin) {
+                return bad(format!(
+                    "server.cors_origins has {origin:?}: {why} (expected scheme://host[:port], e.g. https://charts.example.com)"
+                ));
+            }
+        }
+        if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
+            return bad(
+                "server.header_timeout_secs and server.body_timeout_secs must be > 0".into(),
+            );
+        }
+        if self.max_connections == 0 || self.max_queries == 0 || self.queue_timeout_secs == 0 {
+            return bad(
+                "server.max_connections, server.max_queries and server.queue_timeout_secs must be > 0"
+                    .into(),
+            );
+        }
+        if self.max_heavy_queries == 0 || self.max_heavy_queries >= self.max_queries {
+            return bad(format!(
+                "server.max_heavy_queries must be from 1 to server.max_queries - 1 ({}), so cheap requests always find a free slot; got {}",
+                self.max_queries.saturating_sub(1),
+                self.max_heavy_queries
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn resolve_token(token: &mut Secret, file: &str, key: &str) -> Result<(), SettingsError> {
+    let bad = |m: String| Err(SettingsError::Value(m));
+    if !file.is_empty() {
+        if token.is_set() {
+            return bad(format!(
+                "server.{key} and server.{key}_file are both set; use one"
+            ));
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            SettingsError::Value(format!("server.{key}_file: cannot read {file}: {e}"))
+        })?;
+        *token = Secret::new(text.trim());
+        if !token.is_set() {
+            return bad(format!("server.{key}_file: {file} is empty"));
+        }
+    }
+    if !token.is_set() {
+        return Ok(());
+    }
+    let value = token.expose();
+    if value.len() < MIN_TOKEN_LEN {
+        return bad(format!(
+            "server.{key} is too short: use at least {MIN_TOKEN_LEN} characters, e.g. from `openssl rand -hex 32`"
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad(format!(
+            "server.{key} must be printable ASCII without spaces (it is sent in an HTTP header)"
+        ));
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` as browsers send it in `Origin`: lower case, no path.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err("no scheme");
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err("scheme must be http or https");
+    }
+    if rest.is_empty() {
+        return Err("no host");
+    }
+    if origin.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("must be lower case, as browsers send it");
+    }
+    if rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err("must not have a path, query, user or trailing slash");
+    }
+    // An IPv6 host is bracketed: `[::1]:8080`.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, tail)) => (host, Some(tail.strip_prefix(':').ok_or("bad port")?)),
+            None => return Err("unclosed ["),
+        },
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("bad port");
+    }
+    if host.is_empty() {
+        return Err("no host");
+    }
+    Ok(())
 }
 
 /// Datafeed settings.
@@ -162,14 +337,33 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("OHLCD_"))
             .collect();
+        // Tokens are taken verbatim: `try_parsing` would turn "0123…" into a
+        // number and print it back without the leading zero.
+        let raw_tokens: Vec<(&str, String)> = [
+            ("server.ingest_token", "OHLCD_SERVER__INGEST_TOKEN"),
+            ("server.read_token", "OHLCD_SERVER__READ_TOKEN"),
+        ]
+        .into_iter()
+        .filter_map(|(key, var)| env.get(var).map(|v| (key, v.clone())))
+        .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("OHLCD")
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("server.cors_origins")
                 .source(Some(env)),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        for (key, value) in raw_tokens {
+            builder = builder.set_override(key, value)?;
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings
+            .server
+            .cors_origins
+            .retain(|o| !o.trim().is_empty());
+        settings.server.resolve_tokens()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -218,6 +412,7 @@ impl Settings {
         if self.datafeed.max_bars == 0 || self.datafeed.ohlc_max_bars == 0 {
             return bad("datafeed.max_bars and datafeed.ohlc_max_bars must be > 0".into());
         }
+        self.server.validate()?;
         Ok(())
     }
 }
@@ -281,5 +476,130 @@ mod tests {
         assert!(err.contains("retries"), "{err}");
         let missing = Settings::load_with_env(Some(Path::new("/nope/x.toml")), env(&[]));
         assert!(missing.unwrap_err().to_string().contains("/nope/x.toml"));
+    }
+
+    #[test]
+    fn tokens_come_verbatim_from_the_environment_or_trimmed_from_a_file() {
+        // All digits with a leading zero: would become a number if parsed.
+        let numeric = "0123456789012345678901234";
+        let s =
+            Settings::load_with_env(None, env(&[("OHLCD_SERVER__INGEST_TOKEN", numeric)])).unwrap();
+        assert_eq!(s.server.ingest_token.expose(), numeric);
+        assert!(!s.server.read_token.is_set());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  read-token-from-a-file-0001\n").unwrap();
+        let path = file.display().to_string();
+        let s = Settings::load_with_env(None, env(&[("OHLCD_SERVER__READ_TOKEN_FILE", &path)]))
+            .unwrap();
+        assert_eq!(s.server.read_token.expose(), "read-token-from-a-file-0001");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_without_showing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let empty = empty.display().to_string();
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (
+                &[("OHLCD_SERVER__INGEST_TOKEN", "short-secret")],
+                "too short",
+            ),
+            (
+                &[("OHLCD_SERVER__INGEST_TOKEN", "a secret with spaces in it")],
+                "printable ASCII",
+            ),
+            (
+                &[
+                    ("OHLCD_SERVER__INGEST_TOKEN", "both-set-secret-0123456789"),
+                    ("OHLCD_SERVER__INGEST_TOKEN_FILE", &empty),
+                ],
+                "both set",
+            ),
+            (&[("OHLCD_SERVER__READ_TOKEN_FILE", &empty)], "is empty"),
+            (
+                &[("OHLCD_SERVER__INGEST_TOKEN_FILE", "/nonexistent/token")],
+                "cannot read /nonexistent/token",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let err = Settings::load_with_env(None, env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err}");
+            for (_, value) in vars {
+                if !value.starts_with('/') {
+                    assert!(!err.contains(value), "{err} shows the token");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn settings_debug_output_redacts_tokens() {
+        let secret = "debug-must-not-show-0123456789";
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OHLCD_SERVER__INGEST_TOKEN", secret),
+                ("OHLCD_SERVER__READ_TOKEN", secret),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("Secret(<redacted>)"), "{shown}");
+    }
+
+    #[test]
+    fn cors_origins_come_as_a_comma_separated_list_and_are_checked() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "OHLCD_SERVER__CORS_ORIGINS",
+                "https://charts.example.com,http://localhost:3000,http://[::1]:8000",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.server.cors_origins,
+            [
+                "https://charts.example.com",
+                "http://localhost:3000",
+                "http://[::1]:8000"
+            ]
+        );
+        let none = Settings::load_with_env(None, env(&[("OHLCD_SERVER__CORS_ORIGINS", "")]));
+        assert!(none.unwrap().server.cors_origins.is_empty());
+        for bad in [
+            "charts.example.com",
+            "ftp://x.example",
+            "https://x.example/",
+            "https://x.example/path",
+            "https://X.example",
+            "https://x.example:http",
+            "https://",
+            "*",
+        ] {
+            let err = Settings::load_with_env(None, env(&[("OHLCD_SERVER__CORS_ORIGINS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("server.cors_origins"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn heavy_query_slots_must_leave_room_for_cheap_ones() {
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("OHLCD_SERVER__MAX_QUERIES", "4"),
+                ("OHLCD_SERVER__MAX_HEAVY_QUERIES", "4"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.max_heavy_queries"), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use super::models::{
 };
 use super::{ApiError, AppState};
 use crate::candle::{NANOS_PER_SEC, Resolution};
-use crate::datafeed::{History, adaptive_resolution};
+use crate::datafeed::{ChartResolution, History, adaptive_resolution};
 use crate::ingest::write_trades;
 use crate::progress::ProgressEntry;
 
@@ -46,6 +46,14 @@ fn strip_exchange(p: &mut Params, key: &str, exchange: &str) {
     }
 }
 
+/// Bars of `res` in `[from, to)` seconds, as the cost estimate of a request.
+fn bars_in(range: std::ops::Range<i64>, res: ChartResolution) -> u64 {
+    let span = (range.end - range.start)
+        .max(0)
+        .saturating_mul(NANOS_PER_SEC);
+    (span / res.nominal_nanos()) as u64
+}
+
 /// `GET /udf/config`: what the datafeed supports.
 pub async fn udf_config(state: AppState) -> Result<impl Reply, Rejection> {
     Ok(warp::reply::json(&json!({
@@ -71,6 +79,7 @@ fn decimals(price: f64) -> u32 {
 pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
     strip_exchange(&mut p, "symbol", &state.settings.exchange);
     let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
     state
         .datafeed
         .require_symbol(&symbol)
@@ -111,6 +120,7 @@ pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Reject
         .map(|q| q.to_ascii_uppercase())
         .unwrap_or_default();
     let limit = count_param(&p, "limit", 30, 1000).map_err(udf_bad)?;
+    let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
     let symbols = state.datafeed.symbols().await.map_err(udf_reject)?;
     let exchange = &state.settings.exchange;
     let found: Vec<_> = symbols
@@ -146,6 +156,12 @@ pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, R
     if countback.is_none() && from >= to {
         return Err(udf_bad(format!("from ({from}) must be before to ({to})")));
     }
+    let bars = countback.unwrap_or_else(|| bars_in(from..to, res));
+    let _slot = state
+        .limits
+        .admit(bars)
+        .await
+        .map_err(warp::reject::custom)?;
     let history = state
         .datafeed
         .history(
@@ -185,13 +201,18 @@ pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejectio
     let symbol = symbol_param(&p, "symbol").map_err(bad)?;
     let requested = resolution_param(&p, "resolution").map_err(bad)?;
     let (from, to) = range_params(&p, now_secs(&state)).map_err(bad)?;
+    let range = from * NANOS_PER_SEC..to * NANOS_PER_SEC;
+    let res = adaptive_resolution(requested, range.clone(), state.settings.ohlc_max_bars);
+    let _slot = state
+        .limits
+        .admit(bars_in(from..to, res))
+        .await
+        .map_err(warp::reject::custom)?;
     state
         .datafeed
         .require_symbol(&symbol)
         .await
         .map_err(reject)?;
-    let range = from * NANOS_PER_SEC..to * NANOS_PER_SEC;
-    let res = adaptive_resolution(requested, range.clone(), state.settings.ohlc_max_bars);
     let bars = state
         .datafeed
         .bars(&symbol, res, range)
@@ -219,6 +240,11 @@ pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Re
         return Err(bad(format!("from ({from}) must be before to ({to})")));
     }
     let limit = count_param(&p, "limit", 1000, 10_000).map_err(bad)?;
+    let _slot = state
+        .limits
+        .admit(limit)
+        .await
+        .map_err(warp::reject::custom)?;
     state
         .datafeed
         .require_symbol(&symbol)

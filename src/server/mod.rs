@@ -4,8 +4,16 @@
 //! Filters only route and extract; handlers in [`handlers`] are plain async
 //! functions; request parsing and response shapes live in [`models`]. Every error
 //! becomes a JSON body with the right status in one place, [`recover`].
+//!
+//! Facing a network: [`auth`] decides who may write and read, [`limits`] bounds
+//! how many requests query InfluxDB at once, [`conn`] bounds connections and
+//! how long a client may take to send a request. CORS for `/udf/*` and `/api/*`
+//! follows `server.cors_origins` (nothing allowed by default).
 
+pub mod auth;
+pub mod conn;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 
@@ -17,7 +25,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use warp::Filter;
-use warp::http::StatusCode;
+use warp::Reply;
+use warp::http::{HeaderValue, StatusCode};
+
+use self::auth::{Access, Denied};
+use self::conn::{BodyTimeout, ConnectionLimits};
+use self::limits::{Busy, QueryLimits};
 
 use crate::clock::Clock;
 use crate::config::{DatafeedSettings, ServerSettings};
@@ -40,6 +53,8 @@ pub struct AppState {
     pub server: ServerSettings,
     /// Datafeed settings.
     pub settings: DatafeedSettings,
+    /// Query slots (bounded work per request).
+    pub limits: QueryLimits,
 }
 
 impl AppState {
@@ -65,6 +80,7 @@ impl AppState {
             clock,
             server: settings.server.clone(),
             settings: settings.datafeed.clone(),
+            limits: QueryLimits::new(&settings.server),
         }
     }
 }
@@ -160,9 +176,35 @@ struct ErrorBody<'a> {
 
 /// Maps every rejection to a JSON error body and status: the only place that
 /// decides how errors look on the wire.
-pub async fn recover(err: warp::Rejection) -> Result<impl warp::Reply, Infallible> {
-    let (status, message, udf) = if let Some(e) = err.find::<ApiError>() {
+pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infallible> {
+    let mut headers: Vec<(&'static str, HeaderValue)> = Vec::new();
+    let (status, message, udf) = if let Some(e) = err.find::<Denied>() {
+        if let Some(challenge) = e.challenge {
+            headers.push(("www-authenticate", HeaderValue::from_static(challenge)));
+        }
+        (e.status, e.message.clone(), false)
+    } else if let Some(e) = err.find::<ApiError>() {
         (e.status, e.message.clone(), e.udf)
+    } else if let Some(busy) = err.find::<Busy>() {
+        headers.push(("retry-after", HeaderValue::from_static("1")));
+        let what = if busy.heavy {
+            "too many long-range queries in progress"
+        } else {
+            "too many queries in progress"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("server busy: {what}; retry shortly"),
+            false,
+        )
+    } else if let Some(e) = err.find::<warp::cors::CorsForbidden>() {
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "cross-origin request refused ({e}); allowed origins are set in server.cors_origins"
+            ),
+            false,
+        )
     } else if err.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_string(), false)
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -208,7 +250,93 @@ pub async fn recover(err: warp::Rejection) -> Result<impl warp::Reply, Infallibl
         s: udf.then_some("error"),
         errmsg: udf.then_some(message.as_str()),
     };
-    Ok(warp::reply::with_status(warp::reply::json(&body), status))
+    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}
+
+/// The request body, at most `limit` bytes (Content-Length required); a body
+/// that does not arrive within `server.body_timeout_secs` is a 408.
+fn body(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
+    warp::body::content_length_limit(limit)
+        .and(warp::body::stream())
+        .and_then(collect_body)
+}
+
+async fn collect_body<S, B>(stream: S) -> Result<bytes::Bytes, warp::Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    use futures_util::TryStreamExt;
+    let mut stream = std::pin::pin!(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(mut chunk) = stream.try_next().await.map_err(body_error)? {
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+fn body_error(e: warp::Error) -> warp::Rejection {
+    use std::error::Error as _;
+    let timed_out = e.source().and_then(|s| s.downcast_ref::<BodyTimeout>());
+    warp::reject::custom(match timed_out {
+        Some(t) => ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("{t}; send it faster or in smaller requests"),
+            udf: false,
+        },
+        None => ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: "request body could not be read".to_string(),
+            udf: false,
+        },
+    })
+}
+
+/// Passes only requests under `/udf/` or `/api/`, which CORS applies to.
+fn cross_origin_paths() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            let p = path.as_str();
+            if p.starts_with("/udf/") || p.starts_with("/api/") {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
+/// CORS for the datafeed and API: the listed origins (none by default) may call
+/// them, with a preflight answered for GET and POST with a token.
+fn cors(origins: &[String]) -> warp::cors::Cors {
+    warp::cors()
+        .allow_origins(origins.iter().map(String::as_str))
+        .allow_methods(["GET", "POST"])
+        .allow_headers(["authorization", "content-type"])
+        .max_age(600)
+        .build()
+}
+
+/// Passes when `enabled`, else behaves like an unknown path.
+fn only_if(enabled: bool) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::any()
+        .and_then(move || async move {
+            if enabled {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
@@ -222,76 +350,94 @@ fn params() -> impl Filter<Extract = (models::Params,), Error = Infallible> + Cl
         .unify()
 }
 
-/// All routes, with request logging and metrics.
+/// All routes, with request logging and metrics; `access` decides who may
+/// write and read.
 pub fn routes(
     state: AppState,
+    access: Access,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let web = PathBuf::from(&state.server.web_dir);
+    let read = auth::read(access.clone());
+    let write = auth::write(access);
     // Path before method in every route: an unknown path must be a 404, not the
     // 405 of whichever route happened to check its method first.
     let udf_config = warp::path!("udf" / "config")
         .and(warp::get())
+        .and(read.clone())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_config);
     let udf_symbols = warp::path!("udf" / "symbols")
         .and(warp::get())
+        .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_symbols);
     let udf_search = warp::path!("udf" / "search")
         .and(warp::get())
+        .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_search);
     let udf_history = warp::path!("udf" / "history")
         .and(warp::get())
+        .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_history);
     let udf_time = warp::path!("udf" / "time")
         .and(warp::get())
+        .and(read.clone())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_time);
     let api_ohlc = warp::path!("api" / "ohlc")
         .and(warp::get())
+        .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::api_ohlc);
     let api_trades_get = warp::path!("api" / "trades")
         .and(warp::get())
+        .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::api_trades_get);
     let api_trades_post = warp::path!("api" / "trades")
         .and(warp::post())
-        .and(warp::body::content_length_limit(
-            state.server.max_body_bytes,
-        ))
-        .and(warp::body::bytes())
+        // Credentials before the body: a refused client cannot make us read it.
+        .and(write)
+        .and(body(state.server.max_body_bytes))
         .and(with_state(state.clone()))
         .and_then(handlers::api_trades_post);
     let api_progress = warp::path!("api" / "progress")
         .and(warp::get())
+        .and(read.clone())
         .and(with_state(state.clone()))
         .and_then(handlers::api_progress);
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .and(with_state(state.clone()))
         .and_then(handlers::healthz);
+    // With `server.metrics_listen` set, /metrics is served there instead.
     let metrics = warp::path!("metrics")
+        .and(only_if(state.server.metrics_listen.is_empty()))
         .and(warp::get())
+        .and(read.clone())
         .and(with_state(state.clone()))
         .and_then(handlers::metrics);
     let index = warp::path::end()
         .and(warp::get())
+        .and(read.clone())
         .and(warp::fs::file(web.join("index.html")));
-    let static_files = warp::path("static").and(warp::fs::dir(web.clone()));
+    let static_files = warp::path("static")
+        .and(read.clone())
+        .and(warp::fs::dir(web.clone()));
     let chart_lib = warp::path!("lib" / "lightweight-charts.js")
         .and(warp::get())
+        .and(read)
         .and(warp::fs::file(web.join(
             "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js",
         )));
-    udf_config
+    let datafeed_and_api = udf_config
         .or(udf_symbols)
         .or(udf_search)
         .or(udf_history)
@@ -299,7 +445,9 @@ pub fn routes(
         .or(api_ohlc)
         .or(api_trades_get)
         .or(api_trades_post)
-        .or(api_progress)
+        .or(api_progress);
+    cross_origin_paths()
+        .and(datafeed_and_api.with(cors(&state.server.cors_origins)))
         .or(healthz)
         .or(metrics)
         .or(index)
@@ -310,15 +458,42 @@ pub fn routes(
 }
 
 /// Serves on an already bound listener until `shutdown` resolves, then finishes
-/// in-flight requests. Binding outside lets tests use port 0.
+/// in-flight requests. Binding outside lets tests use port 0. Who may write is
+/// decided from the address the listener is bound to.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let listen = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(error = %e, "listener has no local address");
+            return;
+        }
+    };
+    let access = Access::new(&state.server, listen);
+    access.log_startup();
+    if !state.server.cors_origins.is_empty() {
+        tracing::info!(origins = ?state.server.cors_origins, "CORS allowed for /udf/* and /api/*");
+    }
+    let limits = ConnectionLimits::new(&state.server);
+    conn::serve_filter(listener, routes(state, access), limits, shutdown).await;
+}
+
+/// Serves only `GET /metrics` on its own listener (`server.metrics_listen`),
+/// for a scraper on an internal network; no token asked.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let limits = ConnectionLimits::new(&state.server);
+    let route = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .and_then(handlers::metrics)
+        .recover(recover)
+        .with(warp::log::custom(metrics::record_request));
+    conn::serve_filter(listener, route, limits, shutdown).await;
 }

@@ -315,6 +315,85 @@ impl TestApp {
         (url, tx)
     }
 
+    /// Starts the HTTP server bound to `bind` (e.g. `0.0.0.0:0` to listen off
+    /// loopback) with this app's settings changed by `configure`. The URL always
+    /// goes through 127.0.0.1, so tests only ever connect locally.
+    pub async fn serve_with(&self, bind: &str, configure: impl FnOnce(&mut Settings)) -> Served {
+        let mut settings = self.settings.clone();
+        settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
+        configure(&mut settings);
+        let state = ohlcd::server::AppState::new(
+            self.influx.clone(),
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            &settings,
+        );
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut metrics_url = None;
+        let (metrics_stop, metrics_rx) = tokio::sync::oneshot::channel::<()>();
+        if !settings.server.metrics_listen.is_empty() {
+            let metrics = tokio::net::TcpListener::bind(&settings.server.metrics_listen)
+                .await
+                .unwrap();
+            metrics_url = Some(format!(
+                "http://127.0.0.1:{}",
+                metrics.local_addr().unwrap().port()
+            ));
+            tokio::spawn(ohlcd::server::serve_metrics(
+                metrics,
+                state.clone(),
+                async move {
+                    let _ = metrics_rx.await;
+                },
+            ));
+        }
+        tokio::spawn(ohlcd::server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Served {
+            url: format!("http://127.0.0.1:{}", addr.port()),
+            addr,
+            metrics_url,
+            _stop: (stop, metrics_stop),
+        }
+    }
+
+    /// Everything a request could change: point counts per measurement, the
+    /// symbols that exist, the progress table with its dirty ranges.
+    pub async fn snapshot(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let measurements = std::iter::once(("trades", "price"))
+            .chain(Resolution::ALL.iter().map(|r| (r.measurement(), "open")));
+        for (m, field) in measurements {
+            let v = self
+                .influx
+                .query_json(&format!("SELECT count(\"{field}\") FROM \"{m}\""))
+                .await
+                .unwrap();
+            let n = v["series"][0]["values"][0][1].as_i64().unwrap_or(0);
+            out.push(format!("{m}: {n} points"));
+        }
+        let symbols = self
+            .influx
+            .query_json("SHOW TAG VALUES FROM \"trades\" WITH KEY = \"symbol\"")
+            .await
+            .unwrap();
+        out.push(format!("symbols: {}", symbols["series"]));
+        for t in self.store.tasks().await.unwrap() {
+            let dirty = self.store.dirty(&t.symbol, t.resolution).await.unwrap();
+            out.push(format!(
+                "{} {}: watermark {:?}, status {:?}, dirty {dirty:?}",
+                t.symbol,
+                t.resolution.name(),
+                t.watermark,
+                t.status
+            ));
+        }
+        out
+    }
+
     /// Candles computed independently (naively, in this file) from the raw trades
     /// of `symbol` read back over JSON, for windows starting before `until`.
     pub async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
@@ -365,6 +444,32 @@ impl TestApp {
             })
             .collect()
     }
+}
+
+/// A server started by [`TestApp::serve_with`]; stops when dropped.
+pub struct Served {
+    /// Base URL, through 127.0.0.1.
+    pub url: String,
+    /// The address the server is bound to (may be 0.0.0.0).
+    pub addr: std::net::SocketAddr,
+    /// Base URL of the separate `/metrics` listener, when configured.
+    pub metrics_url: Option<String>,
+    _stop: (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+}
+
+/// Resident memory of this process (server and test clients), in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// (time, id, price, amount, is_buy) as read back from InfluxDB.

@@ -7,3 +7,4 @@ mod engine;
 mod faults;
 mod helpers;
 mod http;
+mod security;
