@@ -287,6 +287,24 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
             udf: false,
         }),
     })?;
+    // Written and recorded on a task of its own: a client that hangs up must
+    // not cancel the request between the InfluxDB write and the recording of
+    // its late trades, or a late trade would be stored but never counted.
+    let accepted = tokio::spawn(ingest(trades, state)).await.map_err(|e| {
+        reject(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("ingest task failed: {e}"),
+            udf: false,
+        })
+    })??;
+    Ok(warp::reply::json(&accepted))
+}
+
+/// Writes validated trades, then records those behind the 1m watermark as late.
+async fn ingest(
+    trades: Vec<crate::ingest::NewTrade>,
+    state: AppState,
+) -> Result<Accepted, Rejection> {
     write_trades(&state.influx, &trades).await.map_err(reject)?;
     // Only after InfluxDB acknowledged the write: a chunk that read the source
     // before this point has announced itself in `inflight_until`.
@@ -332,10 +350,10 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
     }
     ::metrics::counter!("ohlcd_trades_ingested_total").increment(trades.len() as u64);
     ::metrics::counter!("ohlcd_late_trades_total").increment(late_count as u64);
-    Ok(warp::reply::json(&Accepted {
+    Ok(Accepted {
         accepted: trades.len(),
         late: late_count,
-    }))
+    })
 }
 
 /// `GET /api/progress`: the progress table, as `ohlcd progress --json`.

@@ -7,4 +7,5 @@ mod engine;
 mod faults;
 mod helpers;
 mod http;
+mod ingest;
 mod security;

@@ -1,0 +1,81 @@
+//! `POST /api/trades` under a client that gives up: what InfluxDB stored is
+//! what the engine will count, late trades included.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use ohlcd::candle::{NANOS_PER_DAY, Side};
+use ohlcd::engine::TaskFilter;
+use ohlcd::ingest::NewTrade;
+
+use crate::helpers::{TestApp, t};
+
+/// A late trade's POST whose client hangs up while InfluxDB is still busy
+/// with the write: the write completes later, so its late range must be
+/// recorded anyway (the handler must not be cancelled in between).
+#[tokio::test]
+async fn a_late_trade_is_recorded_even_when_its_client_hangs_up_mid_request() {
+    let app = TestApp::spawn().await;
+    let day = t("2024-05-01T00:00:00Z");
+    let trade = |ms: i64, id: i64| NewTrade {
+        symbol: "BTCUSD".into(),
+        side: Side::Buy,
+        price: 100.0,
+        amount: 1.0,
+        time_ms: ms,
+        id,
+    };
+    app.write(&[trade(day / 1_000_000 + 60_000, 1)]).await;
+    app.clock.set(day + NANOS_PER_DAY);
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    let (url, _stop) = app.serve().await;
+
+    // influxd frozen: the server's write hangs until we thaw it.
+    app.server.freeze();
+    let addr = url.trim_start_matches("http://").to_string();
+    let body = r#"[{"symbol":"BTCUSD","price":250.5,"amount":2,"side":"sell","timestamp":"2024-05-01T10:00:00Z","id":7}]"#;
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /api/trades HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Give the server time to start the write, then hang up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.server.thaw();
+
+    // The write reaches InfluxDB once thawed; the late range must follow it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dirty = app.store.dirty_of(&["BTCUSD".to_string()]).await.unwrap();
+        if let Some((_, ranges)) = dirty.get("BTCUSD") {
+            let minute = t("2024-05-01T10:00:00Z");
+            assert!(ranges.iter().any(|r| r.contains(&minute)), "{ranges:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trade's late range was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the next tick counts it at every resolution.
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    let hour = t("2024-05-01T10:00:00Z");
+    for res in [
+        ohlcd::candle::Resolution::M1,
+        ohlcd::candle::Resolution::H1,
+        ohlcd::candle::Resolution::H4,
+    ] {
+        let stored = app.stored("BTCUSD", res).await;
+        let c = stored.iter().find(|c| c.start == res.window_start(hour));
+        assert_eq!(
+            c.map(|c| (c.trades, c.close)),
+            Some((1, 250.5)),
+            "{res}: {stored:?}"
+        );
+    }
+}
