@@ -337,11 +337,14 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("OHLCD_"))
             .collect();
-        // Tokens are taken verbatim: `try_parsing` would turn "0123…" into a
-        // number and print it back without the leading zero.
+        // Credentials are taken verbatim: `try_parsing` would turn "0123…"
+        // into a number and print it back without the leading zero.
         let raw_tokens: Vec<(&str, String)> = [
             ("server.ingest_token", "OHLCD_SERVER__INGEST_TOKEN"),
             ("server.read_token", "OHLCD_SERVER__READ_TOKEN"),
+            ("influx.username", "OHLCD_INFLUX__USERNAME"),
+            ("influx.password", "OHLCD_INFLUX__PASSWORD"),
+            ("influx.token", "OHLCD_INFLUX__TOKEN"),
         ]
         .into_iter()
         .filter_map(|(key, var)| env.get(var).map(|v| (key, v.clone())))
@@ -486,6 +489,23 @@ mod tests {
             Settings::load_with_env(None, env(&[("OHLCD_SERVER__INGEST_TOKEN", numeric)])).unwrap();
         assert_eq!(s.server.ingest_token.expose(), numeric);
         assert!(!s.server.read_token.is_set());
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OHLCD_INFLUX__PASSWORD", "00123"),
+                ("OHLCD_INFLUX__TOKEN", numeric),
+                ("OHLCD_INFLUX__USERNAME", "007"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.influx.password.as_str(),
+                s.influx.token.as_str(),
+                s.influx.username.as_str()
+            ),
+            ("00123", numeric, "007")
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "  read-token-from-a-file-0001\n").unwrap();
