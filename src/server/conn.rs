@@ -10,6 +10,12 @@
 //!   bytes does not extend it; it also ends idle keep-alive connections), and
 //!   `server.body_timeout_secs` from then on to send the body ([`DeadlineBody`]).
 //!   Slow-header (slowloris) and slow-body clients are disconnected.
+//! - Closing is lingering, as nginx does: when hyper closes a connection whose
+//!   request body was not read (a 413, say), the rest of what the client sends
+//!   is read and discarded for a bounded time and size ([`LingeringIo`]) before
+//!   the socket closes. A client that writes its whole body before reading the
+//!   answer (Python's urllib and requests do) then reads the 413 instead of a
+//!   broken pipe or a connection reset.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -102,6 +108,81 @@ impl Body for DeadlineBody {
     }
 }
 
+/// How long, and how many bytes, a closing connection keeps reading and
+/// discarding what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A TCP stream whose shutdown lingers: it half-closes the writing side (so
+/// the answer is delivered and the client sees the end of it), then reads and
+/// discards until the client closes too, [`LINGER_TIME`] has passed or
+/// [`LINGER_BYTES`] were read. Closing with unread data instead makes the
+/// kernel send a reset, which can destroy the answer before the client read it.
+pub struct LingeringIo {
+    stream: tokio::net::TcpStream,
+    linger: Option<(Pin<Box<Sleep>>, u64)>,
+}
+
+impl LingeringIo {
+    /// Wraps an accepted stream.
+    pub fn new(stream: tokio::net::TcpStream) -> LingeringIo {
+        LingeringIo {
+            stream,
+            linger: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for LingeringIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        tokio::io::AsyncRead::poll_read(Pin::new(&mut self.get_mut().stream), cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LingeringIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            match Pin::new(&mut this.stream).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
+        }
+        let (deadline, read) = this.linger.as_mut().expect("set above");
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() || *read >= LINGER_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(Pin::new(&mut this.stream), cx, &mut buf) {
+                // The client closed its side (or the socket failed): done.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *read += buf.filled().len() as u64,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 /// Serves `filter` on `listener` within `limits` until `shutdown` resolves,
 /// then lets open requests finish (at most 30 s).
 pub async fn serve_filter<F, R>(
@@ -145,7 +226,8 @@ pub async fn serve_filter<F, R>(
             let req = req.map(|body| DeadlineBody::new(body, body_timeout));
             tower_service::Service::call(&mut service.clone(), req)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn =
+            graceful.watch(http.serve_connection(TokioIo::new(LingeringIo::new(stream)), service));
         tokio::spawn(async move {
             ::metrics::gauge!("ohlcd_http_open_connections").increment(1.0);
             if let Err(e) = conn.await {

@@ -79,3 +79,36 @@ async fn a_late_trade_is_recorded_even_when_its_client_hangs_up_mid_request() {
         );
     }
 }
+
+/// A client that writes its whole request body before reading the answer (as
+/// Python's urllib and requests do) gets the 413 for an oversized body, not a
+/// broken pipe or a reset: the server reads and discards the rest first.
+#[tokio::test]
+async fn an_oversized_body_written_whole_before_reading_gets_the_413() {
+    let app = TestApp::spawn().await;
+    let (url, _stop) = app.serve().await;
+    let addr = url.trim_start_matches("http://").to_string();
+    let limit = app.settings.server.max_body_bytes as usize;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let body = vec![b' '; limit + 1024 * 1024];
+        let head = format!(
+            "POST /api/trades HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes())
+            .and_then(|()| conn.write_all(&body))
+            .map_err(|e| format!("writing the body failed: {e}"))?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)
+            .map_err(|e| format!("reading the answer failed: {e}"))?;
+        Ok::<String, String>(answer)
+    })
+    .await
+    .unwrap();
+    let answer = answer.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("too large"), "{answer}");
+}
