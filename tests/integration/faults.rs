@@ -677,6 +677,11 @@ async fn configuration_errors_stop_start_up_with_one_clear_line() {
         err.contains("progress database") && err.contains("corrupt.db"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("file is not a database").count(),
+        1,
+        "the cause is said once: {err}"
+    );
 
     let err = one_line_error(&run(
         "admin",
