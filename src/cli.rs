@@ -398,15 +398,8 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
 }
 
 async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<()> {
-    for s in &spec.symbols {
-        validate_symbol(s).map_err(anyhow::Error::msg)?;
-    }
-    if spec.from >= spec.to {
-        bail!("--from must be before --to");
-    }
-    if spec.trades == 0 {
-        bail!("--trades must be at least 1");
-    }
+    spec.validate(SystemClock.now() / 1_000_000)
+        .map_err(anyhow::Error::msg)?;
     let influx = InfluxClient::new(&settings.influx)?;
     influx.ping().await?;
     // Demo data: creating the database is what the user wants here.

@@ -14,10 +14,12 @@ use influxdb_line_protocol::{FieldValue, ParsedLine, parse_lines};
 use ohlcd::candle::{Candle, Resolution, Side};
 use ohlcd::datafeed::ChartResolution;
 use ohlcd::influx::{encode_candles, quote_ident, quote_literal};
-use ohlcd::ingest::{MAX_TIME_MS, NewTrade, encode_trades, point_time, validate_symbol};
+use ohlcd::ingest::{
+    MAX_FUTURE_MS, MAX_TIME_MS, MIN_TIME_MS, NewTrade, encode_trades, point_time, validate_symbol,
+};
 use ohlcd::server::models::{
-    MAX_FUTURE_MS, MAX_TIME_SECS, MIN_TIME_SECS, Params, TradesError, count_param, parse_trades,
-    range_params, resolution_param, seconds_param, symbol_param,
+    MAX_TIME_SECS, Params, TradesError, count_param, parse_trades, range_params, resolution_param,
+    seconds_param, symbol_param,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -25,7 +27,7 @@ use serde_json::{Value, json};
 
 /// The parser's "now" (2027-01-15), Unix milliseconds.
 const NOW_MS: i64 = 1_800_000_000_000;
-const MIN_MS: i64 = MIN_TIME_SECS * 1000;
+const MIN_MS: i64 = MIN_TIME_MS;
 const LATEST_MS: i64 = NOW_MS + MAX_FUTURE_MS;
 
 fn config() -> ProptestConfig {
@@ -476,7 +478,12 @@ fn check_parse(body: &[u8]) -> Result<(), TestCaseError> {
         (Expect::Trades(expected), Ok(trades)) => {
             prop_assert_eq!(trades.len(), expected.len());
             for (t, (symbol, side, price, amount, time_ms, id)) in trades.iter().zip(&expected) {
-                prop_assert!(t.validate().is_ok(), "{:?}: {:?}", t, t.validate());
+                prop_assert!(
+                    t.validate(NOW_MS).is_ok(),
+                    "{:?}: {:?}",
+                    t,
+                    t.validate(NOW_MS)
+                );
                 prop_assert_eq!(&t.symbol, symbol);
                 prop_assert_eq!(t.side, *side);
                 prop_assert_eq!(t.price.to_bits(), price.to_bits());
@@ -858,11 +865,11 @@ proptest! {
     #[test]
     fn trades_at_any_valid_time_and_id_encode_to_one_parsable_line_each(
         mut batch in prop::collection::vec(valid_trade(), 1..8),
-        times in prop::collection::vec(0..=MAX_TIME_MS, 8),
+        times in prop::collection::vec(MIN_MS..=MAX_TIME_MS, 8),
     ) {
         for (t, ms) in batch.iter_mut().zip(times) {
             t.time_ms = ms;
-            prop_assert!(t.validate().is_ok());
+            prop_assert!(t.validate(MAX_TIME_MS).is_ok());
         }
         check_trades_round_trip(&batch)?;
     }

@@ -14,12 +14,8 @@ use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
 /// Query parameters as received.
 pub type Params = HashMap<String, String>;
 
-/// Earliest accepted time for queries and trades: 2000-01-01T00:00:00Z (seconds).
-pub const MIN_TIME_SECS: i64 = 946_684_800;
-/// Latest accepted query time: 2200-01-01T00:00:00Z (seconds).
+/// Latest accepted query time: 2200-01-01T00:00:00Z (seconds), the last trade time.
 pub const MAX_TIME_SECS: i64 = MAX_TIME_MS / 1000;
-/// How far in the future a trade may be stamped (clock skew), milliseconds.
-pub const MAX_FUTURE_MS: i64 = 3_600_000;
 
 /// A required parameter.
 pub fn required<'p>(p: &'p Params, name: &str) -> Result<&'p str, String> {
@@ -106,54 +102,34 @@ fn field_err(i: usize, field: &str, msg: impl std::fmt::Display) -> TradesError 
     TradesError::Invalid(format!("trade {i}: {field}: {msg}"))
 }
 
-fn parse_timestamp(i: usize, v: &Value, now_ms: i64) -> Result<i64, TradesError> {
-    let ms = match v {
+/// A timestamp as Unix milliseconds: an integer, or an RFC 3339 string. Whether
+/// the time is accepted is the trade rule's business ([`NewTrade::validate`]).
+fn parse_timestamp(i: usize, v: &Value) -> Result<i64, TradesError> {
+    match v {
         Value::Number(n) => n.as_i64().ok_or_else(|| {
             field_err(
                 i,
                 "timestamp",
                 format!("{n} is not a whole number of Unix milliseconds"),
             )
-        })?,
+        }),
         Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map_err(|_| field_err(i, "timestamp", format!("{s:?} is not RFC 3339")))?
-            .timestamp_millis(),
-        other => {
-            return Err(field_err(
-                i,
-                "timestamp",
-                format!("must be Unix milliseconds or an RFC 3339 string, got {other}"),
-            ));
-        }
-    };
-    match time_refusal(ms, now_ms) {
-        Some(why) => Err(field_err(i, "timestamp", why)),
-        None => Ok(ms),
-    }
-}
-
-/// Why a trade time (Unix ms) is refused, if it is: the one rule both parse paths use.
-fn time_refusal(ms: i64, now_ms: i64) -> Option<String> {
-    if !(MIN_TIME_SECS * 1000..=MAX_TIME_MS).contains(&ms) {
-        Some(format!("{ms} ms is not between 2000 and 2200"))
-    } else if ms > now_ms + MAX_FUTURE_MS {
-        Some("is more than an hour in the future".into())
-    } else {
-        None
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| field_err(i, "timestamp", format!("{s:?} is not RFC 3339"))),
+        other => Err(field_err(
+            i,
+            "timestamp",
+            format!("must be Unix milliseconds or an RFC 3339 string, got {other}"),
+        )),
     }
 }
 
 fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, TradesError> {
     match obj.get(field) {
         None => Err(field_err(i, field, "missing")),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(field_err(
-                i,
-                field,
-                format!("must be a finite number > 0, got {n}"),
-            )),
-        },
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| field_err(i, field, format!("{n} is not a number we can read"))),
         Some(other) => Err(field_err(
             i,
             field,
@@ -162,6 +138,8 @@ fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, 
     }
 }
 
+/// One trade of the general path: the JSON types are checked here, the values
+/// by [`NewTrade::validate`], the rule the fast path, `generate` and the bench use.
 fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), TradesError> {
     let Value::Object(obj) = v else {
         return Err(TradesError::Invalid(format!(
@@ -177,10 +155,7 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         ));
     }
     let symbol = match obj.get("symbol") {
-        Some(Value::String(s)) => {
-            validate_symbol(s).map_err(|e| field_err(i, "symbol", e))?;
-            s.clone()
-        }
+        Some(Value::String(s)) => s.clone(),
         Some(other) => {
             return Err(field_err(
                 i,
@@ -204,7 +179,7 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         None => return Err(field_err(i, "side", "missing")),
     };
     let time_ms = match obj.get("timestamp") {
-        Some(v) => parse_timestamp(i, v, now_ms)?,
+        Some(v) => parse_timestamp(i, v)?,
         None => return Err(field_err(i, "timestamp", "missing")),
     };
     let (id, has_id) = match obj.get("id") {
@@ -221,17 +196,18 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         },
         Some(other) => return Err(field_err(i, "id", format!("must be a number, got {other}"))),
     };
-    Ok((
-        NewTrade {
-            symbol,
-            side,
-            price,
-            amount,
-            time_ms,
-            id,
-        },
-        has_id,
-    ))
+    let trade = NewTrade {
+        symbol,
+        side,
+        price,
+        amount,
+        time_ms,
+        id,
+    };
+    trade
+        .validate(now_ms)
+        .map_err(|e| TradesError::Invalid(format!("trade {i}: {e}")))?;
+    Ok((trade, has_id))
 }
 
 /// A trade as it comes over the wire, borrowed from the body where possible.
@@ -305,9 +281,6 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
                 WireTime::Millis(ms) => ms,
                 WireTime::Text(s) => DateTime::parse_from_rfc3339(&s).ok()?.timestamp_millis(),
             };
-            if time_refusal(time_ms, now_ms).is_some() {
-                return None;
-            }
             let trade = NewTrade {
                 symbol: w.symbol.into_owned(),
                 side: w.side.parse::<Side>().ok()?,
@@ -316,7 +289,7 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
                 time_ms,
                 id: w.id.unwrap_or(0),
             };
-            trade.validate().ok()?;
+            trade.validate(now_ms).ok()?;
             Some((trade, w.id.is_some()))
         })
         .collect()
