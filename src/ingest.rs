@@ -228,14 +228,16 @@ mod tests {
             2.5e-300,
             42000.01,
         ];
+        // Every price with every amount.
         let trades: Vec<NewTrade> = values
             .iter()
+            .flat_map(|p| values.iter().map(move |a| (*p, *a)))
             .enumerate()
-            .map(|(i, v)| NewTrade {
+            .map(|(i, (price, amount))| NewTrade {
                 symbol: "BTC-USD:X.1_a".into(),
                 side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
-                price: *v,
-                amount: values[values.len() - 1 - i],
+                price,
+                amount,
                 time_ms: 1_700_000_000_000 + i as i64,
                 id: (i as i64) * 1_234_567,
             })
@@ -263,11 +265,15 @@ mod tests {
         };
         assert_eq!(parsed(&ours), parsed(&theirs));
         // Ordinary prices and amounts come out byte for byte the same.
-        for (a, b) in ours.lines().zip(theirs.lines()) {
-            if !b.contains("00000000") {
+        let ordinary = |x: f64| (1e-3..1e15).contains(&x);
+        let mut compared = 0;
+        for ((a, b), t) in ours.lines().zip(theirs.lines()).zip(&trades) {
+            if ordinary(t.price) && ordinary(t.amount) {
                 assert_eq!(a, b);
+                compared += 1;
             }
         }
+        assert_eq!(compared, 36, "6 ordinary prices × 6 ordinary amounts");
     }
 
     #[test]
