@@ -362,29 +362,95 @@ pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesErr
 mod fast_path_tests {
     use super::*;
 
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn trade(symbol: &str, side: Side, price: f64, amount: f64, time_ms: i64, id: i64) -> NewTrade {
+        NewTrade {
+            symbol: symbol.into(),
+            side,
+            price,
+            amount,
+            time_ms,
+            id,
+        }
+    }
+
     #[test]
-    fn the_fast_and_the_checked_path_agree_on_valid_and_invalid_bodies() {
-        let now = 1_800_000_000_000;
-        let bodies = [
-            r#"{"symbol":"BTCUSD","price":1,"amount":2.5,"side":"buy","timestamp":1700000000123,"id":7}"#,
-            r#"[{"symbol":"B\u0054C","price":1e2,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5+01:00","id":null}]"#,
-            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":-1}"#,
-            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1.5}"#,
-            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":1,"id":2}"#,
-            r#"{"symbol":"BTCUSD","price":"1","amount":2,"side":"buy","timestamp":1700000000000}"#,
+    fn the_fast_and_the_checked_path_agree_on_valid_bodies() {
+        let cases = [
+            (
+                r#"{"symbol":"BTCUSD","price":1,"amount":2.5,"side":"buy","timestamp":1700000000123,"id":7}"#,
+                (
+                    trade("BTCUSD", Side::Buy, 1.0, 2.5, 1_700_000_000_123, 7),
+                    true,
+                ),
+            ),
+            (
+                r#"[{"symbol":"B\u0054C","price":1e2,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5+01:00","id":null}]"#,
+                // 2023-11-14T21:13:20.5Z; no id given.
+                (
+                    trade("BTC", Side::Sell, 100.0, 2.0, 1_699_996_400_500, 0),
+                    false,
+                ),
+            ),
         ];
-        for body in bodies {
-            let fast = parse_trades_fast(body.as_bytes(), now);
-            let checked = parse_trades_checked(body.as_bytes(), now).ok();
-            if let Some(fast) = fast {
-                assert_eq!(Some(fast), checked, "{body}");
+        for (body, expected) in cases {
+            let fast = parse_trades_fast(body.as_bytes(), NOW);
+            assert_eq!(fast, Some(vec![expected.clone()]), "fast path: {body}");
+            let checked = parse_trades_checked(body.as_bytes(), NOW);
+            assert_eq!(checked, Ok(vec![expected]), "checked path: {body}");
+        }
+    }
+
+    #[test]
+    fn invalid_bodies_leave_the_fast_path_and_the_checked_path_names_the_field() {
+        let base = |field: &str, value: &str| {
+            let mut fields = [
+                ("symbol", r#""BTCUSD""#),
+                ("price", "1"),
+                ("amount", "2"),
+                ("side", r#""buy""#),
+                ("timestamp", "1700000000000"),
+                ("id", "1"),
+            ];
+            fields.iter_mut().find(|(k, _)| *k == field).unwrap().1 = value;
+            let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        // Each well-typed enough for the fast path's serde, so its checks are
+        // what must refuse them.
+        let cases = [
+            (base("symbol", r#""BTC USD""#), "symbol"),
+            (base("price", "-1"), "price"),
+            (base("price", r#""1""#), "price"),
+            (base("amount", "0"), "amount"),
+            (base("side", r#""long""#), "side"),
+            (base("timestamp", "1700000000000.5"), "timestamp"),
+            // 1999-12-31T23:59:59.999Z, and an hour and a millisecond after NOW.
+            (base("timestamp", "946684799999"), "timestamp"),
+            (base("timestamp", "1800003600001"), "timestamp"),
+            (base("id", "-1"), "id"),
+        ];
+        for (body, field) in &cases {
+            assert_eq!(parse_trades_fast(body.as_bytes(), NOW), None, "{body}");
+            match parse_trades_checked(body.as_bytes(), NOW) {
+                Err(TradesError::Invalid(m)) => {
+                    assert!(m.starts_with(&format!("trade 0: {field}: ")), "{body}: {m}")
+                }
+                other => panic!("{body} gave {other:?}"),
             }
         }
-        assert!(
-            parse_trades_fast(bodies[0].as_bytes(), now).is_some(),
-            "valid bodies take the fast path"
+        // A repeated key is not for serde's typed path; the checked one takes
+        // the last value, as serde_json's `Value` does.
+        let repeated = r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":1,"id":2}"#;
+        assert_eq!(parse_trades_fast(repeated.as_bytes(), NOW), None);
+        assert_eq!(
+            parse_trades_checked(repeated.as_bytes(), NOW),
+            Ok(vec![(
+                trade("BTCUSD", Side::Buy, 1.0, 2.0, 1_700_000_000_000, 2),
+                true
+            )])
         );
-        assert!(parse_trades_fast(bodies[1].as_bytes(), now).is_some());
     }
 }
 
