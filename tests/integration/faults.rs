@@ -362,34 +362,68 @@ fn sigterm(child: &Child) {
     assert!(ok.success());
 }
 
-async fn wait_all_completed(app: &TestApp, tasks: usize, timeout: Duration) {
+/// Polls until there are `tasks` tasks, all completed with watermarks at or past
+/// `data_end` (every trade materialized at every resolution).
+async fn wait_all_caught_up(app: &TestApp, tasks: usize, data_end: i64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let all = app.store.tasks().await.unwrap();
-        if all.len() == tasks && all.iter().all(|t| t.status == TaskStatus::Completed) {
+        if all.len() == tasks
+            && all.iter().all(|t| {
+                t.status == TaskStatus::Completed && t.watermark.is_some_and(|w| w >= data_end)
+            })
+        {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "tasks not completed in {timeout:?}: {all:#?}"
+            "tasks not caught up in {timeout:?}: {all:#?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test]
-async fn two_daemons_on_one_sqlite_file_never_process_a_task_twice() {
+async fn two_daemons_on_one_sqlite_file_both_work_and_never_process_a_range_twice() {
     let app = TestApp::spawn().await;
     let symbols = ["ADAUSD", "BTCUSD", "ETHUSD", "SOLUSD"];
     with_trades(&app, &symbols, 30, 80_000).await;
-    let (mut a, _) = spawn_daemon(&app);
+    // Daemon A runs alone until it has finished the 1m of a first symbol, then
+    // parks that symbol for good (failpoint), holding no lease, while its other
+    // slot goes on. The parked symbol's 5m … 1d can only be B's work, so both
+    // daemons must show up in the history; the rest they race for.
+    let port = free_port();
+    let mut a = app
+        .ohlcd()
+        .arg("run")
+        .env("OHLCD_FAILPOINT", "mid_cascade")
+        .env("OHLCD_ENGINE__CRON", "* * * * * *")
+        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_stderr(
+        &mut a,
+        "failpoint mid_cascade reached",
+        Duration::from_secs(60),
+    );
     let (mut b, _) = spawn_daemon(&app);
-    wait_all_completed(&app, 24, Duration::from_secs(120)).await;
-    for daemon in [&a, &b] {
-        sigterm(daemon);
-    }
-    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    // Completed is not enough: a daemon that finds a task leased goes on with
+    // the coarser ones, which complete up to their source's watermark of the
+    // moment and catch up on a later tick.
+    wait_all_caught_up(
+        &app,
+        24,
+        t("2024-01-31T00:00:00Z"),
+        Duration::from_secs(120),
+    )
+    .await;
+    sigterm(&b);
     assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+    // A's parked tick never finishes, so it cannot stop gracefully.
+    a.kill().unwrap();
+    a.wait().unwrap();
     assert_exact_and_settled(&app, &symbols).await;
     // Forward chunks of each task tile its range exactly once: no range was
     // processed by both daemons.
@@ -399,6 +433,7 @@ async fn two_daemons_on_one_sqlite_file_never_process_a_task_twice() {
             let mut runs = app.store.runs(symbol, res, 100_000).await.unwrap();
             runs.retain(|r| r.kind == "chunk" && r.status == "ok");
             runs.reverse();
+            assert!(!runs.is_empty(), "{symbol} {res}: no chunk committed");
             owners.extend(runs.iter().map(|r| r.owner.clone()));
             for pair in runs.windows(2) {
                 assert_eq!(
@@ -408,7 +443,7 @@ async fn two_daemons_on_one_sqlite_file_never_process_a_task_twice() {
             }
         }
     }
-    assert!(!owners.is_empty());
+    assert_eq!(owners.len(), 2, "both daemons committed chunks: {owners:?}");
 }
 
 /// Processes started together on each fresh progress file, and how many rounds.
