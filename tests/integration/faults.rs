@@ -12,7 +12,8 @@ use ohlcd::clock::{Clock, SystemClock};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::{NewTrade, write_trades};
-use ohlcd::progress::TaskStatus;
+use ohlcd::progress::{Task, TaskStatus};
+use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, TestInflux, assert_candles_eq, free_port, t};
@@ -107,6 +108,26 @@ async fn wait_for_chunks(app: &TestApp, symbol: &str, n: usize, timeout: Duratio
     }
 }
 
+/// (owner, start) of every run in the history of a task, read straight from
+/// SQLite (the store's history rows carry no start time).
+async fn run_starts(app: &TestApp, symbol: &str, res: Resolution) -> Vec<(String, i64)> {
+    let db = sqlx::SqlitePool::connect(&app.settings.progress.database_url)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT owner, started_at FROM progress_runs WHERE symbol = ?1 AND resolution = ?2",
+    )
+    .bind(symbol)
+    .bind(res.name())
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    rows.into_iter()
+        .map(|(owner, started)| (owner, ohlcd::times::from_rfc3339(&started).unwrap()))
+        .collect()
+}
+
 async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
     let app = TestApp::spawn().await;
     let symbols = ["BTCUSD", "ETHUSD"];
@@ -127,18 +148,18 @@ async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
     );
     crashing.kill().unwrap(); // SIGKILL: no cleanup of any kind
     crashing.wait().unwrap();
-    let orphaned = app
+    let orphaned: Vec<Task> = app
         .store
         .tasks()
         .await
         .unwrap()
         .into_iter()
         .filter(|t| t.status == TaskStatus::Running && t.lease_owner.is_some())
-        .count();
+        .collect();
     assert_eq!(
-        orphaned > 0,
+        !orphaned.is_empty(),
         expect_orphaned_lease,
-        "leases left by the killed process"
+        "leases left by the killed process: {orphaned:#?}"
     );
     if point == "mid_cascade" {
         // 1m of the first symbol is done, nothing coarser has started.
@@ -159,18 +180,37 @@ async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
     }
 
     // Restarted with no manual step: waits out the dead lease, then finishes.
-    let started = Instant::now();
     let out = app.ohlcd().arg("backfill").output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    if expect_orphaned_lease {
+    // The dead lease was respected and then taken over: the restarted process
+    // ran the orphaned tasks, but started none of their runs before it expired.
+    for task in &orphaned {
+        let (dead, expiry) = (task.lease_owner.clone(), task.lease_expires_at.unwrap());
+        let taken_over: Vec<(String, i64)> = run_starts(&app, &task.symbol, task.resolution)
+            .await
+            .into_iter()
+            .filter(|(owner, _)| Some(owner) != dead.as_ref())
+            .collect();
         assert!(
-            started.elapsed() >= Duration::from_secs(3),
-            "the lease was respected"
+            !taken_over.is_empty(),
+            "{} {}: not taken over",
+            task.symbol,
+            task.resolution
         );
+        for (owner, started) in taken_over {
+            assert!(
+                started >= expiry,
+                "{} {}: {owner} started a run at {} under a lease valid until {}",
+                task.symbol,
+                task.resolution,
+                to_rfc3339(started),
+                to_rfc3339(expiry)
+            );
+        }
     }
     assert_exact_and_settled(&app, &symbols).await;
 }
