@@ -97,6 +97,25 @@ pub enum Command {
     },
 }
 
+/// The line printed for a failed command: the error and its causes, each said
+/// once. Many errors already show their cause in their own message (ours, and
+/// sqlx's `error returned from database: …` over SQLite's own), so the plain
+/// chain would repeat it: a cause whose text is already on the line is left out.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
@@ -431,15 +450,8 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
 }
 
 async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<()> {
-    for s in &spec.symbols {
-        validate_symbol(s).map_err(anyhow::Error::msg)?;
-    }
-    if spec.from >= spec.to {
-        bail!("--from must be before --to");
-    }
-    if spec.trades == 0 {
-        bail!("--trades must be at least 1");
-    }
+    spec.validate(SystemClock.now() / 1_000_000)
+        .map_err(anyhow::Error::msg)?;
     let influx = InfluxClient::new(&settings.influx)?;
     influx.ping().await?;
     // Demo data: creating the database is what the user wants here.
@@ -573,4 +585,35 @@ async fn cmd_generate_live(
     }
     println!("posted {posted} live trades to {endpoint}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_open_names_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("p.db");
+        let err = ProgressStore::connect(&path.display().to_string())
+            .await
+            .unwrap_err();
+        let line = error_line(&anyhow::Error::from(err));
+        assert!(line.contains("missing-dir"), "{line}");
+        assert_eq!(
+            line.matches("unable to open database file").count(),
+            1,
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn context_and_a_cause_not_in_it_are_both_on_the_line() {
+        let err = anyhow::Error::from(std::io::Error::other("address in use"))
+            .context("cannot listen on 127.0.0.1:1 (server.listen)");
+        assert_eq!(
+            error_line(&err),
+            "cannot listen on 127.0.0.1:1 (server.listen): address in use"
+        );
+    }
 }

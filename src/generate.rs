@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
 
 use crate::candle::{NANOS_PER_DAY, Side};
-use crate::ingest::NewTrade;
+use crate::ingest::{NewTrade, time_refusal, validate_symbol};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -28,6 +28,34 @@ pub struct GenerateSpec {
     pub trades: u64,
     /// RNG seed.
     pub seed: u64,
+}
+
+impl GenerateSpec {
+    /// Checks that every trade of the spec will follow the trade rules as of
+    /// `now_ms` (the API would refuse them otherwise), naming the flag at fault.
+    pub fn validate(&self, now_ms: i64) -> Result<(), String> {
+        if self.symbols.is_empty() {
+            return Err("--symbols: give at least one symbol".into());
+        }
+        for s in &self.symbols {
+            validate_symbol(s).map_err(|e| format!("--symbols: {e}"))?;
+        }
+        if self.from >= self.to {
+            return Err("--from must be before --to".into());
+        }
+        if self.trades == 0 {
+            return Err("--trades must be at least 1".into());
+        }
+        // Trades fall on the milliseconds of [from, to).
+        let first_ms = self.from.div_euclid(1_000_000);
+        let last_ms = (self.to.div_euclid(1_000_000) - 1).max(first_ms);
+        for (flag, ms) in [("--from", first_ms), ("--to", last_ms)] {
+            if let Some(why) = time_refusal(ms, now_ms) {
+                return Err(format!("{flag}: trades at {ms} ms would be refused: {why}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 const DAILY_VOLATILITY: f64 = 0.03;
@@ -272,13 +300,42 @@ mod tests {
         assert!(trades.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
         let (from_ms, to_ms) = (s.from / 1_000_000, s.to / 1_000_000);
         assert!(trades.iter().all(|t| (from_ms..to_ms).contains(&t.time_ms)));
-        assert!(trades.iter().all(|t| t.validate().is_ok()));
+        assert_eq!(s.validate(to_ms), Ok(()));
+        assert!(trades.iter().all(|t| t.validate(to_ms).is_ok()));
         // Spread over the whole range, not bunched at the start.
         assert!(trades.last().unwrap().time_ms > to_ms - 3_600_000);
         for sym in &s.symbols {
             let n = trades.iter().filter(|t| &t.symbol == sym).count();
             assert!((3_333..=3_334).contains(&n), "{sym}: {n}");
         }
+    }
+
+    #[test]
+    fn a_spec_with_trades_the_api_would_refuse_is_refused_naming_the_flag() {
+        let mut s = spec(1);
+        // 1999-12-31T23:59:59.999Z, then 2000-01-01T00:00:00Z.
+        s.from = 946_684_799_999 * 1_000_000;
+        assert!(
+            s.validate(s.to / 1_000_000)
+                .unwrap_err()
+                .starts_with("--from: ")
+        );
+        s.from = 946_684_800_000 * 1_000_000;
+        assert_eq!(s.validate(s.to / 1_000_000), Ok(()));
+        // The last trade may be stamped at most an hour after now.
+        let s = spec(1);
+        let last_ms = s.to / 1_000_000 - 1;
+        assert_eq!(s.validate(last_ms - 3_600_000), Ok(()));
+        assert!(
+            s.validate(last_ms - 3_600_001)
+                .unwrap_err()
+                .starts_with("--to: ")
+        );
+        let no_trades = GenerateSpec {
+            trades: 0,
+            ..spec(1)
+        };
+        assert!(no_trades.validate(last_ms).is_err());
     }
 
     #[test]
@@ -301,7 +358,7 @@ mod tests {
             let at = 1_700_000_000_000 + k * 200;
             for t in walk.trades(at, 10) {
                 assert_eq!(t.time_ms, at);
-                assert!(t.validate().is_ok(), "{t:?}");
+                assert!(t.validate(at + 1_000).is_ok(), "{t:?}");
                 assert!(ids.insert((t.symbol.clone(), t.id)), "duplicate id");
                 if t.symbol == "BTCUSD" {
                     assert!((t.price / 41_000.0 - 1.0).abs() < 0.01, "{}", t.price);

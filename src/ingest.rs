@@ -22,9 +22,27 @@ pub const SUB_MS_SLOTS: i64 = 1_000_000;
 /// Trades per write request on the ingest path.
 pub const INGEST_BATCH: usize = 100_000;
 
-/// Largest accepted trade time (2200-01-01T00:00:00Z) in milliseconds; InfluxDB's
-/// nanosecond timestamps end in 2262.
+/// Earliest accepted trade time (2000-01-01T00:00:00Z), Unix milliseconds.
+pub const MIN_TIME_MS: i64 = 946_684_800_000;
+
+/// Latest accepted trade time (2200-01-01T00:00:00Z), Unix milliseconds;
+/// InfluxDB's nanosecond timestamps end in 2262.
 pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
+
+/// How far ahead of now a trade may be stamped (clock skew), milliseconds.
+pub const MAX_FUTURE_MS: i64 = 3_600_000;
+
+/// Why a trade stamped `time_ms` is refused at `now_ms`, if it is. The one time
+/// rule of the API, `ohlcd generate` and the bench.
+pub fn time_refusal(time_ms: i64, now_ms: i64) -> Option<String> {
+    if !(MIN_TIME_MS..=MAX_TIME_MS).contains(&time_ms) {
+        Some(format!("{time_ms} ms is not between 2000 and 2200"))
+    } else if time_ms > now_ms.saturating_add(MAX_FUTURE_MS) {
+        Some("is more than an hour in the future".into())
+    } else {
+        None
+    }
+}
 
 /// A trade as received, before it is stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,8 +87,9 @@ pub fn validate_symbol(symbol: &str) -> Result<(), String> {
 }
 
 impl NewTrade {
-    /// Validates every field, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every field against the trade rules as of `now_ms`, naming the
+    /// first bad one.
+    pub fn validate(&self, now_ms: i64) -> Result<(), String> {
         validate_symbol(&self.symbol).map_err(|e| format!("symbol: {e}"))?;
         if !(self.price.is_finite() && self.price > 0.0) {
             return Err(format!(
@@ -84,11 +103,8 @@ impl NewTrade {
                 self.amount
             ));
         }
-        if !(0..=MAX_TIME_MS).contains(&self.time_ms) {
-            return Err(format!(
-                "timestamp: must be between 1970 and 2200 in Unix milliseconds, got {}",
-                self.time_ms
-            ));
+        if let Some(why) = time_refusal(self.time_ms, now_ms) {
+            return Err(format!("timestamp: {why}"));
         }
         if self.id < 0 {
             return Err(format!("id: must be ≥ 0, got {}", self.id));
@@ -212,14 +228,16 @@ mod tests {
             2.5e-300,
             42000.01,
         ];
+        // Every price with every amount.
         let trades: Vec<NewTrade> = values
             .iter()
+            .flat_map(|p| values.iter().map(move |a| (*p, *a)))
             .enumerate()
-            .map(|(i, v)| NewTrade {
+            .map(|(i, (price, amount))| NewTrade {
                 symbol: "BTC-USD:X.1_a".into(),
                 side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
-                price: *v,
-                amount: values[values.len() - 1 - i],
+                price,
+                amount,
                 time_ms: 1_700_000_000_000 + i as i64,
                 id: (i as i64) * 1_234_567,
             })
@@ -247,32 +265,59 @@ mod tests {
         };
         assert_eq!(parsed(&ours), parsed(&theirs));
         // Ordinary prices and amounts come out byte for byte the same.
-        for (a, b) in ours.lines().zip(theirs.lines()) {
-            if !b.contains("00000000") {
+        let ordinary = |x: f64| (1e-3..1e15).contains(&x);
+        let mut compared = 0;
+        for ((a, b), t) in ours.lines().zip(theirs.lines()).zip(&trades) {
+            if ordinary(t.price) && ordinary(t.amount) {
                 assert_eq!(a, b);
+                compared += 1;
             }
         }
+        assert_eq!(compared, 36, "6 ordinary prices × 6 ordinary amounts");
     }
 
     #[test]
     fn validation_names_the_bad_field() {
-        let mut bad = t(1, 1);
+        // 2024-01-01T00:00:00Z; trades an hour after it are still accepted.
+        let now = 1_704_067_200_000;
+        let ok = |ms| t(1, ms);
+        let mut bad = ok(now);
         bad.price = f64::NAN;
-        assert!(bad.validate().unwrap_err().starts_with("price"));
-        let mut bad = t(1, 1);
+        assert!(bad.validate(now).unwrap_err().starts_with("price"));
+        let mut bad = ok(now);
         bad.amount = 0.0;
-        assert!(bad.validate().unwrap_err().starts_with("amount"));
-        let mut bad = t(1, 1);
+        assert!(bad.validate(now).unwrap_err().starts_with("amount"));
+        let mut bad = ok(now);
         bad.symbol = "BTC USD".into();
-        assert!(bad.validate().unwrap_err().starts_with("symbol"));
-        let mut bad = t(1, 1);
+        assert!(bad.validate(now).unwrap_err().starts_with("symbol"));
+        let mut bad = ok(now);
         bad.symbol = "x'; DROP".into();
-        assert!(bad.validate().is_err());
-        let mut bad = t(1, MAX_TIME_MS + 1);
-        assert!(bad.validate().unwrap_err().starts_with("timestamp"));
-        bad.time_ms = 5;
+        assert!(bad.validate(now).is_err());
+        let mut bad = ok(now);
         bad.id = -1;
-        assert!(bad.validate().unwrap_err().starts_with("id"));
-        assert!(t(1, 1).validate().is_ok());
+        assert!(bad.validate(now).unwrap_err().starts_with("id"));
+        assert!(ok(now).validate(now).is_ok());
+    }
+
+    #[test]
+    fn trade_times_are_accepted_from_2000_to_an_hour_after_now() {
+        // Literals, not the constants: 2000-01-01T00:00:00Z and one hour.
+        let y2000 = 946_684_800_000;
+        let far_future = 7_258_118_400_000; // 2200-01-01, the last accepted
+        for (time_ms, now_ms, accepted) in [
+            (y2000, y2000, true),
+            (y2000 - 1, y2000, false),
+            (0, y2000, false),
+            (1_704_067_200_000 + 3_600_000, 1_704_067_200_000, true),
+            (1_704_067_200_000 + 3_600_001, 1_704_067_200_000, false),
+            (far_future, far_future, true),
+            (far_future + 1, far_future, false),
+        ] {
+            let got = t(1, time_ms).validate(now_ms);
+            assert_eq!(got.is_ok(), accepted, "{time_ms} at {now_ms}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.starts_with("timestamp: "), "{e}");
+            }
+        }
     }
 }

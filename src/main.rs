@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line that says what is wrong and, where we know, what to do.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ohlcd::cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

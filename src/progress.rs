@@ -253,6 +253,40 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, ProgressError> {
     })
 }
 
+/// An exclusive lock on `<database>.migrate-lock`, held while a process opens
+/// the database (see [`ProgressStore::connect`]); released on drop. Where the
+/// lock file cannot be created (a read-only directory), opening goes on
+/// without it: nothing can be created or migrated there anyway.
+struct OpenLock(Option<std::fs::File>);
+
+impl OpenLock {
+    async fn acquire(options: &SqliteConnectOptions) -> Result<OpenLock, ProgressError> {
+        let path = format!("{}.migrate-lock", options.get_filename().display());
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            return Ok(OpenLock(None));
+        };
+        // `File::lock` blocks until the holder is done: off the async threads.
+        tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| ProgressError::Invalid(e.to_string()))?
+            .map(|file| OpenLock(Some(file)))
+            .map_err(|e| ProgressError::Invalid(format!("cannot lock {path}: {e}")))
+    }
+}
+
+impl Drop for OpenLock {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0 {
+            let _ = file.unlock();
+        }
+    }
+}
+
 impl ProgressStore {
     /// Opens (creating if missing) the SQLite database at `url` and migrates it.
     ///
@@ -278,34 +312,21 @@ impl ProgressStore {
             // candles is idempotent. It saves an fsync per chunk.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        // The first connection switches the file to WAL: a read of its header
+        // upgraded to a write. SQLite answers a second process doing the same at
+        // that moment with SQLITE_BUSY at once, without the busy timeout (two
+        // readers both waiting to write would deadlock), so two daemons started
+        // together on a fresh file failed with "database is locked"; two creating
+        // the tables at once would fail too. So the whole open, from creating the
+        // file to the last migration, runs under a lock next to the database.
+        let lock = OpenLock::acquire(&options).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(open_err)?;
-        // Two processes opening a fresh file at once would both create the
-        // tables and one would fail; SQLite has no advisory lock for sqlx to
-        // take, so serialize migrations with a lock file next to the database.
-        let lock_path = format!("{}.migrate-lock", options.get_filename().display());
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ok();
-        if let Some(file) = &lock {
-            let file = file
-                .try_clone()
-                .map_err(|e| ProgressError::Invalid(e.to_string()))?;
-            tokio::task::spawn_blocking(move || file.lock())
-                .await
-                .map_err(|e| ProgressError::Invalid(e.to_string()))?
-                .map_err(|e| ProgressError::Invalid(format!("cannot lock {lock_path}: {e}")))?;
-        }
         let migrated = sqlx::migrate!("./migrations").run(&pool).await;
-        if let Some(file) = &lock {
-            let _ = file.unlock();
-        }
+        drop(lock);
         migrated.map_err(|source| ProgressError::Migrate {
             url: url.to_string(),
             source,
@@ -483,6 +504,41 @@ mod tests {
         for open in futures_util::future::join_all(opens).await {
             let store = open.unwrap().unwrap();
             assert!(store.tasks().await.unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn connections_opening_a_fresh_file_at_the_same_instant_all_succeed() {
+        // Each on its own thread and runtime, released by a barrier: the first
+        // statements (the switch to WAL) run at once, as in two processes.
+        const AT_ONCE: usize = 2;
+        for round in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("p.db").display());
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(AT_ONCE));
+            let opens: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    let (url, barrier) = (url.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        barrier.wait();
+                        rt.block_on(async {
+                            let store = ProgressStore::connect(&url).await?;
+                            store.tasks().await.map(|t| t.len())
+                        })
+                    })
+                })
+                .collect();
+            for open in opens {
+                assert_eq!(
+                    open.join().unwrap().map_err(|e| e.to_string()),
+                    Ok(0),
+                    "round {round}"
+                );
+            }
         }
     }
 

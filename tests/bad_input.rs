@@ -109,6 +109,20 @@ fn nanos(rfc3339: &str) -> i64 {
     ohlcd::times::from_rfc3339(rfc3339).unwrap()
 }
 
+/// The trades stored before the corpus is sent.
+fn data_spec() -> GenerateSpec {
+    GenerateSpec {
+        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        from: nanos(DATA_FROM),
+        to: nanos(DATA_TO),
+        trades: 400,
+        seed: 7,
+    }
+}
+
+/// Requests in the corpus: a change in either list changes it on purpose.
+const CORPUS_LEN: usize = 592;
+
 impl App {
     async fn start() -> App {
         let influxd = tokio::task::spawn_blocking(Influxd::start).await.unwrap();
@@ -130,14 +144,7 @@ impl App {
         let store = ProgressStore::connect(&settings.progress.database_url)
             .await
             .unwrap();
-        let spec = GenerateSpec {
-            symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
-            from: nanos(DATA_FROM),
-            to: nanos(DATA_TO),
-            trades: 400,
-            seed: 7,
-        };
-        let trades: Vec<NewTrade> = Generator::new(&spec).collect();
+        let trades: Vec<NewTrade> = Generator::new(&data_spec()).collect();
         write_trades(&influx, &trades).await.unwrap();
         let clock = ManualClock::new(nanos(DATA_TO) + 3600 * NANOS_PER_SEC);
         let engine = Engine::new(
@@ -167,8 +174,9 @@ impl App {
         }
     }
 
-    /// Everything a request could damage: point counts per measurement, the
-    /// measurements and symbols that exist, the progress table and dirty ranges.
+    /// Everything a request could damage: every stored trade and candle (values,
+    /// not just counts), the measurements and symbols that exist, the progress
+    /// table, its run history and the dirty ranges.
     async fn snapshot(&self) -> Vec<String> {
         let mut out = Vec::new();
         let measurements = std::iter::once(("trades", "price"))
@@ -181,6 +189,12 @@ impl App {
                 .unwrap();
             let n = v["series"][0]["values"][0][1].as_i64().unwrap_or(0);
             out.push(format!("{m}: {n} points"));
+            let all = self
+                .influx
+                .query_json(&format!("SELECT * FROM \"{m}\" GROUP BY *"))
+                .await
+                .unwrap();
+            out.push(format!("{m} points: {}", all["series"]));
         }
         for q in [
             "SHOW MEASUREMENTS",
@@ -191,16 +205,43 @@ impl App {
         }
         for t in self.store.tasks().await.unwrap() {
             let dirty = self.store.dirty(&t.symbol, t.resolution).await.unwrap();
-            out.push(format!(
-                "{} {}: watermark {:?}, status {:?}, dirty {dirty:?}",
-                t.symbol,
-                t.resolution.name(),
-                t.watermark,
-                t.status
-            ));
+            let runs = self
+                .store
+                .runs(&t.symbol, t.resolution, 100_000)
+                .await
+                .unwrap();
+            out.push(format!("{t:?}, dirty {dirty:?}, runs {runs:?}"));
         }
         out
     }
+}
+
+/// The entries of two snapshots that differ, each shown around where it first
+/// differs (the dumps of stored points are long).
+fn snapshot_diff(before: &[String], after: &[String]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for (b, a) in before.iter().zip(after).filter(|(b, a)| b != a) {
+        let (b, a): (Vec<char>, Vec<char>) = (b.chars().collect(), a.chars().collect());
+        let same = b.iter().zip(&a).take_while(|(x, y)| x == y).count();
+        let around = |s: &[char]| -> String {
+            let from = same.saturating_sub(120);
+            s[from..(same + 200).min(s.len())].iter().collect()
+        };
+        let head: String = b.iter().take_while(|c| **c != ':').collect();
+        out.push(format!(
+            "  {head}: …{}…\n  {head}: …{}… (after)",
+            around(&b),
+            around(&a)
+        ));
+    }
+    if before.len() != after.len() {
+        out.push(format!(
+            "  {} entries before, {} after",
+            before.len(),
+            after.len()
+        ));
+    }
+    out.join("\n")
 }
 
 fn client() -> reqwest::Client {
@@ -497,6 +538,21 @@ fn post_corpus() -> Vec<Req> {
     ));
     c.push(post_json(format!("[{fresh},{fresh},null]"), 400));
     c.push(post_json(format!("[{fresh},[{fresh}]]"), 400));
+    // ... and one that would change a stored trade in place (its symbol, side,
+    // time and id, another price): no count changes, only the stored values.
+    let stored = Generator::new(&data_spec()).next().unwrap();
+    let changed = object(&[
+        ("symbol", json!(stored.symbol).to_string()),
+        ("price", json!(stored.price * 2.0).to_string()),
+        ("amount", json!(stored.amount).to_string()),
+        ("side", json!(stored.side.as_str()).to_string()),
+        ("timestamp", stored.time_ms.to_string()),
+        ("id", stored.id.to_string()),
+    ]);
+    c.push(post_json(
+        format!("[{changed},{}]", trade_with("price", Some("-1"))),
+        400,
+    ));
     // Truncated, empty, non-object and trailing-garbage bodies.
     let whole = trade_with("id", Some("900005"));
     for cut in [1, 10, whole.len() / 2, whole.len() - 1] {
@@ -1010,7 +1066,11 @@ async fn malformed_requests_all_get_a_4xx_json_error_and_change_nothing_stored()
     );
     let client = client();
     let corpus: Vec<Req> = post_corpus().into_iter().chain(get_corpus()).collect();
-    assert!(corpus.len() >= 60);
+    assert_eq!(
+        corpus.len(),
+        CORPUS_LEN,
+        "the corpus changed size; update CORPUS_LEN (and README) if on purpose"
+    );
     let mut failures = Vec::new();
     for r in &corpus {
         let answer = send(&client, &app.url, r).await;
@@ -1022,7 +1082,8 @@ async fn malformed_requests_all_get_a_4xx_json_error_and_change_nothing_stored()
     let after = app.snapshot().await;
     if after != before {
         failures.push(format!(
-            "rejected requests changed what is stored:\n  before {before:?}\n  after  {after:?}"
+            "rejected requests changed what is stored:\n{}",
+            snapshot_diff(&before, &after)
         ));
     }
     match client.get(format!("{}/healthz", app.url)).send().await {
@@ -1134,5 +1195,10 @@ async fn search_treats_any_query_text_as_a_plain_substring_of_known_symbols() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(app.snapshot().await, before);
+    let after = app.snapshot().await;
+    assert!(
+        after == before,
+        "search changed what is stored:\n{}",
+        snapshot_diff(&before, &after)
+    );
 }

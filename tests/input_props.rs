@@ -14,10 +14,10 @@ use influxdb_line_protocol::{FieldValue, ParsedLine, parse_lines};
 use ohlcd::candle::{Candle, Resolution, Side};
 use ohlcd::datafeed::ChartResolution;
 use ohlcd::influx::{encode_candles, quote_ident, quote_literal};
-use ohlcd::ingest::{MAX_TIME_MS, NewTrade, encode_trades, point_time, validate_symbol};
+use ohlcd::ingest::{NewTrade, encode_trades, point_time, validate_symbol};
 use ohlcd::server::models::{
-    MAX_FUTURE_MS, MAX_TIME_SECS, MIN_TIME_SECS, Params, TradesError, count_param, parse_trades,
-    range_params, resolution_param, seconds_param, symbol_param,
+    Params, TradesError, count_param, parse_trades, range_params, resolution_param, seconds_param,
+    symbol_param,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -25,8 +25,15 @@ use serde_json::{Value, json};
 
 /// The parser's "now" (2027-01-15), Unix milliseconds.
 const NOW_MS: i64 = 1_800_000_000_000;
-const MIN_MS: i64 = MIN_TIME_SECS * 1000;
-const LATEST_MS: i64 = NOW_MS + MAX_FUTURE_MS;
+// The README's numbers, spelled out here rather than taken from the code under
+// test: trades from 2000-01-01 to 2200-01-01 (UTC) and at most an hour ahead.
+/// 2000-01-01T00:00:00Z, Unix milliseconds.
+const MIN_MS: i64 = 946_684_800_000;
+/// 2200-01-01T00:00:00Z, Unix milliseconds.
+const MAX_MS: i64 = 7_258_118_400_000;
+/// 2200-01-01T00:00:00Z, Unix seconds: query times are clamped to `0..=MAX_SECS`.
+const MAX_SECS: i64 = 7_258_118_400;
+const LATEST_MS: i64 = NOW_MS + 3_600_000;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -241,8 +248,8 @@ fn timestamp_value() -> impl Strategy<Value = String> {
             MIN_MS,
             LATEST_MS,
             LATEST_MS + 1,
-            MAX_TIME_MS,
-            MAX_TIME_MS + 1,
+            MAX_MS,
+            MAX_MS + 1,
         ])
         .prop_map(|ms| ms.to_string()),
         1 => prop::sample::select(vec![
@@ -364,8 +371,8 @@ fn symbol_ok(s: &str) -> bool {
 /// What the README says a body should give.
 #[derive(Debug)]
 enum Expect {
-    /// Every trade valid: (symbol, side, price, amount, time_ms, id if given).
-    Trades(Vec<(String, Side, f64, f64, i64, Option<i64>)>),
+    /// Every trade valid.
+    Trades(Vec<Valid>),
     NotJson,
     NotTrades,
     Empty,
@@ -374,7 +381,7 @@ enum Expect {
 }
 
 fn time_ok(ms: i64) -> Option<i64> {
-    ((MIN_MS..=MAX_TIME_MS).contains(&ms) && ms <= LATEST_MS).then_some(ms)
+    ((MIN_MS..=MAX_MS).contains(&ms) && ms <= LATEST_MS).then_some(ms)
 }
 
 fn positive(v: Option<&Value>) -> Option<f64> {
@@ -382,7 +389,11 @@ fn positive(v: Option<&Value>) -> Option<f64> {
         .filter(|x| x.is_finite() && *x > 0.0)
 }
 
-type Checked = Result<(String, Side, f64, f64, i64, Option<i64>), Vec<String>>;
+/// A valid trade as the oracle reads it: (symbol, side, price, amount, time_ms,
+/// id if given).
+type Valid = (String, Side, f64, f64, i64, Option<i64>);
+
+type Checked = Result<Valid, Vec<String>>;
 
 fn check_item(item: &Value) -> Checked {
     let Value::Object(obj) = item else {
@@ -466,17 +477,17 @@ fn oracle(body: &[u8]) -> Expect {
 /// valid, rejections name the first bad trade and one of its bad fields.
 fn check_parse(body: &[u8]) -> Result<(), TestCaseError> {
     let got = parse_trades(body, NOW_MS);
-    prop_assert_eq!(
-        &got,
-        &parse_trades(body, NOW_MS),
-        "parsing is deterministic"
-    );
     let shown = String::from_utf8_lossy(body);
     match (oracle(body), got) {
         (Expect::Trades(expected), Ok(trades)) => {
             prop_assert_eq!(trades.len(), expected.len());
             for (t, (symbol, side, price, amount, time_ms, id)) in trades.iter().zip(&expected) {
-                prop_assert!(t.validate().is_ok(), "{:?}: {:?}", t, t.validate());
+                prop_assert!(
+                    t.validate(NOW_MS).is_ok(),
+                    "{:?}: {:?}",
+                    t,
+                    t.validate(NOW_MS)
+                );
                 prop_assert_eq!(&t.symbol, symbol);
                 prop_assert_eq!(t.side, *side);
                 prop_assert_eq!(t.price.to_bits(), price.to_bits());
@@ -502,6 +513,7 @@ fn check_parse(body: &[u8]) -> Result<(), TestCaseError> {
                 unique.dedup();
                 prop_assert_eq!(unique.len(), ids.len(), "derived ids collide: {:?}", ids);
             }
+            check_derived_ids_ignore_other_trades(body, &trades, &expected)?;
             check_trades_round_trip(&trades)?;
         }
         (Expect::NotJson, Err(TradesError::Invalid(m))) => {
@@ -546,6 +558,33 @@ fn check_parse(body: &[u8]) -> Result<(), TestCaseError> {
             return Err(TestCaseError::fail(format!(
                 "{shown}: expected {expected:?}, parse_trades gave {got:?}"
             )));
+        }
+    }
+    Ok(())
+}
+
+/// A trade without an id gets one from its content and its place among the
+/// identical trades of its request (README), so it must not move when another,
+/// different trade is sent first in the same request.
+fn check_derived_ids_ignore_other_trades(
+    body: &[u8],
+    trades: &[NewTrade],
+    expected: &[Valid],
+) -> Result<(), TestCaseError> {
+    let text = std::str::from_utf8(body).expect("accepted bodies are UTF-8");
+    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    let other =
+        r#"{"symbol":"OTHER.PAD","price":1,"amount":1,"side":"buy","timestamp":1800000000000}"#;
+    let padded = match text.strip_prefix('[') {
+        Some(items) => format!("[{other},{items}"),
+        None => format!("[{other},{text}]"),
+    };
+    let again = parse_trades(padded.as_bytes(), NOW_MS)
+        .map_err(|e| TestCaseError::fail(format!("{padded}: {e:?}")))?;
+    prop_assert_eq!(again.len(), trades.len() + 1);
+    for ((t, e), a) in trades.iter().zip(expected).zip(&again[1..]) {
+        if e.5.is_none() {
+            prop_assert_eq!(t.id, a.id, "derived id moved: {:?}", t);
         }
     }
     Ok(())
@@ -762,29 +801,72 @@ fn params(pairs: &[(&str, &Option<String>)]) -> Params {
         .collect()
 }
 
-/// The resolution grammar of the README: minutes 1..=1440, nD 1..=365, nW
-/// 1..=52, nM 1..=12 (n may be omitted for D/W/M), ASCII digits only.
+/// Every resolution the README allows, by its canonical spelling: minutes
+/// `1` … `1440`, `nD` (`D` = `1D`) up to 365, `nW` up to 52, `nM` up to 12.
+fn resolution_table() -> &'static HashMap<String, ChartResolution> {
+    static TABLE: std::sync::OnceLock<HashMap<String, ChartResolution>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = HashMap::new();
+        for n in 1..=1440 {
+            t.insert(format!("{n}"), ChartResolution::Minutes(n));
+        }
+        for (unit, max, make) in [
+            (
+                "D",
+                365,
+                ChartResolution::Days as fn(u32) -> ChartResolution,
+            ),
+            ("W", 52, ChartResolution::Weeks),
+            ("M", 12, ChartResolution::Months),
+        ] {
+            t.insert(unit.to_string(), make(1));
+            for n in 1..=max {
+                t.insert(format!("{n}{unit}"), make(n));
+            }
+        }
+        t
+    })
+}
+
+/// What `s` should parse to: its entry in the table, leading zeros of a count
+/// allowed (`005` is `5`) but not a zero count (`0D`).
 fn resolution_ok(s: &str) -> Option<ChartResolution> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let trimmed = digits.trim_start_matches('0');
-    let n: u64 = if digits.is_empty() {
-        1
-    } else if trimmed.is_empty() {
+    let unpadded = s.trim_start_matches('0');
+    if unpadded.len() != s.len() && !unpadded.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    resolution_table().get(unpadded).copied()
+}
+
+/// What a seconds parameter should give, from the README: a whole number of
+/// Unix seconds (optional sign, ASCII digits, fitting 64 bits), clamped to
+/// 1970 … 2200; `None` when absent or empty, `Err` when not such a number.
+fn seconds_ok(raw: Option<&str>) -> Result<Option<i64>, ()> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    let mut n: i128 = 0;
+    for b in digits.bytes() {
+        n = (n * 10 + i128::from(b - b'0')).min(i128::from(u64::MAX));
+    }
+    if raw.starts_with('-') {
+        n = -n;
+    }
+    if n < i128::from(i64::MIN) || n > i128::from(i64::MAX) {
+        return Err(());
+    }
+    Ok(Some(if n < 0 {
         0
-    } else if trimmed.len() > 10 {
-        u64::MAX
+    } else if n > i128::from(MAX_SECS) {
+        MAX_SECS
     } else {
-        trimmed.parse().unwrap()
-    };
-    let (max, make): (u64, fn(u32) -> ChartResolution) = match unit {
-        "" if !digits.is_empty() => (1440, ChartResolution::Minutes),
-        "D" => (365, ChartResolution::Days),
-        "W" => (52, ChartResolution::Weeks),
-        "M" => (12, ChartResolution::Months),
-        _ => return None,
-    };
-    (1..=max).contains(&n).then(|| make(n as u32))
+        n as i64
+    }))
 }
 
 proptest! {
@@ -858,11 +940,11 @@ proptest! {
     #[test]
     fn trades_at_any_valid_time_and_id_encode_to_one_parsable_line_each(
         mut batch in prop::collection::vec(valid_trade(), 1..8),
-        times in prop::collection::vec(0..=MAX_TIME_MS, 8),
+        times in prop::collection::vec(MIN_MS..=MAX_MS, 8),
     ) {
         for (t, ms) in batch.iter_mut().zip(times) {
             t.time_ms = ms;
-            prop_assert!(t.validate().is_ok());
+            prop_assert!(t.validate(MAX_MS).is_ok());
         }
         check_trades_round_trip(&batch)?;
     }
@@ -943,7 +1025,6 @@ proptest! {
         match resolution_param(&p, "resolution") {
             Ok(r) => {
                 prop_assert_eq!(Some(r), resolution.as_deref().and_then(resolution_ok));
-                prop_assert_eq!(r.to_string().parse::<ChartResolution>(), Ok(r));
             }
             Err(m) => {
                 prop_assert_eq!(resolution.as_deref().and_then(resolution_ok), None, "{}", m);
@@ -970,28 +1051,41 @@ proptest! {
         from in prop::option::weighted(0.9, param_value()),
         to in prop::option::weighted(0.7, param_value()),
         limit in prop::option::weighted(0.9, param_value()),
-        now in 0..=MAX_TIME_SECS,
+        now in 0..=MAX_SECS,
         max in 1u64..=100_000,
         default in 1u64..=100_000,
     ) {
         let p = params(&[("from", &from), ("to", &to), ("limit", &limit)]);
+        let mut want = Vec::new();
         for (name, raw) in [("from", &from), ("to", &to)] {
+            let expected = seconds_ok(raw.as_deref());
             match seconds_param(&p, name) {
-                Ok(None) => prop_assert!(raw.as_deref().is_none_or(str::is_empty)),
-                Ok(Some(x)) => {
-                    prop_assert!((0..=MAX_TIME_SECS).contains(&x), "{}={:?} gave {}", name, raw, x);
-                    let n: i64 = raw.as_deref().unwrap().parse().unwrap();
-                    prop_assert_eq!(x, n.clamp(0, MAX_TIME_SECS));
-                }
+                Ok(x) => prop_assert_eq!(Ok(x), expected, "{}={:?}", name, raw),
                 Err(m) => {
                     prop_assert!(m.starts_with(&format!("{name}: ")), "{}", m);
-                    prop_assert!(raw.as_deref().unwrap().parse::<i64>().is_err());
+                    prop_assert_eq!(expected, Err(()), "{}={:?} refused: {}", name, raw, m);
                 }
             }
+            want.push(expected);
         }
-        match range_params(&p, now) {
-            Ok((f, t)) => prop_assert!(0 <= f && f < t && t <= MAX_TIME_SECS, "{} {}", f, t),
-            Err(m) => prop_assert!(!m.is_empty()),
+        // from is required, to defaults to now; the range must not be empty.
+        let expected_range = match (want[0], want[1]) {
+            (Ok(None), _) => Err("missing parameter from".to_string()),
+            (Err(()), _) => Err("from: ".to_string()),
+            (_, Err(())) => Err("to: ".to_string()),
+            (Ok(Some(f)), Ok(t)) => {
+                let t = t.unwrap_or(now);
+                if f < t { Ok((f, t)) } else { Err(format!("from ({f}) must be before to ({t})")) }
+            }
+        };
+        match (range_params(&p, now), expected_range) {
+            (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+            (Err(m), Err(prefix)) => prop_assert!(m.starts_with(&prefix), "{} (expected {})", m, prefix),
+            (got, want) => {
+                return Err(TestCaseError::fail(format!(
+                    "from={from:?} to={to:?} now={now}: range_params gave {got:?}, expected {want:?}"
+                )));
+            }
         }
         let default = default.min(max);
         match count_param(&p, "limit", default, max) {

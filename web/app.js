@@ -24,6 +24,12 @@ const ohlcd = {
   progressRows: 0,
 };
 window.ohlcd = ohlcd;
+// What the chart actually holds (lightweight-charts' own copy of the data), so a
+// test can compare every drawn bar with the API's answer.
+window.ohlcdDrawn = () => ({
+  candles: candleSeries ? candleSeries.data() : [],
+  volumes: volumeSeries ? volumeSeries.data() : [],
+});
 
 const POLL_MS = 5000;
 const DAY = 86400;

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
 use ohlcd::generate::{GenerateSpec, Generator};
-use ohlcd::ingest::{NewTrade, encode_trades, validate_symbol};
+use ohlcd::ingest::{INGEST_BATCH, NewTrade, encode_trades, validate_symbol};
 use serde_json::{Value, json};
 
 const NS: i64 = 1_000_000_000;
@@ -1405,9 +1405,9 @@ impl Bench {
     ) -> Result<()> {
         let n = self.args.ingest_trades.max(1);
         let batch = self.args.ingest_batch.max(1);
-        // Times from 2 to 32 minutes ahead (the API allows up to an hour): new
-        // series, never late against a watermark, and untouched by the daemon's
-        // ticks during the measurement.
+        // Times from 2 to 32 minutes ahead (the trade rule allows up to an
+        // hour): new series, never late against a watermark, and untouched by
+        // the daemon's ticks during the measurement.
         let now_ns = chrono::Utc::now()
             .timestamp_nanos_opt()
             .context("clock out of range")?;
@@ -1419,6 +1419,8 @@ impl Bench {
             trades: n,
             seed: 7,
         };
+        spec.validate(now_ns / 1_000_000)
+            .map_err(|e| anyhow!("ingest trades the API would refuse: {e}"))?;
         let trades: Vec<NewTrade> = Generator::new(&spec).collect();
         let api_bodies: Vec<Bytes> = trades
             .chunks(batch)
@@ -1698,8 +1700,8 @@ async fn run(args: Args) -> Result<bool> {
     ensure!(args.trades > 0, "--trades must be at least 1");
     ensure!(args.days > 0, "--days must be at least 1");
     ensure!(
-        args.ingest_batch <= 100_000,
-        "--ingest-batch: the API takes at most 100,000 trades per request"
+        args.ingest_batch <= INGEST_BATCH,
+        "--ingest-batch: the API takes at most {INGEST_BATCH} trades per request"
     );
     let exe = std::env::current_exe().context("cannot locate the bench executable")?;
     let ohlcd = exe

@@ -589,6 +589,8 @@ impl<W: Warehouse> Engine<W> {
                 {
                     tracing::warn!(error = %e, "could not release leases; they expire on their own");
                 }
+                // Test point: a batch done and released, the next not claimed.
+                crate::failpoint::hit("after_release").await;
             }
             Err(e) => {
                 let msg = e.to_string();

@@ -14,12 +14,8 @@ use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
 /// Query parameters as received.
 pub type Params = HashMap<String, String>;
 
-/// Earliest accepted time for queries and trades: 2000-01-01T00:00:00Z (seconds).
-pub const MIN_TIME_SECS: i64 = 946_684_800;
-/// Latest accepted query time: 2200-01-01T00:00:00Z (seconds).
+/// Latest accepted query time: 2200-01-01T00:00:00Z (seconds), the last trade time.
 pub const MAX_TIME_SECS: i64 = MAX_TIME_MS / 1000;
-/// How far in the future a trade may be stamped (clock skew), milliseconds.
-pub const MAX_FUTURE_MS: i64 = 3_600_000;
 
 /// A required parameter.
 pub fn required<'p>(p: &'p Params, name: &str) -> Result<&'p str, String> {
@@ -106,54 +102,34 @@ fn field_err(i: usize, field: &str, msg: impl std::fmt::Display) -> TradesError 
     TradesError::Invalid(format!("trade {i}: {field}: {msg}"))
 }
 
-fn parse_timestamp(i: usize, v: &Value, now_ms: i64) -> Result<i64, TradesError> {
-    let ms = match v {
+/// A timestamp as Unix milliseconds: an integer, or an RFC 3339 string. Whether
+/// the time is accepted is the trade rule's business ([`NewTrade::validate`]).
+fn parse_timestamp(i: usize, v: &Value) -> Result<i64, TradesError> {
+    match v {
         Value::Number(n) => n.as_i64().ok_or_else(|| {
             field_err(
                 i,
                 "timestamp",
                 format!("{n} is not a whole number of Unix milliseconds"),
             )
-        })?,
+        }),
         Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map_err(|_| field_err(i, "timestamp", format!("{s:?} is not RFC 3339")))?
-            .timestamp_millis(),
-        other => {
-            return Err(field_err(
-                i,
-                "timestamp",
-                format!("must be Unix milliseconds or an RFC 3339 string, got {other}"),
-            ));
-        }
-    };
-    match time_refusal(ms, now_ms) {
-        Some(why) => Err(field_err(i, "timestamp", why)),
-        None => Ok(ms),
-    }
-}
-
-/// Why a trade time (Unix ms) is refused, if it is: the one rule both parse paths use.
-fn time_refusal(ms: i64, now_ms: i64) -> Option<String> {
-    if !(MIN_TIME_SECS * 1000..=MAX_TIME_MS).contains(&ms) {
-        Some(format!("{ms} ms is not between 2000 and 2200"))
-    } else if ms > now_ms + MAX_FUTURE_MS {
-        Some("is more than an hour in the future".into())
-    } else {
-        None
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| field_err(i, "timestamp", format!("{s:?} is not RFC 3339"))),
+        other => Err(field_err(
+            i,
+            "timestamp",
+            format!("must be Unix milliseconds or an RFC 3339 string, got {other}"),
+        )),
     }
 }
 
 fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, TradesError> {
     match obj.get(field) {
         None => Err(field_err(i, field, "missing")),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(field_err(
-                i,
-                field,
-                format!("must be a finite number > 0, got {n}"),
-            )),
-        },
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| field_err(i, field, format!("{n} is not a number we can read"))),
         Some(other) => Err(field_err(
             i,
             field,
@@ -162,6 +138,8 @@ fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, 
     }
 }
 
+/// One trade of the general path: the JSON types are checked here, the values
+/// by [`NewTrade::validate`], the rule the fast path, `generate` and the bench use.
 fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), TradesError> {
     let Value::Object(obj) = v else {
         return Err(TradesError::Invalid(format!(
@@ -177,10 +155,7 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         ));
     }
     let symbol = match obj.get("symbol") {
-        Some(Value::String(s)) => {
-            validate_symbol(s).map_err(|e| field_err(i, "symbol", e))?;
-            s.clone()
-        }
+        Some(Value::String(s)) => s.clone(),
         Some(other) => {
             return Err(field_err(
                 i,
@@ -204,7 +179,7 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         None => return Err(field_err(i, "side", "missing")),
     };
     let time_ms = match obj.get("timestamp") {
-        Some(v) => parse_timestamp(i, v, now_ms)?,
+        Some(v) => parse_timestamp(i, v)?,
         None => return Err(field_err(i, "timestamp", "missing")),
     };
     let (id, has_id) = match obj.get("id") {
@@ -221,17 +196,18 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         },
         Some(other) => return Err(field_err(i, "id", format!("must be a number, got {other}"))),
     };
-    Ok((
-        NewTrade {
-            symbol,
-            side,
-            price,
-            amount,
-            time_ms,
-            id,
-        },
-        has_id,
-    ))
+    let trade = NewTrade {
+        symbol,
+        side,
+        price,
+        amount,
+        time_ms,
+        id,
+    };
+    trade
+        .validate(now_ms)
+        .map_err(|e| TradesError::Invalid(format!("trade {i}: {e}")))?;
+    Ok((trade, has_id))
 }
 
 /// A trade as it comes over the wire, borrowed from the body where possible.
@@ -305,9 +281,6 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
                 WireTime::Millis(ms) => ms,
                 WireTime::Text(s) => DateTime::parse_from_rfc3339(&s).ok()?.timestamp_millis(),
             };
-            if time_refusal(time_ms, now_ms).is_some() {
-                return None;
-            }
             let trade = NewTrade {
                 symbol: w.symbol.into_owned(),
                 side: w.side.parse::<Side>().ok()?,
@@ -316,7 +289,7 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
                 time_ms,
                 id: w.id.unwrap_or(0),
             };
-            trade.validate().ok()?;
+            trade.validate(now_ms).ok()?;
             Some((trade, w.id.is_some()))
         })
         .collect()
@@ -389,29 +362,95 @@ pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesErr
 mod fast_path_tests {
     use super::*;
 
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn trade(symbol: &str, side: Side, price: f64, amount: f64, time_ms: i64, id: i64) -> NewTrade {
+        NewTrade {
+            symbol: symbol.into(),
+            side,
+            price,
+            amount,
+            time_ms,
+            id,
+        }
+    }
+
     #[test]
-    fn the_fast_and_the_checked_path_agree_on_valid_and_invalid_bodies() {
-        let now = 1_800_000_000_000;
-        let bodies = [
-            r#"{"symbol":"BTCUSD","price":1,"amount":2.5,"side":"buy","timestamp":1700000000123,"id":7}"#,
-            r#"[{"symbol":"B\u0054C","price":1e2,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5+01:00","id":null}]"#,
-            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":-1}"#,
-            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1.5}"#,
-            r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":1,"id":2}"#,
-            r#"{"symbol":"BTCUSD","price":"1","amount":2,"side":"buy","timestamp":1700000000000}"#,
+    fn the_fast_and_the_checked_path_agree_on_valid_bodies() {
+        let cases = [
+            (
+                r#"{"symbol":"BTCUSD","price":1,"amount":2.5,"side":"buy","timestamp":1700000000123,"id":7}"#,
+                (
+                    trade("BTCUSD", Side::Buy, 1.0, 2.5, 1_700_000_000_123, 7),
+                    true,
+                ),
+            ),
+            (
+                r#"[{"symbol":"B\u0054C","price":1e2,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5+01:00","id":null}]"#,
+                // 2023-11-14T21:13:20.5Z; no id given.
+                (
+                    trade("BTC", Side::Sell, 100.0, 2.0, 1_699_996_400_500, 0),
+                    false,
+                ),
+            ),
         ];
-        for body in bodies {
-            let fast = parse_trades_fast(body.as_bytes(), now);
-            let checked = parse_trades_checked(body.as_bytes(), now).ok();
-            if let Some(fast) = fast {
-                assert_eq!(Some(fast), checked, "{body}");
+        for (body, expected) in cases {
+            let fast = parse_trades_fast(body.as_bytes(), NOW);
+            assert_eq!(fast, Some(vec![expected.clone()]), "fast path: {body}");
+            let checked = parse_trades_checked(body.as_bytes(), NOW);
+            assert_eq!(checked, Ok(vec![expected]), "checked path: {body}");
+        }
+    }
+
+    #[test]
+    fn invalid_bodies_leave_the_fast_path_and_the_checked_path_names_the_field() {
+        let base = |field: &str, value: &str| {
+            let mut fields = [
+                ("symbol", r#""BTCUSD""#),
+                ("price", "1"),
+                ("amount", "2"),
+                ("side", r#""buy""#),
+                ("timestamp", "1700000000000"),
+                ("id", "1"),
+            ];
+            fields.iter_mut().find(|(k, _)| *k == field).unwrap().1 = value;
+            let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        // Each well-typed enough for the fast path's serde, so its checks are
+        // what must refuse them.
+        let cases = [
+            (base("symbol", r#""BTC USD""#), "symbol"),
+            (base("price", "-1"), "price"),
+            (base("price", r#""1""#), "price"),
+            (base("amount", "0"), "amount"),
+            (base("side", r#""long""#), "side"),
+            (base("timestamp", "1700000000000.5"), "timestamp"),
+            // 1999-12-31T23:59:59.999Z, and an hour and a millisecond after NOW.
+            (base("timestamp", "946684799999"), "timestamp"),
+            (base("timestamp", "1800003600001"), "timestamp"),
+            (base("id", "-1"), "id"),
+        ];
+        for (body, field) in &cases {
+            assert_eq!(parse_trades_fast(body.as_bytes(), NOW), None, "{body}");
+            match parse_trades_checked(body.as_bytes(), NOW) {
+                Err(TradesError::Invalid(m)) => {
+                    assert!(m.starts_with(&format!("trade 0: {field}: ")), "{body}: {m}")
+                }
+                other => panic!("{body} gave {other:?}"),
             }
         }
-        assert!(
-            parse_trades_fast(bodies[0].as_bytes(), now).is_some(),
-            "valid bodies take the fast path"
+        // A repeated key is not for serde's typed path; the checked one takes
+        // the last value, as serde_json's `Value` does.
+        let repeated = r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":1,"id":2}"#;
+        assert_eq!(parse_trades_fast(repeated.as_bytes(), NOW), None);
+        assert_eq!(
+            parse_trades_checked(repeated.as_bytes(), NOW),
+            Ok(vec![(
+                trade("BTCUSD", Side::Buy, 1.0, 2.0, 1_700_000_000_000, 2),
+                true
+            )])
         );
-        assert!(parse_trades_fast(bodies[1].as_bytes(), now).is_some());
     }
 }
 

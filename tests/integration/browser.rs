@@ -1,6 +1,7 @@
 //! The chart page in a real headless Chromium (driven by web/tests/chart.mjs with
-//! playwright-core): it loads, draws as many bars as the API returns, switches
-//! timeframe and symbol, and leaves a screenshot in target/chart.png.
+//! playwright-core): it loads, draws exactly the bars the API returns (time,
+//! open, high, low, close and volume of each), switches timeframe and symbol,
+//! and leaves a fresh screenshot in target/chart.png.
 
 use std::process::Command;
 
@@ -36,6 +37,12 @@ async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() 
     app.engine("a").tick(&TaskFilter::default()).await.unwrap();
     let (url, _stop) = app.serve().await;
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/chart.png");
+    // A screenshot from an earlier run must not pass for this one.
+    match std::fs::remove_file(shot) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot remove the old {shot}: {e}"),
+    }
     let script = format!("{web}/tests/chart.mjs");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -53,5 +60,8 @@ async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() 
         out.status.success(),
         "browser test failed:\n{stdout}\n{stderr}"
     );
-    assert!(std::path::Path::new(shot).exists());
+    assert!(
+        std::fs::metadata(shot).is_ok_and(|m| m.len() > 0),
+        "no screenshot at {shot}"
+    );
 }

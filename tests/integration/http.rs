@@ -59,8 +59,8 @@ async fn post(url: &str, body: String) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Candles from a UDF `{s, t, o, h, l, c, v}` answer (sums other than volume are
-/// not part of UDF; they are filled from `expected` by the caller).
+/// Bars of a UDF `{s, t, o, h, l, c, v}` answer: (start ns, open, high, low,
+/// close, volume). UDF carries nothing else.
 fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
     assert_eq!(v["s"], "ok", "{v}");
     let col = |k: &str| v[k].as_array().unwrap().clone();
@@ -79,22 +79,45 @@ fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
         .collect()
 }
 
+/// UDF bars equal `expected` in every field UDF has: time, open, high, low and
+/// close exactly, volume up to summation order.
 fn assert_udf_matches(bars: &[(i64, f64, f64, f64, f64, f64)], expected: &[Candle], what: &str) {
-    let got: Vec<Candle> = bars
-        .iter()
-        .zip(expected)
-        .map(|(b, e)| Candle {
-            start: b.0,
-            open: b.1,
-            high: b.2,
-            low: b.3,
-            close: b.4,
-            volume: b.5,
-            ..*e
-        })
-        .collect();
     assert_eq!(bars.len(), expected.len(), "{what}: bar count");
-    assert_candles_eq(&got, expected, what);
+    for (b, e) in bars.iter().zip(expected) {
+        assert_eq!(
+            (b.0, b.1, b.2, b.3, b.4),
+            (e.start, e.open, e.high, e.low, e.close),
+            "{what}: bar at {} differs",
+            e.start
+        );
+        assert!(
+            (b.5 - e.volume).abs() <= 1e-9 * e.volume.abs() + 1e-12,
+            "{what}: volume at {}: {} vs {}",
+            e.start,
+            b.5,
+            e.volume
+        );
+    }
+}
+
+/// Candles of an `/api/ohlc` answer, every field.
+fn api_candles(v: &Value) -> Vec<Candle> {
+    v["candles"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no candles: {v}"))
+        .iter()
+        .map(|c| Candle {
+            start: c["time"].as_i64().unwrap() * NANOS_PER_SEC,
+            open: c["open"].as_f64().unwrap(),
+            high: c["high"].as_f64().unwrap(),
+            low: c["low"].as_f64().unwrap(),
+            close: c["close"].as_f64().unwrap(),
+            volume: c["volume"].as_f64().unwrap(),
+            quote_volume: c["quote_volume"].as_f64().unwrap(),
+            trades: c["trades"].as_i64().unwrap(),
+            buy_volume: c["buy_volume"].as_f64().unwrap(),
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -131,6 +154,24 @@ async fn history_at_every_tested_resolution_equals_bars_from_raw_trades() {
                 &udf_bars(&v),
                 &expected,
                 &format!("{res} (materialized: {materialize})"),
+            );
+            // The sums UDF leaves out (trade count, quote and buy volume), from
+            // /api/ohlc at the same resolution over the last 60 days (short
+            // enough that it is not coarsened).
+            let api_from = to - 60 * 86_400;
+            let (status, v) = get(&format!(
+                "{url}/api/ohlc?symbol=ETHUSD&resolution={res}&from={api_from}&to={to}"
+            ))
+            .await;
+            assert_eq!((status, v["resolution"].as_str()), (200, Some(res)), "{v}");
+            let expected: Vec<Candle> = expected
+                .into_iter()
+                .filter(|c| c.start >= api_from * NANOS_PER_SEC)
+                .collect();
+            assert_candles_eq(
+                &api_candles(&v),
+                &expected,
+                &format!("/api/ohlc {res} (materialized: {materialize})"),
             );
         }
     }
@@ -285,23 +326,7 @@ async fn api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used() {
         .into_iter()
         .filter(|c| c.start >= from * NANOS_PER_SEC && c.start < to * NANOS_PER_SEC)
         .collect();
-    let got: Vec<Candle> = v["candles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| Candle {
-            start: c["time"].as_i64().unwrap() * NANOS_PER_SEC,
-            open: c["open"].as_f64().unwrap(),
-            high: c["high"].as_f64().unwrap(),
-            low: c["low"].as_f64().unwrap(),
-            close: c["close"].as_f64().unwrap(),
-            volume: c["volume"].as_f64().unwrap(),
-            quote_volume: c["quote_volume"].as_f64().unwrap(),
-            trades: c["trades"].as_i64().unwrap(),
-            buy_volume: c["buy_volume"].as_f64().unwrap(),
-        })
-        .collect();
-    assert_candles_eq(&got, &expected, "/api/ohlc 15m");
+    assert_candles_eq(&api_candles(&v), &expected, "/api/ohlc 15m");
     // The whole ~69 days at 1m: 15m would be 6,600 bars, over the cap → 60.
     let (_, v) = get(&format!(
         "{url}/api/ohlc?symbol=BTCUSD&resolution=1&from={}&to={to}",

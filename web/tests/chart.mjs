@@ -55,8 +55,26 @@ async function waitFor(page, what, fn, arg) {
   }
 }
 
-/** Fetch the page's last /api/ohlc request ourselves and compare with what is drawn.
- *  Retried a few times: a live update may add a bar between our two reads. */
+/** The first bar drawn differently from the API's candle (time, open, high, low,
+ *  close, volume), as text; null when every bar matches. */
+function firstDifference(drawn, candles) {
+  const { candles: bars, volumes } = drawn;
+  if (bars.length !== candles.length || volumes.length !== candles.length) {
+    return `${bars.length} bars and ${volumes.length} volume bars drawn, ${candles.length} candles from the API`;
+  }
+  for (let i = 0; i < candles.length; i++) {
+    const c = candles[i];
+    const want = [c.time, c.open, c.high, c.low, c.close, c.volume].map(Number);
+    const got = [bars[i].time, bars[i].open, bars[i].high, bars[i].low, bars[i].close, volumes[i].value].map(Number);
+    if (Number(volumes[i].time) !== want[0] || got.some((x, k) => x !== want[k])) {
+      return `bar ${i}: drawn [time, o, h, l, c, v] = ${JSON.stringify(got)} (volume bar at ${volumes[i].time}), API ${JSON.stringify(want)}`;
+    }
+  }
+  return null;
+}
+
+/** Fetch the page's last /api/ohlc request ourselves and compare every bar drawn
+ *  with it. Retried a few times: a live update may add a bar between our reads. */
 async function assertBarsMatchApi(page, expect = {}) {
   let last = '';
   for (let attempt = 0; attempt < 8; attempt++) {
@@ -74,17 +92,20 @@ async function assertBarsMatchApi(page, expect = {}) {
       throw new TestFailure(`${step}: GET ${url} returned non-JSON: ${text.slice(0, 200)}`);
     }
     assert(Array.isArray(body.candles), `GET ${url}: no candles array`);
+    const drawn = await page.evaluate(() => window.ohlcdDrawn());
     const s2 = await state(page);
     const n = body.candles.length;
-    if (s2.lastRequest === s.lastRequest && s2.bars === n && s.bars === n && String(s2.resolution) === String(body.resolution)) {
+    const difference = firstDifference(drawn, body.candles);
+    if (s2.lastRequest === s.lastRequest && !difference && String(s2.resolution) === String(body.resolution)) {
       assert(n > 0, `API returned 0 candles for ${url}; the chart needs data to be tested`);
+      assert(s2.bars === n, `window.ohlcd.bars is ${s2.bars}, ${n} bars drawn`);
       if (expect.resolution) assert(String(s2.requestedResolution) === expect.resolution, `requested resolution ${s2.requestedResolution}, expected ${expect.resolution}`);
       const label = await page.textContent('#resolution-shown');
       assert(label.includes(n.toLocaleString('en-US')), `#resolution-shown "${label}" does not show the bar count ${n}`);
-      log(`${step}: ${s2.symbol} requested ${s2.requestedResolution} shown ${s2.resolution}: ${n} bars drawn == API (${label.trim()})`);
+      log(`${step}: ${s2.symbol} requested ${s2.requestedResolution} shown ${s2.resolution}: all ${n} bars drawn == API (${label.trim()})`);
       return s2;
     }
-    last = `drawn bars=${s2.bars} resolution=${s2.resolution} vs API candles=${n} resolution=${body.resolution} (${url})`;
+    last = `resolution ${s2.resolution} drawn, ${body.resolution} from the API; ${difference || 'bars equal'} (${url})`;
     await page.waitForTimeout(750);
   }
   throw new TestFailure(`${step}: chart does not match the API: ${last}`);
@@ -104,6 +125,8 @@ async function waitForReload(page, prevLoads, what, key, value) {
 }
 
 async function main() {
+  // A screenshot left by an earlier run must not pass for this one.
+  fs.rmSync(screenshotPath, { force: true });
   if (!fs.existsSync(executablePath)) {
     throw new TestFailure(`no Chromium at ${executablePath} (apt-get install -y chromium, or set CHROMIUM=)`);
   }
@@ -187,6 +210,7 @@ async function main() {
     fs.mkdirSync(path.dirname(screenshotPath), { recursive: true });
     await page.waitForTimeout(300); // let the canvas settle
     await page.screenshot({ path: screenshotPath, fullPage: true });
+    assert(fs.statSync(screenshotPath, { throwIfNoEntry: false })?.size > 0, `no screenshot at ${screenshotPath}`);
     log(`${step}: saved ${screenshotPath}`);
 
     // 7. no page/console errors during the whole run
