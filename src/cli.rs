@@ -402,7 +402,7 @@ async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> 
 }
 
 async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
-    let store = ProgressStore::connect(&settings.progress.database_url).await?;
+    let store = ProgressStore::open_existing(&settings.progress.database_url).await?;
     let now = SystemClock.now();
     let entries: Vec<ProgressEntry> = store
         .tasks()

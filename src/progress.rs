@@ -40,6 +40,16 @@ pub enum ProgressError {
         /// Underlying error.
         source: sqlx::migrate::MigrateError,
     },
+    /// A read-only command found no progress database where it looked.
+    #[error(
+        "no progress database at {path} (progress.database_url = {url}); `ohlcd run` or `ohlcd backfill` creates it: point --config or OHLCD_PROGRESS__DATABASE_URL at the daemon's file"
+    )]
+    Missing {
+        /// The configured URL.
+        url: String,
+        /// The file looked for.
+        path: String,
+    },
     /// A query failed.
     #[error("progress database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -334,6 +344,32 @@ impl ProgressStore {
         Ok(ProgressStore { pool })
     }
 
+    /// Opens an existing progress database for reading (`ohlcd progress`):
+    /// never creates one, and says where it looked when there is none.
+    pub async fn open_existing(url: &str) -> Result<ProgressStore, ProgressError> {
+        let full = if url.starts_with("sqlite:") {
+            url.to_string()
+        } else {
+            format!("sqlite://{url}")
+        };
+        let options =
+            SqliteConnectOptions::from_str(&full).map_err(|source| ProgressError::Open {
+                url: url.to_string(),
+                source,
+            })?;
+        let path = options.get_filename();
+        if path != std::path::Path::new(":memory:") && !path.exists() {
+            return Err(ProgressError::Missing {
+                url: url.to_string(),
+                path: std::path::absolute(path)
+                    .unwrap_or_else(|_| path.to_path_buf())
+                    .display()
+                    .to_string(),
+            });
+        }
+        Self::connect(url).await
+    }
+
     /// Cheap liveness check.
     pub async fn ping(&self) -> Result<(), ProgressError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -540,6 +576,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_of_a_missing_file_creates_nothing_and_says_where_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.db");
+        let url = format!("sqlite://{}", path.display());
+        let err = ProgressStore::open_existing(&url)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            !path.exists(),
+            "a read-only open created {}",
+            path.display()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing created"
+        );
+        ProgressStore::connect(&url).await.unwrap();
+        assert!(ProgressStore::open_existing(&url).await.is_ok());
     }
 
     #[tokio::test]
