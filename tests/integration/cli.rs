@@ -369,3 +369,26 @@ async fn run_creates_a_missing_database_and_says_so() {
         .unwrap();
     assert!(dbs.to_string().contains("\"brand_new\""), "{dbs}");
 }
+
+#[tokio::test]
+async fn progress_without_a_database_creates_none_and_says_where_it_looked() {
+    let app = TestApp::spawn().await;
+    let missing = app.dir.path().join("elsewhere.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+        .arg("progress")
+        .env("OHLCD_INFLUX__URL", &app.server.url)
+        .env(
+            "OHLCD_PROGRESS__DATABASE_URL",
+            format!("sqlite://{}", missing.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("no progress database"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "progress created {}", missing.display());
+}
