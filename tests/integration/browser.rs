@@ -12,8 +12,9 @@ use ohlcd::ingest::NewTrade;
 
 use crate::helpers::TestApp;
 
-#[tokio::test]
-async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() {
+/// Serves `app` and runs web/tests/chart.mjs against it in headless Chromium,
+/// with `env` for the script; the screenshot goes to target/`shot_name`.
+async fn run_chart_script(app: &TestApp, shot_name: &str, env: &[(&str, &str)]) {
     let web = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
     assert!(
         std::path::Path::new(web)
@@ -21,6 +22,45 @@ async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() 
             .exists(),
         "web/node_modules missing: run scripts/test (npm ci in web/)"
     );
+    let (url, _stop) = app.serve().await;
+    let shot = format!("{}/target/{shot_name}", env!("CARGO_MANIFEST_DIR"));
+    // A screenshot from an earlier run must not pass for this one.
+    match std::fs::remove_file(&shot) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot remove the old {shot}: {e}"),
+    }
+    let script = format!("{web}/tests/chart.mjs");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let shot_arg = shot.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(&url)
+            .arg(shot_arg)
+            .envs(env)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node not found: run scripts/test, which installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 0),
+        "no screenshot at {shot}"
+    );
+}
+
+#[tokio::test]
+async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() {
     let app = TestApp::spawn().await;
     // Data up to "now" so the page's default ranges (ending today) have bars.
     let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
@@ -35,33 +75,30 @@ async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() 
     let trades: Vec<NewTrade> = Generator::new(&spec).collect();
     app.write(&trades).await;
     app.engine("a").tick(&TaskFilter::default()).await.unwrap();
-    let (url, _stop) = app.serve().await;
-    let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/chart.png");
-    // A screenshot from an earlier run must not pass for this one.
-    match std::fs::remove_file(shot) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => panic!("cannot remove the old {shot}: {e}"),
-    }
-    let script = format!("{web}/tests/chart.mjs");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .arg(&url)
-            .arg(shot)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node not found: run scripts/test, which installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        std::fs::metadata(shot).is_ok_and(|m| m.len() > 0),
-        "no screenshot at {shot}"
-    );
+    run_chart_script(&app, "chart.png", &[]).await;
+}
+
+/// Trades of 2024 only: the page must open on them (the newest bar at the
+/// right edge), not on an empty last week of the wall clock.
+#[tokio::test]
+async fn with_historical_data_the_chart_opens_on_the_symbols_newest_bars() {
+    let app = TestApp::spawn().await;
+    let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
+    app.clock.set(now);
+    let spec = GenerateSpec {
+        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        from: crate::helpers::t("2024-03-01T00:00:00Z"),
+        to: crate::helpers::t("2024-03-20T12:00:00Z"),
+        trades: 20_000,
+        seed: 8,
+    };
+    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
+    app.write(&trades).await;
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    run_chart_script(
+        &app,
+        "chart-historical.png",
+        &[("EXPECT_LAST_DAY", "2024-03-20")],
+    )
+    .await;
 }

@@ -166,6 +166,18 @@ async function main() {
     // 2. bars drawn == API answer for the same request
     step = 'initial load';
     const first = await assertBarsMatchApi(page);
+    // With data that ends in the past, the chart opens on it: the newest bar
+    // at the right edge, on the day the data ends.
+    const lastDay = process.env.EXPECT_LAST_DAY;
+    if (lastDay) {
+      const drawn = await page.evaluate(() => window.ohlcdDrawn());
+      const newest = drawn.candles[drawn.candles.length - 1];
+      const day = new Date(Number(newest.time) * 1000).toISOString().slice(0, 10);
+      assert(day === lastDay, `newest bar drawn on ${day}, the data ends on ${lastDay}`);
+      const toDate = await page.inputValue('#to-date');
+      assert(toDate === lastDay, `range ends on ${toDate}, expected the data's last day ${lastDay}`);
+      log(`${step}: opened on the data: newest bar on ${day}`);
+    }
     const active = await page.$$eval('button[data-resolution].active', (bs) => bs.map((b) => b.dataset.resolution));
     assert(active.length === 1 && active[0] === first.requestedResolution,
       `active timeframe buttons ${JSON.stringify(active)}, expected ["${first.requestedResolution}"]`);
