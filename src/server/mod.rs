@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod models;
+pub mod web;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -424,15 +425,21 @@ pub fn routes(
         .and(read.clone())
         .and(with_state(state.clone()))
         .and_then(handlers::metrics);
+    // The chart page: embedded in the binary, or from `server.web_dir` when set.
+    let on_disk = !state.server.web_dir.is_empty();
+    let embedded_page = only_if(!on_disk).and(read.clone()).and(web::embedded());
     let index = warp::path::end()
         .and(warp::get())
+        .and(only_if(on_disk))
         .and(read.clone())
         .and(warp::fs::file(web.join("index.html")));
     let static_files = warp::path("static")
+        .and(only_if(on_disk))
         .and(read.clone())
         .and(warp::fs::dir(web.clone()));
     let chart_lib = warp::path!("lib" / "lightweight-charts.js")
         .and(warp::get())
+        .and(only_if(on_disk))
         .and(read)
         .and(warp::fs::file(web.join(
             "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js",
@@ -450,6 +457,7 @@ pub fn routes(
         .and(datafeed_and_api.with(cors(&state.server.cors_origins)))
         .or(healthz)
         .or(metrics)
+        .or(embedded_page)
         .or(index)
         .or(static_files)
         .or(chart_lib)

@@ -12,9 +12,16 @@ use ohlcd::ingest::NewTrade;
 
 use crate::helpers::TestApp;
 
-/// Serves `app` and runs web/tests/chart.mjs against it in headless Chromium,
-/// with `env` for the script; the screenshot goes to target/`shot_name`.
+/// Serves `app` (the page from web/ on disk) and runs web/tests/chart.mjs
+/// against it; see [`chart_script`].
 async fn run_chart_script(app: &TestApp, shot_name: &str, env: &[(&str, &str)]) {
+    let (url, _stop) = app.serve().await;
+    chart_script(url, shot_name, env).await;
+}
+
+/// Runs web/tests/chart.mjs against the server at `url` in headless Chromium,
+/// with `env` for the script; the screenshot goes to target/`shot_name`.
+async fn chart_script(url: String, shot_name: &str, env: &[(&str, &str)]) {
     let web = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
     assert!(
         std::path::Path::new(web)
@@ -22,7 +29,6 @@ async fn run_chart_script(app: &TestApp, shot_name: &str, env: &[(&str, &str)]) 
             .exists(),
         "web/node_modules missing: run scripts/test (npm ci in web/)"
     );
-    let (url, _stop) = app.serve().await;
     let shot = format!("{}/target/{shot_name}", env!("CARGO_MANIFEST_DIR"));
     // A screenshot from an earlier run must not pass for this one.
     match std::fs::remove_file(&shot) {
@@ -101,4 +107,66 @@ async fn with_historical_data_the_chart_opens_on_the_symbols_newest_bars() {
         &[("EXPECT_LAST_DAY", "2024-03-20")],
     )
     .await;
+}
+
+/// The binary alone, copied into an empty directory (no checkout, no
+/// node_modules beside it), serves the embedded page and Chromium draws it.
+#[tokio::test]
+async fn the_binary_copied_alone_into_an_empty_directory_serves_a_working_chart() {
+    let app = TestApp::spawn().await;
+    let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
+    let spec = GenerateSpec {
+        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        from: now - 5 * 86_400 * NANOS_PER_SEC,
+        to: now - 30 * NANOS_PER_SEC,
+        trades: 10_000,
+        seed: 9,
+    };
+    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
+    app.write(&trades).await;
+    let alone = tempfile::tempdir().unwrap();
+    let binary = alone.path().join("ohlcd");
+    std::fs::copy(env!("CARGO_BIN_EXE_ohlcd"), &binary).unwrap();
+    let port = crate::helpers::free_port();
+    let mut daemon = Command::new(&binary)
+        .arg("run")
+        .current_dir(alone.path())
+        .env_clear()
+        .env("OHLCD_INFLUX__URL", &app.server.url)
+        .env("OHLCD_INFLUX__DATABASE", app.influx.database())
+        .env("OHLCD_PROGRESS__DATABASE_URL", "sqlite://progress.db")
+        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("OHLCD_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    chart_script(url, "chart-embedded.png", &[]).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    // Nothing but the binary and its progress file appeared.
+    let mut files: Vec<String> = std::fs::read_dir(alone.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("progress.db"))
+        .collect();
+    files.sort();
+    assert_eq!(files, vec!["ohlcd".to_string()]);
 }
