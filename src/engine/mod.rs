@@ -715,21 +715,9 @@ impl<W: Warehouse> Engine<W> {
         }
         let sets: Vec<CandleSet<'_>> = produced
             .iter()
-            .flat_map(|(symbol, by_res, _)| {
-                Resolution::ALL
-                    .iter()
-                    .zip(by_res)
-                    .filter(|(_, c)| !c.is_empty())
-                    .map(move |(res, candles)| CandleSet {
-                        resolution: *res,
-                        symbol,
-                        candles,
-                    })
-            })
+            .flat_map(|(symbol, by_res, _)| candle_sets(symbol, by_res))
             .collect();
-        if !sets.is_empty() {
-            self.warehouse.write_candles(&sets).await?;
-        }
+        self.write(&sets).await?;
         // Crash test point: candles written, watermarks not yet committed.
         crate::failpoint::hit("after_write").await;
         let steps: Vec<StepCommit> = works
@@ -982,19 +970,8 @@ impl<W: Warehouse> Engine<W> {
             if delete_stale {
                 self.delete_stale(symbol, &rep.day, &empty).await?;
             }
-            let sets: Vec<CandleSet<'_>> = Resolution::ALL
-                .iter()
-                .zip(&write)
-                .filter(|(_, c)| !c.is_empty())
-                .map(|(res, candles)| CandleSet {
-                    resolution: *res,
-                    symbol,
-                    candles,
-                })
-                .collect();
-            if !sets.is_empty() {
-                self.warehouse.write_candles(&sets).await?;
-            }
+            let sets: Vec<CandleSet<'_>> = candle_sets(symbol, &write).collect();
+            self.write(&sets).await?;
             let candles: [u64; 6] = std::array::from_fn(|i| write[i].len() as u64);
             let span = rep.ranges.first().map_or(rep.day.start, |r| r.start)
                 ..rep.ranges.last().map_or(rep.day.end, |r| r.end);
@@ -1019,6 +996,14 @@ impl<W: Warehouse> Engine<W> {
             candles_total += n;
         }
         Ok((rows_total, candles_total))
+    }
+
+    /// Writes candles (nothing to do for none).
+    async fn write(&self, sets: &[CandleSet<'_>]) -> Result<(), EngineError> {
+        if !sets.is_empty() {
+            self.warehouse.write_candles(sets).await?;
+        }
+        Ok(())
     }
 
     /// Deletes the stored candles of windows that `repair_candles` found empty.
@@ -1193,6 +1178,22 @@ impl<W: Warehouse> Engine<W> {
             .map(|from| (horizon - from).max(0))
             .sum())
     }
+}
+
+/// One symbol's non-empty candle lists, per resolution, as write sets.
+fn candle_sets<'a>(
+    symbol: &'a str,
+    by_res: &'a [Vec<Candle>; 6],
+) -> impl Iterator<Item = CandleSet<'a>> + 'a {
+    Resolution::ALL
+        .iter()
+        .zip(by_res)
+        .filter(|(_, c)| !c.is_empty())
+        .map(move |(res, candles)| CandleSet {
+            resolution: *res,
+            symbol,
+            candles,
+        })
 }
 
 /// `completed` once a symbol reached the horizon, `idle` while it has more to do.
