@@ -23,6 +23,17 @@ ensure_influxdb() {
     command -v influxd >/dev/null 2>&1 || ensure_packages influxdb influxdb-client
 }
 
+# InfluxDB 3 Core (the server binary kept in ../shared/influxdb3, for the 3.x
+# compatibility tests): unpacked into the cache, its path exported as
+# OHLCD_INFLUXDB3 for the tests.
+ensure_influxdb3() {
+    local install="../shared/influxdb3/install"
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}/influxdb3-core"
+    OHLCD_INFLUXDB3="$("$install" "$cache")"
+    export OHLCD_INFLUXDB3
+    echo "==> InfluxDB 3 Core: $OHLCD_INFLUXDB3"
+}
+
 # The Rust toolchain (preinstalled on our machines; rustup otherwise).
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then

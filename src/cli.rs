@@ -170,8 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// credentials allow it) and the log says so.
 async fn connect_influx(settings: &Settings, create_missing: bool) -> anyhow::Result<InfluxClient> {
     let mut influx = InfluxClient::new(&settings.influx)?;
-    let version = influx.ping().await?;
-    influx.set_read_format_for(&version);
+    let version = influx.detect().await?;
     match influx.check_database().await {
         Err(missing @ InfluxError::DatabaseNotFound { .. }) if create_missing => {
             if let Err(e) = influx.create_database().await {
@@ -186,7 +185,7 @@ async fn connect_influx(settings: &Settings, create_missing: bool) -> anyhow::Re
         other => other?,
     }
     influx.check_writable().await?;
-    tracing::debug!(version, format = ?influx.read_format(), "connected to InfluxDB");
+    tracing::debug!(version, generation = ?influx.generation(), format = ?influx.read_format(), "connected to InfluxDB");
     Ok(influx)
 }
 
@@ -452,8 +451,8 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
 async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<()> {
     spec.validate(SystemClock.now() / 1_000_000)
         .map_err(anyhow::Error::msg)?;
-    let influx = InfluxClient::new(&settings.influx)?;
-    influx.ping().await?;
+    let mut influx = InfluxClient::new(&settings.influx)?;
+    influx.detect().await?;
     // Demo data: creating the database is what the user wants here.
     influx.create_database().await?;
     let pb = bar(

@@ -102,6 +102,20 @@ pub enum InfluxError {
         /// The InfluxQL sent.
         query: String,
     },
+    /// The server cannot delete (InfluxDB 3), and a candle must go.
+    #[error(
+        "InfluxDB 3 has no DELETE: stale candle(s) of {symbol} in {measurement} in [{from}, {to}) cannot be removed and stay readable; their window has no trades any more. Remove them by hand (e.g. drop table {measurement} and rebuild) or ignore that window"
+    )]
+    CannotDelete {
+        /// Candle measurement.
+        measurement: String,
+        /// Symbol.
+        symbol: String,
+        /// Range start, RFC 3339.
+        from: String,
+        /// Range end, RFC 3339.
+        to: String,
+    },
     /// The response could not be understood.
     #[error("unexpected InfluxDB response: {0}")]
     Protocol(String),
@@ -117,8 +131,50 @@ impl InfluxError {
             InfluxError::Unreachable { .. }
             | InfluxError::Timeout { .. }
             | InfluxError::Stream(_) => true,
-            InfluxError::Status { status, .. } => *status >= 500 || *status == 429,
+            // A 4xx will be answered the same way again (429 asks us to come
+            // back); a 501, or a 500 saying "not implemented" (3.x answers
+            // `CREATE DATABASE` and `DELETE` so), will never succeed.
+            InfluxError::Status {
+                status, message, ..
+            } => match *status {
+                429 => true,
+                501 => false,
+                500 if message.to_ascii_lowercase().contains("not implemented") => false,
+                s => s >= 500,
+            },
             _ => false,
+        }
+    }
+}
+
+/// The InfluxDB generation a server belongs to, from its `/ping` headers; it
+/// decides how ohlcd creates and checks the database, probes write permission,
+/// discovers symbols and reads results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// InfluxDB 1.x (and Enterprise 1.x): the native home of the v1 API.
+    V1,
+    /// InfluxDB 2.x (OSS or Cloud), through its v1 compatibility endpoints.
+    V2,
+    /// InfluxDB 3 (Core, Enterprise).
+    V3,
+}
+
+impl Generation {
+    /// From the `X-Influxdb-Version` and `X-Influxdb-Build` headers of `/ping`.
+    /// Unknown versions count as 1.x, the API every generation speaks.
+    pub fn from_ping(version: &str, build: &str) -> Generation {
+        let v = version.trim_start_matches(['v', 'V']);
+        let build = build.to_ascii_lowercase();
+        if v.starts_with("3.")
+            || build == "core"
+            || build.starts_with("enterprise") && !v.starts_with("1.")
+        {
+            Generation::V3
+        } else if v.starts_with("2.") || build == "cloud2" {
+            Generation::V2
+        } else {
+            Generation::V1
         }
     }
 }
@@ -145,6 +201,7 @@ pub struct InfluxClient {
     write_batch: usize,
     read_format: ReadFormat,
     read_format_auto: bool,
+    generation: Generation,
 }
 
 /// How query results are read from InfluxDB.
@@ -186,10 +243,12 @@ impl InfluxClient {
             write_batch: s.write_batch,
             read_format: match s.read_format.as_str() {
                 "csv" => ReadFormat::Csv,
-                // `auto` starts with msgpack, the 1.x format; see set_read_format_for.
+                // `auto` starts with msgpack, the 1.x format; see set_generation.
                 _ => ReadFormat::Msgpack,
             },
             read_format_auto: s.read_format == "auto",
+            // Until `detect`: the v1 API as 1.x serves it.
+            generation: Generation::V1,
         })
     }
 
@@ -328,17 +387,31 @@ impl InfluxClient {
         Duration::from_secs(self.timeout_secs) * (self.retries + 1) + waits
     }
 
-    /// With `influx.read_format = "auto"`, settles the format from the server
-    /// version: MessagePack from InfluxDB 1.x, CSV from anything else (2.x and
-    /// 3.x do not serve MessagePack on `/query`).
-    pub fn set_read_format_for(&mut self, version: &str) {
+    /// Pings the server, records its generation and, with
+    /// `influx.read_format = "auto"`, settles the read format: MessagePack from
+    /// InfluxDB 1.x, CSV from anything else (2.x and the 3.x builds tested do
+    /// not serve MessagePack on `/query`). Returns the server version.
+    pub async fn detect(&mut self) -> Result<String, InfluxError> {
+        let (version, build) = self.ping_headers().await?;
+        self.set_generation(Generation::from_ping(&version, &build));
+        Ok(version)
+    }
+
+    /// Sets the generation (normally found by [`InfluxClient::detect`]) and the
+    /// read format `auto` implies for it.
+    pub fn set_generation(&mut self, generation: Generation) {
+        self.generation = generation;
         if self.read_format_auto {
-            self.read_format = if version.starts_with("1.") {
-                ReadFormat::Msgpack
-            } else {
-                ReadFormat::Csv
+            self.read_format = match generation {
+                Generation::V1 => ReadFormat::Msgpack,
+                Generation::V2 | Generation::V3 => ReadFormat::Csv,
             };
         }
+    }
+
+    /// The server generation (1.x until [`InfluxClient::detect`] found otherwise).
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// The format query results are read in.
@@ -349,17 +422,33 @@ impl InfluxClient {
     /// `GET /ping`, once, without retries (start-up checks should fail fast);
     /// returns the server version.
     pub async fn ping(&self) -> Result<String, InfluxError> {
+        Ok(self.ping_headers().await?.0)
+    }
+
+    /// `GET /ping` once: the `X-Influxdb-Version` and `X-Influxdb-Build` headers.
+    async fn ping_headers(&self) -> Result<(String, String), InfluxError> {
         let resp = match self.request(reqwest::Method::GET, "/ping").send().await {
             Ok(resp) if resp.status().is_success() => resp,
             Ok(resp) => return Err(self.status_error("ping", resp).await),
             Err(e) => return Err(self.map_send_error(e)),
         };
-        Ok(resp
-            .headers()
-            .get("X-Influxdb-Version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown")
-            .to_string())
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let version = header("X-Influxdb-Version");
+        let build = header("X-Influxdb-Build");
+        Ok((
+            if version.is_empty() {
+                "unknown".to_string()
+            } else {
+                version
+            },
+            build,
+        ))
     }
 
     /// Runs InfluxQL and returns the JSON of its first statement, failing on any
@@ -373,10 +462,15 @@ impl InfluxClient {
                 self.request(reqwest::Method::POST, "/query").form(&form)
             })
             .await?;
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| InfluxError::Protocol(format!("query answer is not JSON: {e}")))?;
+        let body: Value = resp.json().await.map_err(|e| {
+            // A server that stops mid-answer (frozen, overloaded) times out
+            // reading the body: that is a timeout, not a malformed answer.
+            if e.is_timeout() || !e.is_decode() {
+                self.map_send_error(e)
+            } else {
+                InfluxError::Protocol(format!("query answer is not JSON: {e}"))
+            }
+        })?;
         let first = body
             .get("results")
             .and_then(|r| r.get(0))
@@ -440,6 +534,63 @@ pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(status: u16, message: &str) -> InfluxError {
+        InfluxError::Status {
+            status,
+            what: "query",
+            message: message.to_string(),
+        }
+    }
+
+    #[test]
+    fn only_errors_that_may_pass_are_transient() {
+        assert!(status(500, "internal error").is_transient());
+        assert!(status(502, "bad gateway").is_transient());
+        assert!(status(503, "").is_transient());
+        assert!(status(429, "slow down").is_transient());
+        assert!(InfluxError::Stream("reset".into()).is_transient());
+        assert!(
+            InfluxError::Timeout {
+                url: String::new(),
+                secs: 1
+            }
+            .is_transient()
+        );
+        // Asked again, these are answered the same way.
+        assert!(!status(400, "incoming write was empty").is_transient());
+        assert!(!status(404, "not found").is_transient());
+        assert!(!status(409, "already exists").is_transient());
+        assert!(!status(501, "").is_transient());
+        assert!(
+            !status(
+                500,
+                "Error while planning query: This feature is not implemented: CREATE DATABASE"
+            )
+            .is_transient()
+        );
+    }
+
+    #[test]
+    fn the_generation_comes_from_the_ping_headers() {
+        assert_eq!(Generation::from_ping("1.6.7~rc0", ""), Generation::V1);
+        assert_eq!(Generation::from_ping("1.8.10", "OSS"), Generation::V1);
+        assert_eq!(
+            Generation::from_ping("1.11.8-c1.11.8", "ENT"),
+            Generation::V1
+        );
+        assert_eq!(Generation::from_ping("v2.7.11", "OSS"), Generation::V2);
+        assert_eq!(Generation::from_ping("2.7.11", "OSS"), Generation::V2);
+        assert_eq!(
+            Generation::from_ping("3.7.0-nightly", "Core"),
+            Generation::V3
+        );
+        assert_eq!(
+            Generation::from_ping("3.10.0", "Enterprise"),
+            Generation::V3
+        );
+        assert_eq!(Generation::from_ping("unknown", ""), Generation::V1);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -7,7 +7,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{Candle, Resolution, Side, Trade};
 
 /// Escapes a string for an InfluxQL single-quoted literal.
@@ -21,15 +21,60 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 impl InfluxClient {
-    /// Creates the database if it does not exist (idempotent).
+    /// Creates the database if it does not exist (idempotent): `CREATE
+    /// DATABASE` on 1.x and 2.x, `POST /api/v3/configure/database` on 3.x (which
+    /// answers `CREATE DATABASE` with 500 "not implemented").
     pub async fn create_database(&self) -> Result<(), InfluxError> {
-        self.query_json(&format!("CREATE DATABASE {}", quote_ident(&self.database)))
+        if self.generation != Generation::V3 {
+            return self
+                .query_json(&format!("CREATE DATABASE {}", quote_ident(&self.database)))
+                .await
+                .map(|_| ());
+        }
+        let body = serde_json::json!({ "db": self.database });
+        match self
+            .send("create database", || {
+                self.request(reqwest::Method::POST, "/api/v3/configure/database")
+                    .json(&body)
+            })
             .await
-            .map(|_| ())
+        {
+            // 409 "attempted to create a resource that already exists".
+            Err(InfluxError::Status { status: 409, .. }) => Ok(()),
+            Err(InfluxError::Status { message, .. }) if message.contains("already exists") => {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Fails with [`InfluxError::DatabaseNotFound`] unless the database exists.
+    /// 3.x drops the connection on `SHOW RETENTION POLICIES` (and `SHOW
+    /// DATABASES`), so there the database list of its configure API is asked.
     pub async fn check_database(&self) -> Result<(), InfluxError> {
+        if self.generation == Generation::V3 {
+            let resp = self
+                .send("list databases", || {
+                    self.request(reqwest::Method::GET, "/api/v3/configure/database")
+                        .query(&[("format", "json")])
+                })
+                .await?;
+            let list: Value = resp
+                .json()
+                .await
+                .map_err(|e| InfluxError::Protocol(format!("database list is not JSON: {e}")))?;
+            let found = list.as_array().into_iter().flatten().any(|db| {
+                db.get("iox::database").and_then(Value::as_str) == Some(self.database.as_str())
+            });
+            return if found {
+                Ok(())
+            } else {
+                Err(InfluxError::DatabaseNotFound {
+                    url: self.url.clone(),
+                    database: self.database.clone(),
+                })
+            };
+        }
         self.query_json(&format!(
             "SHOW RETENTION POLICIES ON {}",
             quote_ident(&self.database)
@@ -39,8 +84,15 @@ impl InfluxClient {
     }
 
     /// Fails with [`InfluxError::ReadOnly`] unless the credentials may write to
-    /// the database. Probes with an empty write, which stores nothing.
+    /// the database. Probes with an empty write, which stores nothing. 3.x
+    /// rejects an empty write (400) before it looks at permissions, and any
+    /// write that passes stores a point, so there is no honest probe: on 3.x
+    /// this checks nothing and a missing permission shows at the first write.
     pub async fn check_writable(&self) -> Result<(), InfluxError> {
+        if self.generation == Generation::V3 {
+            tracing::debug!("InfluxDB 3: no write-permission probe");
+            return Ok(());
+        }
         match self.write_lines(Bytes::new()).await {
             Err(InfluxError::Unauthorized {
                 status: 403,
@@ -55,11 +107,17 @@ impl InfluxClient {
         }
     }
 
-    /// Symbols that have raw trades (`SHOW TAG VALUES`), sorted.
+    /// Symbols that have raw trades (`SHOW TAG VALUES`), sorted. 3.x answers
+    /// it only for the last 24 hours unless the statement has a time condition.
     pub async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
+        let all_time = if self.generation == Generation::V3 {
+            " WHERE time >= 0"
+        } else {
+            ""
+        };
         let v = self
             .query_json(&format!(
-                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"",
+                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"{all_time}",
                 quote_ident(TRADES_MEASUREMENT)
             ))
             .await?;
@@ -400,12 +458,26 @@ impl InfluxClient {
     }
 
     /// Deletes the candles of `res` for `symbol` in `[range.start, range.end)`.
+    ///
+    /// 3.x has no `DELETE` (500 "not implemented"), and overwriting a candle
+    /// with a marker that readers skip was tried and lost: its deduplication
+    /// kept some markers over the candles rewritten after them. So on 3.x this
+    /// fails with [`InfluxError::CannotDelete`], saying exactly which candles
+    /// stay, rather than leave a wrong candle silently.
     pub async fn delete_candles(
         &self,
         res: Resolution,
         symbol: &str,
         range: Range<i64>,
     ) -> Result<(), InfluxError> {
+        if self.generation == Generation::V3 {
+            return Err(InfluxError::CannotDelete {
+                measurement: res.measurement().to_string(),
+                symbol: symbol.to_string(),
+                from: crate::times::to_rfc3339(range.start),
+                to: crate::times::to_rfc3339(range.end),
+            });
+        }
         self.query_json(&format!(
             "DELETE FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
             quote_ident(res.measurement()),

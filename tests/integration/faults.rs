@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::helpers::{TestApp, TestInflux, assert_candles_eq, free_port, t};
 
 /// Writes `trades` trades of `symbols` over `days` days starting 2024-01-01.
-async fn with_trades(app: &TestApp, symbols: &[&str], days: i64, trades: u64) {
+pub(crate) async fn with_trades(app: &TestApp, symbols: &[&str], days: i64, trades: u64) {
     let from = t("2024-01-01T00:00:00Z");
     let spec = GenerateSpec {
         symbols: symbols.iter().map(|s| s.to_string()).collect(),
@@ -34,7 +34,7 @@ async fn with_trades(app: &TestApp, symbols: &[&str], days: i64, trades: u64) {
 
 /// Every stored candle of every resolution equals the reference, and every task
 /// is completed with no lease.
-async fn assert_exact_and_settled(app: &TestApp, symbols: &[&str]) {
+pub(crate) async fn assert_exact_and_settled(app: &TestApp, symbols: &[&str]) {
     let now = SystemClock.now();
     for symbol in symbols {
         for res in Resolution::ALL {
@@ -74,7 +74,7 @@ fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Vec<St
 }
 
 /// Waits for the child to exit, at most `timeout`.
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -89,7 +89,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
 }
 
 /// Polls until the symbol's 1m task counts at least `n` committed steps.
-async fn wait_for_chunks(app: &TestApp, symbol: &str, n: usize, timeout: Duration) {
+pub(crate) async fn wait_for_chunks(app: &TestApp, symbol: &str, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let chunks = app

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +28,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A throwaway influxd.
+/// Which InfluxDB a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// Debian's `influxd` 1.6.7.
+    V1,
+    /// InfluxDB 3 Core (`influxdb3 serve`), from `../shared/influxdb3`.
+    V3,
+}
+
+/// How a throwaway server is started: 1.x from a config file, 3.x from its
+/// binary with the port and data directory on the command line.
+enum Launch {
+    V1,
+    V3 { bin: PathBuf, port: u16 },
+}
+
+/// A throwaway influxd (1.x) or InfluxDB 3 Core server.
 pub struct TestInflux {
     child: Child,
     dir: TempDir,
+    launch: Launch,
     /// Base URL of its HTTP API.
     pub url: String,
 }
@@ -71,28 +89,74 @@ bind-address = "127.0.0.1:{rpc_port}"
 "#
         );
         std::fs::write(dir.path().join("influxdb.conf"), conf).unwrap();
-        let child = Self::spawn(&dir);
+        let launch = Launch::V1;
+        let child = Self::spawn(&dir, &launch);
         let url = format!("http://127.0.0.1:{http_port}");
-        let server = TestInflux { child, dir, url };
+        let server = TestInflux {
+            child,
+            dir,
+            launch,
+            url,
+        };
         server.wait_ready();
         server
     }
 
-    fn spawn(dir: &TempDir) -> Child {
+    /// Starts InfluxDB 3 Core (no auth, file object store in a temp directory)
+    /// and waits until `/ping` answers; `None` when the binary cannot be had
+    /// (see [`influxdb3_binary`]).
+    pub fn start_v3() -> Option<TestInflux> {
+        let bin = influxdb3_binary()?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let launch = Launch::V3 { bin, port };
+        let child = Self::spawn(&dir, &launch);
+        let server = TestInflux {
+            child,
+            dir,
+            launch,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_ready();
+        Some(server)
+    }
+
+    /// Starts the given server; `None` only for a 3.x server that cannot be had.
+    pub fn start_server(server: Server) -> Option<TestInflux> {
+        match server {
+            Server::V1 => Some(Self::start()),
+            Server::V3 => Self::start_v3(),
+        }
+    }
+
+    fn spawn(dir: &TempDir, launch: &Launch) -> Child {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(dir.path().join("influxd.log"))
             .unwrap();
-        Command::new("influxd")
-            .arg("-config")
-            .arg(dir.path().join("influxdb.conf"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect(
-                "influxd not found: run scripts/test, which installs the Debian package influxdb",
-            )
+        match launch {
+            Launch::V1 => Command::new("influxd")
+                .arg("-config")
+                .arg(dir.path().join("influxdb.conf"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect(
+                    "influxd not found: run scripts/test, which installs the Debian package influxdb",
+                ),
+            Launch::V3 { bin, port } => Command::new(bin)
+                .args(["serve", "--node-id", "n1", "--object-store", "file"])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(["--http-bind", &format!("127.0.0.1:{port}")])
+                .arg("--without-auth")
+                .env("LOG_FILTER", "warn")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display())),
+        }
     }
 
     fn wait_ready(&self) {
@@ -105,7 +169,8 @@ bind-address = "127.0.0.1:{rpc_port}"
             }
             assert!(
                 Instant::now() < deadline,
-                "influxd did not start within 30s"
+                "InfluxDB did not start within 30s; see {}",
+                self.dir.path().join("influxd.log").display()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -137,7 +202,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 
     /// Starts influxd again on the same ports and data.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.dir);
+        self.child = Self::spawn(&self.dir, &self.launch);
         self.wait_ready();
     }
 }
@@ -149,7 +214,63 @@ fn reqwest_blocking_ping(url: &str) -> Result<bool, std::io::Error> {
     s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    Ok(buf.starts_with("HTTP/1.0 204") || buf.starts_with("HTTP/1.1 204"))
+    // 1.x answers 204, 3.x 200.
+    Ok([
+        "HTTP/1.0 204",
+        "HTTP/1.1 204",
+        "HTTP/1.0 200",
+        "HTTP/1.1 200",
+    ]
+    .iter()
+    .any(|p| buf.starts_with(p)))
+}
+
+/// The InfluxDB 3 Core binary: `OHLCD_INFLUXDB3`, else what
+/// `../shared/influxdb3/install` (beside this checkout) unpacks into the target
+/// directory. Where neither exists (a user's own checkout) the 3.x tests are
+/// skipped, and say so; in this project's CI (`CI=true`) that is a failure.
+pub fn influxdb3_binary() -> Option<PathBuf> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let found = BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("OHLCD_INFLUXDB3")
+            && !p.is_empty()
+        {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("OHLCD_INFLUXDB3={} is not a file", p.display()))
+            };
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let install = manifest.join("../shared/influxdb3/install");
+        if !install.is_file() {
+            return Err(format!(
+                "neither OHLCD_INFLUXDB3 nor {} exists",
+                install.display()
+            ));
+        }
+        let out = Command::new(&install)
+            .arg(manifest.join("target/influxdb3"))
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", install.display()))?;
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || path.is_empty() {
+            return Err(format!("{} failed ({})", install.display(), out.status));
+        }
+        Ok(PathBuf::from(path))
+    });
+    match found {
+        Ok(p) => Some(p.clone()),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("InfluxDB 3 Core is required in CI (CI=true): {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: InfluxDB 3 Core tests: {why}");
+            None
+        }
+    }
 }
 
 impl Drop for TestInflux {
@@ -182,9 +303,15 @@ pub struct TestApp {
 impl TestApp {
     /// Starts influxd, creates database `test`, opens a fresh SQLite file.
     pub async fn spawn() -> TestApp {
-        let server = tokio::task::spawn_blocking(TestInflux::start)
+        Self::spawn_on(Server::V1).await.unwrap()
+    }
+
+    /// Like [`TestApp::spawn`] on the given server; `None` (after saying why)
+    /// when it is a 3.x server that cannot be had outside CI.
+    pub async fn spawn_on(kind: Server) -> Option<TestApp> {
+        let server = tokio::task::spawn_blocking(move || TestInflux::start_server(kind))
             .await
-            .unwrap();
+            .unwrap()?;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("progress.db");
         let settings = Settings::load_with_env(
@@ -201,19 +328,20 @@ impl TestApp {
             ],
         )
         .unwrap();
-        let influx = InfluxClient::new(&settings.influx).unwrap();
+        let mut influx = InfluxClient::new(&settings.influx).unwrap();
+        influx.detect().await.unwrap();
         influx.create_database().await.unwrap();
         let store = ProgressStore::connect(&settings.progress.database_url)
             .await
             .unwrap();
-        TestApp {
+        Some(TestApp {
             server,
             settings,
             influx,
             store,
             clock: ManualClock::new(0),
             dir,
-        }
+        })
     }
 
     /// The `ohlcd` binary configured for this app's influxd, database and SQLite
@@ -292,7 +420,9 @@ impl TestApp {
             trades: r["trades"].as_i64().unwrap(),
             buy_volume: r["buy_volume"].as_f64().unwrap(),
         })
-        .collect()
+        .collect::<Vec<_>>()
+        // 3.x does not promise time order without ORDER BY.
+        .tap_sort()
     }
 
     /// Starts the HTTP server on a free port (on this app's clock); returns its
@@ -470,6 +600,17 @@ pub fn rss_kib() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+trait TapSort {
+    fn tap_sort(self) -> Self;
+}
+
+impl TapSort for Vec<Candle> {
+    fn tap_sort(mut self) -> Self {
+        self.sort_by_key(|c| c.start);
+        self
+    }
 }
 
 /// (time, id, price, amount, is_buy) as read back from InfluxDB.

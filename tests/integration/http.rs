@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, assert_candles_eq, naive_month_start, naive_week_start, t};
 
 /// Maps a trade time to the start of its bar.
-type WindowOf = Box<dyn Fn(i64) -> i64>;
+pub(crate) type WindowOf = Box<dyn Fn(i64) -> i64>;
 
 const FROM: &str = "2024-01-03T00:00:00Z";
 const TO: &str = "2024-03-12T07:30:00Z";
@@ -37,7 +37,7 @@ async fn app_with_history(materialize: bool) -> TestApp {
     app
 }
 
-async fn get(url: &str) -> (u16, Value) {
+pub(crate) async fn get(url: &str) -> (u16, Value) {
     let resp = reqwest::get(url).await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
@@ -47,7 +47,7 @@ async fn get(url: &str) -> (u16, Value) {
     )
 }
 
-async fn post(url: &str, body: String) -> (u16, Value) {
+pub(crate) async fn post(url: &str, body: String) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
@@ -61,7 +61,7 @@ async fn post(url: &str, body: String) -> (u16, Value) {
 
 /// Bars of a UDF `{s, t, o, h, l, c, v}` answer: (start ns, open, high, low,
 /// close, volume). UDF carries nothing else.
-fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
+pub(crate) fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
     assert_eq!(v["s"], "ok", "{v}");
     let col = |k: &str| v[k].as_array().unwrap().clone();
     let (ts, o, h, l, c, vol) = (col("t"), col("o"), col("h"), col("l"), col("c"), col("v"));
@@ -81,7 +81,11 @@ fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
 
 /// UDF bars equal `expected` in every field UDF has: time, open, high, low and
 /// close exactly, volume up to summation order.
-fn assert_udf_matches(bars: &[(i64, f64, f64, f64, f64, f64)], expected: &[Candle], what: &str) {
+pub(crate) fn assert_udf_matches(
+    bars: &[(i64, f64, f64, f64, f64, f64)],
+    expected: &[Candle],
+    what: &str,
+) {
     assert_eq!(bars.len(), expected.len(), "{what}: bar count");
     for (b, e) in bars.iter().zip(expected) {
         assert_eq!(

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod compat;
 mod engine;
 mod faults;
 mod helpers;
