@@ -21,9 +21,6 @@ const CHART_LIB: &[u8] = include_bytes!(
 #[cfg(not(embedded_chart_lib))]
 const CHART_LIB: &[u8] = b"console.error('ohlcd was built without web/node_modules: run `npm ci` in web/ and rebuild, or set server.web_dir to a checkout of web/');";
 
-/// Whether this binary carries the chart library.
-pub const HAS_CHART_LIB: bool = cfg!(embedded_chart_lib);
-
 fn asset(body: &'static [u8], content_type: &'static str) -> warp::reply::Response {
     let mut response = warp::reply::Response::new(body.into());
     let headers = response.headers_mut();
