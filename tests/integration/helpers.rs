@@ -3,10 +3,9 @@
 //! reference computation of candles from the raw trades read back over JSON.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
 use ohlcd::clock::ManualClock;
@@ -18,149 +17,11 @@ use ohlcd::progress::ProgressStore;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub use ohlcd::testkit::Influxd as TestInflux;
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A throwaway influxd.
-pub struct TestInflux {
-    child: Child,
-    dir: TempDir,
-    /// Base URL of its HTTP API.
-    pub url: String,
-}
-
-impl TestInflux {
-    /// Starts influxd and waits until `/ping` answers.
-    pub fn start() -> TestInflux {
-        Self::start_with(false)
-    }
-
-    /// Starts influxd with authentication enabled (no users yet).
-    pub fn start_with_auth() -> TestInflux {
-        Self::start_with(true)
-    }
-
-    fn start_with(auth: bool) -> TestInflux {
-        let dir = tempfile::tempdir().unwrap();
-        let http_port = free_port();
-        let rpc_port = free_port();
-        let d = dir.path().display();
-        let auth = if auth { "  auth-enabled = true\n" } else { "" };
-        let conf = format!(
-            r#"reporting-disabled = true
-bind-address = "127.0.0.1:{rpc_port}"
-[meta]
-  dir = "{d}/meta"
-[data]
-  dir = "{d}/data"
-  wal-dir = "{d}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-  log-enabled = false
-{auth}[continuous_queries]
-  enabled = false
-"#
-        );
-        std::fs::write(dir.path().join("influxdb.conf"), conf).unwrap();
-        let child = Self::spawn(&dir);
-        let url = format!("http://127.0.0.1:{http_port}");
-        let server = TestInflux { child, dir, url };
-        server.wait_ready();
-        server
-    }
-
-    fn spawn(dir: &TempDir) -> Child {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("influxd.log"))
-            .unwrap();
-        Command::new("influxd")
-            .arg("-config")
-            .arg(dir.path().join("influxdb.conf"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect(
-                "influxd not found: run scripts/test, which installs the Debian package influxdb",
-            )
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = reqwest_blocking_ping(&self.url)
-                && resp
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "influxd did not start within 30s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill {sig} influxd");
-    }
-
-    /// Freezes influxd (SIGSTOP): connections are accepted but never answered.
-    pub fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Thaws a frozen influxd (SIGCONT).
-    pub fn thaw(&self) {
-        self.signal("-CONT");
-    }
-
-    /// Stops influxd; its data stays for [`TestInflux::restart`].
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts influxd again on the same ports and data.
-    pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.dir);
-        self.wait_ready();
-    }
-}
-
-fn reqwest_blocking_ping(url: &str) -> Result<bool, std::io::Error> {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    Ok(buf.starts_with("HTTP/1.0 204") || buf.starts_with("HTTP/1.1 204"))
-}
-
-impl Drop for TestInflux {
-    fn drop(&mut self) {
-        // A frozen process is thawed first so it dies promptly.
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ohlcd::testkit::free_port().unwrap()
 }
 
 /// Everything a test needs: influxd, a database, SQLite, a clock.
