@@ -433,6 +433,7 @@ async fn backfill_shape(b: &mut Bench, r: &mut Results) {
         }
         // The last backfill's progress file is caught up: run again.
         if b.args.runs("caught-up") && !backfills.is_empty() {
+            b.settle().await;
             match b.caught_up_passes(&db, 3).await {
                 Ok(passes) => r.caught_up_passes = passes,
                 Err(e) => b.fail("caught-up pass", e),

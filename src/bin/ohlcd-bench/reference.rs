@@ -11,6 +11,9 @@ use crate::bench::{Bench, Shape};
 use crate::report::{RawPull, Results, thousands};
 use crate::{RESOLUTIONS, say};
 
+/// Shape of the raw pull that reads series by series.
+pub const GROUPED: &str = "one query, GROUP BY symbol";
+
 /// Up to this many symbols the raw pull is also timed per symbol (summed).
 const PER_SYMBOL_PULL_MAX: usize = 16;
 
@@ -76,6 +79,23 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
             elapsed: f.elapsed,
             bytes: f.bytes,
         });
+        if b.shape == Shape::ManySymbols {
+            // Series by series instead of merged in time order: cheaper for
+            // InfluxDB with many series, and all a per-symbol consumer needs.
+            let q = format!("{q} GROUP BY symbol");
+            let f = b.raw.fetch(&b.db, &q, accept, false).await?;
+            say!(
+                "raw pull {format}, one query GROUP BY symbol: {:.2}s, {:.1} MB",
+                f.elapsed.as_secs_f64(),
+                f.bytes as f64 / 1e6
+            );
+            r.raw.push(RawPull {
+                format,
+                shape: GROUPED,
+                elapsed: f.elapsed,
+                bytes: f.bytes,
+            });
+        }
     }
     Ok(())
 }
