@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::bench::Bench;
 use crate::daemon::start_daemon;
-use crate::procs::{Proc, TICKS_PER_SEC, cpu_ticks, strip_ansi, vm_hwm_kb};
+use crate::procs::{Proc, TICKS_PER_SEC, cpu_ticks, strip_ansi, vm_hwm_kb, vm_rss_kb};
 use crate::reference::{compare_candles, parse_candle_csv};
 use crate::report::{RSS_TARGET_MB, Results, Row, mb, push_check, push_row, thousands};
 use crate::{NS, say};
@@ -63,6 +63,8 @@ pub struct WatermarkCheck {
     pub oldest: i64,
     /// How long `GET /api/progress` took.
     pub request: Duration,
+    /// ohlcd's resident set right after, kB.
+    pub rss_kb: u64,
 }
 
 /// What the live shape measured.
@@ -144,6 +146,7 @@ async fn check_watermarks(
         },
         oldest,
         request,
+        rss_kb: 0,
     })
 }
 
@@ -322,7 +325,9 @@ async fn run_inner(b: &mut Bench, live: &mut LiveResult) -> Result<()> {
                 proc.stderr_tail(5)
             );
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Not more often: with thousands of symbols one read of the progress
+        // table costs ohlcd about half a second and tens of MB.
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     live.catch_up = Some(started.elapsed());
     say!(
@@ -348,14 +353,16 @@ async fn run_inner(b: &mut Bench, live: &mut LiveResult) -> Result<()> {
             tokio::time::sleep_until(next).await;
             next += CHECK_EVERY;
             match check_watermarks(&client, &base, symbols.len(), load_started).await {
-                Ok(c) => {
+                Ok(mut c) => {
+                    c.rss_kb = vm_rss_kb(pid).unwrap_or(0);
                     say!(
-                        "t+{:.0}s: {} of {} symbols within two ticks, worst 1m watermark age {:.0} s (progress read {:.0} ms)",
+                        "t+{:.0}s: {} of {} symbols within two ticks, worst 1m watermark age {:.0} s (progress read {:.0} ms); ohlcd RSS {:.1} MB",
                         c.at,
                         c.symbols - c.behind.min(c.symbols),
                         symbols.len(),
                         c.worst_age,
-                        c.request.as_secs_f64() * 1e3
+                        c.request.as_secs_f64() * 1e3,
+                        mb(c.rss_kb)
                     );
                     checks.push(c);
                 }
@@ -574,6 +581,19 @@ pub fn rows(b: &Bench, live: &LiveResult, rows: &mut Vec<Row>) {
                 ),
             );
         }
+    }
+    if let (Some(first), Some(last)) = (live.checks.first(), live.checks.last()) {
+        let most = live.checks.iter().map(|c| c.rss_kb).max().unwrap_or(0);
+        push_row(
+            rows,
+            "ohlcd RSS at the checks: first / largest / last",
+            format!(
+                "{:.1} / {:.1} / {:.1} MB",
+                mb(first.rss_kb),
+                mb(most),
+                mb(last.rss_kb)
+            ),
+        );
     }
     push_check(
         rows,

@@ -232,6 +232,11 @@ pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
     status_kb(pid, "VmHWM")
 }
 
+/// VmRSS (current resident set) of a live process, kB.
+pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS")
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ: 100 on
 /// every Linux architecture we run on).
 pub const TICKS_PER_SEC: f64 = 100.0;
