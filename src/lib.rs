@@ -21,6 +21,8 @@
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
 //! - [`cli`]: the `ohlcd` command line.
+//! - [`testkit`]: test and benchmark support (a throwaway `influxd`); not used
+//!   by the daemon.
 
 pub mod candle;
 pub mod chart;
@@ -36,4 +38,5 @@ pub mod ingest;
 pub mod progress;
 pub mod scheduler;
 pub mod server;
+pub mod testkit;
 pub mod times;

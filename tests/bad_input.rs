@@ -2,10 +2,8 @@
 //! trades and candles: every malformed request gets a 4xx with a JSON `error`,
 //! nothing is written or dropped, and the server stays up.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ohlcd::candle::{NANOS_PER_SEC, Resolution};
@@ -16,79 +14,10 @@ use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::influx::InfluxClient;
 use ohlcd::ingest::{NewTrade, write_trades};
 use ohlcd::progress::ProgressStore;
+use ohlcd::testkit::Influxd;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A throwaway influxd in a temporary directory, killed on drop.
-struct Influxd {
-    child: Child,
-    _dir: TempDir,
-    url: String,
-}
-
-impl Influxd {
-    fn start() -> Influxd {
-        let dir = tempfile::tempdir().unwrap();
-        let (http, rpc) = (free_port(), free_port());
-        let d = dir.path().display();
-        let conf = format!(
-            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
-             [meta]\n  dir = \"{d}/meta\"\n\
-             [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
-             [monitor]\n  store-enabled = false\n\
-             [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n\
-             [continuous_queries]\n  enabled = false\n"
-        );
-        let conf_path = dir.path().join("influxdb.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("influxd")
-            .arg("-config")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("influxd.log")).unwrap())
-            .spawn()
-            .expect("influxd not found: scripts/test installs the Debian package influxdb");
-        let server = Influxd {
-            child,
-            _dir: dir,
-            url: format!("http://127.0.0.1:{http}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ping(&server.url) {
-            assert!(Instant::now() < deadline, "influxd did not start in 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-fn ping(url: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(url.trim_start_matches("http://")) else {
-        return false;
-    };
-    let mut buf = String::new();
-    s.write_all(b"GET /ping HTTP/1.0\r\n\r\n").is_ok()
-        && s.read_to_string(&mut buf).is_ok()
-        && buf.starts_with("HTTP/1.")
-        && buf[8..].starts_with(" 204")
-}
-
-impl Drop for Influxd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const DATA_FROM: &str = "2024-01-01T00:00:00Z";
 const DATA_TO: &str = "2024-01-03T00:00:00Z";

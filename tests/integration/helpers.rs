@@ -3,11 +3,9 @@
 //! reference computation of candles from the raw trades read back over JSON.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
 use ohlcd::clock::ManualClock;
@@ -19,269 +17,28 @@ use ohlcd::progress::ProgressStore;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub use ohlcd::testkit::{Influxd as TestInflux, Server};
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ohlcd::testkit::free_port().unwrap()
 }
 
-/// Which InfluxDB a test runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Server {
-    /// Debian's `influxd` 1.6.7.
-    V1,
-    /// InfluxDB 3 Core (`influxdb3 serve`), from `../shared/influxdb3`.
-    V3,
-}
-
-/// How a throwaway server is started: 1.x from a config file, 3.x from its
-/// binary with the port and data directory on the command line.
-enum Launch {
-    V1,
-    V3 { bin: PathBuf, port: u16 },
-}
-
-/// A throwaway influxd (1.x) or InfluxDB 3 Core server.
-pub struct TestInflux {
-    child: Child,
-    dir: TempDir,
-    launch: Launch,
-    /// Base URL of its HTTP API.
-    pub url: String,
-}
-
-impl TestInflux {
-    /// Starts influxd and waits until `/ping` answers.
-    pub fn start() -> TestInflux {
-        Self::start_with(false)
-    }
-
-    /// Starts influxd with authentication enabled (no users yet).
-    pub fn start_with_auth() -> TestInflux {
-        Self::start_with(true)
-    }
-
-    fn start_with(auth: bool) -> TestInflux {
-        let dir = tempfile::tempdir().unwrap();
-        let http_port = free_port();
-        let rpc_port = free_port();
-        let d = dir.path().display();
-        let auth = if auth { "  auth-enabled = true\n" } else { "" };
-        let conf = format!(
-            r#"reporting-disabled = true
-bind-address = "127.0.0.1:{rpc_port}"
-[meta]
-  dir = "{d}/meta"
-[data]
-  dir = "{d}/data"
-  wal-dir = "{d}/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-  log-enabled = false
-{auth}[continuous_queries]
-  enabled = false
-"#
+/// Starts the given server; `None` (after saying why) only for a 3.x server
+/// that cannot be had outside CI. Under `CI=true` a missing 3.x server fails
+/// the test: this project's CI must run that suite.
+pub fn start_server(kind: Server) -> Option<TestInflux> {
+    if kind == Server::V3
+        && let Err(why) = ohlcd::testkit::influxdb3_binary()
+    {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "InfluxDB 3 Core is required in CI (CI=true): {why}"
         );
-        std::fs::write(dir.path().join("influxdb.conf"), conf).unwrap();
-        let launch = Launch::V1;
-        let child = Self::spawn(&dir, &launch);
-        let url = format!("http://127.0.0.1:{http_port}");
-        let server = TestInflux {
-            child,
-            dir,
-            launch,
-            url,
-        };
-        server.wait_ready();
-        server
+        eprintln!("SKIPPED: InfluxDB 3 Core tests: {why}");
+        return None;
     }
-
-    /// Starts InfluxDB 3 Core (no auth, file object store in a temp directory)
-    /// and waits until `/ping` answers; `None` when the binary cannot be had
-    /// (see [`influxdb3_binary`]).
-    pub fn start_v3() -> Option<TestInflux> {
-        let bin = influxdb3_binary()?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let launch = Launch::V3 { bin, port };
-        let child = Self::spawn(&dir, &launch);
-        let server = TestInflux {
-            child,
-            dir,
-            launch,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        server.wait_ready();
-        Some(server)
-    }
-
-    /// Starts the given server; `None` only for a 3.x server that cannot be had.
-    pub fn start_server(server: Server) -> Option<TestInflux> {
-        match server {
-            Server::V1 => Some(Self::start()),
-            Server::V3 => Self::start_v3(),
-        }
-    }
-
-    fn spawn(dir: &TempDir, launch: &Launch) -> Child {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("influxd.log"))
-            .unwrap();
-        match launch {
-            Launch::V1 => Command::new("influxd")
-                .arg("-config")
-                .arg(dir.path().join("influxdb.conf"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect(
-                    "influxd not found: run scripts/test, which installs the Debian package influxdb",
-                ),
-            Launch::V3 { bin, port } => Command::new(bin)
-                .args(["serve", "--node-id", "n1", "--object-store", "file"])
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .args(["--http-bind", &format!("127.0.0.1:{port}")])
-                .arg("--without-auth")
-                .env("LOG_FILTER", "warn")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display())),
-        }
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = reqwest_blocking_ping(&self.url)
-                && resp
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "InfluxDB did not start within 30s; see {}",
-                self.dir.path().join("influxd.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill {sig} influxd");
-    }
-
-    /// Freezes influxd (SIGSTOP): connections are accepted but never answered.
-    pub fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Thaws a frozen influxd (SIGCONT).
-    pub fn thaw(&self) {
-        self.signal("-CONT");
-    }
-
-    /// Stops influxd; its data stays for [`TestInflux::restart`].
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts influxd again on the same ports and data.
-    pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.dir, &self.launch);
-        self.wait_ready();
-    }
-}
-
-fn reqwest_blocking_ping(url: &str) -> Result<bool, std::io::Error> {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    // 1.x answers 204, 3.x 200.
-    Ok([
-        "HTTP/1.0 204",
-        "HTTP/1.1 204",
-        "HTTP/1.0 200",
-        "HTTP/1.1 200",
-    ]
-    .iter()
-    .any(|p| buf.starts_with(p)))
-}
-
-/// The InfluxDB 3 Core binary: `OHLCD_INFLUXDB3`, else what
-/// `../shared/influxdb3/install` (beside this checkout) unpacks into the target
-/// directory. Where neither exists (a user's own checkout) the 3.x tests are
-/// skipped, and say so; in this project's CI (`CI=true`) that is a failure.
-pub fn influxdb3_binary() -> Option<PathBuf> {
-    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let found = BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("OHLCD_INFLUXDB3")
-            && !p.is_empty()
-        {
-            let p = PathBuf::from(p);
-            return if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!("OHLCD_INFLUXDB3={} is not a file", p.display()))
-            };
-        }
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let install = manifest.join("../shared/influxdb3/install");
-        if !install.is_file() {
-            return Err(format!(
-                "neither OHLCD_INFLUXDB3 nor {} exists",
-                install.display()
-            ));
-        }
-        let out = Command::new(&install)
-            .arg(manifest.join("target/influxdb3"))
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", install.display()))?;
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || path.is_empty() {
-            return Err(format!("{} failed ({})", install.display(), out.status));
-        }
-        Ok(PathBuf::from(path))
-    });
-    match found {
-        Ok(p) => Some(p.clone()),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("InfluxDB 3 Core is required in CI (CI=true): {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: InfluxDB 3 Core tests: {why}");
-            None
-        }
-    }
-}
-
-impl Drop for TestInflux {
-    fn drop(&mut self) {
-        // A frozen process is thawed first so it dies promptly.
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(TestInflux::start_server(kind).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Everything a test needs: influxd, a database, SQLite, a clock.
@@ -309,7 +66,7 @@ impl TestApp {
     /// Like [`TestApp::spawn`] on the given server; `None` (after saying why)
     /// when it is a 3.x server that cannot be had outside CI.
     pub async fn spawn_on(kind: Server) -> Option<TestApp> {
-        let server = tokio::task::spawn_blocking(move || TestInflux::start_server(kind))
+        let server = tokio::task::spawn_blocking(move || start_server(kind))
             .await
             .unwrap()?;
         let dir = tempfile::tempdir().unwrap();

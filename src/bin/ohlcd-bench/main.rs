@@ -1,0 +1,478 @@
+//! `ohlcd-bench`: the end-to-end benchmark of ohlcd against InfluxDB, on one
+//! machine, in one run.
+//!
+//! It starts its own throwaway `influxd` (unless `--influx-url` is given) and
+//! measures one of three shapes, ohlcd side by side with InfluxDB itself:
+//!
+//! - *few symbols* (the default: 2 symbols, 2M trades, 30 days): `ohlcd
+//!   generate`, `ohlcd backfill` of all six resolutions from scratch (peak RSS
+//!   sampled from `/proc/<pid>/status`) against the same candles computed by
+//!   InfluxDB (InfluxQL `GROUP BY time`) and a bare raw pull of the trades (CSV
+//!   and MessagePack), a caught-up `backfill` with nothing new, peak RSS at
+//!   several data sizes, `/udf/history` latency of `ohlcd run` against InfluxDB
+//!   aggregating the same chart on the fly, and `POST /api/trades` against
+//!   InfluxDB's own `/write`;
+//! - *many symbols* (`--symbols-count N`, e.g. 1000 symbols × 1000 trades over
+//!   `--hours 6`): backfill against one raw pull of all trades, the caught-up
+//!   pass, and peak RSS at several symbol counts (`--rss-symbols`);
+//! - *live* (`--live`): `ohlcd run` over thousands of symbols while trades
+//!   arrive through `POST /api/trades`; every 1m watermark is checked against
+//!   the horizon every ~10 s, and ohlcd's CPU time is reported.
+//!
+//! Along the way it checks ohlcd's answers against InfluxDB's (candles, bars,
+//! trade counts) and reports any difference. Progress goes to stderr, one
+//! table of results to stdout, and the same table as Markdown (with a header
+//! describing the machine and the exact command) to `--out`.
+//!
+//! Every child process (influxd, ohlcd) is stopped when the bench ends: on
+//! success, on error, on SIGINT/SIGTERM/SIGHUP, and (through
+//! `PR_SET_PDEATHSIG`) when the bench itself is killed.
+//!
+//! Modules: [`procs`] child processes and `/proc`; [`raw`] bare reads (the
+//! reference); [`bench`] the shared context and the `ohlcd` command phases;
+//! [`reference`] InfluxDB's own answers and the candle check; [`daemon`]
+//! chart latency and ingest of `ohlcd run`; [`live`] the live shape;
+//! [`report`] the table.
+
+mod bench;
+mod daemon;
+mod live;
+mod procs;
+mod raw;
+mod reference;
+mod report;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use clap::Parser;
+use ohlcd::ingest::{INGEST_BATCH, validate_symbol};
+use ohlcd::testkit::{Influxd, InfluxdOptions, ScratchDir};
+
+use bench::{Bench, Shape};
+use report::Results;
+
+const NS: i64 = 1_000_000_000;
+const DAY_NS: i64 = 86_400 * NS;
+
+/// (InfluxQL duration and candle suffix, UDF resolution, seconds).
+const RESOLUTIONS: [(&str, &str, i64); 6] = [
+    ("1m", "1", 60),
+    ("5m", "5", 300),
+    ("15m", "15", 900),
+    ("1h", "60", 3_600),
+    ("4h", "240", 14_400),
+    ("1d", "1D", 86_400),
+];
+
+/// Symbols of the ingest comparison: new series, never part of the data set.
+const API_SYMBOL: &str = "BENCH_API";
+const WRITE_SYMBOL: &str = "BENCH_WRITE";
+
+/// Sizes above this need `--allow-large`.
+const LARGE_SIZE: u64 = 20_000_000;
+
+static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// A progress message on stderr, stamped with the time since start.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("[{:7.1}s] {}", $crate::T0.elapsed().as_secs_f64(), format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// End-to-end benchmark of ohlcd against InfluxDB on this machine.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ohlcd-bench", version, about)]
+pub struct Args {
+    /// Trades of the main data set (all symbols together).
+    #[arg(long, default_value_t = 2_000_000)]
+    trades: u64,
+    /// Comma-separated symbols; the trades are split evenly between them.
+    #[arg(long, value_delimiter = ',', default_value = "BTCUSD,ETHUSD")]
+    symbols: Vec<String>,
+    /// Many-symbols shape: N symbols named S0001, S0002, … (replaces
+    /// --symbols); the raw reference is one query over all of them.
+    #[arg(long, value_name = "N")]
+    symbols_count: Option<usize>,
+    /// Days of data, ending at the last UTC midnight at least an hour ago.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Hours of data instead of --days, ending at the same midnight.
+    #[arg(long)]
+    hours: Option<u32>,
+    /// Use this InfluxDB instead of starting a throwaway influxd.
+    #[arg(long, value_name = "URL")]
+    influx_url: Option<String>,
+    /// Markdown copy of the results.
+    #[arg(long, default_value = "target/bench/results.md")]
+    out: PathBuf,
+    /// Timed /udf/history requests per resolution (after 20 warm-up requests).
+    #[arg(long, default_value_t = 200)]
+    latency_requests: usize,
+    /// Timed on-the-fly InfluxDB requests per resolution (after 2 warm-up
+    /// requests; a series stops after 20 s once 5 are timed).
+    #[arg(long, default_value_t = 20)]
+    influx_requests: usize,
+    /// Data sizes at which backfill's peak RSS is measured, each generated into
+    /// its own database (the main size is reused if listed). Few-symbols shape.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    rss_sizes: Vec<u64>,
+    /// Symbol counts at which backfill's peak RSS is measured, each with the
+    /// main set's trades per symbol in its own database (the main count is
+    /// reused if listed). Many-symbols shape.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rss_symbols: Vec<usize>,
+    /// Allow RSS measurements above 20,000,000 trades.
+    #[arg(long)]
+    allow_large: bool,
+    /// Trades posted in the ingest comparison.
+    #[arg(long, default_value_t = 200_000)]
+    ingest_trades: u64,
+    /// Trades per request in the ingest comparison.
+    #[arg(long, default_value_t = 10_000)]
+    ingest_batch: usize,
+    /// Goal of backfill / fastest raw pull; by default 2.0 for many symbols,
+    /// 0.75 for dense data (≥ 200k trades per symbol-day), else 1.0.
+    #[arg(long)]
+    ratio_goal: Option<f64>,
+    /// Phases to leave out: group-by, caught-up, rss, daemon.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Live shape: `ohlcd run` over --symbols-count symbols (default 5000)
+    /// while trades arrive through POST /api/trades.
+    #[arg(long)]
+    live: bool,
+    /// Seconds of load in the live shape.
+    #[arg(long, default_value_t = 300)]
+    live_secs: u64,
+    /// Trades per second posted in the live shape, spread over all symbols.
+    #[arg(long, default_value_t = 2_000)]
+    live_rate: u64,
+    /// Keep the benchmark databases on an external InfluxDB (--influx-url);
+    /// by default they are dropped at the end.
+    #[arg(long)]
+    keep_data: bool,
+    /// Keep the scratch directory (ohlcd's logs, progress files) for a look
+    /// afterwards; its path is printed.
+    #[arg(long)]
+    keep_scratch: bool,
+}
+
+impl Args {
+    /// True unless `--skip` names the phase.
+    fn runs(&self, phase: &str) -> bool {
+        !self.skip.iter().any(|s| s == phase)
+    }
+}
+
+fn main() -> ExitCode {
+    LazyLock::force(&T0);
+    let args = Args::parse();
+    // One thread: every child is forked from the main thread, so
+    // PR_SET_PDEATHSIG fires only when the bench process itself goes away.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            sig = termination_signal() => Err(anyhow!("interrupted by {sig}; child processes stopped")),
+        }
+    });
+    // Dropping the run future above has already stopped every child.
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: some benchmark phases failed (see the table and the messages above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // Without handlers the default action (exit) applies; the children then
+        // go through PR_SET_PDEATHSIG.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+/// `S0001`, `S0002`, … (at least four digits).
+fn numbered_symbols(n: usize) -> Vec<String> {
+    let width = n.to_string().len().max(4);
+    (1..=n).map(|i| format!("S{i:0width$}")).collect()
+}
+
+/// Everything that can be checked before anything is started.
+fn preflight(args: &mut Args) -> Result<Shape> {
+    let shape = if args.live {
+        Shape::Live
+    } else if args.symbols_count.is_some() {
+        Shape::ManySymbols
+    } else {
+        Shape::FewSymbols
+    };
+    if let Some(n) = args.symbols_count.or(args.live.then_some(5_000)) {
+        ensure!(
+            (1..=100_000).contains(&n),
+            "--symbols-count must be between 1 and 100,000"
+        );
+        args.symbols = numbered_symbols(n);
+    }
+    ensure!(
+        !args.symbols.is_empty(),
+        "--symbols: give at least one symbol"
+    );
+    for s in &args.symbols {
+        validate_symbol(s).map_err(|e| anyhow!("--symbols: {e}"))?;
+        ensure!(
+            s != API_SYMBOL && s != WRITE_SYMBOL,
+            "--symbols: {s} is reserved for the ingest comparison"
+        );
+    }
+    ensure!(args.trades > 0, "--trades must be at least 1");
+    ensure!(args.days > 0, "--days must be at least 1");
+    ensure!(args.hours != Some(0), "--hours must be at least 1");
+    ensure!(
+        args.ingest_batch <= INGEST_BATCH,
+        "--ingest-batch: the API takes at most {INGEST_BATCH} trades per request"
+    );
+    // The live load is bounded: at most an hour, at most 20,000 trades/s.
+    ensure!(
+        (10..=3_600).contains(&args.live_secs),
+        "--live-secs must be between 10 and 3600"
+    );
+    ensure!(
+        (1..=20_000).contains(&args.live_rate),
+        "--live-rate must be between 1 and 20,000 trades/s"
+    );
+    for s in &args.skip {
+        ensure!(
+            ["group-by", "caught-up", "rss", "daemon"].contains(&s.as_str()),
+            "--skip: unknown phase {s:?} (group-by, caught-up, rss, daemon)"
+        );
+    }
+    Ok(shape)
+}
+
+async fn run(mut args: Args) -> Result<bool> {
+    let shape = preflight(&mut args)?;
+    let exe = std::env::current_exe().context("cannot locate the bench executable")?;
+    let ohlcd = exe
+        .parent()
+        .map(|d| d.join("ohlcd"))
+        .context("the bench executable has no directory")?;
+    ensure!(
+        ohlcd.is_file(),
+        "ohlcd binary not found at {} (it must sit next to ohlcd-bench); build both with `cargo build --release --bins`",
+        ohlcd.display()
+    );
+    let ohlcd_version = Command::new(&ohlcd)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+
+    let load_start = procs::loadavg();
+    let scratch = ScratchDir::new("ohlcd-bench").context("cannot create a scratch directory")?;
+    say!("scratch directory {}", scratch.path().display());
+    let own = match &args.influx_url {
+        Some(_) => None,
+        None => {
+            say!("starting influxd ...");
+            let options = InfluxdOptions {
+                configure: Some(procs::die_with_parent),
+                ..InfluxdOptions::default()
+            };
+            // Started (and waited for) on this thread, not the blocking pool:
+            // the parent-death signal fires when the spawning thread exits.
+            Some(Influxd::launch(options).context("cannot start influxd (or pass --influx-url)")?)
+        }
+    };
+    let url = match (&own, &args.influx_url) {
+        (Some(o), _) => o.url.clone(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => unreachable!(),
+    };
+
+    let now = chrono::Utc::now();
+    // The data ends at the last UTC midnight at least an hour ago, so every
+    // resolution's watermark is past it once ohlcd has caught up.
+    let to = (now - chrono::Duration::hours(1))
+        .timestamp_nanos_opt()
+        .context("clock out of range")?
+        .div_euclid(DAY_NS)
+        * DAY_NS;
+    let span = match args.hours {
+        Some(h) => i64::from(h) * 3_600 * NS,
+        None => i64::from(args.days) * DAY_NS,
+    };
+    let db = format!(
+        "ohlcd_bench_{}_{}",
+        now.format("%Y%m%d_%H%M%S"),
+        std::process::id()
+    );
+    let mut b = Bench::new(
+        args.clone(),
+        shape,
+        ohlcd,
+        scratch.path().to_path_buf(),
+        &url,
+        own.as_ref().map(Influxd::pid),
+        db,
+        to - span,
+        to,
+    )?;
+    let influx_version = b
+        .influx
+        .ping()
+        .await
+        .with_context(|| format!("InfluxDB at {url}"))?;
+    say!("InfluxDB {influx_version} at {url}");
+
+    let mut r = Results::default();
+    match shape {
+        Shape::Live => live::run(&mut b, &mut r).await,
+        Shape::FewSymbols | Shape::ManySymbols => backfill_shape(&mut b, &mut r).await,
+    }
+
+    // Clean up databases on an external InfluxDB.
+    if own.is_none() && !args.keep_data {
+        for d in b.created.clone() {
+            if let Err(e) = b.drop_database(&d).await {
+                say!("could not drop database {d}: {e:#}");
+            }
+        }
+    }
+    let own_influx = own.is_some();
+    drop(own);
+    if args.keep_scratch {
+        say!("scratch directory kept: {}", scratch.path().display());
+        std::mem::forget(scratch);
+    }
+
+    let header = report::machine_header(
+        &b,
+        &influx_version,
+        &ohlcd_version,
+        own_influx,
+        &now,
+        &load_start,
+    );
+    let rows = report::table_rows(&b, &r);
+    report::print_table(&rows);
+    let md = report::markdown(&header, &rows, &b);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&args.out, md)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    say!("results written to {}", args.out.display());
+    for i in &b.issues {
+        eprintln!("ohlcd issue: {i}");
+    }
+    Ok(b.failures.is_empty())
+}
+
+/// The few- and many-symbols shapes: data, backfill against the references,
+/// the caught-up pass, the daemon, peak RSS at other sizes.
+async fn backfill_shape(b: &mut Bench, r: &mut Results) {
+    let db = b.db.clone();
+    let n = b.args.trades;
+    let outcome = async {
+        // Data.
+        let symbols = b.symbols().to_vec();
+        r.generate = Some(b.generate(&db, n, &symbols).await?);
+        b.settle().await;
+        // Backfill and the references, interleaved in two rounds: freshly
+        // written data reads slower until InfluxDB has settled it, so whatever
+        // runs first pays for that. Best of two for both sides.
+        let mut backfills = Vec::new();
+        for round in 1..=2 {
+            if let Err(e) = reference::raw_pull(b, r).await {
+                b.fail("raw pull reference", e);
+            }
+            b.settle().await;
+            match b.backfill(&db, n).await {
+                Ok(x) => backfills.push(x),
+                Err(e) => b.fail("backfill", e),
+            }
+            b.settle().await;
+            if round == 1 && b.args.runs("group-by") {
+                if let Err(e) = reference::group_by(b, r).await {
+                    b.fail("InfluxQL GROUP BY reference", e);
+                }
+                b.settle().await;
+            }
+        }
+        // The last backfill's progress file is caught up: run again.
+        if b.args.runs("caught-up") && !backfills.is_empty() {
+            b.settle().await;
+            match b.caught_up_passes(&db, 3).await {
+                Ok(passes) => r.caught_up_passes = passes,
+                Err(e) => b.fail("caught-up pass", e),
+            }
+        }
+        if !backfills.is_empty() {
+            b.notes.push(format!(
+                "backfill runs (each from a fresh SQLite file): {}; the best is used",
+                backfills
+                    .iter()
+                    .map(|x| format!("{:.2} s", x.elapsed.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(best) = backfills.into_iter().min_by_key(|x| x.elapsed) {
+            r.rss.push((n, b.symbols().len(), best.peak_kb));
+            r.backfill = Some(best);
+        }
+        r.keep_best_raw_pulls();
+        // The daemon: chart latency and ingest (few symbols only: its figures
+        // are per symbol).
+        if b.shape == Shape::FewSymbols && b.args.runs("daemon") {
+            b.settle().await;
+            if let Err(e) = daemon::run(b, r).await {
+                b.fail("ohlcd run", e);
+            }
+        }
+        // Peak RSS at other sizes (last: the biggest writes).
+        if b.args.runs("rss") {
+            match b.shape {
+                Shape::ManySymbols => b.rss_symbols(r).await,
+                _ => b.rss_sizes(r).await,
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        b.fail("data generation", e);
+    }
+}

@@ -1,0 +1,424 @@
+//! Test and benchmark support, not used by the daemon: a throwaway `influxd`
+//! (1.x) or InfluxDB 3 Core server on free ports in a scratch directory,
+//! killed and removed on drop.
+//!
+//! It lives in the library so the integration tests, the bad-input corpus and
+//! `ohlcd-bench` share one fixture instead of three copies. It needs nothing
+//! beyond `std` (no async runtime, no HTTP client): starting is blocking, so
+//! async tests call [`Influxd::start`] through `spawn_blocking`.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long influxd may take to answer `/ping` after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fresh ports tried when another process took ours between probing and binding.
+const PORT_ATTEMPTS: usize = 3;
+
+/// A local TCP port nobody listens on right now (it may be taken again before
+/// it is used, which [`Influxd::launch`] retries).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A directory under [`std::env::temp_dir`], removed with its contents on drop.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates `<tmp>/<prefix>-<pid>-<n>-<nanos>`, unique within and across
+    /// processes.
+    pub fn new(prefix: &str) -> io::Result<ScratchDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos();
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("{prefix}-{}-{n}-{nanos:09}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(ScratchDir(dir)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create {}: {e}", dir.display()),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Which InfluxDB an [`Influxd`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Server {
+    /// Debian's `influxd` 1.x, started from a config file.
+    #[default]
+    V1,
+    /// InfluxDB 3 Core (`influxdb3 serve`, file object store, no auth), the
+    /// binary found by [`influxdb3_binary`].
+    V3,
+}
+
+/// How to start an [`Influxd`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InfluxdOptions {
+    /// Which server generation to start.
+    pub server: Server,
+    /// Turn on authentication (no users yet: the first may be created without
+    /// credentials). 1.x only.
+    pub auth: bool,
+    /// Called on the `influxd` command before every spawn (start and restart),
+    /// e.g. to ask for a parent-death signal.
+    pub configure: Option<fn(&mut Command)>,
+}
+
+/// A throwaway influxd: its own ports, data and log in a scratch directory;
+/// killed (thawed first if frozen) and its directory removed on drop.
+#[derive(Debug)]
+pub struct Influxd {
+    child: Child,
+    dir: ScratchDir,
+    options: InfluxdOptions,
+    frozen: AtomicBool,
+    /// Base URL of its HTTP API, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+}
+
+impl Influxd {
+    /// Starts influxd and waits until `/ping` answers; panics with the reason
+    /// (test convenience).
+    pub fn start() -> Influxd {
+        Self::launch(InfluxdOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Influxd::start`] with authentication enabled (no users yet).
+    pub fn start_with_auth() -> Influxd {
+        Self::launch(InfluxdOptions {
+            auth: true,
+            ..InfluxdOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts influxd on free ports and waits until `/ping` answers; a lost
+    /// port race is retried on other ports. The error says what went wrong,
+    /// with the tail of influxd's log.
+    pub fn launch(options: InfluxdOptions) -> io::Result<Influxd> {
+        let dir = ScratchDir::new("ohlcd-influxd")?;
+        let log = dir.path().join("influxd.log");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let http_port = free_port()?;
+            let rpc_port = free_port()?;
+            std::fs::write(
+                dir.path().join("influxdb.conf"),
+                config(dir.path(), http_port, rpc_port, options.auth),
+            )?;
+            let _ = std::fs::remove_file(&log);
+            let mut child = spawn(dir.path(), options, http_port)?;
+            let url = format!("http://127.0.0.1:{http_port}");
+            match wait_ready(&mut child, &url, &log) {
+                Ok(()) => {
+                    return Ok(Influxd {
+                        child,
+                        dir,
+                        options,
+                        frozen: AtomicBool::new(false),
+                        url,
+                    });
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    if attempt >= PORT_ATTEMPTS
+                        || !read_lossy(&log).contains("address already in use")
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the given server generation and waits until `/ping` answers.
+    pub fn start_server(server: Server) -> io::Result<Influxd> {
+        Self::launch(InfluxdOptions {
+            server,
+            ..InfluxdOptions::default()
+        })
+    }
+
+    /// Which server generation this is.
+    pub fn server(&self) -> Server {
+        self.options.server
+    }
+
+    /// Process id of the running influxd.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The scratch directory (config, data, `influxd.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// influxd's log so far (its stderr).
+    pub fn log(&self) -> String {
+        read_lossy(&self.dir.path().join("influxd.log"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} influxd");
+    }
+
+    /// Freezes influxd (SIGSTOP): connections are accepted but never answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Thaws a frozen influxd (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops influxd (SIGKILL); its data stays for [`Influxd::restart`].
+    pub fn stop(&mut self) {
+        if self.frozen.swap(false, Ordering::SeqCst) {
+            self.signal("-CONT");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts influxd again on the same ports and data; panics if it does not
+    /// come up (test convenience).
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the URL ends in a port");
+        self.child = spawn(self.dir.path(), self.options, port).unwrap_or_else(|e| panic!("{e}"));
+        let log = self.dir.path().join("influxd.log");
+        wait_ready(&mut self.child, &self.url, &log).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `/ping` at `url` answers 204, failing early if influxd exits;
+/// errors carry the tail of its log.
+fn wait_ready(child: &mut Child, url: &str, log: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if ping(url) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "influxd exited at start-up ({status}); log:\n{}",
+                tail(&read_lossy(log), 10)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "influxd did not answer /ping within {}s; log:\n{}",
+                READY_TIMEOUT.as_secs(),
+                tail(&read_lossy(log), 10)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn config(dir: &Path, http_port: u16, rpc_port: u16, auth: bool) -> String {
+    let d = dir.display();
+    let auth = if auth { "  auth-enabled = true\n" } else { "" };
+    format!(
+        r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+{auth}[continuous_queries]
+  enabled = false
+"#
+    )
+}
+
+fn spawn(dir: &Path, options: InfluxdOptions, http_port: u16) -> io::Result<Child> {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("influxd.log"))?;
+    let (mut cmd, name) = match options.server {
+        Server::V1 => {
+            let mut cmd = Command::new("influxd");
+            cmd.arg("-config")
+                .arg(dir.join("influxdb.conf"))
+                .stdout(Stdio::null());
+            (cmd, "influxd")
+        }
+        Server::V3 => {
+            let bin = influxdb3_binary().map_err(io::Error::other)?;
+            let mut cmd = Command::new(bin);
+            cmd.args(["serve", "--node-id", "n1", "--object-store", "file"])
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(["--http-bind", &format!("127.0.0.1:{http_port}")])
+                .arg("--without-auth")
+                .env("LOG_FILTER", "warn")
+                .stdout(log.try_clone()?);
+            (cmd, "influxdb3")
+        }
+    };
+    cmd.stdin(Stdio::null()).stderr(log);
+    if let Some(configure) = options.configure {
+        configure(&mut cmd);
+    }
+    cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                e.kind(),
+                "influxd not found: install InfluxDB 1.x (Debian package influxdb; scripts/test does)",
+            )
+        } else {
+            io::Error::new(e.kind(), format!("cannot start {name}: {e}"))
+        }
+    })
+}
+
+/// The InfluxDB 3 Core server binary: `$OHLCD_INFLUXDB3`, else the one
+/// `../shared/influxdb3/install` (beside this checkout) unpacks into
+/// `target/influxdb3`. Looked up once per process; the error says why there is
+/// none.
+pub fn influxdb3_binary() -> Result<PathBuf, String> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("OHLCD_INFLUXDB3")
+            && !p.is_empty()
+        {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("OHLCD_INFLUXDB3={} is not a file", p.display()))
+            };
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let install = manifest.join("../shared/influxdb3/install");
+        if !install.is_file() {
+            return Err(format!(
+                "neither OHLCD_INFLUXDB3 nor {} exists",
+                install.display()
+            ));
+        }
+        let out = Command::new(&install)
+            .arg(manifest.join("target/influxdb3"))
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", install.display()))?;
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || path.is_empty() {
+            return Err(format!("{} failed ({})", install.display(), out.status));
+        }
+        Ok(PathBuf::from(path))
+    })
+    .clone()
+}
+
+/// True if an HTTP server at `url` (`http://host:port`) answers `GET /ping`
+/// with a success (1.x says 204, 3.x 200 with a JSON body).
+fn ping(url: &str) -> bool {
+    let addr = url.trim_start_matches("http://");
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = String::new();
+    s.write_all(b"GET /ping HTTP/1.0\r\n\r\n").is_ok()
+        && s.read_to_string(&mut buf).is_ok()
+        && buf
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|code| code.starts_with('2'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_dirs_are_distinct_and_removed_on_drop() {
+        let a = ScratchDir::new("ohlcd-testkit").unwrap();
+        let b = ScratchDir::new("ohlcd-testkit").unwrap();
+        assert_ne!(a.path(), b.path());
+        std::fs::write(a.path().join("f"), "x").unwrap();
+        let kept = a.path().to_path_buf();
+        drop(a);
+        assert!(!kept.exists());
+        assert!(b.path().is_dir());
+    }
+
+    #[test]
+    fn the_config_binds_only_loopback_and_enables_auth_on_request() {
+        let c = config(Path::new("/x"), 1, 2, true);
+        assert!(c.contains("bind-address = \"127.0.0.1:1\""));
+        assert!(c.contains("bind-address = \"127.0.0.1:2\""));
+        assert!(c.contains("auth-enabled = true"));
+        assert!(!config(Path::new("/x"), 1, 2, false).contains("auth"));
+    }
+}
