@@ -24,6 +24,8 @@ pub enum Shape {
     ManySymbols,
     /// `ohlcd run` under live ingest (`--live`).
     Live,
+    /// Chart requests at rising concurrency (`--serve`).
+    Serve,
 }
 
 /// Everything a phase needs.

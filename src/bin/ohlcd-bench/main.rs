@@ -17,7 +17,11 @@
 //!   pass, and peak RSS at several symbol counts (`--rss-symbols`);
 //! - *live* (`--live`): `ohlcd run` over thousands of symbols while trades
 //!   arrive through `POST /api/trades`; every 1m watermark is checked against
-//!   the horizon every ~10 s, and ohlcd's CPU time is reported.
+//!   the horizon every ~10 s, and ohlcd's CPU time is reported;
+//! - *serve* (`--serve`, e.g. 50M trades over 50 symbols): chart requests
+//!   (`/udf/history`, countback 300, mixed resolutions) at rising concurrency
+//!   against `ohlcd run`, side by side with InfluxDB aggregating the same bars
+//!   on the fly.
 //!
 //! Along the way it checks ohlcd's answers against InfluxDB's (candles, bars,
 //! trade counts) and reports any difference. Progress goes to stderr, one
@@ -32,7 +36,7 @@
 //! reference); [`bench`] the shared context and the `ohlcd` command phases;
 //! [`reference`] InfluxDB's own answers and the candle check; [`daemon`]
 //! chart latency and ingest of `ohlcd run`; [`live`] the live shape;
-//! [`report`] the table.
+//! [`serve`] the serving shape; [`report`] the table.
 
 mod bench;
 mod daemon;
@@ -41,6 +45,7 @@ mod procs;
 mod raw;
 mod reference;
 mod report;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -140,7 +145,7 @@ pub struct Args {
     /// 0.75 for dense data (≥ 200k trades per symbol-day), else 1.0.
     #[arg(long)]
     ratio_goal: Option<f64>,
-    /// Phases to leave out: group-by, caught-up, rss, daemon.
+    /// Phases to leave out: group-by, caught-up, rss, daemon, influx-load.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Live shape: `ohlcd run` over --symbols-count symbols (default 5000)
@@ -153,6 +158,16 @@ pub struct Args {
     /// Trades per second posted in the live shape, spread over all symbols.
     #[arg(long, default_value_t = 2_000)]
     live_rate: u64,
+    /// Serving shape: /udf/history load on `ohlcd run` over --symbols-count
+    /// symbols (default 50) against InfluxDB on the fly.
+    #[arg(long, conflicts_with = "live")]
+    serve: bool,
+    /// Seconds of load per concurrency level in the serving shape.
+    #[arg(long, default_value_t = 10)]
+    serve_secs: u64,
+    /// Concurrency levels (workers) of the serving shape.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    serve_concurrency: Vec<usize>,
     /// Keep the benchmark databases on an external InfluxDB (--influx-url);
     /// by default they are dropped at the end.
     #[arg(long)]
@@ -233,12 +248,19 @@ fn numbered_symbols(n: usize) -> Vec<String> {
 fn preflight(args: &mut Args) -> Result<Shape> {
     let shape = if args.live {
         Shape::Live
+    } else if args.serve {
+        Shape::Serve
     } else if args.symbols_count.is_some() {
         Shape::ManySymbols
     } else {
         Shape::FewSymbols
     };
-    if let Some(n) = args.symbols_count.or(args.live.then_some(5_000)) {
+    let default_count = match shape {
+        Shape::Live => Some(5_000),
+        Shape::Serve => Some(50),
+        _ => None,
+    };
+    if let Some(n) = args.symbols_count.or(default_count) {
         ensure!(
             (1..=100_000).contains(&n),
             "--symbols-count must be between 1 and 100,000"
@@ -272,10 +294,25 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         (1..=20_000).contains(&args.live_rate),
         "--live-rate must be between 1 and 20,000 trades/s"
     );
+    ensure!(
+        (1..=600).contains(&args.serve_secs),
+        "--serve-secs must be between 1 and 600"
+    );
+    ensure!(
+        !args.serve_concurrency.is_empty()
+            && args
+                .serve_concurrency
+                .iter()
+                .all(|c| (1..=serve::MAX_CONCURRENCY).contains(c)),
+        "--serve-concurrency: levels between 1 and {}",
+        serve::MAX_CONCURRENCY
+    );
+    const PHASES: [&str; 5] = ["group-by", "caught-up", "rss", "daemon", "influx-load"];
     for s in &args.skip {
         ensure!(
-            ["group-by", "caught-up", "rss", "daemon"].contains(&s.as_str()),
-            "--skip: unknown phase {s:?} (group-by, caught-up, rss, daemon)"
+            PHASES.contains(&s.as_str()),
+            "--skip: unknown phase {s:?} ({})",
+            PHASES.join(", ")
         );
     }
     Ok(shape)
@@ -359,6 +396,7 @@ async fn run(mut args: Args) -> Result<bool> {
     let mut r = Results::default();
     match shape {
         Shape::Live => live::run(&mut b, &mut r).await,
+        Shape::Serve => serve_shape(&mut b, &mut r).await,
         Shape::FewSymbols | Shape::ManySymbols => backfill_shape(&mut b, &mut r).await,
     }
 
@@ -398,6 +436,24 @@ async fn run(mut args: Args) -> Result<bool> {
         eprintln!("ohlcd issue: {i}");
     }
     Ok(b.failures.is_empty())
+}
+
+/// The serving shape: data, one backfill, then the load on `ohlcd run`.
+async fn serve_shape(b: &mut Bench, r: &mut Results) {
+    let db = b.db.clone();
+    let n = b.args.trades;
+    let outcome = async {
+        let symbols = b.symbols().to_vec();
+        r.generate = Some(b.generate(&db, n, &symbols).await?);
+        b.settle().await;
+        r.backfill = Some(b.backfill(&db, n).await?);
+        b.settle().await;
+        serve::run(b, r).await
+    }
+    .await;
+    if let Err(e) = outcome {
+        b.fail("serving shape", e);
+    }
 }
 
 /// The few- and many-symbols shapes: data, backfill against the references,

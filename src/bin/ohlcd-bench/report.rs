@@ -32,6 +32,7 @@ pub struct Results {
     pub h1_30d: Option<Latency>,
     pub ingest: Option<Ingest>,
     pub live: Option<LiveResult>,
+    pub serve: Option<crate::serve::ServeResult>,
 }
 
 impl Results {
@@ -268,6 +269,9 @@ pub fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
     let mut rows = Vec::new();
     if let Some(live) = &r.live {
         crate::live::rows(b, live, &mut rows);
+    } else if let Some(serve) = &r.serve {
+        backfill_rows(b, r, &mut rows);
+        crate::serve::rows(b, serve, &mut rows);
     } else {
         backfill_rows(b, r, &mut rows);
         daemon_rows(b, r, &mut rows);
