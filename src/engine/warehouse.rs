@@ -113,7 +113,7 @@ impl Warehouse for InfluxClient {
     }
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        self.write_candle_sets(sets).await
+        self.write_candles_placed(sets).await
     }
 
     async fn delete_candles(
