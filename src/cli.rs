@@ -401,11 +401,15 @@ async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> 
     }
     let engine = build_engine(&settings, false, false).await?;
     let started = Instant::now();
-    let written = engine.rebuild(&symbol, from, to).await?;
+    let report = engine.rebuild(&symbol, from, to).await?;
+    if report.is_limited() {
+        println!("{}", report.limit_line(&symbol));
+    }
     println!(
-        "rebuilt {symbol} from {} to {}: {written} candles written in {:.1}s",
-        to_rfc3339(from),
-        to_rfc3339(to),
+        "rebuilt {symbol} from {} to {}: {} candles written in {:.1}s",
+        to_rfc3339(report.range.start),
+        to_rfc3339(report.range.end),
+        report.written,
         started.elapsed().as_secs_f64()
     );
     Ok(())
