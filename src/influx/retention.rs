@@ -503,6 +503,48 @@ impl InfluxClient {
         Ok(out)
     }
 
+    /// Symbols with raw trades or 1d candles, sorted: once raw trades expired,
+    /// a symbol still has its candles to chart.
+    pub async fn symbols_with_candles(&self) -> Result<Vec<String>, InfluxError> {
+        let mut out = self.symbols().await?;
+        let v = self
+            .query_json(&format!(
+                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"",
+                self.source(Stored::Candles(Resolution::D1))
+            ))
+            .await?;
+        out.extend(
+            v.get("series")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.get("values").and_then(Value::as_array))
+                .flatten()
+                .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string)),
+        );
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Time of the latest stored candle of `res` for `symbol` starting before
+    /// `before`, if any.
+    pub async fn last_candle_time_before(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<i64>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SELECT close FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
+                self.source(Stored::Candles(res)),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(v.pointer("/series/0/values/0/0").and_then(Value::as_i64))
+    }
+
     /// Time of the earliest stored candle of `res` for `symbol`, if any.
     pub async fn first_candle_time(
         &self,
