@@ -14,7 +14,7 @@ use ohlcd::influx::InfluxClient;
 use ohlcd::testkit::InfluxdOptions;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, t};
+use crate::helpers::{Server, TestApp, TestInflux, t};
 use crate::http::get;
 
 const FROM: &str = "2024-03-01T00:00:00Z";
@@ -309,5 +309,91 @@ async fn where_the_finer_candles_expired_the_datafeed_answers_from_the_coarser_o
         times,
         hours.iter().map(|c| c.start).collect::<Vec<_>>(),
         "{v}"
+    );
+}
+
+#[tokio::test]
+async fn policies_ohlcd_cannot_create_or_change_are_reported_with_the_reason() {
+    let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let q = |user: &'static str, q: &'static str| {
+        http.post(format!("{}/query", influx.url))
+            .basic_auth(user, Some("pw"))
+            .form(&[("q", q)])
+            .send()
+    };
+    q(
+        "",
+        "CREATE USER admin WITH PASSWORD 'pw' WITH ALL PRIVILEGES",
+    )
+    .await
+    .unwrap();
+    for stmt in [
+        "CREATE DATABASE d",
+        "CREATE USER rw WITH PASSWORD 'pw'",
+        "GRANT ALL ON d TO rw",
+        "CREATE RETENTION POLICY raw ON d DURATION 30d REPLICATION 1",
+    ] {
+        assert!(q("admin", stmt).await.unwrap().status().is_success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // `backfill` as a user that may write the database but not manage it.
+    let backfill = |trades: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ohlcd"))
+            .arg("backfill")
+            .env("OHLCD_INFLUX__URL", &influx.url)
+            .env("OHLCD_INFLUX__DATABASE", "d")
+            .env("OHLCD_INFLUX__USERNAME", "rw")
+            .env("OHLCD_INFLUX__PASSWORD", "pw")
+            .env("OHLCD_RETENTION__TRADES", trades)
+            .env("OHLCD_LOG", "warn")
+            .env(
+                "OHLCD_PROGRESS__DATABASE_URL",
+                dir.path().join("p.db").display().to_string(),
+            )
+            .output()
+            .unwrap()
+    };
+    let (_, err) = text(&backfill("raw_90d:90d"));
+    assert!(
+        err.contains("retention policy \"raw_90d\" (retention.trades) does not exist")
+            && err.contains("creating it failed")
+            && err.contains("create it as an admin: CREATE RETENTION POLICY \"raw_90d\""),
+        "{err}"
+    );
+    let (_, err) = text(&backfill("nothere"));
+    assert!(
+        err.contains("\"nothere\" (retention.trades) does not exist")
+            && err.contains("nothere:DURATION"),
+        "{err}"
+    );
+    // An existing policy with another duration is used as it is, with a warning.
+    let ok = backfill("raw:60d");
+    let (_, err) = text(&ok);
+    assert!(ok.status.success(), "{err}");
+    assert!(
+        err.contains("cannot change the retention policy's duration") && err.contains("30d"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn influxdb_3_refuses_retention_policies_per_measurement_at_start() {
+    let Some(app) = TestApp::spawn_on(Server::V3).await else {
+        return;
+    };
+    let out = app
+        .ohlcd()
+        .env("OHLCD_RETENTION__OHLC_1M", "candles_1y:52w")
+        .arg("backfill")
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("InfluxDB 3 has no retention policies") && err.contains("--retention-period"),
+        "{err}"
     );
 }
