@@ -9,7 +9,8 @@
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
 //! [`query`] the InfluxQL sent, [`decode`] and [`msgpack`] the streaming
-//! result decoders, [`encode`] candle writes.
+//! result decoders, [`encode`] candle writes, [`retention`] where each
+//! measurement lives and how long it is kept.
 
 use std::time::Duration;
 

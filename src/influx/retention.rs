@@ -237,6 +237,15 @@ impl Placement {
     }
 }
 
+/// Whether `a` keeps data for less time than `b`.
+fn shorter(a: Keep, b: Keep) -> bool {
+    match (a, b) {
+        (Keep::For(a), Keep::For(b)) => a < b,
+        (Keep::For(_), Keep::Forever) => true,
+        (Keep::Forever, _) => false,
+    }
+}
+
 /// A retention policy as `SHOW RETENTION POLICIES` lists it.
 #[derive(Debug, Clone)]
 struct ServerPolicy {
@@ -448,6 +457,17 @@ impl InfluxClient {
             let keep = name.and_then(|n| policies.get(&n)).and_then(|p| p.keep);
             self.placement_mut().keeps[s.index()] = keep;
         }
+        // A late trade is repaired from the stored 1m candles of its day: they
+        // must outlive the raw trades, or coarser candles would be recomputed
+        // from what is left of them.
+        let raw = self.keep(Stored::Trades);
+        let m1 = self.keep(Stored::Candles(Resolution::M1));
+        if shorter(m1, raw) {
+            tracing::warn!(
+                ohlc_1m = %m1, trades = %raw,
+                "1m candles are kept for less time than raw trades: keep them at least as long, or a late trade older than the 1m candles would have its coarser windows recomputed from missing 1m candles"
+            );
+        }
         Ok(())
     }
 
@@ -620,6 +640,14 @@ mod tests {
         assert!(PolicySpec::parse(":30d").is_err());
         assert!(PolicySpec::parse("raw:30x").is_err());
         assert!(PolicySpec::parse("a:b:30d").is_err());
+    }
+
+    #[test]
+    fn forever_is_longer_than_any_duration() {
+        assert!(shorter(Keep::For(HOUR), Keep::For(2 * HOUR)));
+        assert!(shorter(Keep::For(HOUR), Keep::Forever));
+        assert!(!shorter(Keep::Forever, Keep::For(HOUR)));
+        assert!(!shorter(Keep::For(HOUR), Keep::For(HOUR)));
     }
 
     #[test]
