@@ -121,6 +121,9 @@ pub struct RebuildReport {
     /// the raw trades' retention policy (`true`), or none are stored before
     /// the symbol's earliest trade (`false`).
     pub expired: bool,
+    /// From when on the raw trades' retention policy still keeps everything
+    /// (with [`plan::RETENTION_MARGIN`]); `None`: kept forever.
+    pub raw_kept_since: Option<i64>,
 }
 
 impl RebuildReport {
@@ -132,18 +135,22 @@ impl RebuildReport {
     /// One line saying how far the rebuild reached and why: "rebuild limited
     /// to …: raw trades before … have expired; N candles kept".
     pub fn limit_line(&self, symbol: &str) -> String {
+        let why = match (self.floors[0], self.raw_kept_since) {
+            (i64::MAX, Some(kept)) => format!(
+                "raw trades of {symbol} before {} have expired and none are stored after",
+                to_rfc3339(kept)
+            ),
+            (i64::MAX, None) => format!("{symbol} has no raw trades stored"),
+            (first, _) if self.expired => format!(
+                "raw trades of {symbol} before {} have expired",
+                to_rfc3339(first)
+            ),
+            (first, _) => format!(
+                "{symbol} has no raw trades stored before {}",
+                to_rfc3339(first)
+            ),
+        };
         if self.floors.iter().all(|f| *f >= self.range.end) {
-            let why = if self.expired {
-                format!(
-                    "raw trades of {symbol} before {} have expired",
-                    to_rfc3339(self.range.end.min(self.floors[0]))
-                )
-            } else {
-                format!(
-                    "{symbol} has no raw trades stored before {}",
-                    to_rfc3339(self.range.end)
-                )
-            };
             return format!(
                 "rebuild limited to nothing: {why}; {} candles kept",
                 self.kept
@@ -160,12 +167,6 @@ impl RebuildReport {
                 }
             })
             .collect();
-        let first = to_rfc3339(self.floors[0]);
-        let why = if self.expired {
-            format!("raw trades of {symbol} before {first} have expired")
-        } else {
-            format!("{symbol} has no raw trades stored before {first}")
-        };
         format!(
             "rebuild limited to windows whose raw trades are all stored ({}): {why}; {} candles kept",
             reach.join(", "),
@@ -1214,6 +1215,9 @@ impl<W: Warehouse> Engine<W> {
                 floors: limit.floors(now),
                 kept: 0,
                 expired: limit.expired_at(now),
+                raw_kept_since: limit
+                    .raw_retention
+                    .map(|d| now - d + plan::RETENTION_MARGIN),
             };
             for (i, res) in Resolution::ALL.iter().enumerate() {
                 let kept = range.start..report.floors[i].min(range.end);
