@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
+use ohlcd::clock::{Clock, SystemClock};
 use ohlcd::config::Settings;
 use ohlcd::influx::InfluxClient;
 use ohlcd::testkit::InfluxdOptions;
@@ -396,4 +397,120 @@ async fn influxdb_3_refuses_retention_policies_per_measurement_at_start() {
         err.contains("InfluxDB 3 has no retention policies") && err.contains("--retention-period"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_rebuild_of_a_day_whose_raw_trades_partly_expired_recomputes_only_the_covered_windows() {
+    let app = spawn().await;
+    // One-hour shard groups, so the retention service drops part of a day.
+    app.influx
+        .query_json(
+            "CREATE RETENTION POLICY raw ON test DURATION INF REPLICATION 1 SHARD DURATION 1h",
+        )
+        .await
+        .unwrap();
+    let raw = [("trades", "raw")];
+    let now_secs = SystemClock.now() / NANOS_PER_SEC;
+    let (from, to) = (now_secs - 3 * 3600, now_secs - 120);
+    ohlcd(
+        &app,
+        &raw,
+        &[
+            "generate",
+            "--symbols",
+            "BTCUSD",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--trades",
+            "5000",
+        ],
+    );
+    ohlcd(&app, &raw, &["backfill"]);
+    let before: Vec<Vec<Candle>> =
+        futures_util::future::join_all(Resolution::ALL.map(|res| app.stored("BTCUSD", res))).await;
+    ohlcd(&app, &[("trades", "raw:1h")], &["backfill"]);
+    // Wait until the shard groups that ended before now - 1h are gone.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = app
+            .influx
+            .query_json(
+                "SELECT count(price) FROM \"test\".\"raw\".\"trades\" WHERE time < now() - 2h",
+            )
+            .await
+            .unwrap();
+        if v["series"][0]["values"][0][1].as_i64().unwrap_or(0) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old trades did not expire");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        count(&app, "raw", "trades", "price").await > 0,
+        "all expired"
+    );
+
+    // Damage every candle: the rebuild must restore exactly those whose raw
+    // trades are all still stored, and leave the others as they are.
+    for (i, res) in Resolution::ALL.into_iter().enumerate() {
+        let wrong: Vec<Candle> = before[i]
+            .iter()
+            .map(|c| Candle {
+                close: c.close + 1.0,
+                ..*c
+            })
+            .collect();
+        app.influx
+            .write_candles(res, "BTCUSD", &wrong)
+            .await
+            .unwrap();
+    }
+    let settings = Settings::load_with_env(
+        None,
+        [
+            ("OHLCD_INFLUX__URL", app.server.url.as_str()),
+            ("OHLCD_INFLUX__DATABASE", "test"),
+            ("OHLCD_RETENTION__TRADES", "raw"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    let mut influx = InfluxClient::new(&settings.influx).unwrap();
+    influx.detect().await.unwrap();
+    influx.prepare_retention(false).await.unwrap();
+    app.clock.set(SystemClock.now());
+    let engine = ohlcd::engine::Engine::new(
+        influx,
+        app.store.clone(),
+        Arc::new(app.clock.clone()),
+        app.settings.engine.clone(),
+        Duration::from_secs(app.settings.progress.lease_secs),
+    );
+    let report = engine
+        .rebuild(
+            "BTCUSD",
+            from * NANOS_PER_SEC,
+            SystemClock.now() + NANOS_PER_SEC,
+        )
+        .await
+        .unwrap();
+    assert!(report.is_limited() && report.expired, "{report:?}");
+    let (mut restored, mut kept) = (0, 0);
+    for (i, res) in Resolution::ALL.into_iter().enumerate() {
+        let after = app.stored("BTCUSD", res).await;
+        assert_eq!(after.len(), before[i].len(), "{res}");
+        for (a, b) in after.iter().zip(&before[i]) {
+            if a.start >= report.floors[i] {
+                assert_eq!(a, b, "{res} at {} is rebuilt", a.start);
+                restored += 1;
+            } else {
+                assert_eq!(a.close, b.close + 1.0, "{res} at {} is kept", a.start);
+                kept += 1;
+            }
+        }
+    }
+    assert!(restored > 0 && kept > 0, "{restored} restored, {kept} kept");
+    assert_eq!(report.kept, kept);
 }
