@@ -41,6 +41,7 @@ use crate::config::EngineSettings;
 use crate::influx::{CandleSet, InfluxClient, InfluxError};
 use crate::progress::{ProgressError, ProgressStore, StepCommit, TaskStatus};
 use crate::times::to_rfc3339;
+pub use plan::RebuildReport;
 use plan::Watermarks;
 pub use warehouse::Warehouse;
 
@@ -102,77 +103,6 @@ pub struct ChunkEvent {
     pub rows_read: u64,
     /// Candles written, all resolutions.
     pub candles_written: u64,
-}
-
-/// What a rebuild did, and what it left alone because its sources are gone.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RebuildReport {
-    /// Candles written, all resolutions.
-    pub written: u64,
-    /// The range rebuilt, widened to whole UTC days.
-    pub range: Range<i64>,
-    /// Per resolution ([`Resolution::ALL`] order), the first window start the
-    /// rebuild could recompute; earlier windows in `range` were kept.
-    pub floors: [i64; 6],
-    /// Stored candles in `range` kept as they were (their windows are before
-    /// the floors).
-    pub kept: u64,
-    /// Why the floors are where they are: raw trades before them expired under
-    /// the raw trades' retention policy (`true`), or none are stored before
-    /// the symbol's earliest trade (`false`).
-    pub expired: bool,
-    /// From when on the raw trades' retention policy still keeps everything
-    /// (with [`plan::RETENTION_MARGIN`]); `None`: kept forever.
-    pub raw_kept_since: Option<i64>,
-}
-
-impl RebuildReport {
-    /// Whether any window of the range was out of the rebuild's reach.
-    pub fn is_limited(&self) -> bool {
-        self.floors.iter().any(|f| *f > self.range.start)
-    }
-
-    /// One line saying how far the rebuild reached and why: "rebuild limited
-    /// to …: raw trades before … have expired; N candles kept".
-    pub fn limit_line(&self, symbol: &str) -> String {
-        let why = match (self.floors[0], self.raw_kept_since) {
-            (i64::MAX, Some(kept)) => format!(
-                "raw trades of {symbol} before {} have expired and none are stored after",
-                to_rfc3339(kept)
-            ),
-            (i64::MAX, None) => format!("{symbol} has no raw trades stored"),
-            (first, _) if self.expired => format!(
-                "raw trades of {symbol} before {} have expired",
-                to_rfc3339(first)
-            ),
-            (first, _) => format!(
-                "{symbol} has no raw trades stored before {}",
-                to_rfc3339(first)
-            ),
-        };
-        if self.floors.iter().all(|f| *f >= self.range.end) {
-            return format!(
-                "rebuild limited to nothing: {why}; {} candles kept",
-                self.kept
-            );
-        }
-        let reach: Vec<String> = Resolution::ALL
-            .iter()
-            .zip(&self.floors)
-            .map(|(res, f)| {
-                if *f >= self.range.end {
-                    format!("{res} none")
-                } else {
-                    format!("{res} from {}", to_rfc3339((*f).max(self.range.start)))
-                }
-            })
-            .collect();
-        format!(
-            "rebuild limited to windows whose raw trades are all stored ({}): {why}; {} candles kept",
-            reach.join(", "),
-            self.kept
-        )
-    }
 }
 
 /// Callback for chunk events.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, Resolution, floor_to};
+use crate::times::to_rfc3339;
 
 /// Index of a resolution in [`Resolution::ALL`].
 pub fn index(res: Resolution) -> usize {
@@ -341,6 +342,77 @@ pub fn clip_to_floors(write: &mut [Vec<Candle>; 6], empty: &mut [Vec<i64>; 6], f
     }
 }
 
+/// What a rebuild did, and what it left alone because its sources are gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    /// Candles written, all resolutions.
+    pub written: u64,
+    /// The range rebuilt, widened to whole UTC days.
+    pub range: Range<i64>,
+    /// Per resolution ([`Resolution::ALL`] order), the first window start the
+    /// rebuild could recompute; earlier windows in `range` were kept.
+    pub floors: [i64; 6],
+    /// Stored candles in `range` kept as they were (their windows are before
+    /// the floors).
+    pub kept: u64,
+    /// Why the floors are where they are: raw trades before them expired under
+    /// the raw trades' retention policy (`true`), or none are stored before
+    /// the symbol's earliest trade (`false`).
+    pub expired: bool,
+    /// From when on the raw trades' retention policy still keeps everything
+    /// (with [`RETENTION_MARGIN`]); `None`: kept forever.
+    pub raw_kept_since: Option<i64>,
+}
+
+impl RebuildReport {
+    /// Whether any window of the range was out of the rebuild's reach.
+    pub fn is_limited(&self) -> bool {
+        self.floors.iter().any(|f| *f > self.range.start)
+    }
+
+    /// One line saying how far the rebuild reached and why: "rebuild limited
+    /// to …: raw trades before … have expired; N candles kept".
+    pub fn limit_line(&self, symbol: &str) -> String {
+        let why = match (self.floors[0], self.raw_kept_since) {
+            (i64::MAX, Some(kept)) => format!(
+                "raw trades of {symbol} before {} have expired and none are stored after",
+                to_rfc3339(kept)
+            ),
+            (i64::MAX, None) => format!("{symbol} has no raw trades stored"),
+            (first, _) if self.expired => format!(
+                "raw trades of {symbol} before {} have expired",
+                to_rfc3339(first)
+            ),
+            (first, _) => format!(
+                "{symbol} has no raw trades stored before {}",
+                to_rfc3339(first)
+            ),
+        };
+        if self.floors.iter().all(|f| *f >= self.range.end) {
+            return format!(
+                "rebuild limited to nothing: {why}; {} candles kept",
+                self.kept
+            );
+        }
+        let reach: Vec<String> = Resolution::ALL
+            .iter()
+            .zip(&self.floors)
+            .map(|(res, f)| {
+                if *f >= self.range.end {
+                    format!("{res} none")
+                } else {
+                    format!("{res} from {}", to_rfc3339((*f).max(self.range.start)))
+                }
+            })
+            .collect();
+        format!(
+            "rebuild limited to windows whose raw trades are all stored ({}): {why}; {} candles kept",
+            reach.join(", "),
+            self.kept
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,5 +662,42 @@ mod tests {
         assert!(write[4].is_empty() && write[5].is_empty());
         assert_eq!(empty[0], vec![day + 60 * MIN, day + 120 * MIN]);
         assert_eq!(empty[3], vec![day + 120 * MIN]);
+    }
+
+    #[test]
+    fn a_limited_rebuild_says_how_far_it_reached_why_and_what_it_kept() {
+        let day = 7 * NANOS_PER_DAY;
+        let kept_since = day + 10 * 60 * MIN + 2 * MIN;
+        let limit = RebuildLimit {
+            raw_retention: Some(NANOS_PER_DAY),
+            first_trade: Some(0),
+        };
+        let now = kept_since + NANOS_PER_DAY - RETENTION_MARGIN;
+        let report = RebuildReport {
+            written: 10,
+            range: day..day + NANOS_PER_DAY,
+            floors: limit.floors(now),
+            kept: 42,
+            expired: limit.expired_at(now),
+            raw_kept_since: Some(kept_since),
+        };
+        assert!(report.is_limited());
+        let line = report.limit_line("BTCUSD");
+        assert!(line.starts_with("rebuild limited to windows whose raw trades are all stored (1m from 1970-01-08T10:02:00.000Z, 5m from 1970-01-08T10:05:00.000Z"), "{line}");
+        assert!(line.contains("1d none): raw trades of BTCUSD before 1970-01-08T10:02:00.000Z have expired; 42 candles kept"), "{line}");
+        let none_left = RebuildReport {
+            floors: rebuild_floors(Some(kept_since), None),
+            expired: true,
+            ..report.clone()
+        };
+        assert_eq!(
+            none_left.limit_line("BTCUSD"),
+            "rebuild limited to nothing: raw trades of BTCUSD before 1970-01-08T10:02:00.000Z have expired and none are stored after; 42 candles kept"
+        );
+        let whole = RebuildReport {
+            floors: [day; 6],
+            ..report
+        };
+        assert!(!whole.is_limited());
     }
 }
