@@ -167,8 +167,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Connects to InfluxDB and checks that it answers and the database exists;
 /// with `create_missing`, a missing database is created (where the
-/// credentials allow it) and the log says so.
-async fn connect_influx(settings: &Settings, create_missing: bool) -> anyhow::Result<InfluxClient> {
+/// credentials allow it) and the log says so. With `manage_retention`, the
+/// configured retention policies are created or altered (where the
+/// credentials allow it); every command learns how long each is kept.
+async fn connect_influx(
+    settings: &Settings,
+    create_missing: bool,
+    manage_retention: bool,
+) -> anyhow::Result<InfluxClient> {
     let mut influx = InfluxClient::new(&settings.influx)?;
     let version = influx.detect().await?;
     match influx.check_database().await {
@@ -185,12 +191,17 @@ async fn connect_influx(settings: &Settings, create_missing: bool) -> anyhow::Re
         other => other?,
     }
     influx.check_writable().await?;
+    influx.prepare_retention(manage_retention).await?;
     tracing::debug!(version, generation = ?influx.generation(), format = ?influx.read_format(), "connected to InfluxDB");
     Ok(influx)
 }
 
-async fn build_engine(settings: &Settings, create_missing: bool) -> anyhow::Result<Engine> {
-    let influx = connect_influx(settings, create_missing).await?;
+async fn build_engine(
+    settings: &Settings,
+    create_missing: bool,
+    manage_retention: bool,
+) -> anyhow::Result<Engine> {
+    let influx = connect_influx(settings, create_missing, manage_retention).await?;
     let store = ProgressStore::connect(&settings.progress.database_url).await?;
     Ok(Engine::new(
         influx,
@@ -214,7 +225,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     crate::scheduler::validate_cron(&settings.engine.cron).map_err(anyhow::Error::msg)?;
-    let engine = Arc::new(build_engine(&settings, true).await?);
+    let engine = Arc::new(build_engine(&settings, true, true).await?);
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| {
@@ -304,7 +315,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<()> {
-    let engine = build_engine(&settings, false).await?;
+    let engine = build_engine(&settings, false, true).await?;
     let pending = engine.pending_span(&filter).await?;
     let pb = bar(
         (pending / NANOS_PER_SEC).max(1) as u64,
@@ -388,13 +399,17 @@ async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> 
     if from >= to {
         bail!("--from must be before --to");
     }
-    let engine = build_engine(&settings, false).await?;
+    let engine = build_engine(&settings, false, false).await?;
     let started = Instant::now();
-    let written = engine.rebuild(&symbol, from, to).await?;
+    let report = engine.rebuild(&symbol, from, to).await?;
+    if report.is_limited() {
+        println!("{}", report.limit_line(&symbol));
+    }
     println!(
-        "rebuilt {symbol} from {} to {}: {written} candles written in {:.1}s",
-        to_rfc3339(from),
-        to_rfc3339(to),
+        "rebuilt {symbol} from {} to {}: {} candles written in {:.1}s",
+        to_rfc3339(report.range.start),
+        to_rfc3339(report.range.end),
+        report.written,
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -455,6 +470,7 @@ async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<
     influx.detect().await?;
     // Demo data: creating the database is what the user wants here.
     influx.create_database().await?;
+    influx.prepare_retention(true).await?;
     let pb = bar(
         spec.trades,
         "{spinner} generate [{bar:40}] {pos}/{len} trades ({per_sec}, eta {eta})",

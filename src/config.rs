@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::influx::PolicySpec;
+
 /// The defaults, compiled in so the binary works from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -22,6 +24,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Serving candles.
     pub datafeed: DatafeedSettings,
+    /// Retention policy per measurement.
+    pub retention: RetentionSettings,
 }
 
 /// InfluxDB connection settings.
@@ -51,6 +55,68 @@ pub struct InfluxSettings {
     pub write_batch: usize,
     /// `auto`, `msgpack` or `csv`.
     pub read_format: String,
+    /// Copied from the `[retention]` section at load, so every client built
+    /// from these settings reads and writes each measurement in its place.
+    #[serde(skip)]
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: the retention policy of raw trades and of each candle
+/// resolution. Each value is empty (the database default, or
+/// `influx.retention_policy`), `NAME` (an existing policy) or `NAME:DURATION`
+/// (created or altered by ohlcd at start), see [`PolicySpec`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RetentionSettings {
+    /// Raw trades.
+    pub trades: String,
+    /// 1m candles.
+    pub ohlc_1m: String,
+    /// 5m candles.
+    pub ohlc_5m: String,
+    /// 15m candles.
+    pub ohlc_15m: String,
+    /// 1h candles.
+    pub ohlc_1h: String,
+    /// 4h candles.
+    pub ohlc_4h: String,
+    /// 1d candles.
+    pub ohlc_1d: String,
+}
+
+impl RetentionSettings {
+    /// The parsed values in [`crate::influx::Stored::all`] order; a policy
+    /// named twice must be given the same duration (or none) each time.
+    pub fn specs(&self) -> Result<[Option<PolicySpec>; 7], String> {
+        let values = [
+            ("trades", &self.trades),
+            ("ohlc_1m", &self.ohlc_1m),
+            ("ohlc_5m", &self.ohlc_5m),
+            ("ohlc_15m", &self.ohlc_15m),
+            ("ohlc_1h", &self.ohlc_1h),
+            ("ohlc_4h", &self.ohlc_4h),
+            ("ohlc_1d", &self.ohlc_1d),
+        ];
+        let mut out: [Option<PolicySpec>; 7] = Default::default();
+        for (i, (key, value)) in values.into_iter().enumerate() {
+            out[i] = PolicySpec::parse(value).map_err(|e| format!("retention.{key} = {e}"))?;
+        }
+        for (i, a) in out.iter().enumerate() {
+            for (j, b) in out.iter().enumerate().skip(i + 1) {
+                if let (Some(a), Some(b)) = (a, b)
+                    && a.name == b.name
+                    && a.keep.is_some()
+                    && b.keep.is_some()
+                    && a.keep != b.keep
+                {
+                    return Err(format!(
+                        "retention.{} and retention.{} give policy {:?} different durations",
+                        values[i].0, values[j].0, a.name
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl InfluxSettings {
@@ -367,6 +433,7 @@ impl Settings {
             .cors_origins
             .retain(|o| !o.trim().is_empty());
         settings.server.resolve_tokens()?;
+        settings.influx.retention = settings.retention.clone();
         settings.validate()?;
         Ok(settings)
     }
@@ -416,6 +483,7 @@ impl Settings {
             return bad("datafeed.max_bars and datafeed.ohlc_max_bars must be > 0".into());
         }
         self.server.validate()?;
+        self.retention.specs().map_err(SettingsError::Value)?;
         Ok(())
     }
 }
@@ -606,6 +674,53 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("server.cors_origins"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_policies_come_from_the_environment_and_reach_the_influx_settings() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert!(
+            s.influx
+                .retention
+                .specs()
+                .unwrap()
+                .iter()
+                .all(Option::is_none)
+        );
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OHLCD_RETENTION__TRADES", "raw_30d:30d"),
+                ("OHLCD_RETENTION__OHLC_1D", "forever"),
+            ]),
+        )
+        .unwrap();
+        let specs = s.influx.retention.specs().unwrap();
+        assert_eq!(specs[0].as_ref().unwrap().name, "raw_30d");
+        assert_eq!(
+            specs[0].as_ref().unwrap().keep,
+            Some(crate::influx::Keep::For(30 * 86_400 * 1_000_000_000))
+        );
+        assert_eq!(specs[6].as_ref().unwrap().name, "forever");
+        assert!(specs[1].is_none());
+        for (vars, expected) in [
+            (
+                &[("OHLCD_RETENTION__OHLC_1M", "x:30 days")][..],
+                "retention.ohlc_1m",
+            ),
+            (
+                &[
+                    ("OHLCD_RETENTION__OHLC_1H", "keep:INF"),
+                    ("OHLCD_RETENTION__OHLC_4H", "keep:52w"),
+                ][..],
+                "different durations",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err}");
         }
     }
 

@@ -7,13 +7,22 @@
 //! minute, or an engine that is behind), so the newest bar is live. A source whose
 //! query fails or comes back empty is skipped in favour of the next finer one, then
 //! raw trades.
+//!
+//! Retention: a resolution kept in a retention policy with a duration reaches
+//! back to `now - duration` (plus a margin of [`crate::engine::plan::RETENTION_MARGIN`]),
+//! and raw trades likewise. A range older than every source that gives exact
+//! bars of the requested resolution reaches is answered from the coarser
+//! resolutions still kept whose windows are whole numbers of requested bars:
+//! bars at that coarser spacing, each a stored candle ([`reach_plan`]).
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::candle::{Aggregator, Bucketing, Candle, Resolution};
 pub use crate::chart::{BadResolution, ChartResolution, adaptive_resolution};
-use crate::influx::{InfluxClient, InfluxError};
+use crate::clock::{Clock, SystemClock};
+use crate::engine::plan::RETENTION_MARGIN;
+use crate::influx::{InfluxClient, InfluxError, Keep, Stored};
 use crate::progress::{ProgressError, ProgressStore};
 
 /// Errors while serving candles.
@@ -82,7 +91,12 @@ impl Datafeed {
         {
             return Ok(list.clone());
         }
-        let list = self.influx.symbols().await?;
+        // Once raw trades expire, a symbol lives on in its candles.
+        let list = if self.raw_expires() {
+            self.influx.symbols_with_candles().await?
+        } else {
+            self.influx.symbols().await?
+        };
         *cache = Some((Instant::now(), list.clone()));
         Ok(list)
     }
@@ -92,8 +106,9 @@ impl Datafeed {
         *self.symbols.lock().await = None;
     }
 
-    /// Time of the symbol's first trade, cached like the symbol list: the query
-    /// behind it has no time bound and its cost grows with the data.
+    /// Time of the symbol's first trade (or, where raw trades expire, its first
+    /// trade or candle), cached like the symbol list: the query behind it has
+    /// no time bound and its cost grows with the data.
     async fn first_trade_time(&self, symbol: &str) -> Result<Option<i64>, DatafeedError> {
         let ttl = self.symbols_ttl * 12;
         if let Some((at, t)) = self.first_trades.lock().await.get(symbol)
@@ -101,7 +116,15 @@ impl Datafeed {
         {
             return Ok(*t);
         }
-        let t = self.influx.first_trade_time(symbol).await?;
+        let mut t = self.influx.first_trade_time(symbol).await?;
+        if self.raw_expires() {
+            // Candles may reach further back than the raw trades still kept.
+            for res in Resolution::ALL {
+                if let Some(c) = self.influx.first_candle_time(res, symbol).await? {
+                    t = Some(t.map_or(c, |t| t.min(c)));
+                }
+            }
+        }
         self.first_trades
             .lock()
             .await
@@ -109,7 +132,14 @@ impl Datafeed {
         Ok(t)
     }
 
-    /// Fails with [`DatafeedError::UnknownSymbol`] unless `symbol` has trades.
+    /// Whether raw trades are kept for a limited time (so candles may be all
+    /// that is left of older data).
+    fn raw_expires(&self) -> bool {
+        self.influx.keep(Stored::Trades) != Keep::Forever
+    }
+
+    /// Fails with [`DatafeedError::UnknownSymbol`] unless `symbol` has trades
+    /// (or, where raw trades expire, candles).
     pub async fn require_symbol(&self, symbol: &str) -> Result<(), DatafeedError> {
         if self.symbols().await?.iter().any(|s| s == symbol) {
             return Ok(());
@@ -123,8 +153,25 @@ impl Datafeed {
         }
     }
 
+    /// How far back each resolution (and the raw trades) still reaches under
+    /// its retention policy, as of the wall clock (retention runs on it, not on
+    /// a test's clock): `None` for kept forever.
+    fn reach(&self) -> ([Option<i64>; 6], Option<i64>) {
+        let now = SystemClock.now();
+        let since = |keep: Keep| {
+            keep.kept_since(now)
+                .map(|t| t.saturating_add(RETENTION_MARGIN))
+        };
+        (
+            std::array::from_fn(|i| since(self.influx.keep(Stored::Candles(Resolution::ALL[i])))),
+            since(self.influx.keep(Stored::Trades)),
+        )
+    }
+
     /// Bars of `res` starting in `[range.start, range.end)`, each complete: the
     /// last bar includes every trade of its window, up to now for the open bar.
+    /// Where no exact source reaches any more, bars at a coarser spacing (see
+    /// [`reach_plan`]).
     pub async fn bars(
         &self,
         symbol: &str,
@@ -145,6 +192,35 @@ impl Datafeed {
                 self.max_bars
             )));
         }
+        let (reach, raw_reach) = self.reach();
+        let parts = reach_plan(bucketing, &reach, raw_reach, start..end);
+        let mut bars: Vec<Candle> = Vec::new();
+        for (source, part) in parts {
+            match source {
+                Some(coarser) => {
+                    self.influx
+                        .stream_candles(coarser, symbol, part, |c| bars.push(c))
+                        .await?;
+                }
+                None => bars.extend(self.exact_bars(symbol, bucketing, &reach, part).await?),
+            }
+        }
+        bars.retain(|c| c.start >= range.start && c.start < range.end);
+        Ok(bars)
+    }
+
+    /// Bars of `bucketing` in `[start, end)` (window-aligned) from its exact
+    /// sources that reach `start`, then raw trades.
+    async fn exact_bars(
+        &self,
+        symbol: &str,
+        bucketing: Bucketing,
+        reach: &[Option<i64>; 6],
+        Range { start, end }: Range<i64>,
+    ) -> Result<Vec<Candle>, DatafeedError> {
+        let reaches = |r: &Resolution, t: i64| {
+            reach[crate::engine::plan::index(*r)].is_none_or(|since| since <= t)
+        };
         // Plan: the coarsest source up to its watermark, then each finer one up to
         // its own, then raw trades for the rest (the live tail).
         let watermarks = self.store.watermarks(symbol).await?;
@@ -154,6 +230,7 @@ impl Datafeed {
         for (i, source) in sources.iter().enumerate() {
             if let Some(&w) = watermarks.get(source)
                 && cursor < w.min(end)
+                && reaches(source, cursor)
             {
                 plan.push((i, cursor..w.min(end)));
                 cursor = w.min(end);
@@ -170,6 +247,7 @@ impl Datafeed {
                 .iter()
                 .copied()
                 .filter(|r| watermarks.get(r).is_some_and(|w| *w >= seg.end))
+                .filter(|r| reaches(r, seg.start))
                 .collect();
             self.segment(symbol, bucketing, usable, seg.clone())
         }))
@@ -184,7 +262,6 @@ impl Datafeed {
                 }
             }
         }
-        bars.retain(|c| c.start >= range.start && c.start < range.end);
         Ok(bars)
     }
 
@@ -245,11 +322,19 @@ impl Datafeed {
             None => from,
             Some(_) => to,
         };
-        let next_time = self
-            .influx
-            .last_trade_time_before(symbol, before)
-            .await?
-            .map(|t| res.bucketing().window_start(t));
+        let mut last = self.influx.last_trade_time_before(symbol, before).await?;
+        if self.raw_expires() {
+            for source in Resolution::ALL {
+                if let Some(c) = self
+                    .influx
+                    .last_candle_time_before(source, symbol, before)
+                    .await?
+                {
+                    last = Some(last.map_or(c, |t| t.max(c)));
+                }
+            }
+        }
+        let next_time = last.map(|t| res.bucketing().window_start(t));
         Ok(History::NoData { next_time })
     }
 
@@ -288,5 +373,141 @@ impl Datafeed {
             // Sparse data (a halted market): look further back.
             span = span.saturating_mul(4);
         }
+    }
+}
+
+/// Which source answers which part of `range` (window-aligned to `bucketing`):
+/// `None` for the exact sources (the resolutions that tile the requested bars,
+/// then raw trades), `Some(c)` for a coarser resolution whose stored candles
+/// are returned as they are. `reach` (per resolution, [`Resolution::ALL`]
+/// order) and `raw_reach` say from when on each is still kept (`None`: forever).
+///
+/// The exact sources answer from the earliest time one of them reaches. Before
+/// that, the coarser resolutions whose windows are whole numbers of requested
+/// bars (so their starts are bar starts) take over, finest first, each from the
+/// first of its windows its finer neighbour fully covers: a coarser bar never
+/// overlaps a finer one. Weeks and months have no coarser source.
+pub fn reach_plan(
+    bucketing: Bucketing,
+    reach: &[Option<i64>; 6],
+    raw_reach: Option<i64>,
+    range: Range<i64>,
+) -> Vec<(Option<Resolution>, Range<i64>)> {
+    let since = |r: Option<i64>| r.unwrap_or(i64::MIN);
+    let exact_from = bucketing
+        .sources()
+        .iter()
+        .map(|s| since(reach[crate::engine::plan::index(*s)]))
+        .chain([since(raw_reach)])
+        .min()
+        .unwrap_or(i64::MIN);
+    let mut parts: Vec<(Option<Resolution>, Range<i64>)> = Vec::new();
+    let (mut current, mut current_from, mut end) = (None, exact_from, range.end);
+    if let Bucketing::Fixed(len) = bucketing {
+        for (i, coarser) in Resolution::ALL.iter().enumerate() {
+            if current_from <= range.start {
+                break;
+            }
+            let coarser_from = since(reach[i]);
+            if coarser.nanos() <= len || coarser.nanos() % len != 0 || coarser_from >= current_from
+            {
+                continue;
+            }
+            let switch = crate::candle::ceil_to(current_from, coarser.nanos());
+            if switch < end {
+                parts.push((current, switch.max(range.start)..end));
+                end = switch.max(range.start);
+            }
+            (current, current_from) = (Some(*coarser), coarser_from);
+        }
+    }
+    if range.start < end {
+        parts.push((current, range.start..end));
+    }
+    parts.reverse();
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candle::NANOS_PER_DAY;
+
+    const MIN: i64 = 60_000_000_000;
+    const HOUR: i64 = 60 * MIN;
+
+    fn fixed(minutes: i64) -> Bucketing {
+        Bucketing::Fixed(minutes * MIN)
+    }
+
+    #[test]
+    fn everything_kept_forever_is_answered_exactly() {
+        let range = 0..10 * NANOS_PER_DAY;
+        assert_eq!(
+            reach_plan(fixed(1), &[None; 6], None, range.clone()),
+            vec![(None, range)]
+        );
+    }
+
+    #[test]
+    fn an_expired_finer_range_is_answered_from_the_coarser_ones_that_remain() {
+        let day = 100 * NANOS_PER_DAY;
+        // raw and 1m from day+10:37, 5m and 15m from day+3:10, 1h on forever.
+        let mut reach = [None; 6];
+        reach[0] = Some(day + 10 * HOUR + 37 * MIN);
+        reach[1] = Some(day + 3 * HOUR + 10 * MIN);
+        reach[2] = Some(day + 3 * HOUR + 10 * MIN);
+        let raw = Some(day + 10 * HOUR + 37 * MIN);
+        let range = day - NANOS_PER_DAY..day + NANOS_PER_DAY;
+        assert_eq!(
+            reach_plan(fixed(1), &reach, raw, range.clone()),
+            vec![
+                (Some(Resolution::H1), range.start..day + 4 * HOUR),
+                (
+                    Some(Resolution::M5),
+                    day + 4 * HOUR..day + 10 * HOUR + 40 * MIN
+                ),
+                (None, day + 10 * HOUR + 40 * MIN..range.end),
+            ]
+        );
+        // A 15-minute request: its exact sources (15m, 5m, 1m) reach 03:10,
+        // so 1h takes over before 04:00.
+        assert_eq!(
+            reach_plan(fixed(15), &reach, raw, range.clone()),
+            vec![
+                (Some(Resolution::H1), range.start..day + 4 * HOUR),
+                (None, day + 4 * HOUR..range.end),
+            ]
+        );
+        // A range wholly inside what the exact sources keep needs nothing else.
+        let recent = day + 11 * HOUR..day + 12 * HOUR;
+        assert_eq!(
+            reach_plan(fixed(1), &reach, raw, recent.clone()),
+            vec![(None, recent)]
+        );
+        // A range wholly before: only the coarser source.
+        let old = day - 3 * NANOS_PER_DAY..day - 2 * NANOS_PER_DAY;
+        assert_eq!(
+            reach_plan(fixed(1), &reach, raw, old.clone()),
+            vec![(Some(Resolution::H1), old)]
+        );
+    }
+
+    #[test]
+    fn coarser_bars_are_whole_numbers_of_requested_bars() {
+        let day = 100 * NANOS_PER_DAY;
+        let mut reach = [Some(day + 5 * HOUR); 6];
+        reach[5] = None;
+        let range = day - NANOS_PER_DAY..day + NANOS_PER_DAY;
+        // 45 minutes: 1h and 4h are not multiples of 45m, 1d is.
+        assert_eq!(
+            reach_plan(fixed(45), &reach, reach[0], range.clone()),
+            vec![(Some(Resolution::D1), range.start..day + NANOS_PER_DAY),]
+        );
+        // Weeks have nothing coarser: what the exact sources lack stays empty.
+        assert_eq!(
+            reach_plan(Bucketing::Weeks(1), &reach, reach[0], range.clone()),
+            vec![(None, range)]
+        );
     }
 }

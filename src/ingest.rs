@@ -175,7 +175,7 @@ fn float_text(buf: &mut ryu::Buffer, x: f64) -> &[u8] {
 pub async fn write_trades(influx: &InfluxClient, trades: &[NewTrade]) -> Result<(), InfluxError> {
     for batch in trades.chunks(INGEST_BATCH) {
         influx
-            .write_lines(Bytes::from(encode_trades(batch)))
+            .write_trade_lines(Bytes::from(encode_trades(batch)))
             .await?;
     }
     Ok(())

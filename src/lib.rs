@@ -8,7 +8,8 @@
 //! - [`generate`]: reproducible random-walk demo trades.
 //! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
 //!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
-//!   decoders ([`influx::decode`]), candle encoding ([`influx::encode`]).
+//!   decoders ([`influx::decode`]), candle encoding ([`influx::encode`]),
+//!   retention policies per measurement ([`influx::retention`]).
 //! - [`progress`]: SQLite progress store (tasks, symbol leases, watermarks, run
 //!   history).
 //! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution.

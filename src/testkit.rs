@@ -86,6 +86,10 @@ pub struct InfluxdOptions {
     /// Turn on authentication (no users yet: the first may be created without
     /// credentials). 1.x only.
     pub auth: bool,
+    /// How often the retention service drops expired shard groups, seconds
+    /// (1.x only; `None`: influxd's default, 30 minutes). Tests that watch a
+    /// retention policy really expire data set it to 1.
+    pub retention_check_secs: Option<u32>,
     /// Called on the `influxd` command before every spawn (start and restart),
     /// e.g. to ask for a parent-death signal.
     pub configure: Option<fn(&mut Command)>,
@@ -132,7 +136,7 @@ impl Influxd {
             let rpc_port = free_port()?;
             std::fs::write(
                 dir.path().join("influxdb.conf"),
-                config(dir.path(), http_port, rpc_port, options.auth),
+                config(dir.path(), http_port, rpc_port, &options),
             )?;
             let _ = std::fs::remove_file(&log);
             let mut child = spawn(dir.path(), options, http_port)?;
@@ -276,9 +280,17 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn config(dir: &Path, http_port: u16, rpc_port: u16, auth: bool) -> String {
+fn config(dir: &Path, http_port: u16, rpc_port: u16, options: &InfluxdOptions) -> String {
     let d = dir.display();
-    let auth = if auth { "  auth-enabled = true\n" } else { "" };
+    let auth = if options.auth {
+        "  auth-enabled = true\n"
+    } else {
+        ""
+    };
+    let retention = options
+        .retention_check_secs
+        .map(|s| format!("[retention]\n  check-interval = \"{s}s\"\n"))
+        .unwrap_or_default();
     format!(
         r#"reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -293,7 +305,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
-{auth}[continuous_queries]
+{auth}{retention}[continuous_queries]
   enabled = false
 "#
     )
@@ -415,10 +427,28 @@ mod tests {
 
     #[test]
     fn the_config_binds_only_loopback_and_enables_auth_on_request() {
-        let c = config(Path::new("/x"), 1, 2, true);
+        let auth = InfluxdOptions {
+            auth: true,
+            ..InfluxdOptions::default()
+        };
+        let c = config(Path::new("/x"), 1, 2, &auth);
         assert!(c.contains("bind-address = \"127.0.0.1:1\""));
         assert!(c.contains("bind-address = \"127.0.0.1:2\""));
         assert!(c.contains("auth-enabled = true"));
-        assert!(!config(Path::new("/x"), 1, 2, false).contains("auth"));
+        let plain = config(Path::new("/x"), 1, 2, &InfluxdOptions::default());
+        assert!(!plain.contains("auth") && !plain.contains("[retention]"));
+    }
+
+    #[test]
+    fn the_retention_check_interval_is_set_on_request() {
+        let fast = InfluxdOptions {
+            retention_check_secs: Some(1),
+            ..InfluxdOptions::default()
+        };
+        let c = config(Path::new("/x"), 1, 2, &fast);
+        assert!(
+            c.contains("[retention]\n  check-interval = \"1s\"\n"),
+            "{c}"
+        );
     }
 }

@@ -41,6 +41,7 @@ use crate::config::EngineSettings;
 use crate::influx::{CandleSet, InfluxClient, InfluxError};
 use crate::progress::{ProgressError, ProgressStore, StepCommit, TaskStatus};
 use crate::times::to_rfc3339;
+pub use plan::RebuildReport;
 use plan::Watermarks;
 pub use warehouse::Warehouse;
 
@@ -652,7 +653,7 @@ impl<W: Warehouse> Engine<W> {
         for w in works {
             if let Some((max_id, ranges)) = &w.dirty {
                 let (rows, candles) = self
-                    .repair(&w.symbol, &w.watermarks, ranges, "late", false)
+                    .repair(&w.symbol, &w.watermarks, ranges, "late", None)
                     .await?;
                 self.store.clear_dirty_of(&w.symbol, *max_id).await?;
                 report.chunks += 1;
@@ -916,7 +917,7 @@ impl<W: Warehouse> Engine<W> {
                 "lookback found trades behind the watermark"
             );
             let (r, candles) = self
-                .repair(&w.symbol, &w.watermarks, &changed, "late", false)
+                .repair(&w.symbol, &w.watermarks, &changed, "late", None)
                 .await?;
             report.chunks += 1;
             report.rows_read += r;
@@ -927,9 +928,10 @@ impl<W: Warehouse> Engine<W> {
 
     /// Recomputes the windows of every resolution that touch `ranges` (below
     /// their watermarks) of one symbol, day by day: the ranges are read raw,
-    /// the rest of the day comes from the stored 1m candles. With
-    /// `delete_stale`, candles of windows that no longer have any trade are
-    /// deleted (a rebuild after trades were removed). The caller holds the
+    /// the rest of the day comes from the stored 1m candles. For a `rebuild`,
+    /// candles of windows that no longer have any trade are deleted (trades
+    /// were removed), and only windows whose raw trades are all still stored
+    /// are touched (see [`plan::rebuild_floors`]). The caller holds the
     /// lease. Returns (trades read, candles written).
     async fn repair(
         &self,
@@ -937,7 +939,7 @@ impl<W: Warehouse> Engine<W> {
         watermarks: &Watermarks,
         ranges: &[Range<i64>],
         kind: &'static str,
-        delete_stale: bool,
+        rebuild: Option<&plan::RebuildLimit>,
     ) -> Result<(u64, u64), EngineError> {
         let Some(w1) = watermarks[0] else {
             return Ok((0, 0));
@@ -966,8 +968,11 @@ impl<W: Warehouse> Engine<W> {
                     })
                     .await?;
             }
-            let (write, empty) = plan::repair_candles(&rep, watermarks, &fresh, &stored);
-            if delete_stale {
+            let (mut write, mut empty) = plan::repair_candles(&rep, watermarks, &fresh, &stored);
+            if let Some(limit) = rebuild {
+                // The floors as of now, after the read: whatever the retention
+                // service dropped meanwhile lies before them.
+                plan::clip_to_floors(&mut write, &mut empty, &limit.floors(self.clock.now()));
                 self.delete_stale(symbol, &rep.day, &empty).await?;
             }
             let sets: Vec<CandleSet<'_>> = candle_sets(symbol, &write).collect();
@@ -1086,9 +1091,17 @@ impl<W: Warehouse> Engine<W> {
 
     /// Recomputes `[from, to)` (widened to whole UTC days, clipped to what is
     /// materialized) for every resolution from the raw trades; candles of
-    /// windows without trades any more are deleted. Later windows are left to
-    /// the normal schedule. Returns candles written.
-    pub async fn rebuild(&self, symbol: &str, from: i64, to: i64) -> Result<u64, EngineError> {
+    /// windows without trades any more are deleted. Only windows whose raw
+    /// trades are all still stored are touched (not expired under the raw
+    /// trades' retention policy, not before the symbol's earliest stored
+    /// trade: [`plan::rebuild_floors`]); the report says what was kept. Later
+    /// windows are left to the normal schedule.
+    pub async fn rebuild(
+        &self,
+        symbol: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<RebuildReport, EngineError> {
         self.warehouse.check().await?;
         let one = [symbol.to_string()];
         self.store.ensure_symbols(&one, self.clock.now()).await?;
@@ -1103,22 +1116,49 @@ impl<W: Warehouse> Engine<W> {
             .unwrap_or([None; 6]);
         let range = floor_to(from, NANOS_PER_DAY)..crate::candle::ceil_to(to, NANOS_PER_DAY);
         let work = async {
+            let limit = plan::RebuildLimit {
+                raw_retention: self.warehouse.raw_retention(),
+                first_trade: self.warehouse.first_trades(&one, 0).await?.remove(symbol),
+            };
             let mut written = 0;
             let mut day = range.start;
             while day < range.end {
-                let (_, n) = self
-                    .repair(
-                        symbol,
-                        &watermarks,
-                        std::slice::from_ref(&(day..day + NANOS_PER_DAY)),
-                        "rebuild",
-                        true,
-                    )
-                    .await?;
-                written += n;
+                // A day wholly before the 1m floor has nothing to rebuild.
+                if day + NANOS_PER_DAY > limit.floors(self.clock.now())[0] {
+                    let (_, n) = self
+                        .repair(
+                            symbol,
+                            &watermarks,
+                            std::slice::from_ref(&(day..day + NANOS_PER_DAY)),
+                            "rebuild",
+                            Some(&limit),
+                        )
+                        .await?;
+                    written += n;
+                }
                 day += NANOS_PER_DAY;
             }
-            Ok::<u64, EngineError>(written)
+            let now = self.clock.now();
+            let mut report = RebuildReport {
+                written,
+                range: range.clone(),
+                floors: limit.floors(now),
+                kept: 0,
+                expired: limit.expired_at(now),
+                raw_kept_since: limit
+                    .raw_retention
+                    .map(|d| now - d + plan::RETENTION_MARGIN),
+            };
+            for (i, res) in Resolution::ALL.iter().enumerate() {
+                let kept = range.start..report.floors[i].min(range.end);
+                if kept.start < kept.end {
+                    report.kept += self
+                        .warehouse
+                        .read_candles(*res, &one, kept, |_, _| {})
+                        .await?;
+                }
+            }
+            Ok::<RebuildReport, EngineError>(report)
         };
         let result = tokio::select! {
             r = work => r,
@@ -1126,7 +1166,7 @@ impl<W: Warehouse> Engine<W> {
         };
         let now = self.clock.now();
         match result {
-            Ok(n) => {
+            Ok(report) => {
                 // A rebuild does not change how far the symbol got: keep its status.
                 let status = match before.map(|t| t.status) {
                     Some(TaskStatus::Running) | Some(TaskStatus::Failed) | None => TaskStatus::Idle,
@@ -1135,7 +1175,10 @@ impl<W: Warehouse> Engine<W> {
                 self.store
                     .release_symbols(&self.owner, &[(symbol.to_string(), status)], now)
                     .await?;
-                Ok(n)
+                if report.is_limited() {
+                    tracing::info!(symbol, kept = report.kept, "{}", report.limit_line(symbol));
+                }
+                Ok(report)
             }
             Err(e) => {
                 let msg = e.to_string();

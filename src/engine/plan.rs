@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, Resolution, floor_to};
+use crate::times::to_rfc3339;
 
 /// Index of a resolution in [`Resolution::ALL`].
 pub fn index(res: Resolution) -> usize {
@@ -276,6 +277,142 @@ pub fn repair_candles(
     (write, empty)
 }
 
+/// How much later than `now - duration` a rebuild takes the raw trades to be
+/// complete: room for a clock difference between ohlcd's and InfluxDB's hosts.
+pub const RETENTION_MARGIN: i64 = 5 * 60 * crate::candle::NANOS_PER_SEC;
+
+/// Per resolution, in [`Resolution::ALL`] order, the first window start a
+/// rebuild may recompute (and so delete when it has no trades). A window is
+/// rebuildable only if its raw trades are all still stored:
+/// - it starts at or after `kept_since`, from which on the raw trades' retention
+///   policy guarantees everything (InfluxDB drops a shard group only once its
+///   end is older than `now - duration`); `None`: kept forever;
+/// - it ends after `first_trade`, the earliest raw trade of the symbol still
+///   stored: windows before it have nothing to recompute from, whether their
+///   trades never existed or were deleted by other means, so their candles are
+///   kept. `None` (no raw trade at all): nothing is rebuildable.
+pub fn rebuild_floors(kept_since: Option<i64>, first_trade: Option<i64>) -> [i64; 6] {
+    std::array::from_fn(|i| {
+        let res = Resolution::ALL[i];
+        let Some(first) = first_trade else {
+            return i64::MAX;
+        };
+        let covered = kept_since.map_or(i64::MIN, |k| crate::candle::ceil_to(k, res.nanos()));
+        covered.max(res.window_start(first))
+    })
+}
+
+/// What bounds a rebuild of one symbol: how long its raw trades are kept and
+/// the earliest one still stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildLimit {
+    /// The raw trades' retention, nanoseconds; `None`: kept forever.
+    pub raw_retention: Option<i64>,
+    /// The symbol's earliest raw trade still stored.
+    pub first_trade: Option<i64>,
+}
+
+impl RebuildLimit {
+    /// [`rebuild_floors`] at `now`, with [`RETENTION_MARGIN`].
+    pub fn floors(&self, now: i64) -> [i64; 6] {
+        rebuild_floors(
+            self.raw_retention
+                .map(|d| now.saturating_sub(d).saturating_add(RETENTION_MARGIN)),
+            self.first_trade,
+        )
+    }
+
+    /// Which bound is the later, for saying why a rebuild was limited: the
+    /// retention's (`true`) or the earliest stored trade's.
+    pub fn expired_at(&self, now: i64) -> bool {
+        match (self.raw_retention, self.first_trade) {
+            (Some(d), Some(first)) => now - d + RETENTION_MARGIN >= first,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Keeps only the windows at or after each resolution's floor (see
+/// [`rebuild_floors`]) in what a repair would write and delete.
+pub fn clip_to_floors(write: &mut [Vec<Candle>; 6], empty: &mut [Vec<i64>; 6], floors: &[i64; 6]) {
+    for i in 0..6 {
+        write[i].retain(|c| c.start >= floors[i]);
+        empty[i].retain(|start| *start >= floors[i]);
+    }
+}
+
+/// What a rebuild did, and what it left alone because its sources are gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    /// Candles written, all resolutions.
+    pub written: u64,
+    /// The range rebuilt, widened to whole UTC days.
+    pub range: Range<i64>,
+    /// Per resolution ([`Resolution::ALL`] order), the first window start the
+    /// rebuild could recompute; earlier windows in `range` were kept.
+    pub floors: [i64; 6],
+    /// Stored candles in `range` kept as they were (their windows are before
+    /// the floors).
+    pub kept: u64,
+    /// Why the floors are where they are: raw trades before them expired under
+    /// the raw trades' retention policy (`true`), or none are stored before
+    /// the symbol's earliest trade (`false`).
+    pub expired: bool,
+    /// From when on the raw trades' retention policy still keeps everything
+    /// (with [`RETENTION_MARGIN`]); `None`: kept forever.
+    pub raw_kept_since: Option<i64>,
+}
+
+impl RebuildReport {
+    /// Whether any window of the range was out of the rebuild's reach.
+    pub fn is_limited(&self) -> bool {
+        self.floors.iter().any(|f| *f > self.range.start)
+    }
+
+    /// One line saying how far the rebuild reached and why: "rebuild limited
+    /// to …: raw trades before … have expired; N candles kept".
+    pub fn limit_line(&self, symbol: &str) -> String {
+        let why = match (self.floors[0], self.raw_kept_since) {
+            (i64::MAX, Some(kept)) => format!(
+                "raw trades of {symbol} before {} have expired and none are stored after",
+                to_rfc3339(kept)
+            ),
+            (i64::MAX, None) => format!("{symbol} has no raw trades stored"),
+            (first, _) if self.expired => format!(
+                "raw trades of {symbol} before {} have expired",
+                to_rfc3339(first)
+            ),
+            (first, _) => format!(
+                "{symbol} has no raw trades stored before {}",
+                to_rfc3339(first)
+            ),
+        };
+        if self.floors.iter().all(|f| *f >= self.range.end) {
+            return format!(
+                "rebuild limited to nothing: {why}; {} candles kept",
+                self.kept
+            );
+        }
+        let reach: Vec<String> = Resolution::ALL
+            .iter()
+            .zip(&self.floors)
+            .map(|(res, f)| {
+                if *f >= self.range.end {
+                    format!("{res} none")
+                } else {
+                    format!("{res} from {}", to_rfc3339((*f).max(self.range.start)))
+                }
+            })
+            .collect();
+        format!(
+            "rebuild limited to windows whose raw trades are all stored ({}): {why}; {} candles kept",
+            reach.join(", "),
+            self.kept
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +600,104 @@ mod tests {
         assert_eq!(starts(4), vec![day + 8 * 3_600 * 1_000_000_000]);
         assert_eq!(write[4][0].trades, 2);
         assert!(write[5].is_empty() && empty.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_rebuild_reaches_back_only_to_windows_whose_raw_trades_are_all_kept() {
+        let hour = 60 * MIN;
+        let day = 7 * NANOS_PER_DAY;
+        // Raw trades guaranteed from 10:37:30; the symbol traded long before.
+        let kept = day + 10 * hour + 37 * MIN + 30_000_000_000;
+        let f = rebuild_floors(Some(kept), Some(0));
+        assert_eq!(f[index(Resolution::M1)], day + 10 * hour + 38 * MIN);
+        assert_eq!(f[index(Resolution::M5)], day + 10 * hour + 40 * MIN);
+        assert_eq!(f[index(Resolution::M15)], day + 10 * hour + 45 * MIN);
+        assert_eq!(f[index(Resolution::H1)], day + 11 * hour);
+        assert_eq!(f[index(Resolution::H4)], day + 12 * hour);
+        // The whole day 7 is not covered: the first rebuildable 1d is day 8.
+        assert_eq!(f[index(Resolution::D1)], day + NANOS_PER_DAY);
+        // A bound on a window start includes that window.
+        assert_eq!(rebuild_floors(Some(day), Some(0)), [day; 6]);
+    }
+
+    #[test]
+    fn windows_before_the_earliest_stored_trade_are_never_rebuilt() {
+        let hour = 60 * MIN;
+        let day = 7 * NANOS_PER_DAY;
+        // Kept forever, but nothing stored before 10:37:30 (deleted by hand):
+        // the window holding that trade is recomputed, earlier ones are not.
+        let first = day + 10 * hour + 37 * MIN + 30_000_000_000;
+        let f = rebuild_floors(None, Some(first));
+        assert_eq!(f[index(Resolution::M1)], day + 10 * hour + 37 * MIN);
+        assert_eq!(f[index(Resolution::H1)], day + 10 * hour);
+        assert_eq!(f[index(Resolution::D1)], day);
+        // The later bound wins.
+        let f = rebuild_floors(Some(day + 12 * hour), Some(first));
+        assert_eq!(f[index(Resolution::M1)], day + 12 * hour);
+        assert_eq!(f[index(Resolution::D1)], day + NANOS_PER_DAY);
+        // No raw trade at all: nothing is rebuildable.
+        assert_eq!(rebuild_floors(None, None), [i64::MAX; 6]);
+        assert_eq!(rebuild_floors(Some(0), None), [i64::MAX; 6]);
+    }
+
+    #[test]
+    fn clipping_keeps_writes_and_deletes_of_rebuildable_windows_only() {
+        let day = 7 * NANOS_PER_DAY;
+        let trades = [
+            trade(day + 5 * MIN, 1, 10.0),
+            trade(day + 70 * MIN, 2, 11.0),
+        ];
+        let mut write: [Vec<Candle>; 6] = Default::default();
+        for (i, res) in Resolution::ALL.iter().enumerate() {
+            write[i] = candles_from_trades(*res, &trades);
+        }
+        let mut empty: [Vec<i64>; 6] = Default::default();
+        empty[0] = vec![day, day + 60 * MIN, day + 120 * MIN];
+        empty[3] = vec![day + 120 * MIN];
+        let floors = rebuild_floors(Some(day + 60 * MIN), Some(day));
+        clip_to_floors(&mut write, &mut empty, &floors);
+        let starts = |i: usize| write[i].iter().map(|c| c.start).collect::<Vec<_>>();
+        assert_eq!(starts(0), vec![day + 70 * MIN]);
+        assert_eq!(starts(3), vec![day + 60 * MIN]);
+        assert!(write[4].is_empty() && write[5].is_empty());
+        assert_eq!(empty[0], vec![day + 60 * MIN, day + 120 * MIN]);
+        assert_eq!(empty[3], vec![day + 120 * MIN]);
+    }
+
+    #[test]
+    fn a_limited_rebuild_says_how_far_it_reached_why_and_what_it_kept() {
+        let day = 7 * NANOS_PER_DAY;
+        let kept_since = day + 10 * 60 * MIN + 2 * MIN;
+        let limit = RebuildLimit {
+            raw_retention: Some(NANOS_PER_DAY),
+            first_trade: Some(0),
+        };
+        let now = kept_since + NANOS_PER_DAY - RETENTION_MARGIN;
+        let report = RebuildReport {
+            written: 10,
+            range: day..day + NANOS_PER_DAY,
+            floors: limit.floors(now),
+            kept: 42,
+            expired: limit.expired_at(now),
+            raw_kept_since: Some(kept_since),
+        };
+        assert!(report.is_limited());
+        let line = report.limit_line("BTCUSD");
+        assert!(line.starts_with("rebuild limited to windows whose raw trades are all stored (1m from 1970-01-08T10:02:00.000Z, 5m from 1970-01-08T10:05:00.000Z"), "{line}");
+        assert!(line.contains("1d none): raw trades of BTCUSD before 1970-01-08T10:02:00.000Z have expired; 42 candles kept"), "{line}");
+        let none_left = RebuildReport {
+            floors: rebuild_floors(Some(kept_since), None),
+            expired: true,
+            ..report.clone()
+        };
+        assert_eq!(
+            none_left.limit_line("BTCUSD"),
+            "rebuild limited to nothing: raw trades of BTCUSD before 1970-01-08T10:02:00.000Z have expired and none are stored after; 42 candles kept"
+        );
+        let whole = RebuildReport {
+            floors: [day; 6],
+            ..report
+        };
+        assert!(!whole.is_limited());
     }
 }

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::ops::Range;
 
 use crate::candle::{Candle, Resolution, Trade};
-use crate::influx::{CandleSet, InfluxClient, InfluxError};
+use crate::influx::{CandleSet, InfluxClient, InfluxError, Keep, Stored};
 
 /// Where trades come from and candles go.
 pub trait Warehouse: Send + Sync + 'static {
@@ -58,6 +58,11 @@ pub trait Warehouse: Send + Sync + 'static {
         &self,
         sets: &[CandleSet<'_>],
     ) -> impl Future<Output = Result<(), InfluxError>> + Send;
+
+    /// How long raw trades are kept, nanoseconds; `None`: forever (or unknown).
+    fn raw_retention(&self) -> Option<i64> {
+        None
+    }
 
     /// Deletes the candles of `res` of `symbol` in `range`.
     fn delete_candles(
@@ -113,7 +118,7 @@ impl Warehouse for InfluxClient {
     }
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        self.write_candle_sets(sets).await
+        self.write_candles_placed(sets).await
     }
 
     async fn delete_candles(
@@ -123,5 +128,12 @@ impl Warehouse for InfluxClient {
         range: Range<i64>,
     ) -> Result<(), InfluxError> {
         InfluxClient::delete_candles(self, res, symbol, range).await
+    }
+
+    fn raw_retention(&self) -> Option<i64> {
+        match self.keep(Stored::Trades) {
+            Keep::Forever => None,
+            Keep::For(ns) => Some(ns),
+        }
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
 //! [`query`] the InfluxQL sent, [`decode`] and [`msgpack`] the streaming
-//! result decoders, [`encode`] candle writes.
+//! result decoders, [`encode`] candle writes, [`retention`] where each
+//! measurement lives and how long it is kept.
 
 use std::time::Duration;
 
@@ -24,9 +25,11 @@ pub mod decode;
 pub mod encode;
 pub mod msgpack;
 pub mod query;
+pub mod retention;
 
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
 pub use query::{quote_ident, quote_literal, symbol_set_condition};
+pub use retention::{Keep, Placement, PolicySpec, Stored};
 
 /// Measurement holding raw trades.
 pub const TRADES_MEASUREMENT: &str = "trades";
@@ -116,6 +119,9 @@ pub enum InfluxError {
         /// Range end, RFC 3339.
         to: String,
     },
+    /// The configured retention policies cannot be used as configured.
+    #[error("{0}")]
+    Retention(String),
     /// The response could not be understood.
     #[error("unexpected InfluxDB response: {0}")]
     Protocol(String),
@@ -194,6 +200,8 @@ pub struct InfluxClient {
     url: String,
     database: String,
     retention_policy: Option<String>,
+    /// Where each measurement lives (`[retention]`) and how long it is kept.
+    placement: std::sync::Arc<Placement>,
     auth: Auth,
     retries: u32,
     timeout_secs: u64,
@@ -236,6 +244,11 @@ impl InfluxClient {
             url: s.url.trim_end_matches('/').to_string(),
             database: s.database.clone(),
             retention_policy: (!s.retention_policy.is_empty()).then(|| s.retention_policy.clone()),
+            placement: std::sync::Arc::new(Placement::new(
+                s.retention
+                    .specs()
+                    .map_err(|e| InfluxError::Retention(format!("invalid configuration: {e}")))?,
+            )),
             auth,
             retries: s.retries,
             timeout_secs: s.timeout_secs,

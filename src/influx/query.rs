@@ -7,7 +7,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use super::{Generation, InfluxClient, InfluxError, Stored};
 use crate::candle::{Candle, Resolution, Side, Trade};
 
 /// Escapes a string for an InfluxQL single-quoted literal.
@@ -118,7 +118,7 @@ impl InfluxClient {
         let v = self
             .query_json(&format!(
                 "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"{all_time}",
-                quote_ident(TRADES_MEASUREMENT)
+                self.source(Stored::Trades)
             ))
             .await?;
         let mut out: Vec<String> = series_values(&v)
@@ -142,9 +142,9 @@ impl InfluxClient {
         symbol: &str,
         from: i64,
     ) -> Result<Option<i64>, InfluxError> {
-        let (measurement, field) = match res {
-            None => (TRADES_MEASUREMENT, "price"),
-            Some(r) => (r.measurement(), "close"),
+        let (source, field) = match res {
+            None => (self.source(Stored::Trades), "price"),
+            Some(r) => (self.source(Stored::Candles(r)), "close"),
         };
         let time_cond = if from == i64::MIN {
             String::new()
@@ -154,7 +154,7 @@ impl InfluxClient {
         let v = self
             .query_json(&format!(
                 "SELECT {field} FROM {} WHERE symbol = {}{time_cond} ORDER BY time ASC LIMIT 1",
-                quote_ident(measurement),
+                source,
                 quote_literal(symbol)
             ))
             .await?;
@@ -184,7 +184,7 @@ impl InfluxClient {
         let v = self
             .query_json(&format!(
                 "SELECT price FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
-                quote_ident(TRADES_MEASUREMENT),
+                self.source(Stored::Trades),
                 quote_literal(symbol)
             ))
             .await?;
@@ -246,7 +246,7 @@ impl InfluxClient {
         let symbol_col = if with_symbol { ", symbol" } else { "" };
         let q = format!(
             "SELECT price, amount, id, side{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}{limit}",
-            quote_ident(TRADES_MEASUREMENT),
+            self.source(Stored::Trades),
             range.start,
             range.end
         );
@@ -333,7 +333,7 @@ impl InfluxClient {
         let symbol_col = if with_symbol { ", symbol" } else { "" };
         let q = format!(
             "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}",
-            quote_ident(res.measurement()),
+            self.source(Stored::Candles(res)),
             range.start,
             range.end
         );
@@ -397,7 +397,7 @@ impl InfluxClient {
         let v = self
             .query_json(&format!(
                 "SELECT price FROM {} WHERE {} AND time >= {from} GROUP BY symbol ORDER BY time ASC LIMIT 1",
-                quote_ident(TRADES_MEASUREMENT),
+                self.source(Stored::Trades),
                 symbol_set_condition(symbols)
             ))
             .await?;
@@ -419,7 +419,7 @@ impl InfluxClient {
         let v = self
             .query_json(&format!(
                 "SELECT count(price) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY symbol",
-                quote_ident(TRADES_MEASUREMENT),
+                self.source(Stored::Trades),
                 symbol_set_condition(symbols),
                 range.start,
                 range.end
@@ -478,6 +478,8 @@ impl InfluxClient {
                 to: crate::times::to_rfc3339(range.end),
             });
         }
+        // DELETE takes no retention policy ("retention policy not supported")
+        // and deletes from every one: the measurement names a resolution alone.
         self.query_json(&format!(
             "DELETE FROM {} WHERE symbol = {} AND time >= {} AND time < {}",
             quote_ident(res.measurement()),

@@ -152,8 +152,9 @@ async fn rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cann
         );
     }
 
-    // A stale candle where there are no trades at all.
-    let bogus_day = t("2024-02-10T00:00:00Z");
+    // A stale candle where there are no trades (after the last one, below the
+    // 1m watermark).
+    let bogus_day = t("2024-03-04T00:00:00Z");
     let bogus = Candle {
         start: bogus_day,
         open: 1.0,

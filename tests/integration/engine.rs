@@ -117,7 +117,8 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones() 
         snapshot.push(app.stored("BTCUSD", res).await);
     }
     // Damage day 2 at every resolution: delete its candles, then plant a bogus
-    // candle in a window of day 2 that has no trades (before the first trade).
+    // candle in a window that has no trades (after the last trade, below the
+    // 1m watermark).
     let day2 = t("2024-03-02T00:00:00Z");
     for res in Resolution::ALL {
         app.influx
@@ -126,7 +127,7 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones() 
             .unwrap();
     }
     let bogus = ohlcd::candle::Candle {
-        start: t("2024-02-10T00:00:00Z"),
+        start: t("2024-03-04T00:00:00Z"),
         open: 1.0,
         high: 1.0,
         low: 1.0,
@@ -146,8 +147,8 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones() 
     engine
         .rebuild(
             "BTCUSD",
-            t("2024-02-10T00:00:00Z"),
-            t("2024-02-10T00:00:01Z"),
+            t("2024-03-04T00:00:00Z"),
+            t("2024-03-04T00:00:01Z"),
         )
         .await
         .unwrap();
@@ -158,6 +159,36 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones() 
             "{res} after rebuild"
         );
     }
+    // A candle before the symbol's earliest stored trade has nothing to be
+    // recomputed from (its trades may have been deleted by other means): kept.
+    let older = ohlcd::candle::Candle {
+        start: t("2024-02-10T00:00:00Z"),
+        ..bogus
+    };
+    app.influx
+        .write_candles(Resolution::M1, "BTCUSD", &[older])
+        .await
+        .unwrap();
+    let report = engine
+        .rebuild(
+            "BTCUSD",
+            t("2024-02-10T00:00:00Z"),
+            t("2024-02-10T00:00:01Z"),
+        )
+        .await
+        .unwrap();
+    assert!(report.is_limited() && !report.expired, "{report:?}");
+    assert_eq!((report.kept, report.written), (1, 0));
+    assert!(
+        report
+            .limit_line("BTCUSD")
+            .contains("BTCUSD has no raw trades stored before"),
+        "{}",
+        report.limit_line("BTCUSD")
+    );
+    let mut with_older = vec![older];
+    with_older.extend(snapshot[0].iter().copied());
+    assert_eq!(app.stored("BTCUSD", Resolution::M1).await, with_older);
     // A rebuild keeps the tasks where they were.
     for task in app.store.tasks().await.unwrap() {
         assert_eq!(task.status, TaskStatus::Completed);

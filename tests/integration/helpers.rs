@@ -69,6 +69,20 @@ impl TestApp {
         let server = tokio::task::spawn_blocking(move || start_server(kind))
             .await
             .unwrap()?;
+        Some(Self::spawn_at(server).await)
+    }
+
+    /// Like [`TestApp::spawn`] on influxd 1.x started with `options`.
+    pub async fn spawn_with(options: ohlcd::testkit::InfluxdOptions) -> TestApp {
+        let server = tokio::task::spawn_blocking(move || {
+            TestInflux::launch(options).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .await
+        .unwrap();
+        Self::spawn_at(server).await
+    }
+
+    async fn spawn_at(server: TestInflux) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("progress.db");
         let settings = Settings::load_with_env(
@@ -91,14 +105,14 @@ impl TestApp {
         let store = ProgressStore::connect(&settings.progress.database_url)
             .await
             .unwrap();
-        Some(TestApp {
+        TestApp {
             server,
             settings,
             influx,
             store,
             clock: ManualClock::new(0),
             dir,
-        })
+        }
     }
 
     /// The `ohlcd` binary configured for this app's influxd, database and SQLite

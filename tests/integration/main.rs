@@ -9,4 +9,5 @@ mod faults;
 mod helpers;
 mod http;
 mod ingest;
+mod retention;
 mod security;

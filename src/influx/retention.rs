@@ -1,0 +1,658 @@
+//! Retention policies per measurement (InfluxDB 1.x, and 2.x through DBRP
+//! mappings): raw trades and each candle resolution may live in their own
+//! retention policy (RP), e.g. raw trades 30 days, 1m candles a year, 1h and
+//! coarser forever.
+//!
+//! What is configured (`[retention]`, see [`PolicySpec`]) says where each
+//! measurement is written and read (`"db"."rp"."measurement"` in InfluxQL,
+//! `rp=` on `/write`); what the server reports (`SHOW RETENTION POLICIES`) says
+//! how long each keeps its data ([`Keep`]), which bounds how far back the
+//! datafeed can read a resolution and what `rebuild` may recompute.
+//! Unconfigured measurements stay where they always were: in
+//! `influx.retention_policy`, or the database's default RP.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use crate::candle::{Candle, NANOS_PER_SEC, Resolution};
+use crate::influx::CandleSet;
+use crate::influx::query::{quote_ident, quote_literal};
+
+/// One of the measurements ohlcd stores: raw trades or one candle resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stored {
+    /// The raw `trades` measurement.
+    Trades,
+    /// The candles of one resolution.
+    Candles(Resolution),
+}
+
+impl Stored {
+    /// All seven, raw trades first, then candles finest first.
+    pub fn all() -> [Stored; 7] {
+        let r = Resolution::ALL;
+        [
+            Stored::Trades,
+            Stored::Candles(r[0]),
+            Stored::Candles(r[1]),
+            Stored::Candles(r[2]),
+            Stored::Candles(r[3]),
+            Stored::Candles(r[4]),
+            Stored::Candles(r[5]),
+        ]
+    }
+
+    /// The measurement name, which is also its key in `[retention]`.
+    pub fn measurement(self) -> &'static str {
+        match self {
+            Stored::Trades => TRADES_MEASUREMENT,
+            Stored::Candles(r) => r.measurement(),
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Stored::Trades => 0,
+            Stored::Candles(r) => 1 + crate::engine::plan::index(r),
+        }
+    }
+}
+
+/// How long a retention policy keeps data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Never drops anything (`INF`).
+    Forever,
+    /// Drops data older than this many nanoseconds.
+    For(i64),
+}
+
+impl Keep {
+    /// Parses a configured duration: `INF`, or a whole number of hours, days or
+    /// weeks (`12h`, `30d`, `52w`); InfluxDB 1.x accepts nothing under an hour.
+    pub fn parse(s: &str) -> Result<Keep, String> {
+        if s.eq_ignore_ascii_case("inf") {
+            return Ok(Keep::Forever);
+        }
+        let (n, unit) = s.split_at(s.len().saturating_sub(1));
+        let hours = match unit {
+            "h" => 1,
+            "d" => 24,
+            "w" => 24 * 7,
+            _ => return Err(format!("{s:?}: expected INF or a number of h, d or w")),
+        };
+        match n.parse::<i64>() {
+            Ok(n) if n > 0 && n < 1_000_000 => Ok(Keep::For(n * hours * 3600 * NANOS_PER_SEC)),
+            _ => Err(format!(
+                "{s:?}: expected INF or a positive whole number of h, d or w"
+            )),
+        }
+    }
+
+    /// A Go duration as `SHOW RETENTION POLICIES` prints it (`720h0m0s`; `0s`
+    /// means forever).
+    pub fn from_go(s: &str) -> Option<Keep> {
+        let mut total: i64 = 0;
+        let mut number = String::new();
+        for ch in s.chars() {
+            match ch {
+                '0'..='9' | '.' => number.push(ch),
+                'h' | 'm' | 's' => {
+                    let n: f64 = number.parse().ok()?;
+                    let unit = match ch {
+                        'h' => 3600.0,
+                        'm' => 60.0,
+                        _ => 1.0,
+                    };
+                    total += (n * unit * NANOS_PER_SEC as f64) as i64;
+                    number.clear();
+                }
+                _ => return None,
+            }
+        }
+        if !number.is_empty() {
+            return None;
+        }
+        Some(if total == 0 {
+            Keep::Forever
+        } else {
+            Keep::For(total)
+        })
+    }
+
+    /// The InfluxQL duration literal.
+    pub fn influxql(self) -> String {
+        match self {
+            Keep::Forever => "INF".into(),
+            Keep::For(ns) => format!("{}h", ns / (3600 * NANOS_PER_SEC)),
+        }
+    }
+
+    /// The shard group duration InfluxDB 1.x picks for a policy this long.
+    /// Stated when creating or altering, because a shard group longer than the
+    /// policy is refused ("duration must be greater than the shard duration").
+    pub fn shard_duration(self) -> &'static str {
+        const DAY: i64 = 24 * 3600 * NANOS_PER_SEC;
+        match self {
+            Keep::For(ns) if ns < 2 * DAY => "1h",
+            Keep::For(ns) if ns <= 180 * DAY => "1d",
+            _ => "7d",
+        }
+    }
+
+    /// The oldest time the policy still guarantees at `now`: InfluxDB drops a
+    /// shard group only once its end is older than `now - duration`, so every
+    /// point at or after that is still stored. `None` for forever.
+    pub fn kept_since(self, now: i64) -> Option<i64> {
+        match self {
+            Keep::Forever => None,
+            Keep::For(ns) => Some(now.saturating_sub(ns)),
+        }
+    }
+}
+
+impl std::fmt::Display for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAY: i64 = 24 * 3600 * NANOS_PER_SEC;
+        match *self {
+            Keep::Forever => f.write_str("forever"),
+            Keep::For(ns) if ns % DAY == 0 => write!(f, "{}d", ns / DAY),
+            Keep::For(ns) => write!(f, "{}h", ns / (3600 * NANOS_PER_SEC)),
+        }
+    }
+}
+
+/// One measurement's configured place: `NAME` (an existing retention policy,
+/// used as it is) or `NAME:DURATION` (ohlcd creates the policy, or sets its
+/// duration, at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySpec {
+    /// The retention policy's name.
+    pub name: String,
+    /// The duration ohlcd keeps the policy at; `None`: not managed by ohlcd.
+    pub keep: Option<Keep>,
+}
+
+impl PolicySpec {
+    /// Parses a `[retention]` value; empty means "not configured".
+    pub fn parse(s: &str) -> Result<Option<PolicySpec>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let (name, keep) = match s.rsplit_once(':') {
+            Some((name, d)) => (name.trim(), Some(Keep::parse(d.trim())?)),
+            None => (s, None),
+        };
+        if name.is_empty() || name.contains(':') || name.chars().any(char::is_control) {
+            return Err(format!(
+                "{s:?}: expected NAME or NAME:DURATION (e.g. raw_30d:30d, forever:INF)"
+            ));
+        }
+        Ok(Some(PolicySpec {
+            name: name.to_string(),
+            keep,
+        }))
+    }
+}
+
+/// Where each measurement lives, and how long its policy keeps data (as the
+/// server said at start; forever until asked, or where it cannot tell).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    specs: [Option<PolicySpec>; 7],
+    keeps: [Option<Keep>; 7],
+}
+
+impl Placement {
+    /// From the `[retention]` values, in [`Stored::all`] order (already validated).
+    pub fn new(specs: [Option<PolicySpec>; 7]) -> Placement {
+        Placement {
+            specs,
+            keeps: [None; 7],
+        }
+    }
+
+    /// The configured policy of `s`, if any.
+    pub fn spec(&self, s: Stored) -> Option<&PolicySpec> {
+        self.specs[s.index()].as_ref()
+    }
+
+    /// Whether any measurement has a policy of its own.
+    pub fn is_configured(&self) -> bool {
+        self.specs.iter().any(Option::is_some)
+    }
+
+    /// How long the data of `s` is kept (forever where unknown).
+    pub fn keep(&self, s: Stored) -> Keep {
+        self.keeps[s.index()].unwrap_or(Keep::Forever)
+    }
+
+    /// Sets how long `s` is kept (tests; normally read from the server).
+    pub fn set_keep(&mut self, s: Stored, keep: Keep) {
+        self.keeps[s.index()] = Some(keep);
+    }
+}
+
+/// Whether `a` keeps data for less time than `b`.
+fn shorter(a: Keep, b: Keep) -> bool {
+    match (a, b) {
+        (Keep::For(a), Keep::For(b)) => a < b,
+        (Keep::For(_), Keep::Forever) => true,
+        (Keep::Forever, _) => false,
+    }
+}
+
+/// A retention policy as `SHOW RETENTION POLICIES` lists it.
+#[derive(Debug, Clone)]
+struct ServerPolicy {
+    keep: Option<Keep>,
+    default: bool,
+}
+
+impl InfluxClient {
+    /// Where raw trades or candles of `s` live and how long they are kept.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Mutable placement (tests set durations without a server).
+    pub fn placement_mut(&mut self) -> &mut Placement {
+        std::sync::Arc::make_mut(&mut self.placement)
+    }
+
+    /// How long the data of `s` is kept, as the server reported at start.
+    pub fn keep(&self, s: Stored) -> Keep {
+        self.placement.keep(s)
+    }
+
+    /// The InfluxQL source of `s`: `"db"."rp"."measurement"` when `s` has a
+    /// policy of its own, else the bare measurement (the request's `rp`, or the
+    /// database default, applies).
+    pub fn source(&self, s: Stored) -> String {
+        match self.placement.spec(s) {
+            Some(p) => format!(
+                "{}.{}.{}",
+                quote_ident(&self.database),
+                quote_ident(&p.name),
+                quote_ident(s.measurement())
+            ),
+            None => quote_ident(s.measurement()),
+        }
+    }
+
+    /// The policy writes of `s` go to (`None`: the request default).
+    fn write_policy(&self, s: Stored) -> Option<&str> {
+        self.placement
+            .spec(s)
+            .map(|p| p.name.as_str())
+            .or(self.retention_policy.as_deref())
+    }
+
+    /// This client writing to `policy` instead of `influx.retention_policy`.
+    fn writing_to(&self, policy: Option<&str>) -> InfluxClient {
+        InfluxClient {
+            retention_policy: policy.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// `POST /write` of raw-trade lines, into the raw trades' policy.
+    pub async fn write_trade_lines(&self, body: Bytes) -> Result<(), InfluxError> {
+        if self.placement.spec(Stored::Trades).is_none() {
+            return self.write_lines(body).await;
+        }
+        self.writing_to(self.write_policy(Stored::Trades))
+            .write_lines(body)
+            .await
+    }
+
+    /// Writes candle sets, each resolution into its own policy: one pipelined
+    /// [`InfluxClient::write_candle_sets`] per policy, all at once.
+    pub async fn write_candles_placed(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        if !self.placement.is_configured() {
+            return self.write_candle_sets(sets).await;
+        }
+        let mut by_policy: HashMap<Option<&str>, Vec<CandleSet<'_>>> = HashMap::new();
+        for set in sets {
+            by_policy
+                .entry(self.write_policy(Stored::Candles(set.resolution)))
+                .or_default()
+                .push(*set);
+        }
+        let writes = by_policy.into_iter().map(|(policy, sets)| async move {
+            self.writing_to(policy).write_candle_sets(&sets).await
+        });
+        futures_util::future::try_join_all(writes).await.map(|_| ())
+    }
+
+    /// Writes candles of one resolution and symbol into its policy.
+    pub async fn write_candles_of(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        candles: &[Candle],
+    ) -> Result<(), InfluxError> {
+        self.write_candles_placed(&[CandleSet {
+            resolution: res,
+            symbol,
+            candles,
+        }])
+        .await
+    }
+
+    /// Makes the configured policies exist with their durations (with
+    /// `manage`; `run`, `backfill` and `generate` do, read-only commands do
+    /// not), then reads how long every measurement's policy keeps its data.
+    /// Logs what it created or changed, and what it could not and why. Fails
+    /// when a configured policy is missing and cannot be created, and on
+    /// InfluxDB 3, which has no retention policies.
+    pub async fn prepare_retention(&mut self, manage: bool) -> Result<(), InfluxError> {
+        if self.generation == Generation::V3 {
+            if self.placement.is_configured() {
+                return Err(InfluxError::Retention(
+                    "InfluxDB 3 has no retention policies, so [retention] cannot place measurements in their own; \
+                     empty [retention] and set a retention period on the whole database instead \
+                     (influxdb3 create database --retention-period), or use InfluxDB 1.x/2.x"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        let mut policies = match self.server_policies().await {
+            Ok(p) => p,
+            // 2.x may not list policies; durations stay unknown (forever),
+            // which keeps every candle and reads every resolution.
+            Err(e) if !self.placement.is_configured() => {
+                tracing::warn!(error = %e, "cannot list retention policies; treating every measurement as kept forever");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut wanted: Vec<(&'static str, PolicySpec)> = Vec::new();
+        for s in Stored::all() {
+            if let Some(spec) = self.placement.spec(s)
+                && !wanted.iter().any(|(_, w)| w.name == spec.name)
+            {
+                wanted.push((s.measurement(), spec.clone()));
+            }
+        }
+        for (measurement, spec) in wanted {
+            let found = policies.get(&spec.name).map(|p| p.keep);
+            match (found, spec.keep) {
+                (None, None) => {
+                    return Err(InfluxError::Retention(format!(
+                        "retention policy {:?} (retention.{measurement}) does not exist in database {:?}; create it, or configure it as {}:DURATION so ohlcd creates it",
+                        spec.name, self.database, spec.name
+                    )));
+                }
+                (None, Some(keep)) if !manage => {
+                    return Err(InfluxError::Retention(format!(
+                        "retention policy {:?} (retention.{measurement}) does not exist in database {:?}; `ohlcd run` or `ohlcd backfill` creates it ({keep})",
+                        spec.name, self.database
+                    )));
+                }
+                (None, Some(keep)) => {
+                    let q = format!(
+                        "CREATE RETENTION POLICY {} ON {} DURATION {} REPLICATION 1 SHARD DURATION {}",
+                        quote_ident(&spec.name),
+                        quote_ident(&self.database),
+                        keep.influxql(),
+                        keep.shard_duration()
+                    );
+                    if let Err(e) = self.query_json(&q).await {
+                        return Err(InfluxError::Retention(format!(
+                            "retention policy {:?} (retention.{measurement}) does not exist in database {:?} and creating it failed: {e}; create it as an admin: {q}",
+                            spec.name, self.database
+                        )));
+                    }
+                    tracing::info!(policy = %spec.name, keep = %keep, database = %self.database, "created retention policy");
+                    policies.insert(
+                        spec.name.clone(),
+                        ServerPolicy {
+                            keep: Some(keep),
+                            default: false,
+                        },
+                    );
+                }
+                (Some(have), Some(keep)) if have != Some(keep) && manage => {
+                    let q = format!(
+                        "ALTER RETENTION POLICY {} ON {} DURATION {} SHARD DURATION {}",
+                        quote_ident(&spec.name),
+                        quote_ident(&self.database),
+                        keep.influxql(),
+                        keep.shard_duration()
+                    );
+                    let have_text = have.map_or("unknown".into(), |k| k.to_string());
+                    match self.query_json(&q).await {
+                        Ok(_) => {
+                            tracing::info!(policy = %spec.name, from = %have_text, to = %keep, "changed retention policy duration");
+                            if let Some(p) = policies.get_mut(&spec.name) {
+                                p.keep = Some(keep);
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            policy = %spec.name, configured = %keep, kept = %have_text, error = %e,
+                            "cannot change the retention policy's duration; going on with the duration it has"
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let default = policies
+            .iter()
+            .find(|(_, p)| p.default)
+            .map(|(n, _)| n.clone());
+        for s in Stored::all() {
+            let name = self
+                .placement
+                .spec(s)
+                .map(|p| p.name.clone())
+                .or(self.retention_policy.clone())
+                .or(default.clone());
+            let keep = name.and_then(|n| policies.get(&n)).and_then(|p| p.keep);
+            self.placement_mut().keeps[s.index()] = keep;
+        }
+        // A late trade is repaired from the stored 1m candles of its day: they
+        // must outlive the raw trades, or coarser candles would be recomputed
+        // from what is left of them.
+        let raw = self.keep(Stored::Trades);
+        let m1 = self.keep(Stored::Candles(Resolution::M1));
+        if shorter(m1, raw) {
+            tracing::warn!(
+                ohlc_1m = %m1, trades = %raw,
+                "1m candles are kept for less time than raw trades: keep them at least as long, or a late trade older than the 1m candles would have its coarser windows recomputed from missing 1m candles"
+            );
+        }
+        Ok(())
+    }
+
+    /// `SHOW RETENTION POLICIES`: name → duration and whether it is the default.
+    async fn server_policies(&self) -> Result<HashMap<String, ServerPolicy>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SHOW RETENTION POLICIES ON {}",
+                quote_ident(&self.database)
+            ))
+            .await?;
+        let mut out = HashMap::new();
+        for series in v
+            .get("series")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let columns: Vec<&str> = series
+                .get("columns")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let col = |name: &str| columns.iter().position(|c| *c == name);
+            let (Some(n), Some(d)) = (col("name"), col("duration")) else {
+                continue;
+            };
+            let def = col("default");
+            for row in series
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_array)
+            {
+                let Some(name) = row.get(n).and_then(Value::as_str) else {
+                    continue;
+                };
+                out.insert(
+                    name.to_string(),
+                    ServerPolicy {
+                        keep: row.get(d).and_then(Value::as_str).and_then(Keep::from_go),
+                        default: def
+                            .and_then(|i| row.get(i))
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Symbols with raw trades or 1d candles, sorted: once raw trades expired,
+    /// a symbol still has its candles to chart.
+    pub async fn symbols_with_candles(&self) -> Result<Vec<String>, InfluxError> {
+        let mut out = self.symbols().await?;
+        let v = self
+            .query_json(&format!(
+                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"",
+                self.source(Stored::Candles(Resolution::D1))
+            ))
+            .await?;
+        out.extend(
+            v.get("series")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.get("values").and_then(Value::as_array))
+                .flatten()
+                .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string)),
+        );
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Time of the latest stored candle of `res` for `symbol` starting before
+    /// `before`, if any.
+    pub async fn last_candle_time_before(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<i64>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SELECT close FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
+                self.source(Stored::Candles(res)),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(v.pointer("/series/0/values/0/0").and_then(Value::as_i64))
+    }
+
+    /// Time of the earliest stored candle of `res` for `symbol`, if any.
+    pub async fn first_candle_time(
+        &self,
+        res: Resolution,
+        symbol: &str,
+    ) -> Result<Option<i64>, InfluxError> {
+        let v = self
+            .query_json(&format!(
+                "SELECT close FROM {} WHERE symbol = {} ORDER BY time ASC LIMIT 1",
+                self.source(Stored::Candles(res)),
+                quote_literal(symbol)
+            ))
+            .await?;
+        Ok(v.pointer("/series/0/values/0/0").and_then(Value::as_i64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3600 * NANOS_PER_SEC;
+
+    #[test]
+    fn configured_durations_parse_to_hours_days_weeks_or_forever() {
+        assert_eq!(Keep::parse("INF"), Ok(Keep::Forever));
+        assert_eq!(Keep::parse("inf"), Ok(Keep::Forever));
+        assert_eq!(Keep::parse("12h"), Ok(Keep::For(12 * HOUR)));
+        assert_eq!(Keep::parse("30d"), Ok(Keep::For(720 * HOUR)));
+        assert_eq!(Keep::parse("52w"), Ok(Keep::For(52 * 168 * HOUR)));
+        for bad in ["", "30", "0d", "-1d", "30m", "1.5d", "d", "30 days"] {
+            assert!(Keep::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Keep::For(720 * HOUR).influxql(), "720h");
+        assert_eq!(Keep::For(720 * HOUR).to_string(), "30d");
+    }
+
+    #[test]
+    fn server_durations_are_go_durations_and_zero_is_forever() {
+        assert_eq!(Keep::from_go("0s"), Some(Keep::Forever));
+        assert_eq!(Keep::from_go("1h0m0s"), Some(Keep::For(HOUR)));
+        assert_eq!(Keep::from_go("720h0m0s"), Some(Keep::For(720 * HOUR)));
+        assert_eq!(Keep::from_go("1h30m0s"), Some(Keep::For(HOUR * 3 / 2)));
+        assert_eq!(Keep::from_go("soon"), None);
+    }
+
+    #[test]
+    fn shard_groups_are_never_longer_than_their_policy() {
+        assert_eq!(Keep::For(HOUR).shard_duration(), "1h");
+        assert_eq!(Keep::For(24 * HOUR).shard_duration(), "1h");
+        assert_eq!(Keep::For(30 * 24 * HOUR).shard_duration(), "1d");
+        assert_eq!(Keep::For(365 * 24 * HOUR).shard_duration(), "7d");
+        assert_eq!(Keep::Forever.shard_duration(), "7d");
+    }
+
+    #[test]
+    fn a_policy_is_a_name_with_an_optional_duration() {
+        assert_eq!(PolicySpec::parse(" "), Ok(None));
+        assert_eq!(
+            PolicySpec::parse("raw_30d:30d"),
+            Ok(Some(PolicySpec {
+                name: "raw_30d".into(),
+                keep: Some(Keep::For(720 * HOUR))
+            }))
+        );
+        assert_eq!(
+            PolicySpec::parse("autogen"),
+            Ok(Some(PolicySpec {
+                name: "autogen".into(),
+                keep: None
+            }))
+        );
+        assert!(PolicySpec::parse(":30d").is_err());
+        assert!(PolicySpec::parse("raw:30x").is_err());
+        assert!(PolicySpec::parse("a:b:30d").is_err());
+    }
+
+    #[test]
+    fn forever_is_longer_than_any_duration() {
+        assert!(shorter(Keep::For(HOUR), Keep::For(2 * HOUR)));
+        assert!(shorter(Keep::For(HOUR), Keep::Forever));
+        assert!(!shorter(Keep::Forever, Keep::For(HOUR)));
+        assert!(!shorter(Keep::For(HOUR), Keep::For(HOUR)));
+    }
+
+    #[test]
+    fn what_a_policy_keeps_starts_its_duration_before_now() {
+        assert_eq!(Keep::Forever.kept_since(10 * HOUR), None);
+        assert_eq!(Keep::For(HOUR).kept_since(10 * HOUR), Some(9 * HOUR));
+    }
+}
