@@ -51,6 +51,10 @@ pub struct InfluxSettings {
     pub write_batch: usize,
     /// `auto`, `msgpack` or `csv`.
     pub read_format: String,
+    /// InfluxDB 3 only: candle writes go to `/api/v3/write_lp` with
+    /// `no_sync=true`, acknowledged before the server's WAL flush (see
+    /// default.toml for what that gives up).
+    pub no_sync: bool,
 }
 
 impl InfluxSettings {

@@ -59,6 +59,16 @@ pub trait Warehouse: Send + Sync + 'static {
         sets: &[CandleSet<'_>],
     ) -> impl Future<Output = Result<(), InfluxError>> + Send;
 
+    /// Writes candles that may replace stored ones (repairs); returns once all
+    /// are acknowledged and, where the server does not promise that the last
+    /// write wins (InfluxDB 3), read back as written.
+    fn overwrite_candles(
+        &self,
+        sets: &[CandleSet<'_>],
+    ) -> impl Future<Output = Result<(), InfluxError>> + Send {
+        self.write_candles(sets)
+    }
+
     /// Deletes the candles of `res` of `symbol` in `range`.
     fn delete_candles(
         &self,
@@ -114,6 +124,10 @@ impl Warehouse for InfluxClient {
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
         self.write_candle_sets(sets).await
+    }
+
+    async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        self.overwrite_candle_sets(sets).await
     }
 
     async fn delete_candles(
