@@ -55,6 +55,10 @@ pub struct InfluxSettings {
     pub write_batch: usize,
     /// `auto`, `msgpack` or `csv`.
     pub read_format: String,
+    /// InfluxDB 3 only: candle writes go to `/api/v3/write_lp` with
+    /// `no_sync=true`, acknowledged before the server's WAL flush (see
+    /// default.toml for what that gives up).
+    pub no_sync: bool,
     /// Copied from the `[retention]` section at load, so every client built
     /// from these settings reads and writes each measurement in its place.
     #[serde(skip)]

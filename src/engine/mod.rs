@@ -976,7 +976,10 @@ impl<W: Warehouse> Engine<W> {
                 self.delete_stale(symbol, &rep.day, &empty).await?;
             }
             let sets: Vec<CandleSet<'_>> = candle_sets(symbol, &write).collect();
-            self.write(&sets).await?;
+            // Repairs replace stored candles: checked where overwrites may lose.
+            if !sets.is_empty() {
+                self.warehouse.overwrite_candles(&sets).await?;
+            }
             let candles: [u64; 6] = std::array::from_fn(|i| write[i].len() as u64);
             let span = rep.ranges.first().map_or(rep.day.start, |r| r.start)
                 ..rep.ranges.last().map_or(rep.day.end, |r| r.end);

@@ -64,6 +64,16 @@ pub trait Warehouse: Send + Sync + 'static {
         None
     }
 
+    /// Writes candles that may replace stored ones (repairs); returns once all
+    /// are acknowledged and, where the server does not promise that the last
+    /// write wins (InfluxDB 3), read back as written.
+    fn overwrite_candles(
+        &self,
+        sets: &[CandleSet<'_>],
+    ) -> impl Future<Output = Result<(), InfluxError>> + Send {
+        self.write_candles(sets)
+    }
+
     /// Deletes the candles of `res` of `symbol` in `range`.
     fn delete_candles(
         &self,
@@ -119,6 +129,10 @@ impl Warehouse for InfluxClient {
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
         self.write_candles_placed(sets).await
+    }
+
+    async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        self.overwrite_candle_sets(sets).await
     }
 
     async fn delete_candles(

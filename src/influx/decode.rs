@@ -184,10 +184,7 @@ impl InfluxClient {
                     }
                     Err(DecodeError::Server(message)) => {
                         return Err(if message.contains("database not found") {
-                            InfluxError::DatabaseNotFound {
-                                url: self.url.clone(),
-                                database: self.database.clone(),
-                            }
+                            self.database_not_found()
                         } else {
                             InfluxError::Query {
                                 message,

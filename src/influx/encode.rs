@@ -112,7 +112,7 @@ impl InfluxClient {
         // Bodies are encoded as the requests go out: at most a few requests'
         // worth of line protocol exists at once, however many candles.
         futures_util::stream::iter(Bodies::new(sets, self.write_batch))
-            .map(|b| self.write_lines(b))
+            .map(|b| self.write_candle_lines(b))
             .buffer_unordered(WRITES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await

@@ -10,7 +10,8 @@
 //! Modules: this one is the transport (requests, auth, retries, errors);
 //! [`query`] the InfluxQL sent, [`decode`] and [`msgpack`] the streaming
 //! result decoders, [`encode`] candle writes, [`retention`] where each
-//! measurement lives and how long it is kept.
+//! measurement lives and how long it is kept, [`overwrite`] checked
+//! overwrites on InfluxDB 3.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::config::InfluxSettings;
 pub mod decode;
 pub mod encode;
 pub mod msgpack;
+pub mod overwrite;
 pub mod query;
 pub mod retention;
 
@@ -55,13 +57,15 @@ pub enum InfluxError {
     },
     /// The database does not exist.
     #[error(
-        "InfluxDB database {database:?} does not exist at {url}; create it (influx -execute 'CREATE DATABASE {database}') or set influx.database"
+        "InfluxDB database {database:?} does not exist at {url}; create it ({create}) or set influx.database"
     )]
     DatabaseNotFound {
         /// Base URL.
         url: String,
         /// Database name.
         database: String,
+        /// How to create it on this server's generation.
+        create: String,
     },
     /// Credentials missing or wrong.
     #[error(
@@ -122,6 +126,23 @@ pub enum InfluxError {
     /// The configured retention policies cannot be used as configured.
     #[error("{0}")]
     Retention(String),
+    /// Overwritten candles still read an older version after every rewrite
+    /// (InfluxDB 3 does not promise that the last write of a point wins).
+    #[error(
+        "InfluxDB 3 kept an older version of {count} overwritten candle(s) (first: {symbol} in {measurement} at {at}) after {rewrites} rewrites; the repair runs again on the next tick (see README, InfluxDB 3: overwrites)"
+    )]
+    OverwriteLost {
+        /// How many candles.
+        count: usize,
+        /// Candle measurement of the first.
+        measurement: String,
+        /// Symbol of the first.
+        symbol: String,
+        /// Window start of the first, RFC 3339.
+        at: String,
+        /// Rewrites tried.
+        rewrites: usize,
+    },
     /// The response could not be understood.
     #[error("unexpected InfluxDB response: {0}")]
     Protocol(String),
@@ -171,13 +192,12 @@ impl Generation {
     /// Unknown versions count as 1.x, the API every generation speaks.
     pub fn from_ping(version: &str, build: &str) -> Generation {
         let v = version.trim_start_matches(['v', 'V']);
+        // The major version: "2", "2.0" and "2.7.1" are all 2.
+        let major = v.split(['.', '-', '~', '+']).next().unwrap_or("");
         let build = build.to_ascii_lowercase();
-        if v.starts_with("3.")
-            || build == "core"
-            || build.starts_with("enterprise") && !v.starts_with("1.")
-        {
+        if major == "3" || build == "core" || build.starts_with("enterprise") && major != "1" {
             Generation::V3
-        } else if v.starts_with("2.") || build == "cloud2" {
+        } else if major == "2" || build == "cloud2" {
             Generation::V2
         } else {
             Generation::V1
@@ -210,6 +230,7 @@ pub struct InfluxClient {
     read_format: ReadFormat,
     read_format_auto: bool,
     generation: Generation,
+    no_sync: bool,
 }
 
 /// How query results are read from InfluxDB.
@@ -262,6 +283,7 @@ impl InfluxClient {
             read_format_auto: s.read_format == "auto",
             // Until `detect`: the v1 API as 1.x serves it.
             generation: Generation::V1,
+            no_sync: s.no_sync,
         })
     }
 
@@ -346,10 +368,7 @@ impl InfluxClient {
                 .unwrap_or(body)
         });
         if message.contains("database not found") {
-            return InfluxError::DatabaseNotFound {
-                url: self.url.clone(),
-                database: self.database.clone(),
-            };
+            return self.database_not_found();
         }
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => InfluxError::Unauthorized {
@@ -427,6 +446,16 @@ impl InfluxClient {
         self.generation
     }
 
+    /// [`InfluxError::DatabaseNotFound`] for this database, saying how this
+    /// server's generation creates one (3.x has no `CREATE DATABASE`).
+    pub fn database_not_found(&self) -> InfluxError {
+        InfluxError::DatabaseNotFound {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            create: create_hint(self.generation, &self.url, &self.database),
+        }
+    }
+
     /// The format query results are read in.
     pub fn read_format(&self) -> ReadFormat {
         self.read_format
@@ -491,10 +520,7 @@ impl InfluxClient {
             .ok_or_else(|| InfluxError::Protocol(format!("no results in {body}")))?;
         if let Some(message) = first.get("error").and_then(Value::as_str) {
             if message.contains("database not found") {
-                return Err(InfluxError::DatabaseNotFound {
-                    url: self.url.clone(),
-                    database: self.database.clone(),
-                });
+                return Err(self.database_not_found());
             }
             return Err(InfluxError::Query {
                 message: message.to_string(),
@@ -514,6 +540,54 @@ impl InfluxClient {
         })
         .await
         .map(|_| ())
+    }
+
+    /// True if candle writes are acknowledged before the server's WAL flush
+    /// (`influx.no_sync` on InfluxDB 3; other generations have no such option).
+    pub fn no_sync(&self) -> bool {
+        self.no_sync && self.generation == Generation::V3
+    }
+
+    /// A candle write: `/write`, or on InfluxDB 3 with `influx.no_sync`
+    /// `POST /api/v3/write_lp?no_sync=true`, acknowledged before the WAL
+    /// flush (durability and read-your-write traded for latency: default.toml).
+    pub(super) async fn write_candle_lines(&self, body: Bytes) -> Result<(), InfluxError> {
+        if !self.no_sync() {
+            return self.write_lines(body).await;
+        }
+        let params = [
+            ("db", self.database.as_str()),
+            ("precision", "nanosecond"),
+            ("no_sync", "true"),
+        ];
+        self.send("write", || {
+            self.request(reqwest::Method::POST, "/api/v3/write_lp")
+                .query(&params)
+                .body(body.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// This client with synced writes: for writes that are read back at once.
+    pub fn synced(&self) -> InfluxClient {
+        InfluxClient {
+            no_sync: false,
+            ..self.clone()
+        }
+    }
+}
+
+/// How a database is created on a server of `generation`, for error messages.
+fn create_hint(generation: Generation, url: &str, database: &str) -> String {
+    match generation {
+        Generation::V1 => format!("influx -execute 'CREATE DATABASE {database}'"),
+        Generation::V2 => format!(
+            "create a bucket and map it: influx v1 dbrp create --db {database} --rp autogen --bucket-id <id> --default"
+        ),
+        Generation::V3 => format!(
+            "influxdb3 create database {database}, or curl -XPOST {url}/api/v3/configure/database -d '{{\"db\":\"{database}\"}}'"
+        ),
     }
 }
 
@@ -603,6 +677,48 @@ mod tests {
             Generation::V3
         );
         assert_eq!(Generation::from_ping("unknown", ""), Generation::V1);
+    }
+
+    #[test]
+    fn a_2x_version_header_is_2x_however_many_parts_it_has() {
+        for version in ["2", "2.0", "2.7.1", "v2", "v2.0.9"] {
+            assert_eq!(
+                Generation::from_ping(version, "OSS"),
+                Generation::V2,
+                "{version}"
+            );
+            assert_eq!(
+                Generation::from_ping(version, ""),
+                Generation::V2,
+                "{version}"
+            );
+        }
+        // Not 2.x: versions that merely start with the digit 2.
+        assert_eq!(Generation::from_ping("20.1", ""), Generation::V1);
+        assert_eq!(Generation::from_ping("3", ""), Generation::V3);
+    }
+
+    #[test]
+    fn only_1x_is_told_to_create_the_database_with_create_database() {
+        let mut s = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
+        s.influx.database = "candles".into();
+        let mut client = InfluxClient::new(&s.influx).unwrap();
+        let said = |c: &InfluxClient| c.database_not_found().to_string();
+        assert!(
+            said(&client).contains("CREATE DATABASE candles"),
+            "{}",
+            said(&client)
+        );
+        client.set_generation(Generation::V3);
+        let v3 = said(&client);
+        assert!(!v3.contains("CREATE DATABASE"), "{v3}");
+        assert!(v3.contains("/api/v3/configure/database"), "{v3}");
+        client.set_generation(Generation::V2);
+        let v2 = said(&client);
+        assert!(
+            !v2.contains("CREATE DATABASE") && v2.contains("dbrp"),
+            "{v2}"
+        );
     }
 
     #[test]

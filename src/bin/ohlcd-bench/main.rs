@@ -23,6 +23,12 @@
 //!   against `ohlcd run`, side by side with InfluxDB aggregating the same bars
 //!   on the fly.
 //!
+//! With `--server 3` the throwaway server is InfluxDB 3 Core (from
+//! `../shared/influxdb3`, or `OHLCD_INFLUXDB3`) and the raw pull is taken
+//! over every read that server offers (v1 `/query` CSV, `/api/v3/query_sql`
+//! CSV/JSONL/Parquet, `/api/v3/query_influxql` CSV); the backfill goal is then
+//! 2× the fastest of them.
+//!
 //! Along the way it checks ohlcd's answers against InfluxDB's (candles, bars,
 //! trade counts) and reports any difference. Progress goes to stderr, one
 //! table of results to stdout, and the same table as Markdown (with a header
@@ -36,7 +42,8 @@
 //! reference); [`bench`] the shared context and the `ohlcd` command phases;
 //! [`reference`] InfluxDB's own answers and the candle check; [`daemon`]
 //! chart latency and ingest of `ohlcd run`; [`live`] the live shape;
-//! [`serve`] the serving shape; [`report`] the table.
+//! [`serve`] the serving shape; [`report`] the table; [`v3`] what `--server 3`
+//! (InfluxDB 3 Core) adds.
 
 mod bench;
 mod daemon;
@@ -46,6 +53,7 @@ mod raw;
 mod reference;
 mod report;
 mod serve;
+mod v3;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -54,8 +62,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
+use ohlcd::influx::Generation;
 use ohlcd::ingest::{INGEST_BATCH, validate_symbol};
-use ohlcd::testkit::{Influxd, InfluxdOptions, ScratchDir};
+use ohlcd::testkit::{Influxd, InfluxdOptions, ScratchDir, Server};
 
 use bench::{Bench, Shape};
 use report::Results;
@@ -110,6 +119,10 @@ pub struct Args {
     /// Hours of data instead of --days, ending at the same midnight.
     #[arg(long)]
     hours: Option<u32>,
+    /// Generation of the throwaway server: 1 (Debian's influxd 1.x) or 3
+    /// (InfluxDB 3 Core from ../shared/influxdb3 or $OHLCD_INFLUXDB3).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    server: u8,
     /// Use this InfluxDB instead of starting a throwaway influxd.
     #[arg(long, value_name = "URL")]
     influx_url: Option<String>,
@@ -278,6 +291,10 @@ fn preflight(args: &mut Args) -> Result<Shape> {
             "--symbols: {s} is reserved for the ingest comparison"
         );
     }
+    ensure!(
+        args.server != 2,
+        "--server: no InfluxDB 2.x server can be started here; give 1 or 3, or --influx-url"
+    );
     ensure!(args.trades > 0, "--trades must be at least 1");
     ensure!(args.days > 0, "--days must be at least 1");
     ensure!(args.hours != Some(0), "--hours must be at least 1");
@@ -344,6 +361,11 @@ async fn run(mut args: Args) -> Result<bool> {
         None => {
             say!("starting influxd ...");
             let options = InfluxdOptions {
+                server: if args.server == 3 {
+                    Server::V3
+                } else {
+                    Server::V1
+                },
                 configure: Some(procs::die_with_parent),
                 ..InfluxdOptions::default()
             };
@@ -388,7 +410,7 @@ async fn run(mut args: Args) -> Result<bool> {
     )?;
     let influx_version = b
         .influx
-        .ping()
+        .detect()
         .await
         .with_context(|| format!("InfluxDB at {url}"))?;
     say!("InfluxDB {influx_version} at {url}");
@@ -471,7 +493,12 @@ async fn backfill_shape(b: &mut Bench, r: &mut Results) {
         // runs first pays for that. Best of two for both sides.
         let mut backfills = Vec::new();
         for round in 1..=2 {
-            if let Err(e) = reference::raw_pull(b, r).await {
+            let pulled = if b.influx.generation() == Generation::V3 {
+                v3::raw_pull(b, r).await
+            } else {
+                reference::raw_pull(b, r).await
+            };
+            if let Err(e) = pulled {
                 b.fail("raw pull reference", e);
             }
             b.settle().await;
@@ -480,7 +507,7 @@ async fn backfill_shape(b: &mut Bench, r: &mut Results) {
                 Err(e) => b.fail("backfill", e),
             }
             b.settle().await;
-            if round == 1 && b.args.runs("group-by") {
+            if round == 1 && b.args.runs("group-by") && b.influx.generation() != Generation::V3 {
                 if let Err(e) = reference::group_by(b, r).await {
                     b.fail("InfluxQL GROUP BY reference", e);
                 }

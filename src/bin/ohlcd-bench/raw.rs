@@ -18,8 +18,8 @@ const CHUNK_SIZE: &str = "10000";
 /// Reads query answers as bytes.
 #[derive(Clone)]
 pub struct RawReader {
-    http: reqwest::Client,
-    url: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: String,
 }
 
 /// A query answer read to the end.

@@ -15,7 +15,7 @@ use crate::{RESOLUTIONS, say};
 pub const GROUPED: &str = "one query, GROUP BY symbol";
 
 /// Up to this many symbols the raw pull is also timed per symbol (summed).
-const PER_SYMBOL_PULL_MAX: usize = 16;
+pub const PER_SYMBOL_PULL_MAX: usize = 16;
 
 /// A bare raw pull of the trades, CSV and msgpack: one query over all of them,
 /// and (few symbols) one query per symbol, summed.

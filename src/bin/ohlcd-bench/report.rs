@@ -258,6 +258,9 @@ fn ratio_goal(b: &Bench) -> (f64, &'static str) {
     }
     let days = (b.to - b.from) as f64 / 8.64e13;
     let per_symbol_day = b.args.trades as f64 / b.symbols().len() as f64 / days;
+    if b.influx.generation() == ohlcd::influx::Generation::V3 {
+        return (2.0, "InfluxDB 3");
+    }
     match b.shape {
         Shape::ManySymbols => (2.0, "many symbols"),
         _ if per_symbol_day >= DENSE_PER_SYMBOL_DAY => (0.75, "dense"),
