@@ -361,7 +361,8 @@ async fn ingest(
 }
 
 /// Events of a live stream: `bar` (id: the newest bar start sent, Unix
-/// seconds), `reset` and `error`.
+/// seconds), `reset` and `failure` (not `error`, which an `EventSource`
+/// reports for its own connection errors).
 fn live_event(update: super::push::Update) -> warp::sse::Event {
     use super::push::Update;
     let event = warp::sse::Event::default();
@@ -378,7 +379,7 @@ fn live_event(update: super::push::Update) -> warp::sse::Event {
         }
         Update::Reset => event.event("reset").data("{}"),
         Update::Error(message) => event
-            .event("error")
+            .event("failure")
             .data(json!({ "error": message }).to_string()),
     }
 }
