@@ -265,10 +265,16 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         )))
     };
     let mut server_stop = stop_rx.clone();
+    let push = state.push.clone();
     let server = tokio::spawn(crate::server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
-    let mut scheduler = crate::scheduler::start(engine.clone(), &settings.engine.cron).await?;
+    // Each tick also refreshes the live bars: trades written straight into
+    // InfluxDB reach the chart's stream within one tick.
+    let mut scheduler = crate::scheduler::start(engine.clone(), &settings.engine.cron, move || {
+        push.refresh_all()
+    })
+    .await?;
     tracing::info!(owner = engine.owner(), cron = %settings.engine.cron, "scheduler started");
     println!("ohlcd listening on http://{addr}");
     // Catch up right away instead of waiting for the first cron tick.

@@ -200,6 +200,8 @@ pub struct ServerSettings {
     pub heavy_query_bars: u64,
     /// Seconds a query waits for its turn before it is answered 503.
     pub queue_timeout_secs: u64,
+    /// Most live-bar streams (`GET /api/live`) open at once.
+    pub max_streams: usize,
 }
 
 /// A credential: compared, never printed. `Debug` says only whether it is set.
@@ -268,6 +270,13 @@ impl ServerSettings {
                 "server.max_connections, server.max_queries and server.queue_timeout_secs must be > 0"
                     .into(),
             );
+        }
+        if self.max_streams == 0 || self.max_streams >= self.max_connections {
+            return bad(format!(
+                "server.max_streams must be from 1 to server.max_connections - 1 ({}), so requests always find a connection; got {}",
+                self.max_connections.saturating_sub(1),
+                self.max_streams
+            ));
         }
         if self.max_heavy_queries == 0 || self.max_heavy_queries >= self.max_queries {
             return bad(format!(

@@ -20,11 +20,18 @@ pub fn log_tick(result: &Result<TickReport, crate::engine::EngineError>) {
     }
 }
 
-/// Starts a scheduler that ticks `engine` on `cron` (6 fields, seconds first).
-pub async fn start(engine: Arc<Engine>, cron: &str) -> Result<JobScheduler, JobSchedulerError> {
+/// Starts a scheduler that ticks `engine` on `cron` (6 fields, seconds first),
+/// calling `on_tick` as each tick begins (even one skipped because the previous
+/// is still running: it must not wait for a long backfill).
+pub async fn start(
+    engine: Arc<Engine>,
+    cron: &str,
+    on_tick: impl Fn() + Send + Sync + 'static,
+) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     let job = Job::new_async(cron, move |_id, _lock| {
         let engine = engine.clone();
+        on_tick();
         Box::pin(async move {
             let result = engine.tick(&TaskFilter::default()).await;
             log_tick(&result);

@@ -19,7 +19,10 @@ const ohlcd = {
   to: null,              // unix seconds (exclusive) of the last full request
   lastRequest: null,     // URL (path + query) of the last full /api/ohlc request
   live: false,           // live updates active (range ends today)
-  liveUpdates: 0,        // number of applied live refreshes
+  liveUpdates: 0,        // number of applied live refreshes (stream or polling)
+  stream: 'off',         // live stream: 'off' | 'connecting' | 'open' | 'polling' (down: polling instead)
+  streamOpens: 0,        // times the stream (re)connected
+  streamUpdates: 0,      // bars applied from the stream
   error: null,           // last error message (null when the last action succeeded)
   progressRows: 0,
 };
@@ -430,7 +433,12 @@ function updateLiveIndicator() {
   const live = isLiveRange() && ohlcd.bars > 0 && !ohlcd.error;
   ohlcd.live = isLiveRange();
   els.live.dataset.live = String(live);
-  els.liveText.textContent = isLiveRange() ? (live ? 'live' : 'live (waiting)') : 'historical';
+  // Streaming, or polling every 5 s while the stream is down.
+  const mode = ohlcd.stream === 'open' ? 'stream' : 'polling';
+  els.live.dataset.mode = mode;
+  els.liveText.textContent = isLiveRange()
+    ? (live ? (mode === 'stream' ? 'live' : 'live · polling') : 'live (waiting)')
+    : 'historical';
 }
 
 function renderResolutionLabel() {
@@ -472,6 +480,7 @@ async function load({ fit = true } = {}) {
   const to = dateToUnix(state.toDate) + DAY; // to-date inclusive → exclusive end
   const url = ohlcUrl(state.symbol, state.resolution, from, to);
 
+  closeStream(); // the next one follows what this load shows
   ohlcd.loading = true;
   document.body.dataset.state = 'loading';
   setStatus(`loading ${state.symbol} ${resolutionLabel(state.resolution)} ${state.fromDate} → ${state.toDate}…`, 'info');
@@ -537,11 +546,116 @@ function finishLoad(seq) {
   ohlcd.loads += 1;
   ohlcd.ready = true;
   document.body.dataset.state = ohlcd.error ? 'error' : 'ready';
+  syncStream();
   updateLiveIndicator();
 }
 
+/** Puts one newer (or the newest, changed) bar on the chart; older ones are
+ *  history a live update never rewrites. True when drawn. */
+function applyLiveBar(c) {
+  const cur = candleSeries.data();
+  const curLast = cur.length ? Number(cur[cur.length - 1].time) : -Infinity;
+  if (c.time < curLast) return false;
+  if (c.time >= ohlcd.to) return false; // outside the displayed range
+  candleSeries.update(toCandle(c));
+  volumeSeries.update(toVolume(c));
+  rawByTime.set(c.time, c);
+  return true;
+}
+
+function liveStatus(how) {
+  const last = candleSeries.data();
+  if (last.length) {
+    setStatus(`live (${how}) · ${ohlcd.symbol} · last bar ${formatTime(Number(last[last.length - 1].time), ohlcd.resolution)} UTC · updated ${new Date().toISOString().slice(11, 19)}Z`, 'ok');
+  }
+}
+
 // ---------------------------------------------------------------------------
-// Live updates: refetch the newest bars every 5 s while the range ends today.
+// Live stream: GET /api/live (Server-Sent Events) pushes the newest bar each
+// time it changes. While it is down the page polls (liveTick); the browser
+// reconnects on its own and resumes from the last bar it received
+// (Last-Event-ID). A refused stream (a 4xx/5xx answer) is retried every 30 s.
+// ---------------------------------------------------------------------------
+const STREAM_RETRY_MS = 30000;
+let source = null;
+let streamKey = null;
+let streamRetry = null;
+
+function closeStream() {
+  if (source) source.close();
+  source = null;
+  streamKey = null;
+  if (streamRetry) clearTimeout(streamRetry);
+  streamRetry = null;
+  ohlcd.stream = 'off';
+}
+
+/** Opens, keeps or closes the stream to follow what the chart shows. */
+function syncStream() {
+  const wanted = typeof EventSource === 'function' && isLiveRange() && !ohlcd.loading
+    && ohlcd.resolution && state.symbol && !ohlcd.error;
+  const key = wanted ? `${state.symbol}|${ohlcd.resolution}` : null;
+  if (key === streamKey && (source || streamRetry)) return;
+  closeStream();
+  if (!key) return;
+  const q = new URLSearchParams({ symbol: state.symbol, resolution: ohlcd.resolution });
+  // Resume from the newest bar drawn: nothing between the load and the stream is lost.
+  const cur = candleSeries.data();
+  if (cur.length) q.set('since', String(cur[cur.length - 1].time));
+  const seq = loadSeq;
+  const es = new EventSource(`/api/live?${q}`);
+  source = es;
+  streamKey = key;
+  ohlcd.stream = 'connecting';
+  const current = () => source === es && seq === loadSeq;
+  es.addEventListener('open', () => {
+    if (!current()) return;
+    ohlcd.stream = 'open';
+    ohlcd.streamOpens += 1;
+    updateLiveIndicator();
+  });
+  es.addEventListener('bar', (ev) => {
+    if (!current() || ohlcd.loading) return;
+    let c;
+    try {
+      c = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    c.time = Number(c.time);
+    if (!applyLiveBar(c)) return;
+    ohlcd.bars = candleSeries.data().length;
+    ohlcd.liveUpdates += 1;
+    ohlcd.streamUpdates += 1;
+    ohlcd.error = null;
+    renderResolutionLabel();
+    renderLegend(null);
+    liveStatus('stream');
+    updateLiveIndicator();
+  });
+  // The resume point was too old for the server: reload the history.
+  es.addEventListener('reset', () => {
+    if (current()) load({ fit: false });
+  });
+  es.addEventListener('error', () => {
+    if (!current()) return;
+    // CONNECTING: dropped, the browser reconnects by itself; CLOSED: refused.
+    ohlcd.stream = 'polling';
+    if (es.readyState === EventSource.CLOSED) {
+      source = null;
+      streamRetry = setTimeout(() => {
+        streamRetry = null;
+        streamKey = null;
+        syncStream();
+      }, STREAM_RETRY_MS);
+    }
+    updateLiveIndicator();
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Live updates without the stream: refetch the newest bars every 5 s while the
+// range ends today and the stream is down.
 // ---------------------------------------------------------------------------
 let liveBusy = false;
 
@@ -568,6 +682,8 @@ async function liveTick() {
     updateLiveIndicator();
     return;
   }
+  syncStream();
+  if (ohlcd.stream === 'open') return; // the stream delivers; polling is the fallback
 
   const seq = loadSeq;
   const shown = ohlcd.resolution;
@@ -589,16 +705,9 @@ async function liveTick() {
       return;
     }
     const candles = normalizeCandles(data.candles);
-    const cur = candleSeries.data();
-    const curLast = cur.length ? Number(cur[cur.length - 1].time) : -Infinity;
     let applied = 0;
     for (const c of candles) {
-      if (c.time < curLast) continue; // never rewrite history from a live tick
-      if (c.time >= ohlcd.to) continue; // outside the displayed range
-      candleSeries.update(toCandle(c));
-      volumeSeries.update(toVolume(c));
-      rawByTime.set(c.time, c);
-      applied += 1;
+      if (applyLiveBar(c)) applied += 1;
     }
     if (applied) {
       ohlcd.bars = candleSeries.data().length;
@@ -607,10 +716,7 @@ async function liveTick() {
       renderLegend(null);
     }
     ohlcd.error = null;
-    const last = candleSeries.data();
-    if (last.length) {
-      setStatus(`live · ${ohlcd.symbol} · last bar ${formatTime(Number(last[last.length - 1].time), shown)} UTC · updated ${new Date().toISOString().slice(11, 19)}Z`, 'ok');
-    }
+    liveStatus('polling');
   } catch (e) {
     if (seq !== loadSeq) return;
     ohlcd.error = e.message;

@@ -306,6 +306,10 @@ async fn ingest(
     state: AppState,
 ) -> Result<Accepted, Rejection> {
     write_trades(&state.influx, &trades).await.map_err(reject)?;
+    // InfluxDB has them: live subscribers of these symbols see them now.
+    state
+        .push
+        .trades_written(trades.iter().map(|t| t.symbol.as_str()));
     // Only after InfluxDB acknowledged the write: a chunk that read the source
     // before this point has announced itself in `inflight_until`.
     let mut late: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
@@ -354,6 +358,119 @@ async fn ingest(
         accepted: trades.len(),
         late: late_count,
     })
+}
+
+/// Events of a live stream: `bar` (id: the newest bar start sent, Unix
+/// seconds), `reset` and `failure` (not `error`, which an `EventSource`
+/// reports for its own connection errors).
+fn live_event(update: super::push::Update) -> warp::sse::Event {
+    use super::push::Update;
+    let event = warp::sse::Event::default();
+    match update {
+        Update::Bar { bar, closed, id } => {
+            let body = LiveBar {
+                bar: CandleJson::from(&bar),
+                closed,
+            };
+            event
+                .id((id / NANOS_PER_SEC).to_string())
+                .event("bar")
+                .data(serde_json::to_string(&body).unwrap_or_default())
+        }
+        Update::Reset => event.event("reset").data("{}"),
+        Update::Error(message) => event
+            .event("failure")
+            .data(json!({ "error": message }).to_string()),
+    }
+}
+
+#[derive(Serialize)]
+struct LiveBar {
+    #[serde(flatten)]
+    bar: CandleJson,
+    closed: bool,
+}
+
+/// How often an idle stream sends a comment: keeps proxies from closing it and
+/// finds clients that are gone.
+const LIVE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `GET /api/live?symbol=&resolution=[&since=]`: Server-Sent Events with the
+/// newest bars of `symbol` at `resolution` each time they change. A reconnect
+/// (`Last-Event-ID`) or `since` (Unix seconds) first sends every bar from that
+/// one on.
+pub async fn api_live(
+    p: Params,
+    last_event_id: Option<String>,
+    state: AppState,
+) -> Result<impl Reply, Rejection> {
+    use futures_util::StreamExt;
+    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let res = resolution_param(&p, "resolution").map_err(bad)?;
+    let since = match last_event_id.filter(|v| !v.is_empty()) {
+        Some(id) => Some(
+            id.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "Last-Event-ID: {id:?} is not an event id of this stream (Unix seconds)"
+                    ))
+                })?,
+        ),
+        None => seconds_param(&p, "since").map_err(bad)?,
+    };
+    {
+        let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
+        state
+            .datafeed
+            .require_symbol(&symbol)
+            .await
+            .map_err(reject)?;
+    }
+    let slot = state.push.open_stream().map_err(warp::reject::custom)?;
+    let wait = std::time::Duration::from_secs(
+        state.settings.timeout_secs + state.server.queue_timeout_secs,
+    );
+    let (subscriber, first) = state
+        .push
+        .start(
+            &symbol,
+            res,
+            since.map(|s| s * NANOS_PER_SEC),
+            state.server.heavy_query_bars,
+            wait,
+            slot,
+        )
+        .await
+        .map_err(reject)?;
+    let later = futures_util::stream::unfold(Some(subscriber), |subscriber| async move {
+        let mut subscriber = subscriber?;
+        let updates = subscriber.next().await?;
+        // An error ends the stream; the client reconnects with Last-Event-ID.
+        let failed = updates
+            .iter()
+            .any(|u| matches!(u, super::push::Update::Error(_)));
+        Some((
+            futures_util::stream::iter(updates),
+            (!failed).then_some(subscriber),
+        ))
+    })
+    .flatten();
+    let events = futures_util::stream::iter(first)
+        .chain(later)
+        .map(|u| Ok::<_, std::convert::Infallible>(live_event(u)));
+    // warp wants a Sync body; the stream is only ever polled through `&mut`.
+    let stream = warp::sse::keep_alive()
+        .interval(LIVE_KEEP_ALIVE)
+        .stream(sync_wrapper::SyncStream::new(events));
+    // nginx buffers responses unless told not to.
+    Ok(warp::reply::with_header(
+        warp::sse::reply(stream),
+        "x-accel-buffering",
+        "no",
+    ))
 }
 
 /// `GET /api/progress`: the progress table, as `ohlcd progress --json`.

@@ -46,6 +46,7 @@ fn route_label(path: &str) -> &'static str {
         "/api/ohlc" => "/api/ohlc",
         "/api/trades" => "/api/trades",
         "/api/progress" => "/api/progress",
+        "/api/live" => "/api/live",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         p if p.starts_with("/static/") => "/static",

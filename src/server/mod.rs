@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod models;
+pub mod push;
 pub mod web;
 
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ use warp::http::{HeaderValue, StatusCode};
 use self::auth::{Access, Denied};
 use self::conn::{BodyTimeout, ConnectionLimits};
 use self::limits::{Busy, QueryLimits};
+use self::push::PushHub;
 
 use crate::clock::Clock;
 use crate::config::{DatafeedSettings, ServerSettings};
@@ -56,6 +58,8 @@ pub struct AppState {
     pub settings: DatafeedSettings,
     /// Query slots (bounded work per request).
     pub limits: QueryLimits,
+    /// Live bars for `GET /api/live`.
+    pub push: PushHub,
 }
 
 impl AppState {
@@ -74,14 +78,24 @@ impl AppState {
             settings.datafeed.max_bars,
             std::time::Duration::from_secs(settings.datafeed.symbols_cache_secs),
         );
+        let datafeed = Arc::new(datafeed);
+        let limits = QueryLimits::new(&settings.server);
+        let push = PushHub::new(
+            datafeed.clone(),
+            clock.clone(),
+            limits.clone(),
+            settings.engine.settle_secs,
+            settings.server.max_streams,
+        );
         AppState {
             influx,
             store,
-            datafeed: Arc::new(datafeed),
+            datafeed,
             clock,
             server: settings.server.clone(),
             settings: settings.datafeed.clone(),
-            limits: QueryLimits::new(&settings.server),
+            limits,
+            push,
         }
     }
 }
@@ -166,6 +180,24 @@ impl From<DatafeedError> for ApiError {
     }
 }
 
+impl From<push::StartError> for ApiError {
+    fn from(e: push::StartError) -> Self {
+        match e {
+            push::StartError::Datafeed(e) => e.into(),
+            push::StartError::Timeout(_) => ApiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: e.to_string(),
+                udf: false,
+            },
+            push::StartError::Closing => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                udf: false,
+            },
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -186,6 +218,9 @@ pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infa
         (e.status, e.message.clone(), false)
     } else if let Some(e) = err.find::<ApiError>() {
         (e.status, e.message.clone(), e.udf)
+    } else if let Some(e) = err.find::<push::TooManyStreams>() {
+        headers.push(("retry-after", HeaderValue::from_static("30")));
+        (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), false)
     } else if let Some(busy) = err.find::<Busy>() {
         headers.push(("retry-after", HeaderValue::from_static("1")));
         let what = if busy.heavy {
@@ -409,6 +444,13 @@ pub fn routes(
         .and(body(state.server.max_body_bytes))
         .and(with_state(state.clone()))
         .and_then(handlers::api_trades_post);
+    let api_live = warp::path!("api" / "live")
+        .and(warp::get())
+        .and(read.clone())
+        .and(params())
+        .and(warp::sse::last_event_id::<String>())
+        .and(with_state(state.clone()))
+        .and_then(handlers::api_live);
     let api_progress = warp::path!("api" / "progress")
         .and(warp::get())
         .and(read.clone())
@@ -452,6 +494,7 @@ pub fn routes(
         .or(api_ohlc)
         .or(api_trades_get)
         .or(api_trades_post)
+        .or(api_live)
         .or(api_progress);
     cross_origin_paths()
         .and(datafeed_and_api.with(cors(&state.server.cors_origins)))
@@ -486,6 +529,13 @@ pub async fn serve(
         tracing::info!(origins = ?state.server.cors_origins, "CORS allowed for /udf/* and /api/*");
     }
     let limits = ConnectionLimits::new(&state.server);
+    // Live streams never end on their own: close them when shutdown begins,
+    // so the graceful shutdown does not wait for them.
+    let push = state.push.clone();
+    let shutdown = async move {
+        shutdown.await;
+        push.close();
+    };
     conn::serve_filter(listener, routes(state, access), limits, shutdown).await;
 }
 

@@ -9,5 +9,6 @@ mod faults;
 mod helpers;
 mod http;
 mod ingest;
+mod push;
 mod retention;
 mod security;

@@ -147,6 +147,8 @@ async function main() {
     });
     page.on('requestfailed', (req) => {
       const f = req.failure();
+      // The page closes its live stream on purpose when the chart changes.
+      if (new URL(req.url()).pathname === '/api/live' && f && f.errorText === 'net::ERR_ABORTED') return;
       problems.push(`request failed: ${req.url()} ${f ? f.errorText : ''}`);
     });
     const checkProblems = () => assert(problems.length === 0, `browser reported problems:\n  ${problems.join('\n  ')}`);
@@ -209,7 +211,55 @@ async function main() {
     assert(sSym.symbol !== prevSymbol && sSym.symbol === other, `window.ohlcd.symbol is ${sSym.symbol}, expected ${other} (was ${prevSymbol})`);
     checkProblems();
 
-    // 5. progress table
+    // 5. a trade posted now moves the drawn bar through the live stream, without a reload
+    step = 'live stream';
+    if (lastDay) {
+      // A range in the past is not live: no stream, and the badge says so.
+      const s = await state(page);
+      const badge = await page.$eval('#live', (el) => ({ live: el.dataset.live, text: el.textContent.trim() }));
+      assert(!s.live && s.stream === 'off', `historical range, yet live=${s.live} stream=${s.stream}`);
+      assert(badge.live === 'false' && badge.text === 'historical', `LIVE badge ${JSON.stringify(badge)} on a historical range`);
+      log(`${step}: historical range: no stream, badge "${badge.text}"`);
+    } else {
+    await waitFor(page, 'the live stream to open', () => window.ohlcd && window.ohlcd.stream === 'open');
+    const before = await state(page);
+    const drawnBefore = await page.evaluate(() => window.ohlcdDrawn());
+    const lastBar = drawnBefore.candles[drawnBefore.candles.length - 1];
+    const lastVolume = Number(drawnBefore.volumes[drawnBefore.volumes.length - 1].value);
+    // A new high, stamped at the server's now: in its open bar, after anything
+    // already materialized.
+    const serverNow = Number(await (await fetch(`${base}/udf/time`)).text());
+    const barSecs = Number(before.resolution) * 60;
+    assert(barSecs > 0, `shown resolution ${before.resolution} is not in minutes`);
+    const barTime = Math.floor(serverNow / barSecs) * barSecs;
+    const price = Number((Number(lastBar.high) * 1.5).toFixed(2));
+    const amount = 1.25;
+    const expectedVolume = barTime === Number(lastBar.time) ? lastVolume + amount : amount;
+    const trade = { symbol: before.symbol, price, amount, side: 'buy', timestamp: serverNow * 1000 };
+    const posted = await fetch(`${base}/api/trades`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(trade),
+    });
+    assert(posted.ok, `POST /api/trades → HTTP ${posted.status}: ${await posted.text()}`);
+    await waitFor(page, `the newest bar to reach the posted high ${price}`, ([t, p]) => {
+      const d = window.ohlcdDrawn().candles;
+      const last = d[d.length - 1];
+      return Number(last.time) === t && Number(last.high) === p;
+    }, [barTime, price]);
+    const after = await state(page);
+    assert(after.loads === before.loads, `the page reloaded (${before.loads} → ${after.loads} loads); the stream should move the bar`);
+    assert(after.streamUpdates > before.streamUpdates, `no bar came from the stream (${JSON.stringify(after)})`);
+    const drawnAfter = await page.evaluate(() => window.ohlcdDrawn());
+    const volumeAfter = Number(drawnAfter.volumes[drawnAfter.volumes.length - 1].value);
+    assert(Math.abs(volumeAfter - expectedVolume) < 1e-6 * Math.max(1, volumeAfter),
+      `volume of the bar ${volumeAfter}, expected ${expectedVolume}`);
+    const badge = await page.$eval('#live', (el) => ({ live: el.dataset.live, mode: el.dataset.mode }));
+    assert(badge.live === 'true' && badge.mode === 'stream', `LIVE badge ${JSON.stringify(badge)}, expected live by stream`);
+    await assertBarsMatchApi(page, { resolution: target });
+    log(`${step}: the posted trade (high ${price}) moved bar ${barTime} without a reload`);
+    }
+    checkProblems();
+
+    // 6. progress table
     step = 'progress table';
     await waitFor(page, 'a row in #progress-table',
       () => document.querySelectorAll('#progress-table tbody tr[data-symbol]').length > 0);
@@ -217,7 +267,7 @@ async function main() {
     log(`${step}: ${rows} row(s)`);
     checkProblems();
 
-    // 6. screenshot
+    // 7. screenshot
     step = 'screenshot';
     fs.mkdirSync(path.dirname(screenshotPath), { recursive: true });
     await page.waitForTimeout(300); // let the canvas settle
@@ -225,7 +275,7 @@ async function main() {
     assert(fs.statSync(screenshotPath, { throwIfNoEntry: false })?.size > 0, `no screenshot at ${screenshotPath}`);
     log(`${step}: saved ${screenshotPath}`);
 
-    // 7. no page/console errors during the whole run
+    // 8. no page/console errors during the whole run
     step = 'errors';
     checkProblems();
     await context.close();

@@ -42,13 +42,15 @@
 //! reference); [`bench`] the shared context and the `ohlcd` command phases;
 //! [`reference`] InfluxDB's own answers and the candle check; [`daemon`]
 //! chart latency and ingest of `ohlcd run`; [`live`] the live shape;
-//! [`serve`] the serving shape; [`report`] the table; [`v3`] what `--server 3`
-//! (InfluxDB 3 Core) adds.
+//! [`serve`] the serving shape; [`push`] the push shape (`--push N`: N
+//! live-bar streams, memory and push latency); [`report`] the table; [`v3`]
+//! what `--server 3` (InfluxDB 3 Core) adds.
 
 mod bench;
 mod daemon;
 mod live;
 mod procs;
+mod push;
 mod raw;
 mod reference;
 mod report;
@@ -181,6 +183,16 @@ pub struct Args {
     /// Concurrency levels (workers) of the serving shape.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     serve_concurrency: Vec<usize>,
+    /// Push shape: `ohlcd run` holding N live-bar streams (GET /api/live) open
+    /// while trades flow; ohlcd's memory and the push latency.
+    #[arg(long, value_name = "N", conflicts_with_all = ["live", "serve"])]
+    push: Option<usize>,
+    /// Seconds of load in the push shape.
+    #[arg(long, default_value_t = 30)]
+    push_secs: u64,
+    /// Trades per second posted in the push shape.
+    #[arg(long, default_value_t = 500)]
+    push_rate: u64,
     /// Keep the benchmark databases on an external InfluxDB (--influx-url);
     /// by default they are dropped at the end.
     #[arg(long)]
@@ -325,6 +337,18 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         serve::MAX_CONCURRENCY
     );
     const PHASES: [&str; 5] = ["group-by", "caught-up", "rss", "daemon", "influx-load"];
+    if let Some(n) = args.push {
+        ensure!(
+            (21..=20_000).contains(&n),
+            "--push must be between 21 and 20,000 streams"
+        );
+        ensure!(
+            (5..=600).contains(&args.push_secs) && (1..=5_000).contains(&args.push_rate),
+            "--push-secs must be between 5 and 600, --push-rate between 1 and 5,000 trades/s"
+        );
+        args.symbols = push::symbols();
+        args.trades = push::SEED_TRADES;
+    }
     for s in &args.skip {
         ensure!(
             PHASES.contains(&s.as_str()),
@@ -416,11 +440,21 @@ async fn run(mut args: Args) -> Result<bool> {
     say!("InfluxDB {influx_version} at {url}");
 
     let mut r = Results::default();
-    match shape {
-        Shape::Live => live::run(&mut b, &mut r).await,
-        Shape::Serve => serve_shape(&mut b, &mut r).await,
-        Shape::FewSymbols | Shape::ManySymbols => backfill_shape(&mut b, &mut r).await,
-    }
+    let pushed = match (args.push, shape) {
+        (Some(n), _) => Some(push::run(&mut b, n).await),
+        (None, Shape::Live) => {
+            live::run(&mut b, &mut r).await;
+            None
+        }
+        (None, Shape::Serve) => {
+            serve_shape(&mut b, &mut r).await;
+            None
+        }
+        (None, Shape::FewSymbols | Shape::ManySymbols) => {
+            backfill_shape(&mut b, &mut r).await;
+            None
+        }
+    };
 
     // Clean up databases on an external InfluxDB.
     if own.is_none() && !args.keep_data {
@@ -445,7 +479,17 @@ async fn run(mut args: Args) -> Result<bool> {
         &now,
         &load_start,
     );
-    let rows = report::table_rows(&b, &r);
+    let rows = match &pushed {
+        Some(p) => {
+            let mut rows = Vec::new();
+            push::rows(p, &mut rows);
+            for f in &b.failures {
+                report::push_check(&mut rows, "FAILED", f.clone(), "", false);
+            }
+            rows
+        }
+        None => report::table_rows(&b, &r),
+    };
     report::print_table(&rows);
     let md = report::markdown(&header, &rows, &b);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
