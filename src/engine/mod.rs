@@ -139,18 +139,6 @@ pub fn default_owner() -> String {
     format!("{host}-{}-{suffix:04x}", std::process::id())
 }
 
-/// Equal up to floating-point summation order: a re-read can return rows with
-/// equal timestamps in another order, which may move the last bit of a sum but
-/// never a price or the trade count.
-fn same_candle(a: &Candle, b: &Candle) -> bool {
-    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs());
-    (a.start, a.open, a.high, a.low, a.close, a.trades)
-        == (b.start, b.open, b.high, b.low, b.close, b.trades)
-        && close(a.volume, b.volume)
-        && close(a.quote_volume, b.quote_volume)
-        && close(a.buy_volume, b.buy_volume)
-}
-
 /// The downsampling engine: trades in, candles out, progress in the store.
 pub struct Engine<W: Warehouse = InfluxClient> {
     warehouse: W,
@@ -164,6 +152,9 @@ pub struct Engine<W: Warehouse = InfluxClient> {
     stopping: AtomicBool,
     /// When the lookback last re-read raw data behind the watermarks.
     last_lookback: std::sync::Mutex<Option<i64>>,
+    /// Raw trades in each symbol's last chunk that started at midnight: the
+    /// estimate of its next chunk, so batches are sized without a `count()`.
+    estimates: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl<W: Warehouse> std::fmt::Debug for Engine<W> {
@@ -194,6 +185,7 @@ impl<W: Warehouse> Engine<W> {
             observer: None,
             stopping: AtomicBool::new(false),
             last_lookback: std::sync::Mutex::new(None),
+            estimates: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -434,13 +426,34 @@ impl<W: Warehouse> Engine<W> {
         let mut batches: Vec<Vec<Work>> = Vec::new();
         for (end, works) in by_chunk {
             let start = works.iter().map(|w| w.from).min().unwrap_or(end);
-            let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
-            let counts = self.warehouse.count_trades(&symbols, start..end).await?;
+            // InfluxDB 1.x decodes every price to count it (30–50 % of a
+            // read), so only symbols without an estimate are counted.
+            let mut counts: HashMap<String, u64> = HashMap::new();
+            let mut unknown: Vec<String> = Vec::new();
+            {
+                let estimates = self.estimates.lock().expect("not poisoned");
+                for w in &works {
+                    match estimates.get(&w.symbol) {
+                        Some(n) => {
+                            counts.insert(w.symbol.clone(), *n);
+                        }
+                        None => unknown.push(w.symbol.clone()),
+                    }
+                }
+            }
+            let uncounted: HashSet<&String> = unknown.iter().collect();
+            let counted = if unknown.is_empty() {
+                HashMap::new()
+            } else {
+                self.warehouse.count_trades(&unknown, start..end).await?
+            };
             let (empty, busy): (Vec<Work>, Vec<Work>) = works.into_iter().partition(|w| {
                 w.dirty.is_none()
-                    && !counts.contains_key(&w.symbol)
+                    && uncounted.contains(&w.symbol)
+                    && !counted.contains_key(&w.symbol)
                     && w.from == floor_to(w.from, NANOS_PER_DAY)
             });
+            counts.extend(counted);
             self.jump(empty, end, report).await?;
             let sized: Vec<(Work, u64)> = busy
                 .into_iter()
@@ -456,15 +469,14 @@ impl<W: Warehouse> Engine<W> {
             );
         }
         // InfluxDB's serialization of raw rows is the bottleneck and runs one
-        // core per query: a batch of one dense symbol is read as several parts
-        // while fewer batches than reads are in flight.
+        // core per query: while fewer batches than reads are in flight, a
+        // batch reads several of its parts at once.
         let in_flight = self.settings.concurrency.min(batches.len()).max(1);
         let parts = (self.settings.read_parallelism / in_flight).max(1);
         let outcomes: Vec<(TickReport, HashSet<String>)> = futures_util::stream::iter(batches)
             .map(|batch| async move {
                 let mut r = TickReport::default();
                 let mut f = HashSet::new();
-                let parts = if batch.len() == 1 { parts } else { 1 };
                 self.run_batch(batch, parts, false, &mut r, &mut f).await;
                 (r, f)
             })
@@ -665,7 +677,12 @@ impl<W: Warehouse> Engine<W> {
             self.look_back(works, report).await?;
         }
         let forward: Vec<&Work> = works.iter().filter(|w| w.from < w.end).collect();
-        if !forward.is_empty() {
+        let from_midnight = forward
+            .iter()
+            .all(|w| w.from % NANOS_PER_DAY == 0 && w.end - w.from > Resolution::H4.nanos());
+        if !forward.is_empty() && from_midnight {
+            self.step_in_parts(&forward, parts, report).await?;
+        } else if !forward.is_empty() {
             self.step(&forward, parts, report).await?;
         }
         Ok(())
@@ -734,11 +751,149 @@ impl<W: Warehouse> Engine<W> {
                 started_at,
             })
             .collect();
+        self.commit(steps, started_at, report).await
+    }
+
+    /// The forward step of a batch whose steps all start at midnight (the
+    /// lagging ones), read in 4h parts ([`plan::parts`]): up to `parallel`
+    /// parts are read at once while the candles of the parts already read are
+    /// written, so InfluxDB reads and stores at the same time instead of one
+    /// after the other. A part yields complete 1m…4h windows; the days are
+    /// built from the parts' 4h candles and written last. The watermarks are
+    /// committed once, after InfluxDB acknowledged every part's candles: a
+    /// crash before that leaves them where they were, and the candles already
+    /// written are recomputed with the same values.
+    async fn step_in_parts(
+        &self,
+        works: &[&Work],
+        parallel: usize,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
+        let started_at = self.clock.now();
+        let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
+        let bounds: HashMap<&str, Range<i64>> = works
+            .iter()
+            .map(|w| (w.symbol.as_str(), w.from..w.end))
+            .collect();
+        // As in `step`: a trade ingested meanwhile is late, never missed.
+        let inflight: Vec<(String, i64)> =
+            works.iter().map(|w| (w.symbol.clone(), w.end)).collect();
+        self.store.set_inflight_many(&self.owner, &inflight).await?;
+
+        let span = works.iter().map(|w| w.from).min().expect("non-empty")
+            ..works.iter().map(|w| w.end).max().expect("non-empty");
+        let mut rows: HashMap<&str, u64> = HashMap::new();
+        let mut candles: HashMap<&str, [u64; 6]> = HashMap::new();
+        let mut days: HashMap<&str, Aggregator> = HashMap::new();
+        // One part's candles wait while the previous part is written: memory
+        // stays at a few parts, whatever the step's length.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(&str, [Vec<Candle>; 6])>>(1);
+        let read = async {
+            let tx = tx;
+            let mut parts = futures_util::stream::iter(plan::parts(span.start, span.end))
+                .map(|part| async {
+                    let read = self.read_minutes(&symbols, part.clone(), 1, &bounds).await;
+                    read.map(|r| (part, r))
+                })
+                .buffered(parallel.max(1));
+            while let Some(next) = parts.next().await {
+                let (part, (part_rows, fresh)) = next?;
+                for (symbol, n) in part_rows {
+                    *rows.entry(symbol).or_default() += n;
+                }
+                let produced: Vec<(&str, [Vec<Candle>; 6])> = fresh
+                    .into_iter()
+                    .map(|(symbol, agg)| {
+                        let day = days
+                            .entry(symbol)
+                            .or_insert_with(|| Aggregator::new(Resolution::D1));
+                        (symbol, plan::part_candles(&part, agg.finish(), day))
+                    })
+                    .collect();
+                if tx.send(produced).await.is_err() {
+                    break; // the writer failed; its error is the step's
+                }
+            }
+            Ok::<(), EngineError>(())
+        };
+        let write = async {
+            while let Some(produced) = rx.recv().await {
+                for (symbol, by_res) in &produced {
+                    let n = candles.entry(symbol).or_default();
+                    for (i, c) in by_res.iter().enumerate() {
+                        n[i] += c.len() as u64;
+                    }
+                }
+                let sets: Vec<CandleSet<'_>> = produced
+                    .iter()
+                    .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
+                    .collect();
+                self.write(&sets).await?;
+                // Crash test point: a part written, the step not committed.
+                crate::failpoint::hit("part_written").await;
+            }
+            Ok::<(), EngineError>(())
+        };
+        tokio::try_join!(read, write)?;
+
+        let mut closed: Vec<(&str, [Vec<Candle>; 6])> = Vec::new();
+        for w in works {
+            let Some(day) = days.remove(w.symbol.as_str()) else {
+                continue;
+            };
+            let mut by_res: [Vec<Candle>; 6] = Default::default();
+            by_res[plan::index(Resolution::D1)] = plan::closed_days(day, w.end);
+            candles.entry(w.symbol.as_str()).or_default()[plan::index(Resolution::D1)] +=
+                by_res[plan::index(Resolution::D1)].len() as u64;
+            closed.push((w.symbol.as_str(), by_res));
+        }
+        let sets: Vec<CandleSet<'_>> = closed
+            .iter()
+            .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
+            .collect();
+        self.write(&sets).await?;
+        // Crash test point: candles written, watermarks not yet committed.
+        crate::failpoint::hit("after_write").await;
+        let steps: Vec<StepCommit> = works
+            .iter()
+            .map(|w| StepCommit {
+                symbol: w.symbol.clone(),
+                kind: "chunk",
+                range: w.from..w.end,
+                watermarks: Some(plan::advanced(&w.watermarks, w.end)),
+                rows_read: rows.get(w.symbol.as_str()).copied().unwrap_or(0),
+                candles: candles.get(w.symbol.as_str()).copied().unwrap_or([0; 6]),
+                started_at,
+            })
+            .collect();
+        self.commit(steps, started_at, report).await
+    }
+
+    /// Commits the steps of a batch whose candles InfluxDB acknowledged, and
+    /// reports them. The rows each symbol's chunk held become the estimate of
+    /// its next chunk (see `lagging_round`).
+    async fn commit(
+        &self,
+        steps: Vec<StepCommit>,
+        started_at: i64,
+        report: &mut TickReport,
+    ) -> Result<(), EngineError> {
         self.store
             .commit_steps(&self.owner, &steps, self.clock.now())
             .await?;
         // Crash test point: a batch committed, the next not started.
         crate::failpoint::hit("after_commit").await;
+        {
+            let mut estimates = self.estimates.lock().expect("not poisoned");
+            for s in steps.iter().filter(|s| s.range.start % NANOS_PER_DAY == 0) {
+                // A chunk without trades: count the next one, which may jump.
+                if s.rows_read == 0 {
+                    estimates.remove(&s.symbol);
+                } else {
+                    estimates.insert(s.symbol.clone(), s.rows_read);
+                }
+            }
+        }
         for s in &steps {
             let candles: u64 = s.candles.iter().sum();
             report.chunks += 1;
@@ -853,10 +1008,15 @@ impl<W: Warehouse> Engine<W> {
         Ok(out)
     }
 
-    /// Re-reads `engine.lookback_secs` of raw trades behind each symbol's 1m
-    /// watermark and compares them with the stored 1m candles; minutes that
-    /// differ (trades written straight into InfluxDB after their minute was
-    /// materialized) are repaired at every resolution. Two queries per batch.
+    /// Looks `engine.lookback_secs` behind each symbol's 1m watermark for
+    /// trades written straight into InfluxDB after their minute was
+    /// materialized (trades ingested through the API are caught by the dirty
+    /// ranges): InfluxDB counts the trades of every minute there, and a minute
+    /// whose count differs from its stored 1m candle's is repaired at every
+    /// resolution. Counting instead of re-reading every row costs InfluxDB a
+    /// fraction of a read; a trade overwritten in place (same time, symbol,
+    /// side, new values) keeps the count and is left to `ohlcd rebuild`.
+    /// Two queries per batch.
     async fn look_back(&self, works: &[Work], report: &mut TickReport) -> Result<(), EngineError> {
         let lookback = self.settings.lookback_secs as i64 * NANOS_PER_SEC;
         let bounds: HashMap<&str, Range<i64>> = works
@@ -876,35 +1036,28 @@ impl<W: Warehouse> Engine<W> {
         let symbols: Vec<String> = bounds.keys().map(|s| s.to_string()).collect();
         let span = bounds.values().map(|r| r.start).min().expect("non-empty")
             ..bounds.values().map(|r| r.end).max().expect("non-empty");
-        let (rows, fresh) = self
-            .read_minutes(&symbols, span.clone(), 1, &bounds)
-            .await?;
-        let mut stored: HashMap<String, BTreeMap<i64, Candle>> = HashMap::new();
+        let mut counted = self.warehouse.count_minutes(&symbols, span.clone()).await?;
+        let mut stored: HashMap<String, BTreeMap<i64, u64>> = HashMap::new();
         self.warehouse
             .read_candles(Resolution::M1, &symbols, span, |symbol, c| {
                 if bounds.get(symbol).is_some_and(|r| r.contains(&c.start)) {
                     stored
                         .entry(symbol.to_string())
                         .or_default()
-                        .insert(c.start, c);
+                        .insert(c.start, u64::try_from(c.trades).unwrap_or(0));
                 }
             })
             .await?;
-        report.rows_read += rows.values().sum::<u64>();
-        let mut fresh: HashMap<&str, BTreeMap<i64, Candle>> = fresh
-            .into_iter()
-            .map(|(k, agg)| (k, agg.finish().into_iter().map(|c| (c.start, c)).collect()))
-            .collect();
         for w in works {
             let Some(stored_minutes) = bounds.get(w.symbol.as_str()) else {
                 continue;
             };
-            let now = fresh.remove(w.symbol.as_str()).unwrap_or_default();
+            let now = counted.remove(&w.symbol).unwrap_or_default();
             let before = stored.remove(&w.symbol).unwrap_or_default();
             let minute = Resolution::M1.nanos();
             let changed: Vec<Range<i64>> = now
                 .iter()
-                .filter(|(t, c)| before.get(t).is_none_or(|b| !same_candle(b, c)))
+                .filter(|(t, n)| stored_minutes.contains(t) && before.get(t) != Some(n))
                 .map(|(t, _)| *t..*t + minute)
                 .collect();
             if changed.is_empty() {

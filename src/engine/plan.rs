@@ -127,6 +127,51 @@ pub fn step_candles(
     out
 }
 
+/// The parts a step `[from, end)` that starts at midnight is read in: its
+/// 4h windows (the last one cut at `end`). Each part yields complete windows
+/// of every resolution up to 4h on its own (see [`step_candles`], no pieces:
+/// a part starts on a 4h boundary), so its candles can be written while the
+/// next part is read; only the days need every part (see [`closed_days`]).
+pub fn parts(from: i64, end: i64) -> Vec<Range<i64>> {
+    let len = Resolution::H4.nanos();
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < end {
+        let next = (floor_to(at, len) + len).min(end);
+        out.push(at..next);
+        at = next;
+    }
+    out
+}
+
+/// The candles one part (see [`parts`]) of a step produces, 1m to 4h; its
+/// 4h candles are also added to `days`, the aggregator of the step's days,
+/// which [`closed_days`] finishes once every part was read.
+pub fn part_candles(
+    part: &Range<i64>,
+    fresh: Vec<Candle>,
+    days: &mut Aggregator,
+) -> [Vec<Candle>; 6] {
+    debug_assert_eq!(part.start, Resolution::H4.window_start(part.start));
+    let mut out = step_candles(part.start, part.end, &[], fresh);
+    // The part covers only some of its day: that day's candle comes later.
+    out[index(Resolution::D1)].clear();
+    for c in &out[index(Resolution::H4)] {
+        days.add_candle(c);
+    }
+    out
+}
+
+/// The 1d candles of the days that close before `end`, from all the 4h
+/// candles of a step read in [`parts`] (a day is exactly its six 4h windows).
+pub fn closed_days(days: Aggregator, end: i64) -> Vec<Candle> {
+    let closed_until = Resolution::D1.window_start(end);
+    days.finish()
+        .into_iter()
+        .filter(|c| c.start < closed_until)
+        .collect()
+}
+
 /// Where a step that starts at `from` ends: the next chunk boundary (chunks
 /// are `chunk_len` long and aligned on the epoch, so steps line up across runs
 /// and daemons), or the horizon if that comes first.
@@ -549,6 +594,68 @@ mod tests {
                     "{res}"
                 );
                 assert!((g.volume - e.volume).abs() < 1e-9 * e.volume.abs().max(1.0));
+            }
+        }
+    }
+
+    /// Two days and a half read in 4h parts (the last one cut by the
+    /// horizon): the parts' candles and the days built from their 4h candles
+    /// are exactly one pass over all trades, each window written once, and
+    /// the open day is not written.
+    #[test]
+    fn a_step_read_in_parts_produces_exactly_the_candles_of_one_pass() {
+        let start = 30 * NANOS_PER_DAY;
+        let end = start + 2 * NANOS_PER_DAY + 13 * 60 * MIN + 7 * MIN; // day 3, 13:07
+        let mut trades = Vec::new();
+        let (mut t, mut id) = (start + 5_000_000_000, 0);
+        while t < end + NANOS_PER_DAY {
+            id += 1;
+            trades.push(trade(t, id, 50.0 + (id % 29) as f64));
+            t += 1_000_000_000 * (3 + (id * 104_729) % 2_000);
+        }
+        let parts = parts(start, end);
+        assert_eq!(
+            parts.len(),
+            2 * 6 + 4,
+            "4h parts, the last one cut at the end"
+        );
+        assert_eq!(parts.last().unwrap().end, end);
+        let mut stored: [BTreeMap<i64, Candle>; 6] = Default::default();
+        let mut days = Aggregator::new(Resolution::D1);
+        for part in &parts {
+            let fresh = candles_from_trades(
+                Resolution::M1,
+                trades.iter().filter(|x| part.contains(&x.time)),
+            );
+            for (i, cs) in part_candles(part, fresh, &mut days).into_iter().enumerate() {
+                for c in cs {
+                    assert!(stored[i].insert(c.start, c).is_none(), "written twice");
+                }
+            }
+        }
+        for c in closed_days(days, end) {
+            assert!(stored[index(Resolution::D1)].insert(c.start, c).is_none());
+        }
+        let before_end: Vec<Trade> = trades.iter().filter(|x| x.time < end).copied().collect();
+        for res in Resolution::ALL {
+            // Only windows that closed by `end` are written.
+            let closed_until = res.window_start(end);
+            let expected: Vec<Candle> = candles_from_trades(res, &before_end)
+                .into_iter()
+                .filter(|c| c.start < closed_until)
+                .collect();
+            let got: Vec<Candle> = stored[index(res)].values().copied().collect();
+            assert_eq!(got.len(), expected.len(), "{res}");
+            for (g, e) in got.iter().zip(&expected) {
+                assert_eq!(
+                    (g.start, g.open, g.high, g.low, g.close, g.trades),
+                    (e.start, e.open, e.high, e.low, e.close, e.trades),
+                    "{res}"
+                );
+                assert!((g.volume - e.volume).abs() < 1e-9 * e.volume.abs().max(1.0));
+                assert!(
+                    (g.quote_volume - e.quote_volume).abs() < 1e-9 * e.quote_volume.abs().max(1.0)
+                );
             }
         }
     }

@@ -35,6 +35,14 @@ pub trait Warehouse: Send + Sync + 'static {
         range: Range<i64>,
     ) -> impl Future<Output = Result<HashMap<String, u64>, InfluxError>> + Send;
 
+    /// Per symbol, its number of trades in each minute of `range` that has
+    /// any (symbols without any are absent).
+    fn count_minutes(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> impl Future<Output = Result<HashMap<String, Vec<(i64, u64)>>, InfluxError>> + Send;
+
     /// Streams the trades of `symbols` in `range`, with their symbol; returns
     /// how many were read.
     fn read_trades(
@@ -106,6 +114,14 @@ impl Warehouse for InfluxClient {
         range: Range<i64>,
     ) -> Result<HashMap<String, u64>, InfluxError> {
         self.count_trades_of(symbols, range).await
+    }
+
+    async fn count_minutes(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, Vec<(i64, u64)>>, InfluxError> {
+        self.count_minutes_of(symbols, range).await
     }
 
     async fn read_trades(

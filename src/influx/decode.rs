@@ -158,7 +158,7 @@ impl InfluxClient {
                     match on_row(&columns, Row::Pack(vals)) {
                         Ok(()) => {
                             rows += 1;
-                            if rows == 1_000 {
+                            if rows == 100 {
                                 at_failpoint = true;
                             }
                             Ok(())
@@ -247,7 +247,7 @@ impl InfluxClient {
             if !more {
                 break;
             }
-            if rows == 1_000 {
+            if rows == 100 {
                 crate::failpoint::hit("mid_read").await;
             }
             let first = rec.get(0).unwrap_or_default();

@@ -447,6 +447,41 @@ impl InfluxClient {
             .collect())
     }
 
+    /// Per symbol of `symbols`, how many trades each minute of the range holds
+    /// (one query; minutes without trades are absent). InfluxDB answers with
+    /// one number per minute instead of every row.
+    pub async fn count_minutes_of(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<std::collections::HashMap<String, Vec<(i64, u64)>>, InfluxError> {
+        let mut out: std::collections::HashMap<String, Vec<(i64, u64)>> = Default::default();
+        if symbols.is_empty() {
+            return Ok(out);
+        }
+        let v = self
+            .query_json(&format!(
+                "SELECT count(price) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY time(1m), symbol fill(none)",
+                quote_ident(TRADES_MEASUREMENT),
+                symbol_set_condition(symbols),
+                range.start,
+                range.end
+            ))
+            .await?;
+        for (symbol, row) in tagged_values(&v) {
+            let (Some(minute), Some(n)) = (
+                row.first().and_then(Value::as_i64),
+                row.get(1).and_then(Value::as_u64),
+            ) else {
+                continue;
+            };
+            if n > 0 {
+                out.entry(symbol.to_string()).or_default().push((minute, n));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads stored candles into a vector (candle counts per chunk are small).
     pub async fn read_candles(
         &self,

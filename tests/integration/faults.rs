@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use ohlcd::candle::{NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Side};
+use ohlcd::candle::{Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Side};
 use ohlcd::clock::{Clock, SystemClock};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
@@ -183,6 +183,34 @@ async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
         }
     }
 
+    if point.starts_with("part_written") {
+        // Parts of a step are written while the next ones are read: at the
+        // crash, candles past the watermark are stored (the step is under
+        // way), but the watermarks still cover only acknowledged candles.
+        let tasks = app.store.tasks().await.unwrap();
+        let mut ahead = 0;
+        for task in &tasks {
+            let symbol = task.symbol.as_str();
+            let w = task.watermark.unwrap_or(i64::MIN);
+            let stored = app.stored(symbol, task.resolution).await;
+            ahead += stored.iter().filter(|c| c.start >= w).count();
+            let below: Vec<Candle> = stored.into_iter().filter(|c| c.start < w).collect();
+            let expected = app.expected(symbol, task.resolution, w).await;
+            assert_candles_eq(
+                &below,
+                &expected,
+                &format!(
+                    "{symbol} {} below its watermark at the crash",
+                    task.resolution
+                ),
+            );
+        }
+        assert!(
+            ahead > 0,
+            "no candle written past a watermark: not mid-step"
+        );
+    }
+
     // Restarted with no manual step: waits out the dead lease, then finishes.
     let out = app.ohlcd().arg("backfill").output().unwrap();
     assert!(
@@ -227,6 +255,12 @@ async fn a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_e
 #[tokio::test]
 async fn a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles() {
     crash_at_and_recover("after_write:7", true).await;
+}
+
+#[tokio::test]
+async fn a_backfill_killed_after_some_parts_of_a_step_were_written_commits_nothing_ahead_and_recomputes_exactly()
+ {
+    crash_at_and_recover("part_written:9", true).await;
 }
 
 #[tokio::test]
