@@ -462,7 +462,7 @@ impl InfluxClient {
         let v = self
             .query_json(&format!(
                 "SELECT count(price) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY time(1m), symbol fill(none)",
-                quote_ident(TRADES_MEASUREMENT),
+                self.source(Stored::Trades),
                 symbol_set_condition(symbols),
                 range.start,
                 range.end
