@@ -359,9 +359,8 @@ impl<W: Warehouse> Engine<W> {
         failed: &HashSet<String>,
         may_look_back: bool,
     ) -> Result<RoundPlan, EngineError> {
-        let now = self.clock.now();
         let horizon = self.horizon();
-        let states = self.store.symbol_states(&self.owner, now).await?;
+        let states = self.store.symbol_states(&self.owner).await?;
         let mut dirty = self.store.dirty_of(symbols).await?;
         let look_back = may_look_back && self.lookback_due();
         let live_span = self.settings.live_span_secs as i64 * NANOS_PER_SEC;
@@ -1078,7 +1077,7 @@ impl<W: Warehouse> Engine<W> {
             if tokio::time::Instant::now() >= deadline {
                 let owner = self
                     .store
-                    .symbol_states(&self.owner, self.clock.now())
+                    .symbol_states(&self.owner)
                     .await?
                     .remove(symbol)
                     .and_then(|s| s.leased_by)
@@ -1112,7 +1111,7 @@ impl<W: Warehouse> Engine<W> {
         self.claim_waiting(symbol).await?;
         let watermarks = self
             .store
-            .symbol_states(&self.owner, self.clock.now())
+            .symbol_states(&self.owner)
             .await?
             .remove(symbol)
             .map(|s| s.watermarks)
@@ -1197,10 +1196,7 @@ impl<W: Warehouse> Engine<W> {
     /// (drives the backfill progress bar).
     pub async fn pending_span(&self, filter: &TaskFilter) -> Result<i64, EngineError> {
         let symbols = self.discover(filter).await?;
-        let states = self
-            .store
-            .symbol_states(&self.owner, self.clock.now())
-            .await?;
+        let states = self.store.symbol_states(&self.owner).await?;
         let unstarted: Vec<String> = symbols
             .iter()
             .filter(|s| {

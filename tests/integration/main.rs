@@ -1,4 +1,4 @@
-//! Integration tests against a real influxd and a real SQLite file.
+//! Integration tests against a real influxd and a real SQLite file or PostgreSQL.
 //! One test binary (faster to link); each module is one area.
 
 mod browser;
@@ -9,6 +9,7 @@ mod faults;
 mod helpers;
 mod http;
 mod ingest;
+mod postgres;
 mod push;
 mod retention;
 mod security;
