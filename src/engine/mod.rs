@@ -500,7 +500,7 @@ impl<W: Warehouse> Engine<W> {
         let now = self.clock.now();
         let claimed: HashSet<String> = self
             .store
-            .claim_symbols(&symbols, &self.owner, now, self.lease)
+            .claim_planned(&planned(&works), &self.owner, now, self.lease)
             .await?
             .into_iter()
             .collect();
@@ -552,7 +552,7 @@ impl<W: Warehouse> Engine<W> {
         let now = self.clock.now();
         let claimed = match self
             .store
-            .claim_symbols(&symbols, &self.owner, now, self.lease)
+            .claim_planned(&planned(&works), &self.owner, now, self.lease)
             .await
         {
             Ok(c) => c.into_iter().collect::<HashSet<String>>(),
@@ -1218,8 +1218,18 @@ impl<W: Warehouse> Engine<W> {
                     .or_else(|| first.get(s).map(|t| floor_to(*t, NANOS_PER_DAY)))
             })
             .map(|from| (horizon - from).max(0))
-            .sum())
+            // Hundreds of symbols a few years behind exceed i64 nanoseconds.
+            .fold(0i64, i64::saturating_add))
     }
+}
+
+/// The (symbol, 1m watermark) each work was planned from: claimed only if
+/// unchanged, so a symbol another daemon ran meanwhile is planned again.
+fn planned(works: &[Work]) -> Vec<(String, Option<i64>)> {
+    works
+        .iter()
+        .map(|w| (w.symbol.clone(), w.watermarks[0]))
+        .collect()
 }
 
 /// One symbol's non-empty candle lists, per resolution, as write sets.

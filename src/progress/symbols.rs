@@ -83,35 +83,47 @@ const SYMBOL_STATES: Sql = Sql {
                FROM progress",
 };
 
-/// Claims the listed symbols (`?4`) nobody else holds a live lease on, all six
-/// rows at once, for `?2` milliseconds of database time. SQLite runs one
-/// writer at a time, so the statement is atomic as written. PostgreSQL runs
-/// claims from several hosts at once: the candidate rows are locked first
-/// (`FOR UPDATE SKIP LOCKED`, so two claimers never wait on each other or
-/// deadlock), and a symbol is claimed only if all six of its rows were locked
-/// here and none has a live foreign lease in its latest committed version.
+/// Claims the listed symbols (`?4`: JSON items `{s, c, w}`) nobody else holds
+/// a live lease on, all six rows at once, for `?2` milliseconds of database
+/// time. Where `c` is true, only if the symbol's 1m watermark is still `w`
+/// (what its planner saw): another daemon that ran the symbol in between
+/// moved it, and this one would redo that range. SQLite runs one writer at a
+/// time, so the statement is atomic as written. PostgreSQL runs claims from
+/// several hosts at once: the candidate rows are locked first (`FOR UPDATE
+/// SKIP LOCKED`, so two claimers never wait on each other or deadlock), and a
+/// symbol is claimed only if all six of its rows were locked here and their
+/// latest committed versions pass the same tests.
 const CLAIM: Sql = Sql {
     sqlite: "UPDATE progress SET status = 'running', lease_owner = ?1, last_owner = ?1,
                     lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', (?2 / 1000.0) || ' seconds'),
                     last_run_started_at = ?3, last_run_finished_at = NULL,
                     runs = runs + 1, updated_at = ?3
-             WHERE symbol IN (SELECT value FROM json_each(?4))
+             WHERE symbol IN (
+                   SELECT m.symbol FROM json_each(?4) AS j
+                   JOIN progress AS m ON m.symbol = j.value ->> 's' AND m.resolution = '1m'
+                   WHERE NOT (j.value ->> 'c') OR m.watermark IS j.value ->> 'w')
                AND symbol NOT IN (
                    SELECT symbol FROM progress
-                   WHERE symbol IN (SELECT value FROM json_each(?4))
+                   WHERE symbol IN (SELECT value ->> 's' FROM json_each(?4))
                      AND lease_owner IS NOT NULL AND lease_owner != ?1
                      AND lease_expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
              RETURNING symbol",
-    postgres: "WITH candidates AS (
-                   SELECT symbol, lease_owner, lease_expires_at FROM progress
-                   WHERE symbol = ANY($4)
-                   ORDER BY symbol, resolution
-                   FOR UPDATE SKIP LOCKED
+    postgres: "WITH wanted AS (
+                   SELECT * FROM jsonb_to_recordset($4::jsonb) AS j(s text, c boolean, w text)
+               ), candidates AS (
+                   SELECT p.symbol, p.resolution, p.watermark, p.lease_owner, p.lease_expires_at
+                   FROM progress AS p
+                   WHERE p.symbol IN (SELECT s FROM wanted)
+                   ORDER BY p.symbol, p.resolution
+                   FOR UPDATE OF p SKIP LOCKED
                ), free AS (
-                   SELECT symbol FROM candidates GROUP BY symbol
+                   SELECT k.symbol FROM candidates AS k JOIN wanted AS w ON w.s = k.symbol
+                   GROUP BY k.symbol, w.c, w.w
                    HAVING count(*) = 6
-                      AND bool_and(lease_owner IS NULL OR lease_owner = $1
-                                   OR lease_expires_at <= ohlcd_db_time(0))
+                      AND bool_and(k.lease_owner IS NULL OR k.lease_owner = $1
+                                   OR k.lease_expires_at <= ohlcd_db_time(0))
+                      AND (NOT w.c OR bool_or(k.resolution = '1m'
+                                              AND k.watermark IS NOT DISTINCT FROM w.w))
                )
                UPDATE progress SET status = 'running', lease_owner = $1, last_owner = $1,
                       lease_expires_at = ohlcd_db_time($2),
@@ -312,14 +324,44 @@ impl ProgressStore {
         now: i64,
         lease: Duration,
     ) -> Result<Vec<String>, ProgressError> {
-        if symbols.is_empty() {
+        let items = symbols
+            .iter()
+            .map(|s| json!({"s": s, "c": false, "w": null}));
+        self.claim(items.collect(), owner, now, lease).await
+    }
+
+    /// Like [`ProgressStore::claim_symbols`] for symbols planned from their
+    /// 1m watermark (`planned`: symbol, watermark seen): a symbol whose
+    /// watermark moved since (another daemon ran it) is not claimed, so no
+    /// range is processed twice. The caller plans it again.
+    pub async fn claim_planned(
+        &self,
+        planned: &[(String, Option<i64>)],
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Vec<String>, ProgressError> {
+        let items = planned
+            .iter()
+            .map(|(s, w)| json!({"s": s, "c": true, "w": w.map(to_rfc3339)}));
+        self.claim(items.collect(), owner, now, lease).await
+    }
+
+    async fn claim(
+        &self,
+        items: Vec<serde_json::Value>,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Vec<String>, ProgressError> {
+        if items.is_empty() {
             return Ok(Vec::new());
         }
         let args = [
             Arg::Text(owner.into()),
             lease_ms(lease),
             Arg::Text(to_rfc3339(now)),
-            list(symbols),
+            Arg::Json(items.into()),
         ];
         let rows = self.db.fetch_all(CLAIM, &args).await?;
         let mut claimed: Vec<String> = rows

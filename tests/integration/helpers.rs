@@ -393,6 +393,27 @@ impl TestApp {
 
     /// Candles computed naively from the raw trades, grouped by `window_of`.
     pub async fn expected_by(&self, symbol: &str, window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+        naive_candles(&self.raw_trades(symbol).await, window_of)
+    }
+
+    /// Like [`TestApp::expected`] for every resolution ([`Resolution::ALL`]
+    /// order), from one read of the raw trades.
+    pub async fn expected_all(&self, symbol: &str, until: i64) -> Vec<Vec<Candle>> {
+        let raw = self.raw_trades(symbol).await;
+        Resolution::ALL
+            .iter()
+            .map(|res| {
+                let len = res.nanos();
+                naive_candles(&raw, |t| t.div_euclid(len) * len)
+                    .into_iter()
+                    .filter(|c| c.start + len <= until)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The raw trades of `symbol` read back over JSON, by (time, id).
+    async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
         let trades = self
             .rows(&format!(
                 "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
@@ -411,25 +432,31 @@ impl TestApp {
             })
             .collect();
         raw.sort_by_key(|t| (t.0, t.1));
-        let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
-        for t in raw {
-            windows.entry(window_of(t.0)).or_default().push(t);
-        }
-        windows
-            .into_iter()
-            .map(|(start, ts)| Candle {
-                start,
-                open: ts[0].2,
-                high: ts.iter().map(|t| t.2).fold(f64::MIN, f64::max),
-                low: ts.iter().map(|t| t.2).fold(f64::MAX, f64::min),
-                close: ts[ts.len() - 1].2,
-                volume: ts.iter().map(|t| t.3).sum(),
-                quote_volume: ts.iter().map(|t| t.2 * t.3).sum(),
-                trades: ts.len() as i64,
-                buy_volume: ts.iter().filter(|t| t.4).map(|t| t.3).sum(),
-            })
-            .collect()
+        raw
     }
+}
+
+/// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
+/// obvious way.
+fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+    let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
+    for t in raw {
+        windows.entry(window_of(t.0)).or_default().push(*t);
+    }
+    windows
+        .into_iter()
+        .map(|(start, ts)| Candle {
+            start,
+            open: ts[0].2,
+            high: ts.iter().map(|t| t.2).fold(f64::MIN, f64::max),
+            low: ts.iter().map(|t| t.2).fold(f64::MAX, f64::min),
+            close: ts[ts.len() - 1].2,
+            volume: ts.iter().map(|t| t.3).sum(),
+            quote_volume: ts.iter().map(|t| t.2 * t.3).sum(),
+            trades: ts.len() as i64,
+            buy_volume: ts.iter().filter(|t| t.4).map(|t| t.3).sum(),
+        })
+        .collect()
 }
 
 /// A server started by [`TestApp::serve_with`]; stops when dropped.

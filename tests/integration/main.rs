@@ -12,4 +12,5 @@ mod ingest;
 mod postgres;
 mod push;
 mod retention;
+mod scale_out;
 mod security;
