@@ -1,6 +1,6 @@
 //! Test fixtures: a real `influxd` on a free port in a temporary directory
 //! (stopped on drop), a fresh progress store (a SQLite file, or a database on
-//! a throwaway PostgreSQL: see `postgres.rs`), a settable clock, and an
+//! a throwaway PostgreSQL: `ohlcd::testkit::postgres`), a settable clock, and an
 //! independent reference computation of candles from the raw trades read back
 //! over JSON.
 
@@ -21,7 +21,7 @@ use tempfile::TempDir;
 
 pub use ohlcd::testkit::{Influxd as TestInflux, Server};
 
-use crate::postgres::TestPostgres;
+use ohlcd::testkit::postgres::TestPostgres;
 
 /// Runs one async test body, `async fn NAME(backend: Backend)`, once per
 /// progress-store backend: as tests `NAME::sqlite` and `NAME::postgres`.

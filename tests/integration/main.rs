@@ -9,7 +9,6 @@ mod faults;
 mod helpers;
 mod http;
 mod ingest;
-mod postgres;
 mod push;
 mod retention;
 mod scale_out;

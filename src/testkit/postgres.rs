@@ -1,10 +1,12 @@
 //! A throwaway PostgreSQL for tests: a cluster made with `initdb` in a
-//! temporary directory, `postgres` on a free port (its socket in that
-//! directory too), one fresh database per test. PostgreSQL refuses to run as
-//! root, so under root (CI) the cluster runs as an unprivileged user created
-//! here if missing. One cluster serves every test of this binary that runs
-//! at the same time; it stops when the last [`TestPostgres`] is dropped (also
-//! when a test panics), and the next test starts a new one.
+//! scratch directory, `postgres` on a free port (its socket in that directory
+//! too), one fresh database per [`TestPostgres`]. PostgreSQL refuses to run
+//! as root, so under root (CI) the cluster runs as an unprivileged user
+//! created here if missing. One cluster serves every test of a process that
+//! runs at the same time; it stops when the last [`TestPostgres`] is dropped
+//! (also when a test panics), and the next one starts a new cluster. Like the
+//! rest of [`super`], std only and blocking: async tests start it through
+//! `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,9 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
-use crate::helpers::free_port;
+use super::{ScratchDir, free_port};
 
 /// The OS user the cluster runs as when the tests run as root.
 const PG_USER: &str = "ohlcd-test-pg";
@@ -28,7 +28,7 @@ struct Cluster {
     port: u16,
     next_db: AtomicU32,
     /// Holds the data directory, socket and log (removed after the child).
-    dir: TempDir,
+    dir: ScratchDir,
 }
 
 /// A fresh database on the shared throwaway cluster.
@@ -145,7 +145,7 @@ fn as_pg_user(program: &Path) -> Command {
 impl Cluster {
     fn start() -> Cluster {
         let bin = pg_bin_dir();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = ScratchDir::new("ohlcd-postgres").unwrap();
         let root = running_as_root();
         if root {
             ensure_pg_user();
@@ -170,7 +170,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
+        let port = free_port().unwrap();
         let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
         if root {
             let _ = Command::new("chown")
