@@ -604,6 +604,17 @@ mod tests {
         assert!(ProgressStore::open_existing(&url).await.is_ok());
     }
 
+    #[test]
+    fn postgres_urls_pick_postgres_and_messages_hide_their_password() {
+        assert_eq!(Backend::of_url("postgres://h/db"), Backend::Postgres);
+        assert_eq!(Backend::of_url("postgresql://h/db"), Backend::Postgres);
+        assert_eq!(Backend::of_url("sqlite://ohlcd.db"), Backend::Sqlite);
+        assert_eq!(Backend::of_url("/var/lib/ohlcd.db"), Backend::Sqlite);
+        let shown = redact("postgres://ohlcd:s3cret@db:5432/ohlcd");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("ohlcd@db:5432/ohlcd"), "{shown}");
+    }
+
     #[tokio::test]
     async fn a_file_that_is_not_sqlite_is_refused_with_its_name() {
         let dir = tempfile::tempdir().unwrap();

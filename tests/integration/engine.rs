@@ -47,6 +47,7 @@ on_both_stores!(
     rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones,
     a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over,
     a_daemon_whose_clock_runs_minutes_ahead_does_not_take_over_a_live_lease,
+    concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owners,
 );
 
 async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades(
@@ -424,6 +425,44 @@ async fn a_daemon_whose_clock_runs_minutes_ahead_does_not_take_over_a_live_lease
         .await
         .unwrap();
     assert!(taken.is_empty(), "{taken:?}");
+}
+
+async fn concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owners(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_on_store(backend).await;
+    let symbols: Vec<String> = (0..60).map(|i| format!("S{i:02}USD")).collect();
+    let now = t("2024-05-01T00:00:00Z");
+    app.store.ensure_symbols(&symbols, now).await.unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    // Eight daemons claim every symbol at once, each in its own order.
+    let claims = (0..8).map(|i| {
+        let (store, mut mine) = (app.store.clone(), symbols.clone());
+        mine.rotate_left(i * 7);
+        tokio::spawn(async move {
+            let owner = format!("daemon-{i}");
+            let got = store.claim_symbols(&mine, &owner, now, lease).await;
+            (owner, got.unwrap())
+        })
+    });
+    let mut holder = std::collections::BTreeMap::new();
+    for claim in futures_util::future::join_all(claims).await {
+        let (owner, got) = claim.unwrap();
+        for symbol in got {
+            if let Some(other) = holder.insert(symbol.clone(), owner.clone()) {
+                panic!("{symbol} claimed by both {other} and {owner}");
+            }
+        }
+    }
+    // The store agrees: every row of a symbol is leased to the one that got it.
+    for task in app.store.tasks().await.unwrap() {
+        assert_eq!(
+            task.lease_owner.as_ref(),
+            holder.get(&task.symbol),
+            "{task:?}"
+        );
+    }
+    assert!(!holder.is_empty());
 }
 
 #[tokio::test]
