@@ -129,7 +129,9 @@ impl TestApp {
 
     /// Starts influxd (1.x) with the progress store on `backend`.
     pub async fn spawn_on_store(backend: Backend) -> TestApp {
-        Self::spawn_on_with_store(Server::V1, backend).await.unwrap()
+        Self::spawn_on_with_store(Server::V1, backend)
+            .await
+            .unwrap()
     }
 
     /// Like [`TestApp::spawn_on`], the progress store on `backend`.
