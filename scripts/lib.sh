@@ -23,6 +23,12 @@ ensure_influxdb() {
     command -v influxd >/dev/null 2>&1 || ensure_packages influxdb influxdb-client
 }
 
+# PostgreSQL server binaries (initdb, postgres, in /usr/lib/postgresql/*/bin)
+# for the progress-store tests, which make their own throwaway cluster.
+ensure_postgresql() {
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ensure_packages postgresql
+}
+
 # InfluxDB 3 Core (the server binary kept in ../shared/influxdb3, for the 3.x
 # compatibility tests): unpacked into the cache, its path exported as
 # OHLCD_INFLUXDB3 for the tests.

@@ -448,6 +448,7 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
         "lag",
         "last run",
         "duration",
+        "owner",
         "last error",
     ]);
     let dash = || "-".to_string();
@@ -462,6 +463,7 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
             e.last_run_duration_ms
                 .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
                 .unwrap_or_else(dash),
+            e.last_owner.clone().unwrap_or_else(dash),
             e.last_error.clone().unwrap_or_default(),
         ]);
     }

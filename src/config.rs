@@ -133,7 +133,8 @@ impl InfluxSettings {
 /// Progress store settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProgressSettings {
-    /// sqlx SQLite URL, e.g. `sqlite://ohlcd.db`.
+    /// Progress database: a SQLite URL or path (`sqlite://ohlcd.db`) or a
+    /// PostgreSQL URL (`postgres://user:pass@host/db`) shared by several hosts.
     pub database_url: String,
     /// Lease length in seconds.
     pub lease_secs: u64,

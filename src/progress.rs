@@ -1,24 +1,31 @@
-//! The SQLite progress store: one row per (symbol, resolution) task with its status,
-//! watermark and lease, plus a history row per chunk (tables in `migrations/`).
+//! The progress store: one row per (symbol, resolution) task with its status,
+//! watermark and lease, plus a history row per chunk. Two backends, chosen by
+//! `progress.database_url`: SQLite (one file, the default; tables in
+//! `migrations/`) and PostgreSQL (shared by daemons on several hosts; tables in
+//! `migrations/postgres/`). Same tables, same statements, each written once
+//! per dialect in this module and its children (see `db`).
 //!
 //! Leases make tasks exclusive across daemons sharing one database: a claim is a
-//! single conditional `UPDATE` (atomic in SQLite), every later write is fenced by
-//! `lease_owner = ?`, and a lease that is not renewed expires so another daemon can
-//! take the task over after a crash.
+//! single conditional `UPDATE … RETURNING` (atomic in SQLite, which runs one
+//! writer at a time; on PostgreSQL the candidate rows are locked first with
+//! `FOR UPDATE SKIP LOCKED`), every later write is fenced by `lease_owner`, and a
+//! lease that is not renewed expires so another daemon can take the task over
+//! after a crash. Lease expiry is computed and compared by the database's own
+//! clock, never a daemon's: a host whose clock runs ahead cannot take over live
+//! leases.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
 
 use crate::candle::Resolution;
 use crate::times::{from_rfc3339, human_duration, to_rfc3339};
 
+mod db;
+mod postgres;
+mod sqlite;
 mod symbols;
+use db::{Arg, Db, DbRow, Sql};
 pub use symbols::{StepCommit, SymbolState};
 
 /// Errors of the progress store.
@@ -32,7 +39,8 @@ pub enum ProgressError {
         /// Underlying error.
         source: sqlx::Error,
     },
-    /// Migrations failed (often: the file is not a SQLite database).
+    /// Migrations failed (often: the file is not a SQLite database, or the
+    /// PostgreSQL user may not create tables).
     #[error("cannot migrate progress database {url}: {source}")]
     Migrate {
         /// The configured URL.
@@ -83,7 +91,7 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    /// The value stored in SQLite.
+    /// The value stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Idle => "idle",
@@ -121,8 +129,10 @@ pub struct Task {
     pub watermark: Option<i64>,
     /// Lease holder, if any.
     pub lease_owner: Option<String>,
-    /// Lease expiry (Unix ns).
+    /// Lease expiry (Unix ns, database clock).
     pub lease_expires_at: Option<i64>,
+    /// Who held the lease last (kept after it is released).
+    pub last_owner: Option<String>,
     /// Start of the last run (Unix ns).
     pub last_run_started_at: Option<i64>,
     /// End of the last run (Unix ns).
@@ -154,6 +164,10 @@ pub struct RunRow {
     pub range_start: String,
     /// Range end, RFC 3339.
     pub range_end: String,
+    /// When the run started (the runner's clock), RFC 3339.
+    pub started_at: String,
+    /// When it finished (the runner's clock), RFC 3339.
+    pub finished_at: String,
     /// Source rows read.
     pub rows_read: i64,
     /// Candles written.
@@ -189,8 +203,10 @@ pub struct ProgressEntry {
     pub last_error: Option<String>,
     /// Lease holder while running.
     pub lease_owner: Option<String>,
-    /// Lease expiry, RFC 3339.
+    /// Lease expiry, RFC 3339 (the database's clock).
     pub lease_expires_at: Option<String>,
+    /// The daemon that holds the task or ran it last: how work is spread.
+    pub last_owner: Option<String>,
     /// Runs started.
     pub runs: i64,
     /// Chunks committed.
@@ -221,6 +237,7 @@ impl ProgressEntry {
             last_error: task.last_error.clone(),
             lease_owner: task.lease_owner.clone(),
             lease_expires_at: task.lease_expires_at.map(to_rfc3339),
+            last_owner: task.last_owner.clone(),
             runs: task.runs,
             chunks: task.chunks,
             rows_read: task.rows_read,
@@ -229,158 +246,159 @@ impl ProgressEntry {
     }
 }
 
-/// Handle on the progress database.
+/// Handle on the progress database: SQLite (a file, the default) or
+/// PostgreSQL (shared by daemons on several hosts), chosen by the URL.
 #[derive(Debug, Clone)]
 pub struct ProgressStore {
-    pool: SqlitePool,
+    db: Db,
 }
 
-fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<i64>, ProgressError> {
-    let s: Option<String> = row.try_get(col)?;
-    s.map(|s| from_rfc3339(&s).map_err(ProgressError::Invalid))
-        .transpose()
+/// The storage engine behind a [`ProgressStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file (`sqlite://…` or a path).
+    Sqlite,
+    /// A PostgreSQL database (`postgres://…`).
+    Postgres,
 }
 
-fn task_from_row(row: &SqliteRow) -> Result<Task, ProgressError> {
-    let res: String = row.try_get("resolution")?;
-    let status: String = row.try_get("status")?;
-    Ok(Task {
-        symbol: row.try_get("symbol")?,
-        resolution: res
-            .parse()
-            .map_err(|e: crate::candle::UnknownResolution| ProgressError::Invalid(e.to_string()))?,
-        status: status.parse()?,
-        watermark: opt_time(row, "watermark")?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_expires_at: opt_time(row, "lease_expires_at")?,
-        last_run_started_at: opt_time(row, "last_run_started_at")?,
-        last_run_finished_at: opt_time(row, "last_run_finished_at")?,
-        last_error: row.try_get("last_error")?,
-        runs: row.try_get("runs")?,
-        chunks: row.try_get("chunks")?,
-        rows_read: row.try_get("rows_read")?,
-        candles_written: row.try_get("candles_written")?,
-    })
-}
-
-/// An exclusive lock on `<database>.migrate-lock`, held while a process opens
-/// the database (see [`ProgressStore::connect`]); released on drop. Where the
-/// lock file cannot be created (a read-only directory), opening goes on
-/// without it: nothing can be created or migrated there anyway.
-struct OpenLock(Option<std::fs::File>);
-
-impl OpenLock {
-    async fn acquire(options: &SqliteConnectOptions) -> Result<OpenLock, ProgressError> {
-        let path = format!("{}.migrate-lock", options.get_filename().display());
-        let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
-            return Ok(OpenLock(None));
-        };
-        // `File::lock` blocks until the holder is done: off the async threads.
-        tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .map_err(|e| ProgressError::Invalid(e.to_string()))?
-            .map(|file| OpenLock(Some(file)))
-            .map_err(|e| ProgressError::Invalid(format!("cannot lock {path}: {e}")))
-    }
-}
-
-impl Drop for OpenLock {
-    fn drop(&mut self) {
-        if let Some(file) = &self.0 {
-            let _ = file.unlock();
+impl Backend {
+    /// The backend a `progress.database_url` names.
+    pub fn of_url(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
         }
     }
 }
 
+/// `url` with its password, if any, replaced by `***` (for messages).
+pub(crate) fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn opt_time(row: &DbRow, col: &str) -> Result<Option<i64>, ProgressError> {
+    row.opt_text(col)?
+        .map(|s| from_rfc3339(&s).map_err(ProgressError::Invalid))
+        .transpose()
+}
+
+fn parse_resolution(s: &str) -> Result<Resolution, ProgressError> {
+    s.parse()
+        .map_err(|e: crate::candle::UnknownResolution| ProgressError::Invalid(e.to_string()))
+}
+
+fn task_from_row(row: &DbRow) -> Result<Task, ProgressError> {
+    Ok(Task {
+        symbol: row.text("symbol")?,
+        resolution: parse_resolution(&row.text("resolution")?)?,
+        status: row.text("status")?.parse()?,
+        watermark: opt_time(row, "watermark")?,
+        lease_owner: row.opt_text("lease_owner")?,
+        lease_expires_at: opt_time(row, "lease_expires_at")?,
+        last_owner: row.opt_text("last_owner")?,
+        last_run_started_at: opt_time(row, "last_run_started_at")?,
+        last_run_finished_at: opt_time(row, "last_run_finished_at")?,
+        last_error: row.opt_text("last_error")?,
+        runs: row.int("runs")?,
+        chunks: row.int("chunks")?,
+        rows_read: row.int("rows_read")?,
+        candles_written: row.int("candles_written")?,
+    })
+}
+
+const TASKS: Sql = Sql {
+    sqlite: "SELECT * FROM progress",
+    postgres: "SELECT * FROM progress",
+};
+
+const TASK: Sql = Sql {
+    sqlite: "SELECT * FROM progress WHERE symbol = ?1 AND resolution = ?2",
+    postgres: "SELECT * FROM progress WHERE symbol = $1 AND resolution = $2",
+};
+
+const WATERMARKS: Sql = Sql {
+    sqlite: "SELECT resolution, watermark FROM progress WHERE symbol = ?1 AND watermark IS NOT NULL",
+    postgres: "SELECT resolution, watermark FROM progress WHERE symbol = $1 AND watermark IS NOT NULL",
+};
+
+const LATE_BEFORE: Sql = Sql {
+    sqlite: "SELECT watermark, inflight_until FROM progress WHERE symbol = ?1 AND resolution = '1m'",
+    postgres: "SELECT watermark, inflight_until FROM progress WHERE symbol = $1 AND resolution = '1m'",
+};
+
+const ADD_DIRTY: Sql = Sql {
+    sqlite: "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at)
+             VALUES (?1, '1m', ?2, ?3, ?4)",
+    postgres: "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at)
+               VALUES ($1, '1m', $2, $3, $4)",
+};
+
+const DIRTY: Sql = Sql {
+    sqlite: "SELECT id, range_start, range_end FROM dirty_ranges
+             WHERE symbol = ?1 AND resolution = ?2 ORDER BY id",
+    postgres: "SELECT id, range_start, range_end FROM dirty_ranges
+               WHERE symbol = $1 AND resolution = $2 ORDER BY id",
+};
+
+const RUNS: Sql = Sql {
+    sqlite: "SELECT * FROM progress_runs WHERE symbol = ?1 AND resolution = ?2 ORDER BY id DESC LIMIT ?3",
+    postgres: "SELECT * FROM progress_runs WHERE symbol = $1 AND resolution = $2 ORDER BY id DESC LIMIT $3",
+};
+
+const PING: Sql = Sql {
+    sqlite: "SELECT 1",
+    postgres: "SELECT 1",
+};
+
 impl ProgressStore {
-    /// Opens (creating if missing) the SQLite database at `url` and migrates it.
+    /// Opens (creating if missing) the progress database at `url` and migrates it.
     ///
-    /// `url` is a sqlx URL (`sqlite://ohlcd.db`) or a plain file path.
+    /// `url` is `postgres://user:password@host/database` (the database must
+    /// exist; its tables are created), a sqlx SQLite URL (`sqlite://ohlcd.db`)
+    /// or a plain file path (SQLite).
     pub async fn connect(url: &str) -> Result<ProgressStore, ProgressError> {
-        let full = if url.starts_with("sqlite:") {
-            url.to_string()
-        } else {
-            format!("sqlite://{url}")
+        let db = match Backend::of_url(url) {
+            Backend::Sqlite => sqlite::connect(url).await?,
+            Backend::Postgres => postgres::connect(url).await?,
         };
-        let open_err = |source| ProgressError::Open {
-            url: url.to_string(),
-            source,
-        };
-        let options = SqliteConnectOptions::from_str(&full)
-            .map_err(open_err)?
-            .create_if_missing(true)
-            // WAL lets readers (`ohlcd progress`) run while a daemon writes, and the
-            // busy timeout makes two daemons wait for each other instead of failing.
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL under WAL never corrupts the file; a power cut may only lose
-            // the last commits, i.e. move a watermark back, and recomputing
-            // candles is idempotent. It saves an fsync per chunk.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        // The first connection switches the file to WAL: a read of its header
-        // upgraded to a write. SQLite answers a second process doing the same at
-        // that moment with SQLITE_BUSY at once, without the busy timeout (two
-        // readers both waiting to write would deadlock), so two daemons started
-        // together on a fresh file failed with "database is locked"; two creating
-        // the tables at once would fail too. So the whole open, from creating the
-        // file to the last migration, runs under a lock next to the database.
-        let lock = OpenLock::acquire(&options).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        let migrated = sqlx::migrate!("./migrations").run(&pool).await;
-        drop(lock);
-        migrated.map_err(|source| ProgressError::Migrate {
-            url: url.to_string(),
-            source,
-        })?;
-        Ok(ProgressStore { pool })
+        Ok(ProgressStore { db })
     }
 
     /// Opens an existing progress database for reading (`ohlcd progress`):
-    /// never creates one, and says where it looked when there is none.
+    /// never creates a SQLite file, and says where it looked when there is
+    /// none. (A PostgreSQL database must exist to be reached at all.)
     pub async fn open_existing(url: &str) -> Result<ProgressStore, ProgressError> {
-        let full = if url.starts_with("sqlite:") {
-            url.to_string()
-        } else {
-            format!("sqlite://{url}")
-        };
-        let options =
-            SqliteConnectOptions::from_str(&full).map_err(|source| ProgressError::Open {
-                url: url.to_string(),
-                source,
-            })?;
-        let path = options.get_filename();
-        if path != std::path::Path::new(":memory:") && !path.exists() {
-            return Err(ProgressError::Missing {
-                url: url.to_string(),
-                path: std::path::absolute(path)
-                    .unwrap_or_else(|_| path.to_path_buf())
-                    .display()
-                    .to_string(),
-            });
+        if Backend::of_url(url) == Backend::Sqlite {
+            sqlite::check_exists(url)?;
         }
         Self::connect(url).await
     }
 
+    /// Which backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
     /// Cheap liveness check.
     pub async fn ping(&self) -> Result<(), ProgressError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.db.execute(PING, &[]).await?;
         Ok(())
     }
 
     /// All tasks, ordered by symbol then resolution (cascade order).
     pub async fn tasks(&self) -> Result<Vec<Task>, ProgressError> {
-        let rows = sqlx::query("SELECT * FROM progress")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.db.fetch_all(TASKS, &[]).await?;
         let mut tasks = rows
             .iter()
             .map(task_from_row)
@@ -391,11 +409,8 @@ impl ProgressStore {
 
     /// One task, if it exists.
     pub async fn task(&self, symbol: &str, res: Resolution) -> Result<Option<Task>, ProgressError> {
-        let row = sqlx::query("SELECT * FROM progress WHERE symbol = ?1 AND resolution = ?2")
-            .bind(symbol)
-            .bind(res.name())
-            .fetch_optional(&self.pool)
-            .await?;
+        let args = [Arg::Text(symbol.into()), Arg::Text(res.name().into())];
+        let row = self.db.fetch_optional(TASK, &args).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -405,18 +420,13 @@ impl ProgressStore {
         &self,
         symbol: &str,
     ) -> Result<std::collections::HashMap<Resolution, i64>, ProgressError> {
-        let rows = sqlx::query(
-            "SELECT resolution, watermark FROM progress WHERE symbol = ?1 AND watermark IS NOT NULL",
-        )
-        .bind(symbol)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .db
+            .fetch_all(WATERMARKS, &[Arg::Text(symbol.into())])
+            .await?;
         rows.iter()
             .map(|r| {
-                let res: String = r.try_get("resolution")?;
-                let res = res.parse().map_err(|e: crate::candle::UnknownResolution| {
-                    ProgressError::Invalid(e.to_string())
-                })?;
+                let res = parse_resolution(&r.text("resolution")?)?;
                 let w = opt_time(r, "watermark")?.expect("filtered on NOT NULL");
                 Ok((res, w))
             })
@@ -427,12 +437,10 @@ impl ProgressStore {
     /// are being aggregated right now) at 1m, so they must be recomputed as late.
     /// `None` if no 1m chunk ever ran.
     pub async fn late_before(&self, symbol: &str) -> Result<Option<i64>, ProgressError> {
-        let row = sqlx::query(
-            "SELECT watermark, inflight_until FROM progress WHERE symbol = ?1 AND resolution = '1m'",
-        )
-        .bind(symbol)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self
+            .db
+            .fetch_optional(LATE_BEFORE, &[Arg::Text(symbol.into())])
+            .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(opt_time(&row, "watermark")?.max(opt_time(&row, "inflight_until")?))
     }
@@ -445,17 +453,15 @@ impl ProgressStore {
         ranges: &[std::ops::Range<i64>],
         now: i64,
     ) -> Result<(), ProgressError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         for range in ranges {
-            sqlx::query(
-                "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at) VALUES (?1, '1m', ?2, ?3, ?4)",
-            )
-            .bind(symbol)
-            .bind(to_rfc3339(range.start))
-            .bind(to_rfc3339(range.end))
-            .bind(to_rfc3339(now))
-            .execute(&mut *tx)
-            .await?;
+            let args = [
+                Arg::Text(symbol.into()),
+                Arg::Text(to_rfc3339(range.start)),
+                Arg::Text(to_rfc3339(range.end)),
+                Arg::Text(to_rfc3339(now)),
+            ];
+            tx.execute(ADD_DIRTY, &args).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -467,19 +473,15 @@ impl ProgressStore {
         symbol: &str,
         res: Resolution,
     ) -> Result<Vec<(i64, std::ops::Range<i64>)>, ProgressError> {
-        let rows = sqlx::query(
-            "SELECT id, range_start, range_end FROM dirty_ranges WHERE symbol = ?1 AND resolution = ?2 ORDER BY id",
-        )
-        .bind(symbol)
-        .bind(res.name())
-        .fetch_all(&self.pool)
-        .await?;
+        let args = [Arg::Text(symbol.into()), Arg::Text(res.name().into())];
+        let rows = self.db.fetch_all(DIRTY, &args).await?;
         rows.iter()
             .map(|r| {
-                let start: String = r.try_get("range_start")?;
-                let end: String = r.try_get("range_end")?;
-                let parse = |s: &str| from_rfc3339(s).map_err(ProgressError::Invalid);
-                Ok((r.try_get("id")?, parse(&start)?..parse(&end)?))
+                let parse = |s: String| from_rfc3339(&s).map_err(ProgressError::Invalid);
+                Ok((
+                    r.int("id")?,
+                    parse(r.text("range_start")?)?..parse(r.text("range_end")?)?,
+                ))
             })
             .collect()
     }
@@ -491,27 +493,27 @@ impl ProgressStore {
         res: Resolution,
         limit: i64,
     ) -> Result<Vec<RunRow>, ProgressError> {
-        let rows = sqlx::query(
-            "SELECT * FROM progress_runs WHERE symbol = ?1 AND resolution = ?2 ORDER BY id DESC LIMIT ?3",
-        )
-        .bind(symbol)
-        .bind(res.name())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let args = [
+            Arg::Text(symbol.into()),
+            Arg::Text(res.name().into()),
+            Arg::Int(limit),
+        ];
+        let rows = self.db.fetch_all(RUNS, &args).await?;
         rows.iter()
             .map(|r| {
                 Ok(RunRow {
-                    symbol: r.try_get("symbol")?,
-                    resolution: r.try_get("resolution")?,
-                    owner: r.try_get("owner")?,
-                    kind: r.try_get("kind")?,
-                    range_start: r.try_get("range_start")?,
-                    range_end: r.try_get("range_end")?,
-                    rows_read: r.try_get("rows_read")?,
-                    candles_written: r.try_get("candles_written")?,
-                    status: r.try_get("status")?,
-                    error: r.try_get("error")?,
+                    symbol: r.text("symbol")?,
+                    resolution: r.text("resolution")?,
+                    owner: r.text("owner")?,
+                    kind: r.text("kind")?,
+                    range_start: r.text("range_start")?,
+                    range_end: r.text("range_end")?,
+                    started_at: r.text("started_at")?,
+                    finished_at: r.text("finished_at")?,
+                    rows_read: r.int("rows_read")?,
+                    candles_written: r.int("candles_written")?,
+                    status: r.text("status")?,
+                    error: r.opt_text("error")?,
                 })
             })
             .collect()
@@ -519,7 +521,7 @@ impl ProgressStore {
 
     /// Closes the pool (waits for connections to finish).
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 }
 
@@ -600,6 +602,17 @@ mod tests {
         );
         ProgressStore::connect(&url).await.unwrap();
         assert!(ProgressStore::open_existing(&url).await.is_ok());
+    }
+
+    #[test]
+    fn postgres_urls_pick_postgres_and_messages_hide_their_password() {
+        assert_eq!(Backend::of_url("postgres://h/db"), Backend::Postgres);
+        assert_eq!(Backend::of_url("postgresql://h/db"), Backend::Postgres);
+        assert_eq!(Backend::of_url("sqlite://ohlcd.db"), Backend::Sqlite);
+        assert_eq!(Backend::of_url("/var/lib/ohlcd.db"), Backend::Sqlite);
+        let shown = redact("postgres://ohlcd:s3cret@db:5432/ohlcd");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(shown, "postgres://ohlcd:***@db:5432/ohlcd");
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! Test and benchmark support, not used by the daemon: a throwaway `influxd`
 //! (1.x) or InfluxDB 3 Core server on free ports in a scratch directory,
-//! killed and removed on drop.
+//! killed and removed on drop, and a throwaway PostgreSQL ([`postgres`]).
 //!
 //! It lives in the library so the integration tests, the bad-input corpus and
 //! `ohlcd-bench` share one fixture instead of three copies. It needs nothing
@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub mod postgres;
 
 /// How long influxd may take to answer `/ping` after it was started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -351,9 +351,8 @@ impl<W: Warehouse> Engine<W> {
         failed: &HashSet<String>,
         may_look_back: bool,
     ) -> Result<RoundPlan, EngineError> {
-        let now = self.clock.now();
         let horizon = self.horizon();
-        let states = self.store.symbol_states(&self.owner, now).await?;
+        let states = self.store.symbol_states(&self.owner).await?;
         let mut dirty = self.store.dirty_of(symbols).await?;
         let look_back = may_look_back && self.lookback_due();
         let live_span = self.settings.live_span_secs as i64 * NANOS_PER_SEC;
@@ -513,7 +512,7 @@ impl<W: Warehouse> Engine<W> {
         let now = self.clock.now();
         let claimed: HashSet<String> = self
             .store
-            .claim_symbols(&symbols, &self.owner, now, self.lease)
+            .claim_planned(&planned(&works), &self.owner, now, self.lease)
             .await?
             .into_iter()
             .collect();
@@ -565,7 +564,7 @@ impl<W: Warehouse> Engine<W> {
         let now = self.clock.now();
         let claimed = match self
             .store
-            .claim_symbols(&symbols, &self.owner, now, self.lease)
+            .claim_planned(&planned(&works), &self.owner, now, self.lease)
             .await
         {
             Ok(c) => c.into_iter().collect::<HashSet<String>>(),
@@ -1231,7 +1230,7 @@ impl<W: Warehouse> Engine<W> {
             if tokio::time::Instant::now() >= deadline {
                 let owner = self
                     .store
-                    .symbol_states(&self.owner, self.clock.now())
+                    .symbol_states(&self.owner)
                     .await?
                     .remove(symbol)
                     .and_then(|s| s.leased_by)
@@ -1265,7 +1264,7 @@ impl<W: Warehouse> Engine<W> {
         self.claim_waiting(symbol).await?;
         let watermarks = self
             .store
-            .symbol_states(&self.owner, self.clock.now())
+            .symbol_states(&self.owner)
             .await?
             .remove(symbol)
             .map(|s| s.watermarks)
@@ -1350,10 +1349,7 @@ impl<W: Warehouse> Engine<W> {
     /// (drives the backfill progress bar).
     pub async fn pending_span(&self, filter: &TaskFilter) -> Result<i64, EngineError> {
         let symbols = self.discover(filter).await?;
-        let states = self
-            .store
-            .symbol_states(&self.owner, self.clock.now())
-            .await?;
+        let states = self.store.symbol_states(&self.owner).await?;
         let unstarted: Vec<String> = symbols
             .iter()
             .filter(|s| {
@@ -1375,8 +1371,18 @@ impl<W: Warehouse> Engine<W> {
                     .or_else(|| first.get(s).map(|t| floor_to(*t, NANOS_PER_DAY)))
             })
             .map(|from| (horizon - from).max(0))
-            .sum())
+            // Hundreds of symbols a few years behind exceed i64 nanoseconds.
+            .fold(0i64, i64::saturating_add))
     }
+}
+
+/// The (symbol, 1m watermark) each work was planned from: claimed only if
+/// unchanged, so a symbol another daemon ran meanwhile is planned again.
+fn planned(works: &[Work]) -> Vec<(String, Option<i64>)> {
+    works
+        .iter()
+        .map(|w| (w.symbol.clone(), w.watermarks[0]))
+        .collect()
 }
 
 /// One symbol's non-empty candle lists, per resolution, as write sets.

@@ -1,17 +1,22 @@
 //! Batch operations on whole symbols: the engine leases a symbol for all six of
 //! its resolutions at once and commits every symbol of a batch in one
 //! transaction. Each operation is one statement whatever the number of symbols
-//! (the symbol list travels as one JSON parameter read with `json_each`), so a
-//! pass over thousands of symbols costs a few statements, not a few per symbol.
+//! (lists travel as one parameter: JSON read with `json_each` in SQLite, a
+//! `text[]` or `jsonb` in PostgreSQL), so a pass over thousands of symbols costs
+//! a few statements, not a few per symbol.
+//!
+//! Lease expiry is the database's clock plus the lease (SQLite:
+//! `strftime(…, 'now', …)`, PostgreSQL: `ohlcd_db_time`), and is compared with
+//! the same clock. The daemon's own clock (`now` below) only stamps run times.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::Row;
 
-use super::{ProgressError, ProgressStore, TaskStatus, opt_time};
+use super::db::{Arg, Sql};
+use super::{ProgressError, ProgressStore, TaskStatus, opt_time, parse_resolution};
 use crate::candle::Resolution;
 use crate::engine::plan::{Watermarks, index};
 use crate::times::{from_rfc3339, to_rfc3339};
@@ -46,9 +51,231 @@ pub struct StepCommit {
     pub started_at: i64,
 }
 
-fn symbols_json(symbols: &[String]) -> String {
-    serde_json::to_string(symbols).expect("strings serialize")
+fn lease_ms(lease: Duration) -> Arg {
+    Arg::Int(lease.as_millis().try_into().unwrap_or(i64::MAX))
 }
+
+fn list(symbols: &[String]) -> Arg {
+    Arg::List(symbols.to_vec())
+}
+
+const ENSURE_SYMBOLS: Sql = Sql {
+    sqlite: "INSERT OR IGNORE INTO progress (symbol, resolution, created_at, updated_at)
+             SELECT s.value, r.column1, ?2, ?2 FROM json_each(?1) AS s
+             CROSS JOIN (VALUES ('1m'), ('5m'), ('15m'), ('1h'), ('4h'), ('1d')) AS r",
+    postgres: "INSERT INTO progress (symbol, resolution, created_at, updated_at)
+               SELECT s, r, $2, $2 FROM unnest($1::text[]) AS s
+               CROSS JOIN unnest(ARRAY['1m', '5m', '15m', '1h', '4h', '1d']) AS r
+               ON CONFLICT DO NOTHING",
+};
+
+/// Every task with its watermark, and its lease holder where the lease is
+/// live by the database clock and held by someone other than `?1`.
+const SYMBOL_STATES: Sql = Sql {
+    sqlite: "SELECT symbol, resolution, watermark,
+                    CASE WHEN lease_owner != ?1
+                          AND lease_expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                         THEN lease_owner END AS leased_by
+             FROM progress",
+    postgres: "SELECT symbol, resolution, watermark,
+                      CASE WHEN lease_owner <> $1 AND lease_expires_at > ohlcd_db_time(0)
+                           THEN lease_owner END AS leased_by
+               FROM progress",
+};
+
+/// Claims the listed symbols (`?4`: JSON items `{s, c, w}`) nobody else holds
+/// a live lease on, all six rows at once, for `?2` milliseconds of database
+/// time. Where `c` is true, only if the symbol's 1m watermark is still `w`
+/// (what its planner saw): another daemon that ran the symbol in between
+/// moved it, and this one would redo that range. SQLite runs one writer at a
+/// time, so the statement is atomic as written. PostgreSQL runs claims from
+/// several hosts at once: the candidate rows are locked first (`FOR UPDATE
+/// SKIP LOCKED`, so two claimers never wait on each other or deadlock), and a
+/// symbol is claimed only if all six of its rows were locked here and their
+/// latest committed versions pass the same tests.
+const CLAIM: Sql = Sql {
+    sqlite: "UPDATE progress SET status = 'running', lease_owner = ?1, last_owner = ?1,
+                    lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', (?2 / 1000.0) || ' seconds'),
+                    last_run_started_at = ?3, last_run_finished_at = NULL,
+                    runs = runs + 1, updated_at = ?3
+             WHERE symbol IN (
+                   SELECT m.symbol FROM json_each(?4) AS j
+                   JOIN progress AS m ON m.symbol = j.value ->> 's' AND m.resolution = '1m'
+                   WHERE NOT (j.value ->> 'c') OR m.watermark IS j.value ->> 'w')
+               AND symbol NOT IN (
+                   SELECT symbol FROM progress
+                   WHERE symbol IN (SELECT value ->> 's' FROM json_each(?4))
+                     AND lease_owner IS NOT NULL AND lease_owner != ?1
+                     AND lease_expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             RETURNING symbol",
+    postgres: "WITH wanted AS (
+                   SELECT * FROM jsonb_to_recordset($4::jsonb) AS j(s text, c boolean, w text)
+               ), candidates AS (
+                   SELECT p.symbol, p.resolution, p.watermark, p.lease_owner, p.lease_expires_at
+                   FROM progress AS p
+                   WHERE p.symbol IN (SELECT s FROM wanted)
+                   ORDER BY p.symbol, p.resolution
+                   FOR UPDATE OF p SKIP LOCKED
+               ), free AS (
+                   SELECT k.symbol FROM candidates AS k JOIN wanted AS w ON w.s = k.symbol
+                   GROUP BY k.symbol, w.c, w.w
+                   HAVING count(*) = 6
+                      AND bool_and(k.lease_owner IS NULL OR k.lease_owner = $1
+                                   OR k.lease_expires_at <= ohlcd_db_time(0))
+                      AND (NOT w.c OR bool_or(k.resolution = '1m'
+                                              AND k.watermark IS NOT DISTINCT FROM w.w))
+               )
+               UPDATE progress SET status = 'running', lease_owner = $1, last_owner = $1,
+                      lease_expires_at = ohlcd_db_time($2),
+                      last_run_started_at = $3, last_run_finished_at = NULL,
+                      runs = runs + 1, updated_at = $3
+               WHERE symbol IN (SELECT symbol FROM free)
+               RETURNING symbol",
+};
+
+const RENEW: Sql = Sql {
+    sqlite: "UPDATE progress
+             SET lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', (?2 / 1000.0) || ' seconds'),
+                 updated_at = ?3
+             WHERE lease_owner = ?1 AND symbol IN (SELECT value FROM json_each(?4))",
+    postgres: "UPDATE progress SET lease_expires_at = ohlcd_db_time($2), updated_at = $3
+               WHERE lease_owner = $1 AND symbol = ANY($4)",
+};
+
+const FIRST_LOST: Sql = Sql {
+    sqlite: "SELECT symbol, resolution FROM progress
+             WHERE symbol IN (SELECT value FROM json_each(?1))
+               AND (lease_owner IS NULL OR lease_owner != ?2)
+             LIMIT 1",
+    postgres: "SELECT symbol, resolution FROM progress
+               WHERE symbol = ANY($1) AND (lease_owner IS NULL OR lease_owner <> $2)
+               LIMIT 1",
+};
+
+const SET_INFLIGHT: Sql = Sql {
+    sqlite: "UPDATE progress SET inflight_until = j.value ->> 'u'
+             FROM json_each(?2) AS j
+             WHERE progress.symbol = j.value ->> 's' AND progress.resolution = '1m'
+               AND progress.lease_owner = ?1",
+    postgres: "UPDATE progress SET inflight_until = j.u
+               FROM jsonb_to_recordset($2::jsonb) AS j(s text, u text)
+               WHERE progress.symbol = j.s AND progress.resolution = '1m'
+                 AND progress.lease_owner = $1",
+};
+
+const COMMIT_TASKS: Sql = Sql {
+    sqlite: "UPDATE progress SET
+                watermark = CASE
+                    WHEN j.value ->> 'w' IS NULL THEN progress.watermark
+                    WHEN progress.watermark IS NULL OR progress.watermark < j.value ->> 'w'
+                        THEN j.value ->> 'w'
+                    ELSE progress.watermark END,
+                chunks = chunks + 1,
+                rows_read = rows_read + (j.value ->> 'n'),
+                candles_written = candles_written + (j.value ->> 'c'),
+                updated_at = ?2
+             FROM json_each(?3) AS j
+             WHERE progress.symbol = j.value ->> 's' AND progress.resolution = j.value ->> 'r'
+               AND progress.lease_owner = ?1",
+    postgres: "UPDATE progress SET
+                  watermark = CASE
+                      WHEN j.w IS NULL THEN progress.watermark
+                      WHEN progress.watermark IS NULL OR progress.watermark < j.w THEN j.w
+                      ELSE progress.watermark END,
+                  chunks = progress.chunks + 1,
+                  rows_read = progress.rows_read + j.n,
+                  candles_written = progress.candles_written + j.c,
+                  updated_at = $2
+               FROM jsonb_to_recordset($3::jsonb) AS j(s text, r text, w text, n bigint, c bigint)
+               WHERE progress.symbol = j.s AND progress.resolution = j.r
+                 AND progress.lease_owner = $1",
+};
+
+/// Extends each task's newest history row where this step continues it.
+const MERGE_RUNS: Sql = Sql {
+    sqlite: "UPDATE progress_runs SET range_end = j.value ->> 'e', finished_at = ?2,
+                rows_read = rows_read + (j.value ->> 'n'),
+                candles_written = candles_written + (j.value ->> 'c')
+             FROM json_each(?3) AS j
+             WHERE progress_runs.id = (SELECT max(id) FROM progress_runs AS p
+                                       WHERE p.symbol = j.value ->> 's' AND p.resolution = j.value ->> 'r')
+               AND progress_runs.owner = ?1 AND progress_runs.kind = 'chunk'
+               AND j.value ->> 'k' = 'chunk' AND progress_runs.status = 'ok'
+               AND progress_runs.range_end = j.value ->> 'b'
+             RETURNING progress_runs.symbol, progress_runs.resolution",
+    postgres: "UPDATE progress_runs SET range_end = j.e, finished_at = $2,
+                  rows_read = progress_runs.rows_read + j.n,
+                  candles_written = progress_runs.candles_written + j.c
+               FROM jsonb_to_recordset($3::jsonb)
+                    AS j(s text, r text, k text, b text, e text, t text, n bigint, c bigint)
+               WHERE progress_runs.id = (SELECT max(id) FROM progress_runs AS p
+                                         WHERE p.symbol = j.s AND p.resolution = j.r)
+                 AND progress_runs.owner = $1 AND progress_runs.kind = 'chunk'
+                 AND j.k = 'chunk' AND progress_runs.status = 'ok'
+                 AND progress_runs.range_end = j.b
+               RETURNING progress_runs.symbol, progress_runs.resolution",
+};
+
+const INSERT_RUNS: Sql = Sql {
+    sqlite: "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
+                started_at, finished_at, rows_read, candles_written, status, error)
+             SELECT j.value ->> 's', j.value ->> 'r', ?1, j.value ->> 'k', j.value ->> 'b',
+                    j.value ->> 'e', j.value ->> 't', ?2, j.value ->> 'n', j.value ->> 'c', 'ok', NULL
+             FROM json_each(?3) AS j",
+    postgres: "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
+                  started_at, finished_at, rows_read, candles_written, status, error)
+               SELECT j.s, j.r, $1, j.k, j.b, j.e, j.t, $2, j.n, j.c, 'ok', NULL
+               FROM jsonb_to_recordset($3::jsonb)
+                    AS j(s text, r text, k text, b text, e text, t text, n bigint, c bigint)",
+};
+
+const RELEASE: Sql = Sql {
+    sqlite: "UPDATE progress SET status = j.value ->> 'st', last_error = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?2, updated_at = ?2
+             FROM json_each(?3) AS j
+             WHERE progress.symbol = j.value ->> 's' AND progress.lease_owner = ?1",
+    postgres: "UPDATE progress SET status = j.st, last_error = NULL, lease_owner = NULL,
+                  lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = $2,
+                  updated_at = $2
+               FROM jsonb_to_recordset($3::jsonb) AS j(s text, st text)
+               WHERE progress.symbol = j.s AND progress.lease_owner = $1",
+};
+
+const FAILED_RUNS: Sql = Sql {
+    sqlite: "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
+                started_at, finished_at, rows_read, candles_written, status, error)
+             SELECT p.symbol, '1m', ?1, 'chunk', ?2, ?3, ?4, ?5, 0, 0, 'failed', ?6
+             FROM progress AS p
+             WHERE p.symbol IN (SELECT value FROM json_each(?7)) AND p.resolution = '1m'
+               AND p.lease_owner = ?1",
+    postgres: "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
+                  started_at, finished_at, rows_read, candles_written, status, error)
+               SELECT p.symbol, '1m', $1, 'chunk', $2, $3, $4, $5, 0, 0, 'failed', $6
+               FROM progress AS p
+               WHERE p.symbol = ANY($7) AND p.resolution = '1m' AND p.lease_owner = $1",
+};
+
+const FAIL: Sql = Sql {
+    sqlite: "UPDATE progress SET status = 'failed', last_error = ?2, lease_owner = NULL,
+                lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?3, updated_at = ?3
+             WHERE lease_owner = ?1 AND symbol IN (SELECT value FROM json_each(?4))",
+    postgres: "UPDATE progress SET status = 'failed', last_error = $2, lease_owner = NULL,
+                  lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = $3,
+                  updated_at = $3
+               WHERE lease_owner = $1 AND symbol = ANY($4)",
+};
+
+const DIRTY_OF: Sql = Sql {
+    sqlite: "SELECT id, symbol, range_start, range_end FROM dirty_ranges
+             WHERE symbol IN (SELECT value FROM json_each(?1)) ORDER BY id",
+    postgres: "SELECT id, symbol, range_start, range_end FROM dirty_ranges
+               WHERE symbol = ANY($1) ORDER BY id",
+};
+
+const CLEAR_DIRTY_OF: Sql = Sql {
+    sqlite: "DELETE FROM dirty_ranges WHERE symbol = ?1 AND id <= ?2",
+    postgres: "DELETE FROM dirty_ranges WHERE symbol = $1 AND id <= $2",
+};
 
 impl ProgressStore {
     /// Makes sure every symbol has a row for every resolution (one statement).
@@ -56,46 +283,30 @@ impl ProgressStore {
         if symbols.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT OR IGNORE INTO progress (symbol, resolution, created_at, updated_at)
-             SELECT s.value, r.column1, ?2, ?2 FROM json_each(?1) AS s
-             CROSS JOIN (VALUES ('1m'), ('5m'), ('15m'), ('1h'), ('4h'), ('1d')) AS r",
-        )
-        .bind(symbols_json(symbols))
-        .bind(to_rfc3339(now))
-        .execute(&self.pool)
-        .await?;
+        let args = [list(symbols), Arg::Text(to_rfc3339(now))];
+        self.db.execute(ENSURE_SYMBOLS, &args).await?;
         Ok(())
     }
 
-    /// Every symbol's watermarks and foreign leases as of `now` (one query).
+    /// Every symbol's watermarks, and who else holds a live lease on it by
+    /// the database clock (one query).
     pub async fn symbol_states(
         &self,
         owner: &str,
-        now: i64,
     ) -> Result<BTreeMap<String, SymbolState>, ProgressError> {
-        let rows = sqlx::query(
-            "SELECT symbol, resolution, watermark, lease_owner, lease_expires_at FROM progress",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .db
+            .fetch_all(SYMBOL_STATES, &[Arg::Text(owner.into())])
+            .await?;
         let mut out: BTreeMap<String, SymbolState> = BTreeMap::new();
         for row in &rows {
-            let symbol: String = row.try_get("symbol")?;
-            let res: String = row.try_get("resolution")?;
-            let res: Resolution = res.parse().map_err(|e: crate::candle::UnknownResolution| {
-                ProgressError::Invalid(e.to_string())
-            })?;
-            let state = out.entry(symbol).or_insert(SymbolState {
+            let res = parse_resolution(&row.text("resolution")?)?;
+            let state = out.entry(row.text("symbol")?).or_insert(SymbolState {
                 watermarks: [None; 6],
                 leased_by: None,
             });
             state.watermarks[index(res)] = opt_time(row, "watermark")?;
-            let lease_owner: Option<String> = row.try_get("lease_owner")?;
-            if let Some(o) = lease_owner
-                && o != owner
-                && opt_time(row, "lease_expires_at")?.is_some_and(|t| t > now)
-            {
+            if let Some(o) = row.opt_text("leased_by")? {
                 state.leased_by = Some(o);
             }
         }
@@ -103,8 +314,9 @@ impl ProgressStore {
     }
 
     /// Leases every listed symbol that nobody else holds, for all its
-    /// resolutions at once, until `now + lease`. All-or-nothing per symbol, in
-    /// one statement. Returns the symbols claimed.
+    /// resolutions at once, for `lease` of database time. All-or-nothing per
+    /// symbol, in one statement. `now` (the daemon's clock) stamps the run
+    /// start. Returns the symbols claimed.
     pub async fn claim_symbols(
         &self,
         symbols: &[String],
@@ -112,36 +324,57 @@ impl ProgressStore {
         now: i64,
         lease: Duration,
     ) -> Result<Vec<String>, ProgressError> {
-        if symbols.is_empty() {
+        let items = symbols
+            .iter()
+            .map(|s| json!({"s": s, "c": false, "w": null}));
+        self.claim(items.collect(), owner, now, lease).await
+    }
+
+    /// Like [`ProgressStore::claim_symbols`] for symbols planned from their
+    /// 1m watermark (`planned`: symbol, watermark seen): a symbol whose
+    /// watermark moved since (another daemon ran it) is not claimed, so no
+    /// range is processed twice. The caller plans it again.
+    pub async fn claim_planned(
+        &self,
+        planned: &[(String, Option<i64>)],
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Vec<String>, ProgressError> {
+        let items = planned
+            .iter()
+            .map(|(s, w)| json!({"s": s, "c": true, "w": w.map(to_rfc3339)}));
+        self.claim(items.collect(), owner, now, lease).await
+    }
+
+    async fn claim(
+        &self,
+        items: Vec<serde_json::Value>,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Vec<String>, ProgressError> {
+        if items.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "UPDATE progress SET status = 'running', lease_owner = ?1, last_owner = ?1,
-                    lease_expires_at = ?2, last_run_started_at = ?3, last_run_finished_at = NULL,
-                    runs = runs + 1, updated_at = ?3
-             WHERE symbol IN (SELECT value FROM json_each(?4))
-               AND symbol NOT IN (
-                   SELECT symbol FROM progress
-                   WHERE symbol IN (SELECT value FROM json_each(?4))
-                     AND lease_owner IS NOT NULL AND lease_owner != ?1 AND lease_expires_at > ?3)
-             RETURNING symbol",
-        )
-        .bind(owner)
-        .bind(to_rfc3339(now + lease.as_nanos() as i64))
-        .bind(to_rfc3339(now))
-        .bind(symbols_json(symbols))
-        .fetch_all(&self.pool)
-        .await?;
+        let args = [
+            Arg::Text(owner.into()),
+            lease_ms(lease),
+            Arg::Text(to_rfc3339(now)),
+            Arg::Json(items.into()),
+        ];
+        let rows = self.db.fetch_all(CLAIM, &args).await?;
         let mut claimed: Vec<String> = rows
             .iter()
-            .map(|r| r.try_get("symbol"))
+            .map(|r| r.text("symbol"))
             .collect::<Result<_, _>>()?;
         claimed.sort();
         claimed.dedup();
         Ok(claimed)
     }
 
-    /// Extends the leases on `symbols` to `now + lease`; fails if any was lost.
+    /// Extends the leases on `symbols` to `lease` from now by the database
+    /// clock; fails if any was lost.
     pub async fn renew_symbols(
         &self,
         symbols: &[String],
@@ -149,17 +382,14 @@ impl ProgressStore {
         now: i64,
         lease: Duration,
     ) -> Result<(), ProgressError> {
-        let done = sqlx::query(
-            "UPDATE progress SET lease_expires_at = ?2, updated_at = ?3
-             WHERE lease_owner = ?1 AND symbol IN (SELECT value FROM json_each(?4))",
-        )
-        .bind(owner)
-        .bind(to_rfc3339(now + lease.as_nanos() as i64))
-        .bind(to_rfc3339(now))
-        .bind(symbols_json(symbols))
-        .execute(&self.pool)
-        .await?;
-        self.expect_rows(done.rows_affected(), symbols.len() * 6, symbols, owner)
+        let args = [
+            Arg::Text(owner.into()),
+            lease_ms(lease),
+            Arg::Text(to_rfc3339(now)),
+            list(symbols),
+        ];
+        let done = self.db.execute(RENEW, &args).await?;
+        self.expect_rows(done, symbols.len() * 6, symbols, owner)
             .await
     }
 
@@ -174,20 +404,10 @@ impl ProgressStore {
         if got as usize == want {
             return Ok(());
         }
-        let lost = sqlx::query(
-            "SELECT symbol, resolution FROM progress
-             WHERE symbol IN (SELECT value FROM json_each(?1)) AND (lease_owner IS NULL OR lease_owner != ?2)
-             LIMIT 1",
-        )
-        .bind(symbols_json(symbols))
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await?;
+        let args = [list(symbols), Arg::Text(owner.into())];
+        let lost = self.db.fetch_optional(FIRST_LOST, &args).await?;
         let (symbol, resolution) = match lost {
-            Some(r) => (
-                r.try_get::<String, _>("symbol")?,
-                r.try_get::<String, _>("resolution")?,
-            ),
+            Some(r) => (r.text("symbol")?, r.text("resolution")?),
             None => (symbols.first().cloned().unwrap_or_default(), "1m".into()),
         };
         Err(ProgressError::LeaseLost {
@@ -211,19 +431,10 @@ impl ProgressStore {
             .iter()
             .map(|(s, t)| json!({"s": s, "u": to_rfc3339(*t)}))
             .collect();
-        let done = sqlx::query(
-            "UPDATE progress SET inflight_until = j.value ->> 'u'
-             FROM json_each(?2) AS j
-             WHERE progress.symbol = j.value ->> 's' AND progress.resolution = '1m'
-               AND progress.lease_owner = ?1",
-        )
-        .bind(owner)
-        .bind(serde_json::Value::Array(items).to_string())
-        .execute(&self.pool)
-        .await?;
+        let args = [Arg::Text(owner.into()), Arg::Json(items.into())];
+        let done = self.db.execute(SET_INFLIGHT, &args).await?;
         let symbols: Vec<String> = until.iter().map(|(s, _)| s.clone()).collect();
-        self.expect_rows(done.rows_affected(), until.len(), &symbols, owner)
-            .await
+        self.expect_rows(done, until.len(), &symbols, owner).await
     }
 
     /// Commits the steps of a batch in one transaction, fenced by the lease:
@@ -271,56 +482,27 @@ impl ProgressStore {
                 }
             }
         }
-        let now = to_rfc3339(finished_at);
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE progress SET
-                watermark = CASE
-                    WHEN j.value ->> 'w' IS NULL THEN progress.watermark
-                    WHEN progress.watermark IS NULL OR progress.watermark < j.value ->> 'w'
-                        THEN j.value ->> 'w'
-                    ELSE progress.watermark END,
-                chunks = chunks + 1,
-                rows_read = rows_read + (j.value ->> 'n'),
-                candles_written = candles_written + (j.value ->> 'c'),
-                updated_at = ?2
-             FROM json_each(?3) AS j
-             WHERE progress.symbol = j.value ->> 's' AND progress.resolution = j.value ->> 'r'
-               AND progress.lease_owner = ?1",
-        )
-        .bind(owner)
-        .bind(&now)
-        .bind(serde_json::Value::Array(tasks).to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() as usize != steps.len() * 6 {
+        let owner_arg = Arg::Text(owner.into());
+        let now = Arg::Text(to_rfc3339(finished_at));
+        let mut tx = self.db.begin().await?;
+        let args = [owner_arg.clone(), now.clone(), Arg::Json(tasks.into())];
+        let done = tx.execute(COMMIT_TASKS, &args).await?;
+        if done as usize != steps.len() * 6 {
             drop(tx);
             let symbols: Vec<String> = steps.iter().map(|s| s.symbol.clone()).collect();
             return self
-                .expect_rows(done.rows_affected(), steps.len() * 6, &symbols, owner)
+                .expect_rows(done, steps.len() * 6, &symbols, owner)
                 .await;
         }
-        // Extend the task's newest history row where this step continues it.
-        let merged = sqlx::query(
-            "UPDATE progress_runs SET range_end = j.value ->> 'e', finished_at = ?2,
-                rows_read = rows_read + (j.value ->> 'n'),
-                candles_written = candles_written + (j.value ->> 'c')
-             FROM json_each(?3) AS j
-             WHERE progress_runs.id = (SELECT max(id) FROM progress_runs AS p
-                                       WHERE p.symbol = j.value ->> 's' AND p.resolution = j.value ->> 'r')
-               AND progress_runs.owner = ?1 AND progress_runs.kind = 'chunk'
-               AND j.value ->> 'k' = 'chunk' AND progress_runs.status = 'ok'
-               AND progress_runs.range_end = j.value ->> 'b'
-             RETURNING progress_runs.symbol, progress_runs.resolution",
-        )
-        .bind(owner)
-        .bind(&now)
-        .bind(serde_json::Value::Array(runs.clone()).to_string())
-        .fetch_all(&mut *tx)
-        .await?;
+        let args = [
+            owner_arg.clone(),
+            now.clone(),
+            Arg::Json(runs.clone().into()),
+        ];
+        let merged = tx.fetch_all(MERGE_RUNS, &args).await?;
         let merged: std::collections::HashSet<(String, String)> = merged
             .iter()
-            .map(|r| Ok((r.try_get("symbol")?, r.try_get("resolution")?)))
+            .map(|r| Ok((r.text("symbol")?, r.text("resolution")?)))
             .collect::<Result<_, sqlx::Error>>()?;
         let fresh: Vec<serde_json::Value> = runs
             .into_iter()
@@ -333,18 +515,8 @@ impl ProgressStore {
             })
             .collect();
         if !fresh.is_empty() {
-            sqlx::query(
-                "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
-                    started_at, finished_at, rows_read, candles_written, status, error)
-                 SELECT j.value ->> 's', j.value ->> 'r', ?1, j.value ->> 'k', j.value ->> 'b',
-                        j.value ->> 'e', j.value ->> 't', ?2, j.value ->> 'n', j.value ->> 'c', 'ok', NULL
-                 FROM json_each(?3) AS j",
-            )
-            .bind(owner)
-            .bind(&now)
-            .bind(serde_json::Value::Array(fresh).to_string())
-            .execute(&mut *tx)
-            .await?;
+            let args = [owner_arg, now, Arg::Json(fresh.into())];
+            tx.execute(INSERT_RUNS, &args).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -365,17 +537,12 @@ impl ProgressStore {
             .iter()
             .map(|(s, st)| json!({"s": s, "st": st.as_str()}))
             .collect();
-        sqlx::query(
-            "UPDATE progress SET status = j.value ->> 'st', last_error = NULL, lease_owner = NULL,
-                lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?2, updated_at = ?2
-             FROM json_each(?3) AS j
-             WHERE progress.symbol = j.value ->> 's' AND progress.lease_owner = ?1",
-        )
-        .bind(owner)
-        .bind(to_rfc3339(now))
-        .bind(serde_json::Value::Array(items).to_string())
-        .execute(&self.pool)
-        .await?;
+        let args = [
+            Arg::Text(owner.into()),
+            Arg::Text(to_rfc3339(now)),
+            Arg::Json(items.into()),
+        ];
+        self.db.execute(RELEASE, &args).await?;
         Ok(())
     }
 
@@ -393,36 +560,24 @@ impl ProgressStore {
         if symbols.is_empty() {
             return Ok(());
         }
-        let list = symbols_json(symbols);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO progress_runs (symbol, resolution, owner, kind, range_start, range_end,
-                started_at, finished_at, rows_read, candles_written, status, error)
-             SELECT p.symbol, '1m', ?1, 'chunk', ?2, ?3, ?4, ?5, 0, 0, 'failed', ?6
-             FROM progress AS p
-             WHERE p.symbol IN (SELECT value FROM json_each(?7)) AND p.resolution = '1m'
-               AND p.lease_owner = ?1",
-        )
-        .bind(owner)
-        .bind(to_rfc3339(range.start))
-        .bind(to_rfc3339(range.end))
-        .bind(to_rfc3339(started_at))
-        .bind(to_rfc3339(now))
-        .bind(error)
-        .bind(&list)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE progress SET status = 'failed', last_error = ?2, lease_owner = NULL,
-                lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?3, updated_at = ?3
-             WHERE lease_owner = ?1 AND symbol IN (SELECT value FROM json_each(?4))",
-        )
-        .bind(owner)
-        .bind(error)
-        .bind(to_rfc3339(now))
-        .bind(&list)
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.db.begin().await?;
+        let args = [
+            Arg::Text(owner.into()),
+            Arg::Text(to_rfc3339(range.start)),
+            Arg::Text(to_rfc3339(range.end)),
+            Arg::Text(to_rfc3339(started_at)),
+            Arg::Text(to_rfc3339(now)),
+            Arg::Text(error.into()),
+            list(symbols),
+        ];
+        tx.execute(FAILED_RUNS, &args).await?;
+        let args = [
+            Arg::Text(owner.into()),
+            Arg::Text(error.into()),
+            Arg::Text(to_rfc3339(now)),
+            list(symbols),
+        ];
+        tx.execute(FAIL, &args).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -433,21 +588,14 @@ impl ProgressStore {
         &self,
         symbols: &[String],
     ) -> Result<HashMap<String, (i64, Vec<Range<i64>>)>, ProgressError> {
-        let rows = sqlx::query(
-            "SELECT id, symbol, range_start, range_end FROM dirty_ranges
-             WHERE symbol IN (SELECT value FROM json_each(?1)) ORDER BY id",
-        )
-        .bind(symbols_json(symbols))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.db.fetch_all(DIRTY_OF, &[list(symbols)]).await?;
         let mut out: HashMap<String, (i64, Vec<Range<i64>>)> = HashMap::new();
         for r in &rows {
             let parse = |col: &str| -> Result<i64, ProgressError> {
-                let s: String = r.try_get(col)?;
-                from_rfc3339(&s).map_err(ProgressError::Invalid)
+                from_rfc3339(&r.text(col)?).map_err(ProgressError::Invalid)
             };
-            let entry = out.entry(r.try_get("symbol")?).or_default();
-            entry.0 = entry.0.max(r.try_get("id")?);
+            let entry = out.entry(r.text("symbol")?).or_default();
+            entry.0 = entry.0.max(r.int("id")?);
             entry.1.push(parse("range_start")?..parse("range_end")?);
         }
         Ok(out)
@@ -455,11 +603,8 @@ impl ProgressStore {
 
     /// Removes `symbol`'s late ranges up to row `max_id` (rows added meanwhile stay).
     pub async fn clear_dirty_of(&self, symbol: &str, max_id: i64) -> Result<(), ProgressError> {
-        sqlx::query("DELETE FROM dirty_ranges WHERE symbol = ?1 AND id <= ?2")
-            .bind(symbol)
-            .bind(max_id)
-            .execute(&self.pool)
-            .await?;
+        let args = [Arg::Text(symbol.into()), Arg::Int(max_id)];
+        self.db.execute(CLEAR_DIRTY_OF, &args).await?;
         Ok(())
     }
 }

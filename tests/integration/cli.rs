@@ -3,9 +3,10 @@
 
 use std::process::{Command, Output};
 
+use ohlcd::progress::Backend;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, free_port};
+use crate::helpers::{TestApp, free_port, on_both_stores};
 
 fn ohlcd(app: &TestApp, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ohlcd"))
@@ -29,9 +30,10 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[tokio::test]
-async fn generate_backfill_and_progress_work_from_the_command_line() {
-    let app = TestApp::spawn().await;
+on_both_stores!(generate_backfill_and_progress_work_from_the_command_line);
+
+async fn generate_backfill_and_progress_work_from_the_command_line(backend: Backend) {
+    let app = TestApp::spawn_on_store(backend).await;
     let gen_ = ohlcd(
         &app,
         &[
@@ -67,7 +69,15 @@ async fn generate_backfill_and_progress_work_from_the_command_line() {
         assert_eq!(e["status"], "completed", "{e}");
         let wm = e["watermark"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(wm).is_ok(), "{wm}");
+        // Who ran it: the one backfill process (`<host>-<pid>-<suffix>`).
+        assert_eq!(e["last_owner"], entries[0]["last_owner"], "{e}");
     }
+    let owner = entries[0]["last_owner"].as_str().unwrap_or_default();
+    let parts: Vec<&str> = owner.rsplitn(3, '-').collect();
+    assert!(
+        parts.len() == 3 && parts[1].parse::<u32>().is_ok() && parts[0].len() == 4,
+        "{owner:?}"
+    );
     let resolutions: Vec<&str> = entries
         .iter()
         .take(6)
@@ -85,11 +95,13 @@ async fn generate_backfill_and_progress_work_from_the_command_line() {
         "lag",
         "last run",
         "duration",
+        "owner",
         "last error",
     ] {
         assert!(text.contains(header), "missing {header}: {text}");
     }
     assert_eq!(text.matches("completed").count(), 12);
+    assert_eq!(text.matches(owner).count(), 12, "{text}");
 
     let rebuild = ohlcd(
         &app,

@@ -1,18 +1,22 @@
 //! The downsampling engine end to end: generate → tick → candles checked against
 //! an independent computation from the raw trades.
 
-use ohlcd::candle::{NANOS_PER_DAY, Resolution, Side};
+use ohlcd::candle::{NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Side};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::NewTrade;
-use ohlcd::progress::TaskStatus;
+use ohlcd::progress::{Backend, TaskStatus};
 
-use crate::helpers::{TestApp, assert_candles_eq, secs, t};
+use crate::helpers::{TestApp, assert_candles_eq, on_both_stores, secs, t};
 
 const SYMBOLS: [&str; 2] = ["BTCUSD", "ETHUSD"];
 
 async fn app_with_generated_trades(trades: u64) -> (TestApp, GenerateSpec) {
-    let app = TestApp::spawn().await;
+    app_with_generated_trades_on(Backend::Sqlite, trades).await
+}
+
+async fn app_with_generated_trades_on(backend: Backend, trades: u64) -> (TestApp, GenerateSpec) {
+    let app = TestApp::spawn_on_store(backend).await;
     let spec = GenerateSpec {
         symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
         from: t("2024-03-01T00:00:00Z"),
@@ -37,9 +41,19 @@ async fn check_all_candles(app: &TestApp, until: i64) {
     }
 }
 
-#[tokio::test]
-async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades() {
-    let (app, spec) = app_with_generated_trades(60_000).await;
+on_both_stores!(
+    backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades,
+    a_second_backfill_writes_nothing_new,
+    rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones,
+    a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over,
+    a_daemon_whose_clock_runs_minutes_ahead_does_not_take_over_a_live_lease,
+    concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owners,
+);
+
+async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades(
+    backend: Backend,
+) {
+    let (app, spec) = app_with_generated_trades_on(backend, 60_000).await;
     // "now" is mid-minute, mid-hour, mid-day a while after the data ends.
     let now = spec.to + 2 * NANOS_PER_DAY + secs(3 * 3600 + 17 * 60 + 41);
     app.clock.set(now);
@@ -81,9 +95,8 @@ async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_tra
     assert_eq!(trades_in_1d, 30_000, "every trade counted once at 1d");
 }
 
-#[tokio::test]
-async fn a_second_backfill_writes_nothing_new() {
-    let (app, spec) = app_with_generated_trades(20_000).await;
+async fn a_second_backfill_writes_nothing_new(backend: Backend) {
+    let (app, spec) = app_with_generated_trades_on(backend, 20_000).await;
     app.clock.set(spec.to + NANOS_PER_DAY);
     let engine = app.engine("a");
     let first = engine.tick(&TaskFilter::default()).await.unwrap();
@@ -106,9 +119,8 @@ async fn a_second_backfill_writes_nothing_new() {
     }
 }
 
-#[tokio::test]
-async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones() {
-    let (app, spec) = app_with_generated_trades(20_000).await;
+async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones(backend: Backend) {
+    let (app, spec) = app_with_generated_trades_on(backend, 20_000).await;
     app.clock.set(spec.to + NANOS_PER_DAY);
     let engine = app.engine("a");
     engine.tick(&TaskFilter::default()).await.unwrap();
@@ -295,9 +307,8 @@ async fn an_overlapping_tick_does_nothing() {
     assert_eq!(ran.symbols_run, 2);
 }
 
-#[tokio::test]
-async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over() {
-    let (app, spec) = app_with_generated_trades(5_000).await;
+async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over(backend: Backend) {
+    let (app, spec) = app_with_generated_trades_on(backend, 5_000).await;
     let now = spec.to + NANOS_PER_DAY;
     app.clock.set(now);
     let b = app.engine("daemon-b");
@@ -305,8 +316,9 @@ async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over() {
         .ensure_symbols(&["BTCUSD".to_string()], now)
         .await
         .unwrap();
-    // daemon-a "crashes" holding BTCUSD (all six of its tasks).
-    let lease = std::time::Duration::from_secs(app.settings.progress.lease_secs);
+    // daemon-a "crashes" holding BTCUSD (all six of its tasks). Leases run
+    // on the database clock, so this one really lasts a few seconds.
+    let lease = std::time::Duration::from_secs(4);
     let held = app
         .store
         .claim_symbols(&["BTCUSD".to_string()], "daemon-a", now, lease)
@@ -327,13 +339,15 @@ async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over() {
     }
 
     // After the lease expires, daemon-b takes BTCUSD over and finishes it.
-    app.clock.advance(lease.as_nanos() as i64 + 1);
+    let task = app.store.task("BTCUSD", Resolution::M1).await.unwrap();
+    sleep_past(task.unwrap().lease_expires_at.unwrap()).await;
     let report = b.tick(&TaskFilter::default()).await.unwrap();
     assert_eq!(report.symbols_leased, 0, "{report:?}");
     assert!(report.chunks > 0, "{report:?}");
     for res in Resolution::ALL {
         let task = app.store.task("BTCUSD", res).await.unwrap().unwrap();
         assert_eq!(task.status, TaskStatus::Completed, "{res}");
+        assert_eq!(task.last_owner.as_deref(), Some("daemon-b"), "{res}");
     }
     // daemon-a's stale lease can no longer renew or commit anything.
     assert!(
@@ -347,6 +361,108 @@ async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over() {
             .await
             .is_err()
     );
+}
+
+/// Sleeps until the database clock (the machine's, for SQLite and the test's
+/// local PostgreSQL) has passed `t`.
+async fn sleep_past(t: i64) {
+    let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
+    if t >= now {
+        tokio::time::sleep(std::time::Duration::from_nanos(
+            (t - now) as u64 + 50_000_000,
+        ))
+        .await;
+    }
+}
+
+async fn a_daemon_whose_clock_runs_minutes_ahead_does_not_take_over_a_live_lease(backend: Backend) {
+    let (app, spec) = app_with_generated_trades_on(backend, 5_000).await;
+    let now = spec.to + NANOS_PER_DAY;
+    app.clock.set(now);
+    let symbols = ["BTCUSD".to_string(), "ETHUSD".to_string()];
+    app.store.ensure_symbols(&symbols, now).await.unwrap();
+    // daemon-a holds BTCUSD for a minute.
+    let lease = std::time::Duration::from_secs(60);
+    let held = app
+        .store
+        .claim_symbols(&symbols[..1], "daemon-a", now, lease)
+        .await
+        .unwrap();
+    assert_eq!(held, symbols[..1]);
+    // daemon-b's host clock runs ten minutes ahead: by its own clock daemon-a's
+    // lease ran out long ago, by the database's it has a minute left.
+    let ahead = ohlcd::clock::ManualClock::new(now + 10 * 60 * NANOS_PER_SEC);
+    let b = app.engine_on("daemon-b", ahead);
+    let report = b.tick(&TaskFilter::default()).await.unwrap();
+    assert_eq!(
+        (report.symbols_run, report.symbols_leased),
+        (1, 1),
+        "{report:?}"
+    );
+    for res in Resolution::ALL {
+        let task = app.store.task("BTCUSD", res).await.unwrap().unwrap();
+        assert_eq!(
+            (task.status, task.lease_owner.as_deref(), task.watermark),
+            (TaskStatus::Running, Some("daemon-a"), None),
+            "{res}"
+        );
+        let other = app.store.task("ETHUSD", res).await.unwrap().unwrap();
+        assert_eq!(other.last_owner.as_deref(), Some("daemon-b"), "{res}");
+    }
+    // daemon-a's lease is intact: it renews, and daemon-b cannot claim it.
+    app.store
+        .renew_symbols(&symbols[..1], "daemon-a", now, lease)
+        .await
+        .unwrap();
+    let taken = app
+        .store
+        .claim_symbols(
+            &symbols[..1],
+            "daemon-b",
+            now + 10 * 60 * NANOS_PER_SEC,
+            lease,
+        )
+        .await
+        .unwrap();
+    assert!(taken.is_empty(), "{taken:?}");
+}
+
+async fn concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owners(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_on_store(backend).await;
+    let symbols: Vec<String> = (0..60).map(|i| format!("S{i:02}USD")).collect();
+    let now = t("2024-05-01T00:00:00Z");
+    app.store.ensure_symbols(&symbols, now).await.unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    // Eight daemons claim every symbol at once, each in its own order.
+    let claims = (0..8).map(|i| {
+        let (store, mut mine) = (app.store.clone(), symbols.clone());
+        mine.rotate_left(i * 7);
+        tokio::spawn(async move {
+            let owner = format!("daemon-{i}");
+            let got = store.claim_symbols(&mine, &owner, now, lease).await;
+            (owner, got.unwrap())
+        })
+    });
+    let mut holder = std::collections::BTreeMap::new();
+    for claim in futures_util::future::join_all(claims).await {
+        let (owner, got) = claim.unwrap();
+        for symbol in got {
+            if let Some(other) = holder.insert(symbol.clone(), owner.clone()) {
+                panic!("{symbol} claimed by both {other} and {owner}");
+            }
+        }
+    }
+    // The store agrees: every row of a symbol is leased to the one that got it.
+    for task in app.store.tasks().await.unwrap() {
+        assert_eq!(
+            task.lease_owner.as_ref(),
+            holder.get(&task.symbol),
+            "{task:?}"
+        );
+    }
+    assert!(!holder.is_empty());
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Fault injection: crashes at chosen points, InfluxDB stopped or frozen, two
-//! daemons on one SQLite file, trades written behind ohlcd's back, SIGTERM, and
-//! broken configuration. After each, the candles must still equal an
+//! daemons on one progress store, trades written behind ohlcd's back, SIGTERM,
+//! and broken configuration. The crash, two-daemon and late-data tests run on
+//! both progress-store backends. After each, the candles must still equal an
 //! independent computation from the raw trades.
 
 use std::io::{BufRead, BufReader};
@@ -12,11 +13,13 @@ use ohlcd::clock::{Clock, SystemClock};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::{NewTrade, write_trades};
-use ohlcd::progress::{Task, TaskStatus};
+use ohlcd::progress::{Backend, Task, TaskStatus};
 use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestInflux, assert_candles_eq, free_port, t};
+use crate::helpers::{
+    KillOnDrop, TestApp, TestInflux, assert_candles_eq, free_port, on_both_stores, t,
+};
 
 /// Writes `trades` trades of `symbols` over `days` days starting 2024-01-01.
 pub(crate) async fn with_trades(app: &TestApp, symbols: &[&str], days: i64, trades: u64) {
@@ -51,7 +54,7 @@ pub(crate) async fn assert_exact_and_settled(app: &TestApp, symbols: &[&str]) {
 
 /// Waits until a line of the child's stderr contains `needle`; returns the
 /// lines read so far.
-fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Vec<String> {
+pub(crate) fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration) -> Vec<String> {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -110,39 +113,26 @@ pub(crate) async fn wait_for_chunks(app: &TestApp, symbol: &str, n: usize, timeo
     }
 }
 
-/// (owner, start) of every run in the history of a task, read straight from
-/// SQLite (the store's history rows carry no start time).
+/// (owner, start) of every run in the history of a task.
 async fn run_starts(app: &TestApp, symbol: &str, res: Resolution) -> Vec<(String, i64)> {
-    let db = sqlx::SqlitePool::connect(&app.settings.progress.database_url)
-        .await
-        .unwrap();
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT owner, started_at FROM progress_runs WHERE symbol = ?1 AND resolution = ?2",
-    )
-    .bind(symbol)
-    .bind(res.name())
-    .fetch_all(&db)
-    .await
-    .unwrap();
-    db.close().await;
-    rows.into_iter()
-        .map(|(owner, started)| (owner, ohlcd::times::from_rfc3339(&started).unwrap()))
+    let runs = app.store.runs(symbol, res, i64::MAX).await.unwrap();
+    runs.into_iter()
+        .map(|r| (r.owner, ohlcd::times::from_rfc3339(&r.started_at).unwrap()))
         .collect()
 }
 
-async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
-    let app = TestApp::spawn().await;
+async fn crash_at_and_recover(backend: Backend, point: &str, expect_orphaned_lease: bool) {
+    let app = TestApp::spawn_on_store(backend).await;
     let symbols = ["BTCUSD", "ETHUSD"];
     with_trades(&app, &symbols, 40, 60_000).await;
-    let mut crashing = app
-        .ohlcd()
-        .arg("backfill")
-        .env("OHLCD_FAILPOINT", point)
-        // One symbol at a time, so the state at the crash point is known.
-        .env("OHLCD_ENGINE__CONCURRENCY", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut crashing = KillOnDrop::spawn(
+        app.ohlcd()
+            .arg("backfill")
+            .env("OHLCD_FAILPOINT", point)
+            // One symbol at a time, so the state at the crash point is known.
+            .env("OHLCD_ENGINE__CONCURRENCY", "1")
+            .stderr(Stdio::piped()),
+    );
     wait_for_stderr(
         &mut crashing,
         &format!("failpoint {} reached", point.split(':').next().unwrap()),
@@ -247,25 +237,35 @@ async fn crash_at_and_recover(point: &str, expect_orphaned_lease: bool) {
     assert_exact_and_settled(&app, &symbols).await;
 }
 
-#[tokio::test]
-async fn a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_exact_candles() {
-    crash_at_and_recover("mid_read", true).await;
+on_both_stores!(
+    a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_exact_candles,
+    a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles,
+    a_backfill_killed_after_some_parts_of_a_step_were_written_commits_nothing_ahead_and_recomputes_exactly,
+    a_backfill_killed_between_two_batches_resumes_from_its_last_commit,
+    two_daemons_on_one_progress_store_both_work_and_never_process_a_range_twice,
+    trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild,
+);
+
+async fn a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_exact_candles(
+    backend: Backend,
+) {
+    crash_at_and_recover(backend, "mid_read", true).await;
 }
 
-#[tokio::test]
-async fn a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles() {
-    crash_at_and_recover("after_write:7", true).await;
+async fn a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles(
+    backend: Backend,
+) {
+    crash_at_and_recover(backend, "after_write:7", true).await;
 }
 
-#[tokio::test]
-async fn a_backfill_killed_after_some_parts_of_a_step_were_written_commits_nothing_ahead_and_recomputes_exactly()
- {
-    crash_at_and_recover("part_written:9", true).await;
+async fn a_backfill_killed_after_some_parts_of_a_step_were_written_commits_nothing_ahead_and_recomputes_exactly(
+    backend: Backend,
+) {
+    crash_at_and_recover(backend, "part_written:9", true).await;
 }
 
-#[tokio::test]
-async fn a_backfill_killed_between_two_batches_resumes_from_its_last_commit() {
-    crash_at_and_recover("after_commit", true).await;
+async fn a_backfill_killed_between_two_batches_resumes_from_its_last_commit(backend: Backend) {
+    crash_at_and_recover(backend, "after_commit", true).await;
 }
 
 #[tokio::test]
@@ -435,17 +435,16 @@ async fn serving_answers_errors_fast_while_influxdb_is_down_or_frozen_and_recove
     }
 }
 
-fn spawn_daemon(app: &TestApp) -> (Child, u16) {
+fn spawn_daemon(app: &TestApp) -> (KillOnDrop, u16) {
     let port = free_port();
-    let child = app
-        .ohlcd()
-        .arg("run")
-        .env("OHLCD_ENGINE__CRON", "* * * * * *")
-        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = KillOnDrop::spawn(
+        app.ohlcd()
+            .arg("run")
+            .env("OHLCD_ENGINE__CRON", "* * * * * *")
+            .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     (child, port)
 }
 
@@ -478,9 +477,10 @@ async fn wait_all_caught_up(app: &TestApp, tasks: usize, data_end: i64, timeout:
     }
 }
 
-#[tokio::test]
-async fn two_daemons_on_one_sqlite_file_both_work_and_never_process_a_range_twice() {
-    let app = TestApp::spawn().await;
+async fn two_daemons_on_one_progress_store_both_work_and_never_process_a_range_twice(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_on_store(backend).await;
     let symbols = ["ADAUSD", "BTCUSD", "ETHUSD", "SOLUSD"];
     with_trades(&app, &symbols, 30, 80_000).await;
     // Daemon A runs alone until it has committed and released its first batch
@@ -488,16 +488,15 @@ async fn two_daemons_on_one_sqlite_file_both_work_and_never_process_a_range_twic
     // holding no lease. Everything after that day can only be B's work, so
     // both daemons must show up in the history of every task.
     let port = free_port();
-    let mut a = app
-        .ohlcd()
-        .arg("run")
-        .env("OHLCD_FAILPOINT", "after_release")
-        .env("OHLCD_ENGINE__CRON", "* * * * * *")
-        .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut a = KillOnDrop::spawn(
+        app.ohlcd()
+            .arg("run")
+            .env("OHLCD_FAILPOINT", "after_release")
+            .env("OHLCD_ENGINE__CRON", "* * * * * *")
+            .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     wait_for_stderr(
         &mut a,
         "failpoint after_release reached",
@@ -615,9 +614,10 @@ async fn backfills_started_at_the_same_instant_on_a_fresh_progress_file_all_succ
     );
 }
 
-#[tokio::test]
-async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild() {
-    let app = TestApp::spawn().await;
+async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_on_store(backend).await;
     with_trades(&app, &["BTCUSD"], 3, 10_000).await;
     let now = t("2024-01-03T23:50:30Z");
     app.clock.set(now);

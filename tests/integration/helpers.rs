@@ -1,9 +1,11 @@
 //! Test fixtures: a real `influxd` on a free port in a temporary directory
-//! (stopped on drop), a fresh SQLite file, a settable clock, and an independent
-//! reference computation of candles from the raw trades read back over JSON.
+//! (stopped on drop), a fresh progress store (a SQLite file, or a database on
+//! a throwaway PostgreSQL: `ohlcd::testkit::postgres`), a settable clock, and an
+//! independent reference computation of candles from the raw trades read back
+//! over JSON.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +15,65 @@ use ohlcd::config::Settings;
 use ohlcd::engine::Engine;
 use ohlcd::influx::InfluxClient;
 use ohlcd::ingest::{NewTrade, write_trades};
-use ohlcd::progress::ProgressStore;
+use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
 use tempfile::TempDir;
 
 pub use ohlcd::testkit::{Influxd as TestInflux, Server};
+
+use ohlcd::testkit::postgres::TestPostgres;
+
+/// Runs one async test body, `async fn NAME(backend: Backend)`, once per
+/// progress-store backend: as tests `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(ohlcd::progress::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(ohlcd::progress::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_stores;
+
+/// A spawned process (an `ohlcd` daemon) killed when dropped, so a failing
+/// test leaks none.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> KillOnDrop {
+        KillOnDrop(cmd.spawn().unwrap())
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -41,7 +97,7 @@ pub fn start_server(kind: Server) -> Option<TestInflux> {
     Some(TestInflux::start_server(kind).unwrap_or_else(|e| panic!("{e}")))
 }
 
-/// Everything a test needs: influxd, a database, SQLite, a clock.
+/// Everything a test needs: influxd, a database, a progress store, a clock.
 pub struct TestApp {
     /// The server (kept alive for the test).
     pub server: TestInflux,
@@ -49,12 +105,14 @@ pub struct TestApp {
     pub settings: Settings,
     /// Client for the test database.
     pub influx: InfluxClient,
-    /// Progress store on a fresh file.
+    /// Progress store on a fresh file or PostgreSQL database.
     pub store: ProgressStore,
     /// The engine's clock.
     pub clock: ManualClock,
     /// Holds the SQLite file.
     pub dir: TempDir,
+    /// The PostgreSQL database behind `store`, when it is one (kept alive).
+    _postgres: Option<TestPostgres>,
 }
 
 impl TestApp {
@@ -66,10 +124,30 @@ impl TestApp {
     /// Like [`TestApp::spawn`] on the given server; `None` (after saying why)
     /// when it is a 3.x server that cannot be had outside CI.
     pub async fn spawn_on(kind: Server) -> Option<TestApp> {
+        Self::spawn_on_with_store(kind, Backend::Sqlite).await
+    }
+
+    /// Starts influxd (1.x) with the progress store on `backend`.
+    pub async fn spawn_on_store(backend: Backend) -> TestApp {
+        Self::spawn_on_with_store(Server::V1, backend)
+            .await
+            .unwrap()
+    }
+
+    /// Like [`TestApp::spawn_on`], the progress store on `backend`.
+    pub async fn spawn_on_with_store(kind: Server, backend: Backend) -> Option<TestApp> {
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(tokio::task::spawn_blocking(TestPostgres::start)),
+        };
         let server = tokio::task::spawn_blocking(move || start_server(kind))
             .await
             .unwrap()?;
-        Some(Self::spawn_at(server).await)
+        let postgres = match postgres {
+            Some(started) => Some(started.await.unwrap()),
+            None => None,
+        };
+        Some(Self::spawn_at(server, postgres).await)
     }
 
     /// Like [`TestApp::spawn`] on influxd 1.x started with `options`.
@@ -79,22 +157,24 @@ impl TestApp {
         })
         .await
         .unwrap();
-        Self::spawn_at(server).await
+        Self::spawn_at(server, None).await
     }
 
-    async fn spawn_at(server: TestInflux) -> TestApp {
+    /// A fresh app on `server`, the progress store on `postgres` when given,
+    /// else on a fresh SQLite file.
+    async fn spawn_at(server: TestInflux, postgres: Option<TestPostgres>) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("progress.db");
+        let database_url = match &postgres {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}", dir.path().join("progress.db").display()),
+        };
         let settings = Settings::load_with_env(
             None,
             vec![
                 ("OHLCD_INFLUX__URL".to_string(), server.url.clone()),
                 ("OHLCD_INFLUX__DATABASE".to_string(), "test".to_string()),
                 ("OHLCD_INFLUX__RETRIES".to_string(), "1".to_string()),
-                (
-                    "OHLCD_PROGRESS__DATABASE_URL".to_string(),
-                    format!("sqlite://{}", db.display()),
-                ),
+                ("OHLCD_PROGRESS__DATABASE_URL".to_string(), database_url),
                 ("OHLCD_ENGINE__SETTLE_SECS".to_string(), "5".to_string()),
             ],
         )
@@ -112,11 +192,12 @@ impl TestApp {
             store,
             clock: ManualClock::new(0),
             dir,
+            _postgres: postgres,
         }
     }
 
-    /// The `ohlcd` binary configured for this app's influxd, database and SQLite
-    /// file (5 s leases, 2 s InfluxDB timeouts, warnings only).
+    /// The `ohlcd` binary configured for this app's influxd, database and
+    /// progress store (5 s leases, 2 s InfluxDB timeouts, warnings only).
     pub fn ohlcd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohlcd"));
         cmd.env("OHLCD_INFLUX__URL", &self.server.url)
@@ -134,10 +215,16 @@ impl TestApp {
 
     /// An engine on this app's clock with the given lease-holder id.
     pub fn engine(&self, owner: &str) -> Engine {
+        self.engine_on(owner, self.clock.clone())
+    }
+
+    /// An engine on its own `clock` (a daemon on another host) with the given
+    /// lease-holder id.
+    pub fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
         Engine::new(
             self.influx.clone(),
             self.store.clone(),
-            Arc::new(self.clock.clone()),
+            Arc::new(clock),
             self.settings.engine.clone(),
             Duration::from_secs(self.settings.progress.lease_secs),
         )
@@ -308,6 +395,27 @@ impl TestApp {
 
     /// Candles computed naively from the raw trades, grouped by `window_of`.
     pub async fn expected_by(&self, symbol: &str, window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+        naive_candles(&self.raw_trades(symbol).await, window_of)
+    }
+
+    /// Like [`TestApp::expected`] for every resolution ([`Resolution::ALL`]
+    /// order), from one read of the raw trades.
+    pub async fn expected_all(&self, symbol: &str, until: i64) -> Vec<Vec<Candle>> {
+        let raw = self.raw_trades(symbol).await;
+        Resolution::ALL
+            .iter()
+            .map(|res| {
+                let len = res.nanos();
+                naive_candles(&raw, |t| t.div_euclid(len) * len)
+                    .into_iter()
+                    .filter(|c| c.start + len <= until)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The raw trades of `symbol` read back over JSON, by (time, id).
+    async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
         let trades = self
             .rows(&format!(
                 "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
@@ -326,25 +434,31 @@ impl TestApp {
             })
             .collect();
         raw.sort_by_key(|t| (t.0, t.1));
-        let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
-        for t in raw {
-            windows.entry(window_of(t.0)).or_default().push(t);
-        }
-        windows
-            .into_iter()
-            .map(|(start, ts)| Candle {
-                start,
-                open: ts[0].2,
-                high: ts.iter().map(|t| t.2).fold(f64::MIN, f64::max),
-                low: ts.iter().map(|t| t.2).fold(f64::MAX, f64::min),
-                close: ts[ts.len() - 1].2,
-                volume: ts.iter().map(|t| t.3).sum(),
-                quote_volume: ts.iter().map(|t| t.2 * t.3).sum(),
-                trades: ts.len() as i64,
-                buy_volume: ts.iter().filter(|t| t.4).map(|t| t.3).sum(),
-            })
-            .collect()
+        raw
     }
+}
+
+/// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
+/// obvious way.
+fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+    let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
+    for t in raw {
+        windows.entry(window_of(t.0)).or_default().push(*t);
+    }
+    windows
+        .into_iter()
+        .map(|(start, ts)| Candle {
+            start,
+            open: ts[0].2,
+            high: ts.iter().map(|t| t.2).fold(f64::MIN, f64::max),
+            low: ts.iter().map(|t| t.2).fold(f64::MAX, f64::min),
+            close: ts[ts.len() - 1].2,
+            volume: ts.iter().map(|t| t.3).sum(),
+            quote_volume: ts.iter().map(|t| t.2 * t.3).sum(),
+            trades: ts.len() as i64,
+            buy_volume: ts.iter().filter(|t| t.4).map(|t| t.3).sum(),
+        })
+        .collect()
 }
 
 /// A server started by [`TestApp::serve_with`]; stops when dropped.

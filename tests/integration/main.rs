@@ -1,4 +1,4 @@
-//! Integration tests against a real influxd and a real SQLite file.
+//! Integration tests against a real influxd and a real SQLite file or PostgreSQL.
 //! One test binary (faster to link); each module is one area.
 
 mod browser;
@@ -11,4 +11,5 @@ mod http;
 mod ingest;
 mod push;
 mod retention;
+mod scale_out;
 mod security;

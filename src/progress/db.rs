@@ -1,0 +1,212 @@
+//! The two backends behind [`super::ProgressStore`]: a pool (SQLite or
+//! PostgreSQL), statements written once per dialect ([`Sql`]), parameters that
+//! know how each backend takes them ([`Arg`]) and rows read the same way from
+//! either ([`DbRow`]). Everything above this module is backend-agnostic.
+
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
+
+/// One statement in both dialects. Times are RFC 3339 text in both, and lease
+/// times come from the database clock: SQLite's `'now'` and PostgreSQL's
+/// `now()` (through `ohlcd_db_time`, see `migrations/postgres/`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sql {
+    /// SQLite text, parameters `?1`, `?2`, …
+    pub sqlite: &'static str,
+    /// PostgreSQL text, parameters `$1`, `$2`, … (same numbering).
+    pub postgres: &'static str,
+}
+
+/// A statement parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    /// Text.
+    Text(String),
+    /// Integer.
+    Int(i64),
+    /// A list of strings: a JSON array for SQLite (read with `json_each`), a
+    /// `text[]` for PostgreSQL (read with `= ANY` / `unnest`).
+    List(Vec<String>),
+    /// A JSON document: text for SQLite (`json_each`), text cast to `jsonb`
+    /// by the PostgreSQL statement (`jsonb_to_recordset($n::jsonb)`).
+    Json(serde_json::Value),
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>;
+
+fn sqlite_query(sql: Sql, args: &[Arg]) -> SqliteQuery<'static> {
+    let mut q = sqlx::query(sql.sqlite);
+    for arg in args {
+        q = match arg {
+            Arg::Text(s) => q.bind(s.clone()),
+            Arg::Int(i) => q.bind(*i),
+            Arg::List(v) => q.bind(serde_json::to_string(v).expect("strings serialize")),
+            Arg::Json(v) => q.bind(v.to_string()),
+        };
+    }
+    q
+}
+
+fn pg_query(sql: Sql, args: &[Arg]) -> PgQuery<'static> {
+    let mut q = sqlx::query(sql.postgres);
+    for arg in args {
+        q = match arg {
+            Arg::Text(s) => q.bind(s.clone()),
+            Arg::Int(i) => q.bind(*i),
+            Arg::List(v) => q.bind(v.clone()),
+            Arg::Json(v) => q.bind(v.to_string()),
+        };
+    }
+    q
+}
+
+/// A result row of either backend.
+pub(crate) enum DbRow {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+impl DbRow {
+    /// A text column.
+    pub fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get(col),
+            DbRow::Postgres(r) => r.try_get(col),
+        }
+    }
+
+    /// A nullable text column.
+    pub fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get(col),
+            DbRow::Postgres(r) => r.try_get(col),
+        }
+    }
+
+    /// An integer column.
+    pub fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        match self {
+            DbRow::Sqlite(r) => r.try_get(col),
+            DbRow::Postgres(r) => r.try_get(col),
+        }
+    }
+}
+
+/// The pool of one backend.
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Runs `sql`; the number of rows it changed.
+    pub async fn execute(&self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => sqlite_query(sql, args).execute(p).await?.rows_affected(),
+            Db::Postgres(p) => pg_query(sql, args).execute(p).await?.rows_affected(),
+        })
+    }
+
+    /// Runs `sql`; every row it returned.
+    pub async fn fetch_all(&self, sql: Sql, args: &[Arg]) -> Result<Vec<DbRow>, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => sqlite_query(sql, args)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(DbRow::Sqlite)
+                .collect(),
+            Db::Postgres(p) => pg_query(sql, args)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(DbRow::Postgres)
+                .collect(),
+        })
+    }
+
+    /// Runs `sql`; its first row, if any.
+    pub async fn fetch_optional(
+        &self,
+        sql: Sql,
+        args: &[Arg],
+    ) -> Result<Option<DbRow>, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => sqlite_query(sql, args)
+                .fetch_optional(p)
+                .await?
+                .map(DbRow::Sqlite),
+            Db::Postgres(p) => pg_query(sql, args)
+                .fetch_optional(p)
+                .await?
+                .map(DbRow::Postgres),
+        })
+    }
+
+    /// Starts a transaction (rolled back if dropped uncommitted).
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Closes the pool (waits for connections to finish).
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// A transaction on either backend.
+pub(crate) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    /// Runs `sql` in the transaction; the number of rows it changed.
+    pub async fn execute(&mut self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Tx::Sqlite(tx) => sqlite_query(sql, args)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            Tx::Postgres(tx) => pg_query(sql, args)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// Runs `sql` in the transaction; every row it returned.
+    pub async fn fetch_all(&mut self, sql: Sql, args: &[Arg]) -> Result<Vec<DbRow>, sqlx::Error> {
+        Ok(match self {
+            Tx::Sqlite(tx) => sqlite_query(sql, args)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(DbRow::Sqlite)
+                .collect(),
+            Tx::Postgres(tx) => pg_query(sql, args)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(DbRow::Postgres)
+                .collect(),
+        })
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+}
