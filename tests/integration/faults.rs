@@ -18,7 +18,7 @@ use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
 use crate::helpers::{
-    KillOnDrop, TestApp, TestInflux, assert_candles_eq, free_port, on_both_stores, t,
+    KillOnDrop, TestApp, assert_candles_eq, free_port, influx_with_users, on_both_stores, t,
 };
 
 /// Writes `trades` trades of `symbols` over `days` days starting 2024-01-01.
@@ -722,30 +722,15 @@ fn one_line_error(out: &std::process::Output) -> String {
 
 #[tokio::test]
 async fn configuration_errors_stop_start_up_with_one_clear_line() {
-    let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let q = |user: &'static str, q: &'static str| {
-        http.post(format!("{}/query", influx.url))
-            .basic_auth(user, Some("pw"))
-            .form(&[("q", q)])
-            .send()
-    };
-    // The first user may be created without credentials.
-    q(
-        "",
-        "CREATE USER admin WITH PASSWORD 'pw' WITH ALL PRIVILEGES",
+    let influx = influx_with_users(
+        &[
+            "CREATE DATABASE d",
+            "CREATE USER ro WITH PASSWORD 'pw'",
+            "GRANT READ ON d TO ro",
+        ],
+        &[("ro", "d")],
     )
-    .await
-    .unwrap();
-    for stmt in [
-        "CREATE DATABASE d",
-        "CREATE USER ro WITH PASSWORD 'pw'",
-        "GRANT READ ON d TO ro",
-    ] {
-        assert!(q("admin", stmt).await.unwrap().status().is_success());
-    }
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let run = |user: &str, password: &str, args: &[&str], extra: &[(&str, String)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ohlcd"));

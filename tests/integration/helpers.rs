@@ -97,6 +97,45 @@ pub fn start_server(kind: Server) -> Option<TestInflux> {
     Some(TestInflux::start_server(kind).unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// An influxd with authentication: user `admin` (all privileges) and then
+/// `statements` run as that admin (databases, users, grants; users created
+/// there should have password `pw`). Returns once every `(user, database)` of
+/// `readers` may read its database: influxd answers a GRANT before every query
+/// path sees it (seen in CI: `requires READ` right after `GRANT ALL`).
+pub async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) -> TestInflux {
+    let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let query = |user: &str, q: &str| {
+        http.post(format!("{}/query", influx.url))
+            .basic_auth(user, Some("pw"))
+            .form(&[("q", q)])
+            .send()
+    };
+    // The first user may be created without credentials.
+    let first = "CREATE USER admin WITH PASSWORD 'pw' WITH ALL PRIVILEGES";
+    for (user, stmt) in std::iter::once(("", first)).chain(statements.iter().map(|s| ("admin", *s)))
+    {
+        let body = query(user, stmt).await.unwrap().text().await.unwrap();
+        assert!(!body.contains("\"error\""), "{stmt}: {body}");
+    }
+    for (user, db) in readers {
+        let check = format!("SHOW RETENTION POLICIES ON {db}");
+        let mut granted = false;
+        for _ in 0..100 {
+            let body = query(user, &check).await.unwrap().text().await.unwrap();
+            if !body.contains("error") {
+                granted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(granted, "user {user} never got READ on {db}");
+    }
+    influx
+}
+
 /// Everything a test needs: influxd, a database, a progress store, a clock.
 pub struct TestApp {
     /// The server (kept alive for the test).

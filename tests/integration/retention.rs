@@ -15,7 +15,7 @@ use ohlcd::influx::InfluxClient;
 use ohlcd::testkit::InfluxdOptions;
 use serde_json::Value;
 
-use crate::helpers::{Server, TestApp, TestInflux, t};
+use crate::helpers::{Server, TestApp, influx_with_users, t};
 use crate::http::get;
 
 const FROM: &str = "2024-03-01T00:00:00Z";
@@ -315,51 +315,16 @@ async fn where_the_finer_candles_expired_the_datafeed_answers_from_the_coarser_o
 
 #[tokio::test]
 async fn policies_ohlcd_cannot_create_or_change_are_reported_with_the_reason() {
-    let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let q = |user: &'static str, q: &'static str| {
-        http.post(format!("{}/query", influx.url))
-            .basic_auth(user, Some("pw"))
-            .form(&[("q", q)])
-            .send()
-    };
-    q(
-        "",
-        "CREATE USER admin WITH PASSWORD 'pw' WITH ALL PRIVILEGES",
+    let influx = influx_with_users(
+        &[
+            "CREATE DATABASE d",
+            "CREATE USER rw WITH PASSWORD 'pw'",
+            "GRANT ALL ON d TO rw",
+            "CREATE RETENTION POLICY raw ON d DURATION 30d REPLICATION 1",
+        ],
+        &[("rw", "d")],
     )
-    .await
-    .unwrap();
-    for stmt in [
-        "CREATE DATABASE d",
-        "CREATE USER rw WITH PASSWORD 'pw'",
-        "GRANT ALL ON d TO rw",
-        "CREATE RETENTION POLICY raw ON d DURATION 30d REPLICATION 1",
-    ] {
-        let body = q("admin", stmt).await.unwrap().text().await.unwrap();
-        assert!(!body.contains("\"error\""), "{stmt}: {body}");
-    }
-    // influxd answers the GRANT before every query path sees it (seen once
-    // under load: `rw not authorized … requires READ on d` right after it).
-    // The test is about what ohlcd says to a user with these rights, so wait
-    // until the user has them.
-    let granted = async {
-        for _ in 0..100 {
-            let body = q("rw", "SHOW RETENTION POLICIES ON d")
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if !body.contains("error") {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    assert!(granted.await, "user rw never got READ on d");
+    .await;
     let dir = tempfile::tempdir().unwrap();
     // `backfill` as a user that may write the database but not manage it.
     let backfill = |trades: &str| {
