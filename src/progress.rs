@@ -329,11 +329,6 @@ const WATERMARKS: Sql = Sql {
     postgres: "SELECT resolution, watermark FROM progress WHERE symbol = $1 AND watermark IS NOT NULL",
 };
 
-const LATE_BEFORE: Sql = Sql {
-    sqlite: "SELECT watermark, inflight_until FROM progress WHERE symbol = ?1 AND resolution = '1m'",
-    postgres: "SELECT watermark, inflight_until FROM progress WHERE symbol = $1 AND resolution = '1m'",
-};
-
 const ADD_DIRTY: Sql = Sql {
     sqlite: "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at)
              VALUES (?1, '1m', ?2, ?3, ?4)",
@@ -431,18 +426,6 @@ impl ProgressStore {
                 Ok((res, w))
             })
             .collect()
-    }
-
-    /// Trades of `symbol` before this time may already have been aggregated (or
-    /// are being aggregated right now) at 1m, so they must be recomputed as late.
-    /// `None` if no 1m chunk ever ran.
-    pub async fn late_before(&self, symbol: &str) -> Result<Option<i64>, ProgressError> {
-        let row = self
-            .db
-            .fetch_optional(LATE_BEFORE, &[Arg::Text(symbol.into())])
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(opt_time(&row, "watermark")?.max(opt_time(&row, "inflight_until")?))
     }
 
     /// Records `ranges` of `symbol` as late: the engine recomputes them at

@@ -272,6 +272,13 @@ const DIRTY_OF: Sql = Sql {
                WHERE symbol = ANY($1) ORDER BY id",
 };
 
+const LATE_BEFORE: Sql = Sql {
+    sqlite: "SELECT symbol, watermark, inflight_until FROM progress
+             WHERE resolution = '1m' AND symbol IN (SELECT value FROM json_each(?1))",
+    postgres: "SELECT symbol, watermark, inflight_until FROM progress
+               WHERE resolution = '1m' AND symbol = ANY($1)",
+};
+
 const CLEAR_DIRTY_OF: Sql = Sql {
     sqlite: "DELETE FROM dirty_ranges WHERE symbol = ?1 AND id <= ?2",
     postgres: "DELETE FROM dirty_ranges WHERE symbol = $1 AND id <= $2",
@@ -415,6 +422,24 @@ impl ProgressStore {
             resolution: resolution.parse().unwrap_or(Resolution::M1),
             owner: owner.to_string(),
         })
+    }
+
+    /// Per symbol, the time before which its trades may already have been
+    /// aggregated at 1m (or are being aggregated right now), so a trade ingested
+    /// before it must be recomputed as late. A symbol is absent if no 1m chunk
+    /// of it ever ran. One query for a whole ingest request.
+    pub async fn late_before(
+        &self,
+        symbols: &[String],
+    ) -> Result<HashMap<String, i64>, ProgressError> {
+        let rows = self.db.fetch_all(LATE_BEFORE, &[list(symbols)]).await?;
+        let mut out = HashMap::new();
+        for r in &rows {
+            if let Some(t) = opt_time(r, "watermark")?.max(opt_time(r, "inflight_until")?) {
+                out.insert(r.text("symbol")?, t);
+            }
+        }
+        Ok(out)
     }
 
     /// Announces, per symbol, the end of the raw range about to be read (fenced

@@ -1,6 +1,6 @@
 //! One handler per route; each states its route in its doc line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::json;
@@ -312,19 +312,18 @@ async fn ingest(
         .trades_written(trades.iter().map(|t| t.symbol.as_str()));
     // Only after InfluxDB acknowledged the write: a chunk that read the source
     // before this point has announced itself in `inflight_until`.
+    let symbols: Vec<String> = trades
+        .iter()
+        .map(|t| t.symbol.as_str())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let thresholds = state.store.late_before(&symbols).await.map_err(reject)?;
     let mut late: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    let mut thresholds: BTreeMap<&str, Option<i64>> = BTreeMap::new();
     for t in &trades {
-        let threshold = match thresholds.get(t.symbol.as_str()) {
-            Some(th) => *th,
-            None => {
-                let th = state.store.late_before(&t.symbol).await.map_err(reject)?;
-                thresholds.insert(&t.symbol, th);
-                th
-            }
-        };
         let time = t.stored().time;
-        if threshold.is_some_and(|th| time < th) {
+        if thresholds.get(&t.symbol).is_some_and(|th| time < *th) {
             late.entry(&t.symbol)
                 .or_default()
                 .push(Resolution::M1.window_start(time));
@@ -349,7 +348,7 @@ async fn ingest(
             .await
             .map_err(reject)?;
     }
-    if thresholds.values().any(Option::is_none) {
+    if thresholds.len() < symbols.len() {
         state.datafeed.invalidate_symbols().await;
     }
     ::metrics::counter!("ohlcd_trades_ingested_total").increment(trades.len() as u64);
