@@ -14,6 +14,7 @@
 use bytes::Bytes;
 
 use crate::candle::{Side, Trade};
+use crate::influx::encode::{push_float, push_tag_value};
 use crate::influx::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
 
 /// Sub-millisecond slots used to keep same-millisecond trades apart.
@@ -124,16 +125,6 @@ impl NewTrade {
     }
 }
 
-/// Appends `value` with line-protocol tag escaping (comma, equals sign, space).
-fn push_tag_value(out: &mut Vec<u8>, value: &str) {
-    for b in value.bytes() {
-        if matches!(b, b',' | b'=' | b' ') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-}
-
 /// Line protocol for trades: `trades,side=…,symbol=… price=…,amount=…,id=…i <ns>`.
 ///
 /// This is the ingest hot path, so it is written directly (ryu, itoa) rather
@@ -151,9 +142,9 @@ pub fn encode_trades(trades: &[NewTrade]) -> Vec<u8> {
         out.extend_from_slice(b",symbol=");
         push_tag_value(&mut out, &t.symbol);
         out.extend_from_slice(b" price=");
-        out.extend_from_slice(float_text(&mut floats, t.price));
+        push_float(&mut out, &mut floats, t.price);
         out.extend_from_slice(b",amount=");
-        out.extend_from_slice(float_text(&mut floats, t.amount));
+        push_float(&mut out, &mut floats, t.amount);
         out.extend_from_slice(b",id=");
         out.extend_from_slice(ints.format(t.id).as_bytes());
         out.extend_from_slice(b"i ");
@@ -161,14 +152,6 @@ pub fn encode_trades(trades: &[NewTrade]) -> Vec<u8> {
         out.push(b'\n');
     }
     out
-}
-
-/// The shortest text that reads back as `x`, as Rust's `Display` writes it
-/// (`100.5`, `3`), which is what the line-protocol builder produces too.
-fn float_text(buf: &mut ryu::Buffer, x: f64) -> &[u8] {
-    let s = buf.format_finite(x);
-    // ryu writes integral values as `3.0`; Display (and the builder) as `3`.
-    s.strip_suffix(".0").unwrap_or(s).as_bytes()
 }
 
 /// Writes already validated trades, [`INGEST_BATCH`] per request.
