@@ -3,8 +3,35 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+/// glibc gives threads that contend for malloc arenas of their own and keeps
+/// freed memory in each: a 5,000-symbol backfill peaked at 85 MB resident for
+/// 28 MB of heap (heaptrack). One arena (threads still have their own caches)
+/// brought the peak to 44 MB at the same CPU time. `MALLOC_ARENA_MAX`, when
+/// set, still decides.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = ohlcd::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
