@@ -295,7 +295,7 @@ impl<W: Warehouse> Engine<W> {
                 self.settings.batch_symbols,
             );
             for (batch, _) in live_batches {
-                self.run_batch(batch, 1, lookback, &mut report, &mut failed)
+                self.run_batch(batch, 1, 0, lookback, &mut report, &mut failed)
                     .await;
             }
             if plan.lagging.is_empty() || self.stop_requested() {
@@ -422,7 +422,7 @@ impl<W: Warehouse> Engine<W> {
         for w in lagging {
             by_chunk.entry(w.end).or_default().push(w);
         }
-        let mut batches: Vec<Vec<Work>> = Vec::new();
+        let mut batches: Vec<(Vec<Work>, u64)> = Vec::new();
         for (end, works) in by_chunk {
             let start = works.iter().map(|w| w.from).min().unwrap_or(end);
             // InfluxDB 1.x decodes every price to count it (30–50 % of a
@@ -461,11 +461,11 @@ impl<W: Warehouse> Engine<W> {
                     (w, n)
                 })
                 .collect();
-            batches.extend(
-                plan::pack_batches(sized, self.settings.batch_rows, self.settings.batch_symbols)
-                    .into_iter()
-                    .map(|(b, _)| b),
-            );
+            batches.extend(plan::pack_batches(
+                sized,
+                self.settings.batch_rows,
+                self.settings.batch_symbols,
+            ));
         }
         // InfluxDB's serialization of raw rows is the bottleneck and runs one
         // core per query: while fewer batches than reads are in flight, a
@@ -473,10 +473,11 @@ impl<W: Warehouse> Engine<W> {
         let in_flight = self.settings.concurrency.min(batches.len()).max(1);
         let parts = (self.settings.read_parallelism / in_flight).max(1);
         let outcomes: Vec<(TickReport, HashSet<String>)> = futures_util::stream::iter(batches)
-            .map(|batch| async move {
+            .map(|(batch, rows)| async move {
                 let mut r = TickReport::default();
                 let mut f = HashSet::new();
-                self.run_batch(batch, parts, false, &mut r, &mut f).await;
+                self.run_batch(batch, parts, rows, false, &mut r, &mut f)
+                    .await;
                 (r, f)
             })
             .buffer_unordered(self.settings.concurrency.max(1))
@@ -549,13 +550,15 @@ impl<W: Warehouse> Engine<W> {
         Ok(())
     }
 
-    /// Claims a batch, runs it while renewing its leases, and records the
-    /// outcome: released as completed/idle, or failed with the error (the
-    /// watermarks stay at the last commit).
+    /// Claims a batch (`rows`: the trades expected in it), runs it while
+    /// renewing its leases, and records the outcome: released as
+    /// completed/idle, or failed with the error (the watermarks stay at the
+    /// last commit).
     async fn run_batch(
         &self,
         mut works: Vec<Work>,
         parts: usize,
+        rows: u64,
         lookback: bool,
         report: &mut TickReport,
         failed: &mut HashSet<String>,
@@ -584,7 +587,7 @@ impl<W: Warehouse> Engine<W> {
         let held: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
         let started_at = self.clock.now();
         let result = tokio::select! {
-            r = self.process_batch(&works, parts, lookback, report) => r,
+            r = self.process_batch(&works, parts, rows, lookback, report) => r,
             e = self.keep_leases(&held) => Err(e),
         };
         let horizon = self.horizon();
@@ -653,11 +656,14 @@ impl<W: Warehouse> Engine<W> {
         }
     }
 
-    /// Repairs, lookback, then the forward step of a claimed batch.
+    /// Repairs, lookback, then the forward step of a claimed batch: in 4h
+    /// parts when it starts at midnight and holds more than `engine.batch_rows`
+    /// trades (a dense symbol's day), else in one read.
     async fn process_batch(
         &self,
         works: &[Work],
         parts: usize,
+        rows: u64,
         lookback: bool,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
@@ -679,7 +685,10 @@ impl<W: Warehouse> Engine<W> {
         let from_midnight = forward
             .iter()
             .all(|w| w.from % NANOS_PER_DAY == 0 && w.end - w.from > Resolution::H4.nanos());
-        if !forward.is_empty() && from_midnight {
+        // Parts bound a dense day's memory to 4 hours and let InfluxDB store
+        // one part while it reads the next; on a batch of ordinary size their
+        // extra queries cost more than that gains (A/B in README, issue #9).
+        if !forward.is_empty() && from_midnight && rows > self.settings.batch_rows {
             self.step_in_parts(&forward, parts, report).await?;
         } else if !forward.is_empty() {
             self.step(&forward, parts, report).await?;

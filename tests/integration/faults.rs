@@ -125,14 +125,17 @@ async fn crash_at_and_recover(backend: Backend, point: &str, expect_orphaned_lea
     let app = TestApp::spawn_on_store(backend).await;
     let symbols = ["BTCUSD", "ETHUSD"];
     with_trades(&app, &symbols, 40, 60_000).await;
-    let mut crashing = KillOnDrop::spawn(
-        app.ohlcd()
-            .arg("backfill")
-            .env("OHLCD_FAILPOINT", point)
-            // One symbol at a time, so the state at the crash point is known.
-            .env("OHLCD_ENGINE__CONCURRENCY", "1")
-            .stderr(Stdio::piped()),
-    );
+    let mut cmd = app.ohlcd();
+    cmd.arg("backfill")
+        .env("OHLCD_FAILPOINT", point)
+        // One symbol at a time, so the state at the crash point is known.
+        .env("OHLCD_ENGINE__CONCURRENCY", "1")
+        .stderr(Stdio::piped());
+    if point.starts_with("part_written") {
+        // A day of one symbol (750 trades) above the batch size: read in parts.
+        cmd.env("OHLCD_ENGINE__BATCH_ROWS", "500");
+    }
+    let mut crashing = KillOnDrop::spawn(&mut cmd);
     wait_for_stderr(
         &mut crashing,
         &format!("failpoint {} reached", point.split(':').next().unwrap()),
