@@ -160,7 +160,7 @@ pub struct Args {
     /// 0.75 for dense data (≥ 200k trades per symbol-day), else 1.0.
     #[arg(long)]
     ratio_goal: Option<f64>,
-    /// Phases to leave out: group-by, caught-up, rss, daemon, influx-load.
+    /// Phases to leave out: group-by, caught-up, write-alone, rss, daemon, influx-load.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Live shape: `ohlcd run` over --symbols-count symbols (default 5000)
@@ -336,7 +336,14 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         "--serve-concurrency: levels between 1 and {}",
         serve::MAX_CONCURRENCY
     );
-    const PHASES: [&str; 5] = ["group-by", "caught-up", "rss", "daemon", "influx-load"];
+    const PHASES: [&str; 6] = [
+        "group-by",
+        "caught-up",
+        "write-alone",
+        "rss",
+        "daemon",
+        "influx-load",
+    ];
     if let Some(n) = args.push {
         ensure!(
             (21..=20_000).contains(&n),
@@ -581,6 +588,14 @@ async fn backfill_shape(b: &mut Bench, r: &mut Results) {
             r.backfill = Some(best);
         }
         r.keep_best_raw_pulls();
+        // What writing those candles alone costs InfluxDB: the floor under
+        // the backfill that no reading strategy can go below.
+        if b.args.runs("write-alone") && r.backfill.is_some() {
+            b.settle().await;
+            if let Err(e) = reference::write_alone(b, r).await {
+                b.fail("candle write alone", e);
+            }
+        }
         // The daemon: chart latency and ingest (few symbols only: its figures
         // are per symbol).
         if b.shape == Shape::FewSymbols && b.args.runs("daemon") {

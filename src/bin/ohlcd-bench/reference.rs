@@ -109,6 +109,55 @@ fn check_content_type(format: &str, accept: &str, content_type: &str) -> Result<
 
 /// InfluxQL GROUP BY time at the six resolutions (timed), then a check that
 /// ohlcd's stored candles equal them.
+/// The backfill's candles, read back into memory and written into an empty
+/// database by ohlcd's own writer (same batch size and requests in flight),
+/// timed alone: what storing them costs InfluxDB without any reading.
+pub async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
+    let symbols = b.symbols().to_vec();
+    let range = b.candles_from()..b.to + crate::DAY_NS;
+    let mut candles: Vec<(
+        ohlcd::candle::Resolution,
+        String,
+        Vec<ohlcd::candle::Candle>,
+    )> = Vec::new();
+    for res in ohlcd::candle::Resolution::ALL {
+        // Symbol lists of a few hundred keep InfluxQL's regex short.
+        for group in symbols.chunks(500) {
+            let mut by_symbol: BTreeMap<String, Vec<ohlcd::candle::Candle>> = BTreeMap::new();
+            b.influx
+                .stream_candles_of(res, group, range.clone(), |s, c| {
+                    by_symbol.entry(s.to_string()).or_default().push(c)
+                })
+                .await?;
+            candles.extend(by_symbol.into_iter().map(|(s, c)| (res, s, c)));
+        }
+    }
+    let n: usize = candles.iter().map(|(_, _, c)| c.len()).sum();
+    let sets: Vec<ohlcd::influx::CandleSet<'_>> = candles
+        .iter()
+        .map(|(res, s, c)| ohlcd::influx::CandleSet {
+            resolution: *res,
+            symbol: s,
+            candles: c,
+        })
+        .collect();
+    let db = format!("{}_write_alone", b.db);
+    let client = b.client_of(&db)?;
+    client.create_database().await?;
+    b.created.push(db.clone());
+    let started = std::time::Instant::now();
+    client.write_candle_sets(&sets).await?;
+    let elapsed = started.elapsed();
+    say!(
+        "candle write alone: {n} candles in {:.2}s",
+        elapsed.as_secs_f64()
+    );
+    r.write_alone = Some((n as u64, elapsed));
+    b.drop_database(&db).await?;
+    b.created.retain(|d| d != &db);
+    Ok(())
+}
+
 pub async fn group_by(b: &mut Bench, r: &mut Results) -> Result<()> {
     let mut answers = Vec::new();
     for (res, _, _) in RESOLUTIONS {

@@ -28,6 +28,8 @@ pub struct Results {
     /// (trades, symbols, peak kB).
     pub rss: Vec<(u64, usize, u64)>,
     pub caught_up: Option<Duration>,
+    /// The backfill's candles written alone: (candles, time).
+    pub write_alone: Option<(u64, Duration)>,
     pub latency: Vec<Latency>,
     pub h1_30d: Option<Latency>,
     pub ingest: Option<Ingest>,
@@ -457,6 +459,23 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
                 x <= goal,
             ));
         }
+    }
+    if let (Some((n, w)), Some(p)) = (r.write_alone, fastest) {
+        // Writing the candles is work the backfill cannot skip; on 2 cores it
+        // overlaps the reads at best.
+        rows.push(row(
+            "  candle write alone (ohlcd's writer, empty database)",
+            format!("{:.2} s, {} candles", w.as_secs_f64(), thousands(n as f64)),
+        ));
+        rows.push(row(
+            "candle write alone / fastest raw pull",
+            format!(
+                "{:.2} ({:.2} s / {:.2} s)",
+                w.as_secs_f64() / p.elapsed.as_secs_f64(),
+                w.as_secs_f64(),
+                p.elapsed.as_secs_f64()
+            ),
+        ));
     }
     if !r.caught_up_passes.is_empty() {
         let secs: Vec<f64> = r
