@@ -306,6 +306,10 @@ async fn ingest(
     state: AppState,
 ) -> Result<Accepted, Rejection> {
     write_trades(&state.influx, &trades).await.map_err(reject)?;
+    // History requests read them from now on (the cached tail goes).
+    let symbols: std::collections::BTreeSet<&str> =
+        trades.iter().map(|t| t.symbol.as_str()).collect();
+    symbols.iter().for_each(|s| state.datafeed.trades_posted(s));
     // InfluxDB has them: live subscribers of these symbols see them now.
     state
         .push
