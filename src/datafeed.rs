@@ -408,6 +408,13 @@ impl Datafeed {
                 .stored_candles(symbol, *source, range.clone(), epoch)
                 .await
             {
+                // Bars of the source's own size are its candles as stored
+                // (aggregating one candle per window returns it unchanged).
+                Ok(candles)
+                    if !candles.is_empty() && bucketing == Bucketing::Fixed(source.nanos()) =>
+                {
+                    return Ok(candles);
+                }
                 Ok(candles) if !candles.is_empty() => {
                     let mut agg = Aggregator::new(bucketing);
                     candles.iter().for_each(|c| agg.add_candle(c));
