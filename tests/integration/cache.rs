@@ -153,6 +153,21 @@ async fn a_repair_by_another_daemon_drops_what_every_server_cached(backend: Back
             );
         }
     }
+    // What the cache did is on /metrics.
+    let metrics = reqwest::get(format!("{first}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "ohlcd_datafeed_cache_hits_total{kind=\"candles\"}",
+        "ohlcd_datafeed_cache_misses_total{kind=\"candles\"}",
+        "ohlcd_datafeed_cache_invalidations_total{kind=\"epoch\"}",
+        "ohlcd_datafeed_cache_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} not in /metrics:\n{metrics}");
+    }
 }
 
 on_both_stores!(a_repair_by_another_daemon_drops_what_every_server_cached);
