@@ -266,12 +266,14 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     };
     let mut server_stop = stop_rx.clone();
     let push = state.push.clone();
+    let datafeed = state.datafeed.clone();
     let server = tokio::spawn(crate::server::serve(listener, state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
-    // Each tick also refreshes the live bars: trades written straight into
-    // InfluxDB reach the chart's stream within one tick.
+    // Each tick also refreshes the live bars and the cached open-bar trades:
+    // trades written straight into InfluxDB reach the chart within one tick.
     let mut scheduler = crate::scheduler::start(engine.clone(), &settings.engine.cron, move || {
+        datafeed.tick_done();
         push.refresh_all()
     })
     .await?;

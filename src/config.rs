@@ -376,6 +376,38 @@ pub struct DatafeedSettings {
     pub exchange: String,
     /// Timeout of InfluxDB requests made while serving, seconds.
     pub timeout_secs: u64,
+    /// Most bytes the serving cache holds; 0 disables it.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
+    /// How long a symbol's watermarks and candle epoch are reused, ms.
+    #[serde(default = "default_cache_recheck_ms")]
+    pub cache_recheck_ms: u64,
+    /// How long the cached raw tail (the open bar) is reused at most, ms.
+    #[serde(default = "default_tail_ttl_ms")]
+    pub tail_ttl_ms: u64,
+}
+
+fn default_cache_max_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_cache_recheck_ms() -> u64 {
+    200
+}
+
+fn default_tail_ttl_ms() -> u64 {
+    1000
+}
+
+impl DatafeedSettings {
+    /// The serving cache these settings ask for.
+    pub fn cache(&self) -> crate::datafeed::CacheSettings {
+        crate::datafeed::CacheSettings {
+            max_bytes: usize::try_from(self.cache_max_bytes).unwrap_or(usize::MAX),
+            recheck: std::time::Duration::from_millis(self.cache_recheck_ms),
+            tail_ttl: std::time::Duration::from_millis(self.tail_ttl_ms),
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.

@@ -16,14 +16,18 @@
 //! bars at that coarser spacing, each a stored candle ([`reach_plan`]).
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::candle::{Aggregator, Bucketing, Candle, Resolution};
+use crate::candle::{Aggregator, Bucketing, Candle, Resolution, Trade};
 pub use crate::chart::{BadResolution, ChartResolution, adaptive_resolution};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::plan::RETENTION_MARGIN;
 use crate::influx::{InfluxClient, InfluxError, Keep, Stored};
-use crate::progress::{ProgressError, ProgressStore};
+use crate::progress::{ProgressError, ProgressStore, ServingState};
+
+mod cache;
+pub use cache::{CacheSettings, CandleCache, Lookup};
 
 /// Errors while serving candles.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub struct Datafeed {
     symbols_ttl: Duration,
     symbols: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
     first_trades: tokio::sync::Mutex<std::collections::HashMap<String, (Instant, Option<i64>)>>,
+    cache: CandleCache,
+    tail_reads: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Datafeed {
@@ -80,7 +86,118 @@ impl Datafeed {
             symbols_ttl,
             symbols: tokio::sync::Mutex::new(None),
             first_trades: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            cache: CandleCache::new(CacheSettings::OFF),
+            tail_reads: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// This datafeed keeping closed candles and the tail in memory (see
+    /// [`CandleCache`]).
+    pub fn with_cache(mut self, settings: CacheSettings) -> Datafeed {
+        self.cache = CandleCache::new(settings);
+        self
+    }
+
+    /// Trades of `symbol` were written and acknowledged by InfluxDB: the next
+    /// request sees them.
+    pub fn trades_posted(&self, symbol: &str) {
+        self.cache.trades_posted(symbol);
+    }
+
+    /// The engine ticked (trades written straight into InfluxDB are now
+    /// due): the next request reads the open bar's trades again.
+    pub fn tick_done(&self) {
+        self.cache.tick_done();
+    }
+
+    /// Bytes held by the cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
+    /// `symbol`'s watermarks and candle epoch: from the cache while fresh,
+    /// else one progress-store statement.
+    async fn serving_state(&self, symbol: &str) -> Result<ServingState, DatafeedError> {
+        if let Some(state) = self.cache.state(symbol) {
+            return Ok(state);
+        }
+        let state = self.store.serving_state(symbol).await?;
+        self.cache.put_state(symbol, &state);
+        Ok(state)
+    }
+
+    /// Stored candles of `res` in `range` (below its watermark), from the
+    /// cache where it holds them under `epoch`; the number of rows InfluxDB
+    /// would have answered is the length.
+    async fn stored_candles(
+        &self,
+        symbol: &str,
+        res: Resolution,
+        range: Range<i64>,
+        epoch: i64,
+    ) -> Result<Vec<Candle>, InfluxError> {
+        let read = match self.cache.candles(symbol, res, range.clone(), epoch) {
+            Lookup::Hit(candles) => return Ok(candles),
+            Lookup::Miss(read) => read,
+        };
+        let mut fetched = Vec::new();
+        self.influx
+            .stream_candles(res, symbol, read.clone(), |c| fetched.push(c))
+            .await?;
+        self.cache
+            .put_candles(symbol, res, read.clone(), &fetched, epoch);
+        if read == range {
+            return Ok(fetched);
+        }
+        // Only part was read: the entry now holds the whole range, unless the
+        // epoch moved meanwhile; then read it all.
+        if let Lookup::Hit(candles) = self.cache.candles(symbol, res, range.clone(), epoch) {
+            return Ok(candles);
+        }
+        let mut all = Vec::new();
+        self.influx
+            .stream_candles(res, symbol, range, |c| all.push(c))
+            .await?;
+        Ok(all)
+    }
+
+    /// Raw trades of `symbol` in `range` past the 1m watermark, from the
+    /// cached tail while it holds them.
+    async fn tail_trades(
+        &self,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<Vec<Trade>, InfluxError> {
+        if let Ok(trades) = self.cache.tail(symbol, range.clone()) {
+            return Ok(trades);
+        }
+        // One read per symbol at a time: the feeds of every resolution of a
+        // symbol wake together after a post, and all want the same tail.
+        let lock = {
+            let mut locks = self.tail_reads.lock().expect("tail locks");
+            locks.entry(symbol.to_string()).or_default().clone()
+        };
+        let _reading = lock.lock().await;
+        let posted = match self.cache.tail(symbol, range.clone()) {
+            Ok(trades) => return Ok(trades),
+            Err(posted) => posted,
+        };
+        // Read to the end of the day at least, so the tails of daily (and
+        // finer) bars are one read.
+        let day = Resolution::D1.nanos();
+        let read = range.start..range.end.max(crate::candle::ceil_to(range.start + 1, day));
+        let mut trades = Vec::new();
+        self.influx
+            .stream_trades(symbol, read.clone(), |t| trades.push(t))
+            .await?;
+        trades.retain(|t| read.contains(&t.time));
+        let wanted: Vec<Trade> = trades
+            .iter()
+            .filter(|t| range.contains(&t.time))
+            .copied()
+            .collect();
+        self.cache.put_tail(symbol, read, trades, posted);
+        Ok(wanted)
     }
 
     /// Known symbols (those with trades), cached for a few seconds.
@@ -141,6 +258,13 @@ impl Datafeed {
     /// Fails with [`DatafeedError::UnknownSymbol`] unless `symbol` has trades
     /// (or, where raw trades expire, candles).
     pub async fn require_symbol(&self, symbol: &str) -> Result<(), DatafeedError> {
+        // The common case without copying the list.
+        if let Some((at, list)) = self.symbols.lock().await.as_ref()
+            && at.elapsed() < self.symbols_ttl
+            && list.iter().any(|s| s == symbol)
+        {
+            return Ok(());
+        }
         if self.symbols().await?.iter().any(|s| s == symbol) {
             return Ok(());
         }
@@ -223,7 +347,7 @@ impl Datafeed {
         };
         // Plan: the coarsest source up to its watermark, then each finer one up to
         // its own, then raw trades for the rest (the live tail).
-        let watermarks = self.store.watermarks(symbol).await?;
+        let ServingState { watermarks, epoch } = self.serving_state(symbol).await?;
         let sources = bucketing.sources();
         let mut plan: Vec<(usize, Range<i64>)> = Vec::new();
         let mut cursor = start;
@@ -249,7 +373,9 @@ impl Datafeed {
                 .filter(|r| watermarks.get(r).is_some_and(|w| *w >= seg.end))
                 .filter(|r| reaches(r, seg.start))
                 .collect();
-            self.segment(symbol, bucketing, usable, seg.clone())
+            // The last segment, past every watermark, is the tail.
+            let tail = *i == sources.len();
+            self.segment(symbol, bucketing, usable, seg.clone(), epoch, tail)
         }))
         .await;
         let mut bars: Vec<Candle> = Vec::new();
@@ -274,15 +400,26 @@ impl Datafeed {
         bucketing: Bucketing,
         sources: Vec<Resolution>,
         range: Range<i64>,
+        epoch: i64,
+        tail: bool,
     ) -> Result<Vec<Candle>, DatafeedError> {
         for source in &sources {
-            let mut agg = Aggregator::new(bucketing);
             match self
-                .influx
-                .stream_candles(*source, symbol, range.clone(), |c| agg.add_candle(&c))
+                .stored_candles(symbol, *source, range.clone(), epoch)
                 .await
             {
-                Ok(rows) if rows > 0 => return Ok(agg.finish()),
+                // Bars of the source's own size are its candles as stored
+                // (aggregating one candle per window returns it unchanged).
+                Ok(candles)
+                    if !candles.is_empty() && bucketing == Bucketing::Fixed(source.nanos()) =>
+                {
+                    return Ok(candles);
+                }
+                Ok(candles) if !candles.is_empty() => {
+                    let mut agg = Aggregator::new(bucketing);
+                    candles.iter().for_each(|c| agg.add_candle(c));
+                    return Ok(agg.finish());
+                }
                 Ok(_) => {}
                 // InfluxDB itself is down or hung: every other source would fail
                 // the same way, one timeout each. Answer the error now.
@@ -293,9 +430,16 @@ impl Datafeed {
             }
         }
         let mut agg = Aggregator::new(bucketing);
-        self.influx
-            .stream_trades(symbol, range, |t| agg.add_trade(&t))
-            .await?;
+        if tail {
+            self.tail_trades(symbol, range)
+                .await?
+                .iter()
+                .for_each(|t| agg.add_trade(t));
+        } else {
+            self.influx
+                .stream_trades(symbol, range, |t| agg.add_trade(&t))
+                .await?;
+        }
         Ok(agg.finish())
     }
 

@@ -22,10 +22,12 @@ use crate::candle::Resolution;
 use crate::times::{from_rfc3339, human_duration, to_rfc3339};
 
 mod db;
+mod epochs;
 mod postgres;
 mod sqlite;
 mod symbols;
 use db::{Arg, Db, DbRow, Sql};
+pub use epochs::ServingState;
 pub use symbols::{StepCommit, SymbolState};
 
 /// Errors of the progress store.

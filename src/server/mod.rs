@@ -77,7 +77,8 @@ impl AppState {
             store.clone(),
             settings.datafeed.max_bars,
             std::time::Duration::from_secs(settings.datafeed.symbols_cache_secs),
-        );
+        )
+        .with_cache(settings.datafeed.cache());
         let datafeed = Arc::new(datafeed);
         let limits = QueryLimits::new(&settings.server);
         let push = PushHub::new(

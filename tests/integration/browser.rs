@@ -170,3 +170,32 @@ async fn the_binary_copied_alone_into_an_empty_directory_serves_a_working_chart(
     files.sort();
     assert_eq!(files, vec!["ohlcd".to_string()]);
 }
+
+/// The server refuses every live stream (`server.max_streams = 0`, as a full
+/// server would): the page falls back to polling, and a trade posted during
+/// the test still moves the drawn bar, without a reload.
+#[tokio::test]
+async fn with_the_live_stream_refused_a_posted_trade_reaches_the_drawn_bar_by_polling() {
+    let app = TestApp::spawn().await;
+    let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
+    app.clock.set(now);
+    let spec = GenerateSpec {
+        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        from: now - 3 * 86_400 * NANOS_PER_SEC,
+        to: now - 30 * NANOS_PER_SEC,
+        trades: 10_000,
+        seed: 6,
+    };
+    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
+    app.write(&trades).await;
+    app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    let served = app
+        .serve_with("127.0.0.1:0", |s| s.server.max_streams = 0)
+        .await;
+    chart_script(
+        served.url.clone(),
+        "chart-polling.png",
+        &[("EXPECT_STREAM_REFUSED", "1")],
+    )
+    .await;
+}

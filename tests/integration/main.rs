@@ -2,6 +2,7 @@
 //! One test binary (faster to link); each module is one area.
 
 mod browser;
+mod cache;
 mod cli;
 mod compat;
 mod engine;

@@ -1,0 +1,26 @@
+-- Per symbol, a generation of its stored candles below the watermarks: bumped
+-- whenever candles already written are rewritten (a late-trade or lookback
+-- repair, `ohlcd rebuild`), in the same transaction that commits the rewrite.
+-- Servers cache closed candles tagged with the epoch they were read under and
+-- drop them when it moves, whichever process or host did the rewrite.
+CREATE TABLE candle_epochs (
+    symbol TEXT   NOT NULL PRIMARY KEY,
+    epoch  BIGINT NOT NULL
+);
+
+-- Every repair and rebuild step (and a failed one, which may have written part
+-- of its candles) records a progress_runs row whose kind is not 'chunk', inside
+-- the committing transaction: bumping from a trigger keeps the bump in that
+-- transaction without the engine having to remember it.
+CREATE FUNCTION ohlcd_bump_candle_epoch() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO candle_epochs (symbol, epoch) VALUES (NEW.symbol, 1)
+    ON CONFLICT (symbol) DO UPDATE SET epoch = candle_epochs.epoch + 1;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER candle_epochs_bump AFTER INSERT ON progress_runs
+FOR EACH ROW WHEN (NEW.kind <> 'chunk')
+EXECUTE FUNCTION ohlcd_bump_candle_epoch();
