@@ -395,11 +395,7 @@ impl ProgressStore {
 
     /// All tasks, ordered by symbol then resolution (cascade order).
     pub async fn tasks(&self) -> Result<Vec<Task>, ProgressError> {
-        let rows = self.db.fetch_all(TASKS, &[]).await?;
-        let mut tasks = rows
-            .iter()
-            .map(task_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut tasks = self.db.fetch_map(TASKS, &[], task_from_row).await?;
         tasks.sort_by(|a, b| (&a.symbol, a.resolution).cmp(&(&b.symbol, b.resolution)));
         Ok(tasks)
     }

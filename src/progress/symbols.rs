@@ -301,22 +301,22 @@ impl ProgressStore {
         &self,
         owner: &str,
     ) -> Result<BTreeMap<String, SymbolState>, ProgressError> {
-        let rows = self
-            .db
-            .fetch_all(SYMBOL_STATES, &[Arg::Text(owner.into())])
-            .await?;
         let mut out: BTreeMap<String, SymbolState> = BTreeMap::new();
-        for row in &rows {
-            let res = parse_resolution(&row.text("resolution")?)?;
-            let state = out.entry(row.text("symbol")?).or_insert(SymbolState {
-                watermarks: [None; 6],
-                leased_by: None,
-            });
-            state.watermarks[index(res)] = opt_time(row, "watermark")?;
-            if let Some(o) = row.opt_text("leased_by")? {
-                state.leased_by = Some(o);
-            }
-        }
+        self.db
+            .fetch_map(SYMBOL_STATES, &[Arg::Text(owner.into())], |row| {
+                let res = parse_resolution(&row.text("resolution")?)?;
+                let symbol = row.text("symbol")?;
+                let state = out.entry(symbol).or_insert(SymbolState {
+                    watermarks: [None; 6],
+                    leased_by: None,
+                });
+                state.watermarks[index(res)] = opt_time(row, "watermark")?;
+                if let Some(o) = row.opt_text("leased_by")? {
+                    state.leased_by = Some(o);
+                }
+                Ok::<(), ProgressError>(())
+            })
+            .await?;
         Ok(out)
     }
 
