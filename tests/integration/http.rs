@@ -19,6 +19,9 @@ const TO: &str = "2024-03-12T07:30:00Z";
 /// Two symbols of trades over ~10 weeks (crossing months and weeks), the engine
 /// caught up, and the clock an hour after the data.
 async fn app_with_history(materialize: bool) -> TestApp {
+    // As `ohlcd run` does before its first tick: the process-wide recorder is
+    // installed first, so the tick below is counted whichever test runs first.
+    ohlcd::server::metrics::handle();
     let app = TestApp::spawn().await;
     let spec = GenerateSpec {
         symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
