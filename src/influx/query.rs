@@ -216,7 +216,8 @@ impl InfluxClient {
 
     /// Streams the raw trades of every symbol in `symbols` in
     /// `[range.start, range.end)` with one query, calling `on_trade` with each
-    /// trade's symbol. Rows arrive ordered by time across symbols.
+    /// trade's symbol. Over InfluxQL rows arrive ordered by time across
+    /// symbols; over SQL (InfluxDB 3) in no particular order.
     pub async fn stream_trades_of(
         &self,
         symbols: &[String],
