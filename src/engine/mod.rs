@@ -165,6 +165,11 @@ impl<W: Warehouse> std::fmt::Debug for Engine<W> {
     }
 }
 
+/// Candles of a step's parts whose writes may be awaited at once (about
+/// 10 MB): every part of a step of a few symbols, one at a time for
+/// thousands.
+const CANDLES_IN_FLIGHT: usize = 50_000;
+
 impl<W: Warehouse> Engine<W> {
     /// An engine; `lease` is how long a claimed symbol stays ours without renewal.
     pub fn new(
@@ -767,7 +772,11 @@ impl<W: Warehouse> Engine<W> {
     /// parts are read at once while the candles of the parts already read are
     /// written, so InfluxDB reads and stores at the same time instead of one
     /// after the other. A part yields complete 1m…4h windows; the days are
-    /// built from the parts' 4h candles and written last. The watermarks are
+    /// built from the parts' 4h candles and written last. Parts' writes are
+    /// awaited together while they hold fewer than [`CANDLES_IN_FLIGHT`]
+    /// candles (one part at a time beyond that): a server that acknowledges a
+    /// write only after its WAL flush (InfluxDB 3, ~1 s) then acknowledges a
+    /// step's parts in one or two flushes instead of one flush each. The watermarks are
     /// committed once, after InfluxDB acknowledged every part's candles: a
     /// crash before that leaves them where they were, and the candles already
     /// written are recomputed with the same values.
@@ -793,8 +802,8 @@ impl<W: Warehouse> Engine<W> {
         let mut rows: HashMap<&str, u64> = HashMap::new();
         let mut candles: HashMap<&str, [u64; 6]> = HashMap::new();
         let mut days: HashMap<&str, Aggregator> = HashMap::new();
-        // One part's candles wait while the previous part is written: memory
-        // stays at a few parts, whatever the step's length.
+        // One part's candles wait while earlier parts are written: memory
+        // stays at a few parts or CANDLES_IN_FLIGHT, whatever the step's length.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(&str, [Vec<Candle>; 6])>>(1);
         let read = async {
             let tx = tx;
@@ -819,47 +828,61 @@ impl<W: Warehouse> Engine<W> {
                     })
                     .collect();
                 if tx.send(produced).await.is_err() {
-                    break; // the writer failed; its error is the step's
+                    return Ok(()); // the writer failed; its error is the step's
                 }
             }
+            // The days, complete once every part is read, go out last.
+            let closed: Vec<(&str, [Vec<Candle>; 6])> = works
+                .iter()
+                .filter_map(|w| {
+                    let day = days.remove(w.symbol.as_str())?;
+                    let mut by_res: [Vec<Candle>; 6] = Default::default();
+                    by_res[plan::index(Resolution::D1)] = plan::closed_days(day, w.end);
+                    Some((w.symbol.as_str(), by_res))
+                })
+                .collect();
+            let _ = tx.send(closed).await;
             Ok::<(), EngineError>(())
         };
         let write = async {
-            while let Some(produced) = rx.recv().await {
-                for (symbol, by_res) in &produced {
-                    let n = candles.entry(symbol).or_default();
-                    for (i, c) in by_res.iter().enumerate() {
-                        n[i] += c.len() as u64;
+            let mut pending = futures_util::stream::FuturesUnordered::new();
+            let mut in_flight = 0usize;
+            let mut open = true;
+            while open || !pending.is_empty() {
+                let room = pending.is_empty() || in_flight < CANDLES_IN_FLIGHT;
+                tokio::select! {
+                    next = rx.recv(), if open && room => {
+                        let Some(produced) = next else {
+                            open = false;
+                            continue;
+                        };
+                        let mut size = 0;
+                        for (symbol, by_res) in &produced {
+                            let n = candles.entry(symbol).or_default();
+                            for (i, c) in by_res.iter().enumerate() {
+                                n[i] += c.len() as u64;
+                                size += c.len();
+                            }
+                        }
+                        in_flight += size;
+                        pending.push(async move {
+                            let sets: Vec<CandleSet<'_>> = produced
+                                .iter()
+                                .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
+                                .collect();
+                            self.write(&sets).await.map(|()| size)
+                        });
+                    }
+                    Some(written) = pending.next(), if !pending.is_empty() => {
+                        in_flight -= written?;
+                        // Crash test point: a part written, the step not committed.
+                        crate::failpoint::hit("part_written").await;
                     }
                 }
-                let sets: Vec<CandleSet<'_>> = produced
-                    .iter()
-                    .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
-                    .collect();
-                self.write(&sets).await?;
-                // Crash test point: a part written, the step not committed.
-                crate::failpoint::hit("part_written").await;
             }
             Ok::<(), EngineError>(())
         };
         tokio::try_join!(read, write)?;
-
-        let mut closed: Vec<(&str, [Vec<Candle>; 6])> = Vec::new();
-        for w in works {
-            let Some(day) = days.remove(w.symbol.as_str()) else {
-                continue;
-            };
-            let mut by_res: [Vec<Candle>; 6] = Default::default();
-            by_res[plan::index(Resolution::D1)] = plan::closed_days(day, w.end);
-            candles.entry(w.symbol.as_str()).or_default()[plan::index(Resolution::D1)] +=
-                by_res[plan::index(Resolution::D1)].len() as u64;
-            closed.push((w.symbol.as_str(), by_res));
-        }
-        let sets: Vec<CandleSet<'_>> = closed
-            .iter()
-            .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
-            .collect();
-        self.write(&sets).await?;
         // Crash test point: candles written, watermarks not yet committed.
         crate::failpoint::hit("after_write").await;
         let steps: Vec<StepCommit> = works

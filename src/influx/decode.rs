@@ -1,6 +1,6 @@
-//! Streaming decoders of query results: chunked MessagePack (InfluxDB 1.x) and
-//! chunked CSV (every generation), both delivering rows one at a time with
-//! memory bounded by one response chunk.
+//! Streaming decoders of query results: chunked MessagePack (InfluxDB 1.x),
+//! chunked CSV (every generation) and the CSV of InfluxDB 3's SQL endpoint,
+//! all delivering rows one at a time with memory bounded by one response chunk.
 
 use futures_util::TryStreamExt;
 
@@ -212,6 +212,63 @@ impl InfluxClient {
         }
     }
 
+    /// Streams an SQL query sent to InfluxDB 3's `/api/v3/query_sql`, answered
+    /// as CSV: one header line, then rows, decoded as the body arrives. A
+    /// table that does not exist yet (no trades written) reads as no rows,
+    /// as it does over InfluxQL.
+    pub(super) async fn stream_sql_csv(
+        &self,
+        sql: &str,
+        mut on_row: impl FnMut(&Columns, Row<'_>) -> Result<(), InfluxError>,
+    ) -> Result<u64, InfluxError> {
+        let body = serde_json::json!({"db": self.database, "q": sql, "format": "csv"});
+        let resp = match self
+            .send("query", || {
+                self.request(reqwest::Method::POST, "/api/v3/query_sql")
+                    .json(&body)
+            })
+            .await
+        {
+            Err(InfluxError::Status { message, .. })
+                if message.contains("table") && message.contains("not found") =>
+            {
+                return Ok(0);
+            }
+            Err(InfluxError::Status { message, .. }) => {
+                return Err(InfluxError::Query {
+                    message,
+                    query: sql.to_string(),
+                });
+            }
+            other => other?,
+        };
+        let csv = csv_reader(resp);
+        decode_sql_csv(csv, |e| self.csv_error(e), &mut on_row).await
+    }
+
+    fn csv_error(&self, e: csv_async::Error) -> InfluxError {
+        let msg = e.to_string();
+        if msg.contains("timed out") || msg.contains("TimedOut") {
+            InfluxError::Timeout {
+                url: self.url.clone(),
+                secs: self.timeout_secs,
+            }
+        } else {
+            InfluxError::Stream(msg)
+        }
+    }
+
+    /// Reads the next CSV record into `rec`; false at the end of the body.
+    async fn next_record(
+        &self,
+        csv: &mut CsvReader,
+        rec: &mut csv_async::ByteRecord,
+    ) -> Result<bool, InfluxError> {
+        csv.read_byte_record(rec)
+            .await
+            .map_err(|e| self.csv_error(e))
+    }
+
     /// Streams a query answered as chunked CSV. CSV answers an empty 200 for a
     /// missing database, which is why the engine checks the database first.
     async fn stream_csv(
@@ -220,30 +277,12 @@ impl InfluxClient {
         on_row: &mut impl FnMut(&Columns, Row<'_>) -> Result<(), InfluxError>,
     ) -> Result<u64, InfluxError> {
         let resp = self.send_streaming(q, "application/csv").await?;
-        let body = resp
-            .bytes_stream()
-            .map_err(|e| std::io::Error::other(root_cause(&e)));
-        let reader = tokio_util::io::StreamReader::new(body);
-        let mut csv = csv_async::AsyncReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .create_reader(reader);
+        let mut csv = csv_reader(resp);
         let mut rec = csv_async::ByteRecord::new();
         let mut columns: Option<Columns> = None;
         let mut rows = 0u64;
-        let timeout_secs = self.timeout_secs;
         loop {
-            let more = csv.read_byte_record(&mut rec).await.map_err(|e| {
-                let msg = e.to_string();
-                if msg.contains("timed out") || msg.contains("TimedOut") {
-                    InfluxError::Timeout {
-                        url: self.url.clone(),
-                        secs: timeout_secs,
-                    }
-                } else {
-                    InfluxError::Stream(msg)
-                }
-            })?;
+            let more = self.next_record(&mut csv, &mut rec).await?;
             if !more {
                 break;
             }
@@ -279,5 +318,156 @@ impl InfluxClient {
             rows += 1;
         }
         Ok(rows)
+    }
+}
+
+/// A CSV reader over a response body as it arrives.
+type CsvReader = csv_async::AsyncReader<
+    tokio_util::io::StreamReader<
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>,
+        bytes::Bytes,
+    >,
+>;
+
+/// Reads `resp`'s body as CSV records (headers handled by the caller),
+/// chunk by chunk.
+fn csv_reader(resp: reqwest::Response) -> CsvReader {
+    let body: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>,
+    > = Box::pin(
+        resp.bytes_stream()
+            .map_err(|e| std::io::Error::other(root_cause(&e))),
+    );
+    csv_async::AsyncReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .create_reader(tokio_util::io::StreamReader::new(body))
+}
+
+/// Decodes the CSV of an SQL answer (a header line naming the columns, then
+/// one line per row) as it arrives, calling `on_row` with each row; returns
+/// the number of rows. Holds one record at a time.
+async fn decode_sql_csv<R: tokio::io::AsyncRead + Unpin + Send>(
+    mut csv: csv_async::AsyncReader<R>,
+    map_err: impl Fn(csv_async::Error) -> InfluxError,
+    on_row: &mut impl FnMut(&Columns, Row<'_>) -> Result<(), InfluxError>,
+) -> Result<u64, InfluxError> {
+    let mut rec = csv_async::ByteRecord::new();
+    if !csv.read_byte_record(&mut rec).await.map_err(&map_err)? {
+        return Ok(0);
+    }
+    let columns = Columns(
+        rec.iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect(),
+    );
+    let mut rows = 0u64;
+    while csv.read_byte_record(&mut rec).await.map_err(&map_err)? {
+        if rows == 100 {
+            crate::failpoint::hit("mid_read").await;
+        }
+        on_row(&columns, Row::Csv(&rec))?;
+        rows += 1;
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `body` as a reader that hands it out `piece` bytes at a time, as a
+    /// network response arrives.
+    fn pieces(
+        body: &'static [u8],
+        piece: usize,
+    ) -> csv_async::AsyncReader<impl tokio::io::AsyncRead + Unpin + Send> {
+        let chunks: Vec<std::io::Result<bytes::Bytes>> = body
+            .chunks(piece)
+            .map(|c| Ok(bytes::Bytes::from_static(c)))
+            .collect();
+        csv_async::AsyncReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .create_reader(tokio_util::io::StreamReader::new(
+                futures_util::stream::iter(chunks),
+            ))
+    }
+
+    #[tokio::test]
+    async fn sql_csv_rows_decode_the_same_whatever_the_chunk_boundaries() {
+        // As InfluxDB 3 answers `SELECT CAST(time AS BIGINT) AS time, price,
+        // amount, id, side, symbol …` with format=csv.
+        let body: &[u8] = b"time,price,amount,id,side,symbol\n\
+1709251200123456789,1.5,2.0,1,buy,BTCUSD\n\
+1709251100000000000,3.0,0.25,3,sell,ETHUSD\n";
+        for piece in [1, 7, 1024] {
+            let mut got = Vec::new();
+            let n = decode_sql_csv(
+                pieces(body, piece),
+                |e| InfluxError::Stream(e.to_string()),
+                &mut |cols, row| {
+                    got.push((
+                        row.i64(cols.index("time")?, "time")?,
+                        row.f64(cols.index("price")?, "price")?,
+                        row.f64(cols.index("amount")?, "amount")?,
+                        row.i64(cols.index("id")?, "id")?,
+                        row.bytes(cols.index("side")?).map(<[u8]>::to_vec),
+                        row.symbol(cols.index("symbol")?)?.to_string(),
+                    ));
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(n, 2, "pieces of {piece}");
+            assert_eq!(
+                got,
+                vec![
+                    (
+                        1709251200123456789,
+                        1.5,
+                        2.0,
+                        1,
+                        Some(b"buy".to_vec()),
+                        "BTCUSD".into()
+                    ),
+                    (
+                        1709251100000000000,
+                        3.0,
+                        0.25,
+                        3,
+                        Some(b"sell".to_vec()),
+                        "ETHUSD".into()
+                    ),
+                ],
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_sql_answer_has_no_rows_and_a_bad_value_is_an_error() {
+        let mut never =
+            |_: &Columns, _: Row<'_>| -> Result<(), InfluxError> { panic!("no row expected") };
+        let map = |e: csv_async::Error| InfluxError::Stream(e.to_string());
+        assert_eq!(
+            decode_sql_csv(pieces(b"", 4), map, &mut never)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            decode_sql_csv(pieces(b"time,price\n", 4), map, &mut never)
+                .await
+                .unwrap(),
+            0
+        );
+        let err = decode_sql_csv(pieces(b"time,price\n12,abc\n", 4), map, &mut |cols, row| {
+            row.f64(cols.index("price")?, "price").map(|_| ())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("price"), "{err}");
     }
 }

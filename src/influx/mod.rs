@@ -167,6 +167,9 @@ impl InfluxError {
                 429 => true,
                 501 => false,
                 500 if message.to_ascii_lowercase().contains("not implemented") => false,
+                // 3.x's SQL endpoint answers a query it cannot plan (an
+                // unknown table or column) with a 500: the same every time.
+                500 if message.contains("error while planning query") => false,
                 s => s >= 500,
             },
             _ => false,
@@ -653,6 +656,13 @@ mod tests {
             !status(
                 500,
                 "Error while planning query: This feature is not implemented: CREATE DATABASE"
+            )
+            .is_transient()
+        );
+        assert!(
+            !status(
+                500,
+                "query error: error while planning query: Error during planning: table 'public.iox.trades' not found"
             )
             .is_transient()
         );

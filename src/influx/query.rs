@@ -210,14 +210,14 @@ impl InfluxClient {
         limit: Option<u64>,
         mut on_trade: impl FnMut(Trade),
     ) -> Result<u64, InfluxError> {
-        let cond = format!("symbol = {}", quote_literal(symbol));
-        self.stream_trade_rows(&cond, false, range, limit, |_, t| on_trade(t))
+        self.stream_trade_rows(&[symbol], false, range, limit, |_, t| on_trade(t))
             .await
     }
 
     /// Streams the raw trades of every symbol in `symbols` in
     /// `[range.start, range.end)` with one query, calling `on_trade` with each
-    /// trade's symbol. Rows arrive ordered by time across symbols.
+    /// trade's symbol. Over InfluxQL rows arrive ordered by time across
+    /// symbols; over SQL (InfluxDB 3) in no particular order.
     pub async fn stream_trades_of(
         &self,
         symbols: &[String],
@@ -227,28 +227,52 @@ impl InfluxClient {
         if symbols.is_empty() {
             return Ok(0);
         }
-        self.stream_trade_rows(&symbol_set_condition(symbols), true, range, None, on_trade)
+        let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
+        self.stream_trade_rows(&symbols, true, range, None, on_trade)
             .await
     }
 
+    /// Streams the trades of `symbols`: on InfluxDB 3 with SQL through its
+    /// native `/api/v3/query_sql` (CSV), which pulls the same rows 1.6–1.9×
+    /// faster than its v1 `/query` (README, "3.x figures"); elsewhere with
+    /// InfluxQL. Without a `limit`, SQL rows come in no particular order (the
+    /// aggregation does not need one; sorting would cost the server time).
     async fn stream_trade_rows(
         &self,
-        cond: &str,
+        symbols: &[&str],
         with_symbol: bool,
         range: Range<i64>,
         limit: Option<u64>,
         mut on_trade: impl FnMut(&str, Trade),
     ) -> Result<u64, InfluxError> {
-        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         let symbol_col = if with_symbol { ", symbol" } else { "" };
-        let q = format!(
-            "SELECT price, amount, id, side{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}{limit}",
-            self.source(Stored::Trades),
-            range.start,
-            range.end
-        );
+        let sql = self.generation == Generation::V3;
+        let q = if sql {
+            let limit = limit
+                .map(|n| format!(" ORDER BY time, id LIMIT {n}"))
+                .unwrap_or_default();
+            format!(
+                "SELECT CAST(time AS BIGINT) AS time, price, amount, id, side{symbol_col} FROM {} WHERE {} AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}){limit}",
+                self.source(Stored::Trades),
+                sql_symbol_condition(symbols),
+                range.start,
+                range.end
+            )
+        } else {
+            let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+            let cond = match symbols {
+                [one] => format!("symbol = {}", quote_literal(one)),
+                set => symbol_set_condition(set),
+            };
+            format!(
+                "SELECT price, amount, id, side{symbol_col} FROM {} WHERE {cond} AND time >= {} AND time < {}{limit}",
+                self.source(Stored::Trades),
+                range.start,
+                range.end
+            )
+        };
         let mut idx: Option<[usize; 6]> = None;
-        self.stream_rows(&q, |cols, row| {
+        let on_row = |cols: &super::decode::Columns, row: super::decode::Row<'_>| {
             let [t, p, a, id, side, sym] = match idx {
                 Some(i) => i,
                 None => *idx.insert([
@@ -286,8 +310,12 @@ impl InfluxClient {
                 },
             );
             Ok(())
-        })
-        .await
+        };
+        if sql {
+            self.stream_sql_csv(&q, on_row).await
+        } else {
+            self.stream_rows(&q, on_row).await
+        }
     }
 
     /// Streams stored candles of `res` for `symbol` in `[range.start, range.end)`.
@@ -544,9 +572,9 @@ impl InfluxClient {
 /// An InfluxQL condition selecting a set of symbols: `symbol =~ /^(?:A|B)$/`.
 /// Symbols are validated (`[A-Za-z0-9._:-]`) before they reach here; every
 /// character that means something in a regex is escaped all the same.
-pub fn symbol_set_condition(symbols: &[String]) -> String {
+pub fn symbol_set_condition(symbols: &[impl AsRef<str>]) -> String {
     let mut alternatives = String::new();
-    for (i, s) in symbols.iter().enumerate() {
+    for (i, s) in symbols.iter().map(AsRef::as_ref).enumerate() {
         if i > 0 {
             alternatives.push('|');
         }
@@ -558,6 +586,22 @@ pub fn symbol_set_condition(symbols: &[String]) -> String {
         }
     }
     format!("symbol =~ /^(?:{alternatives})$/")
+}
+
+/// An SQL condition selecting a set of symbols: `symbol IN ('A', 'B')`
+/// (`symbol = 'A'` for one), quotes doubled as SQL escapes them.
+pub fn sql_symbol_condition(symbols: &[&str]) -> String {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    match symbols {
+        [one] => format!("symbol = {}", literal(one)),
+        set => format!(
+            "symbol IN ({})",
+            set.iter()
+                .map(|s| literal(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// `(symbol tag, row)` of every series of a `GROUP BY symbol` result.
@@ -599,5 +643,10 @@ mod tests {
         assert_eq!(quote_literal("BTC'USD"), r"'BTC\'USD'");
         assert_eq!(quote_literal(r"a\' OR 1=1"), r"'a\\\' OR 1=1'");
         assert_eq!(quote_ident("my\"db"), r#""my\"db""#);
+        assert_eq!(sql_symbol_condition(&["BTC'USD"]), "symbol = 'BTC''USD'");
+        assert_eq!(
+            sql_symbol_condition(&["A", "B'); DROP"]),
+            "symbol IN ('A', 'B''); DROP')"
+        );
     }
 }

@@ -1,101 +1,20 @@
-//! One test body per area (engine, datafeed, ingest, faults), run against each
-//! InfluxDB at hand: Debian's 1.6.7 and InfluxDB 3 Core. The 3.x tests are
-//! skipped, saying why, where the 3.x server cannot be had (a user's own
-//! checkout without `../shared`); in CI (`CI=true`) they fail instead.
+//! What differs between InfluxDB generations, run against both Debian's
+//! 1.6.7 and InfluxDB 3 Core: rebuild where the server cannot delete, and
+//! candles overwritten in place (InfluxDB 3 does not promise that the last
+//! write of a point wins). The engine, datafeed, ingest and fault tests run
+//! on both servers from their own modules (`on_both_servers!`).
 //! `cargo test --test integration v3` runs the 3.x half.
-
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use ohlcd::candle::{Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::influx::{CandleSet, Generation};
 use ohlcd::ingest::NewTrade;
-use ohlcd::progress::TaskStatus;
 use serde_json::json;
 
-use crate::faults::{assert_exact_and_settled, wait_exit, wait_for_chunks, with_trades};
-use crate::helpers::{Server, TestApp, assert_candles_eq, naive_month_start, naive_week_start, t};
-use crate::http::{WindowOf, assert_udf_matches, get, post, udf_bars};
-
-/// Runs `body` against a fresh app on 1.x (`v1_NAME`) and on 3.x (`v3_NAME`).
-macro_rules! on_both_servers {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn v1() {
-                super::run(super::Server::V1, super::$name).await;
-            }
-            #[tokio::test]
-            async fn v3() {
-                super::run(super::Server::V3, super::$name).await;
-            }
-        }
-    };
-}
-
-async fn run<F, Fut>(server: Server, body: F)
-where
-    F: FnOnce(TestApp) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let Some(app) = TestApp::spawn_on(server).await else {
-        return; // skipped; TestApp said why
-    };
-    let expected = match server {
-        Server::V1 => Generation::V1,
-        Server::V3 => Generation::V3,
-    };
-    assert_eq!(app.influx.generation(), expected, "detected generation");
-    body(app).await;
-}
-
-const SYMBOLS: [&str; 2] = ["BTCUSD", "ETHUSD"];
-
-/// Two symbols over 2.5 days, written through the ingest path.
-async fn generated(app: &TestApp, trades: u64) -> GenerateSpec {
-    let spec = GenerateSpec {
-        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
-        from: t("2024-03-01T00:00:00Z"),
-        to: t("2024-03-03T13:37:00Z"),
-        trades,
-        seed: 7,
-    };
-    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
-    app.write(&trades).await;
-    spec
-}
-
-on_both_servers!(backfill_is_exact_and_a_second_backfill_writes_nothing);
-async fn backfill_is_exact_and_a_second_backfill_writes_nothing(app: TestApp) {
-    let spec = generated(&app, 20_000).await;
-    // Data older than a day: symbol discovery must not be limited to 24 hours.
-    let now = spec.to + 2 * NANOS_PER_DAY + 41 * NANOS_PER_SEC;
-    app.clock.set(now);
-    let engine = app.engine("a");
-    let first = engine.tick(&TaskFilter::default()).await.unwrap();
-    assert!(first.failures.is_empty(), "{:?}", first.failures);
-    assert_eq!(first.symbols_run, 2);
-    let until = Resolution::M1.window_start(now - 5 * NANOS_PER_SEC);
-    for symbol in SYMBOLS {
-        for res in Resolution::ALL {
-            let expected = app.expected(symbol, res, until).await;
-            assert!(!expected.is_empty(), "{symbol} {res}: no reference candles");
-            let stored = app.stored(symbol, res).await;
-            assert_candles_eq(&stored, &expected, &format!("{symbol} {res}"));
-        }
-    }
-    for task in app.store.tasks().await.unwrap() {
-        assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
-        assert_eq!(task.watermark, Some(task.resolution.window_start(until)));
-    }
-    let second = engine.tick(&TaskFilter::default()).await.unwrap();
-    assert_eq!(
-        (second.chunks, second.candles_written, second.rows_read),
-        (0, 0, 0)
-    );
-}
+use crate::engine::generated;
+use crate::helpers::{TestApp, assert_candles_eq, on_both_servers, t};
+use crate::http::{get, post};
 
 on_both_servers!(rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cannot);
 async fn rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cannot(app: TestApp) {
@@ -193,125 +112,6 @@ async fn rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cann
         assert_eq!(app.stored("BTCUSD", Resolution::M1).await, snapshot[0]);
         assert_eq!(v["s"], "no_data", "{v}");
     }
-}
-
-on_both_servers!(history_at_several_resolutions_equals_bars_from_raw_trades);
-async fn history_at_several_resolutions_equals_bars_from_raw_trades(app: TestApp) {
-    let spec = GenerateSpec {
-        symbols: vec!["ETHUSD".into()],
-        from: t("2024-01-29T00:00:00Z"),
-        to: t("2024-02-03T07:30:00Z"),
-        trades: 10_000,
-        seed: 11,
-    };
-    let trades: Vec<NewTrade> = Generator::new(&spec).collect();
-    app.write(&trades).await;
-    app.clock.set(spec.to + 3600 * NANOS_PER_SEC);
-    let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
-    let (url, _stop) = app.serve().await;
-    let (from, to) = (spec.from / NANOS_PER_SEC, spec.to / NANOS_PER_SEC + 3600);
-    let minutes =
-        |m: i64| move |x: i64| x.div_euclid(m * 60 * NANOS_PER_SEC) * m * 60 * NANOS_PER_SEC;
-    let cases: Vec<(&str, WindowOf)> = vec![
-        ("1", Box::new(minutes(1))),
-        ("45", Box::new(minutes(45))),
-        ("240", Box::new(minutes(240))),
-        ("1D", Box::new(minutes(1440))),
-        ("1W", Box::new(naive_week_start)),
-        ("1M", Box::new(naive_month_start)),
-    ];
-    for (res, window_of) in cases {
-        let (status, v) = get(&format!(
-            "{url}/udf/history?symbol=ETHUSD&resolution={res}&from={from}&to={to}"
-        ))
-        .await;
-        assert_eq!(status, 200, "{res}: {v}");
-        let expected: Vec<Candle> = app
-            .expected_by("ETHUSD", window_of)
-            .await
-            .into_iter()
-            .filter(|c| c.start >= from * NANOS_PER_SEC)
-            .collect();
-        assert!(!expected.is_empty());
-        assert_udf_matches(&udf_bars(&v), &expected, res);
-    }
-}
-
-on_both_servers!(a_posted_late_trade_reaches_every_resolution);
-async fn a_posted_late_trade_reaches_every_resolution(app: TestApp) {
-    let spec = generated(&app, 5_000).await;
-    app.clock.set(spec.to + NANOS_PER_DAY);
-    let engine = app.engine("a");
-    engine.tick(&TaskFilter::default()).await.unwrap();
-    let (url, _stop) = app.serve().await;
-    let late = json!({"symbol": "BTCUSD", "price": 99999.5, "amount": 3.25, "side": "buy",
-                      "timestamp": "2024-03-02T10:11:12.345Z", "id": 987654321});
-    let (status, v) = post(&format!("{url}/api/trades"), late.to_string()).await;
-    assert_eq!((status, &v["late"]), (200, &json!(1)), "{v}");
-    let report = engine.tick(&TaskFilter::default()).await.unwrap();
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
-    let until = Resolution::M1.window_start(spec.to + NANOS_PER_DAY - 5 * NANOS_PER_SEC);
-    for res in Resolution::ALL {
-        let stored = app.stored("BTCUSD", res).await;
-        let expected = app.expected("BTCUSD", res, until).await;
-        assert_candles_eq(
-            &stored,
-            &expected,
-            &format!("BTCUSD {res} after late trade"),
-        );
-        let at = res.window_start(t("2024-03-02T10:11:12Z"));
-        let c = stored.iter().find(|c| c.start == at).unwrap();
-        assert_eq!(c.high, 99999.5, "{res}");
-    }
-}
-
-on_both_servers!(a_frozen_server_fails_the_backfill_within_the_worst_case_and_a_rerun_is_exact);
-async fn a_frozen_server_fails_the_backfill_within_the_worst_case_and_a_rerun_is_exact(
-    app: TestApp,
-) {
-    with_trades(&app, &["BTCUSD"], 20, 20_000).await;
-    let mut backfill = app
-        .ohlcd()
-        .arg("backfill")
-        .env("OHLCD_INFLUX__RETRIES", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_chunks(&app, "BTCUSD", 3, Duration::from_secs(60)).await;
-    app.server.freeze();
-    let frozen = Instant::now();
-    let status = wait_exit(&mut backfill, Duration::from_secs(60));
-    // The contract: a request fails for good within the client's worst case
-    // (2 s timeout, 1 retry here); slack for a busy machine.
-    let worst = {
-        let mut s = app.settings.influx.clone();
-        (s.timeout_secs, s.retries) = (2, 1);
-        ohlcd::influx::InfluxClient::new(&s).unwrap().worst_case()
-    };
-    assert!(
-        frozen.elapsed() < worst * 2 + Duration::from_secs(2),
-        "failed after {:?}; worst case {worst:?}",
-        frozen.elapsed()
-    );
-    assert!(!status.success());
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut backfill.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("did not answer within 2s"), "{err}");
-    // Wherever the freeze hit (a batch: its tasks `failed`; a query between
-    // batches: nothing started), no task is left running or leased.
-    for task in app.store.tasks().await.unwrap() {
-        assert_ne!(task.status, TaskStatus::Running, "{task:?}");
-        assert_eq!(task.lease_owner, None, "{task:?}");
-    }
-    app.server.thaw();
-    let out = app.ohlcd().arg("backfill").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_exact_and_settled(&app, &["BTCUSD"]).await;
 }
 
 on_both_servers!(late_trades_that_rewrite_existing_candles_leave_every_candle_exact);

@@ -7,7 +7,10 @@ use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::NewTrade;
 use ohlcd::progress::{Backend, TaskStatus};
 
-use crate::helpers::{TestApp, assert_candles_eq, on_both_stores, secs, t};
+use crate::helpers::{
+    self, TestApp, assert_candles_eq, on_both_servers, on_both_stores, on_both_stores_and_servers,
+    secs, t,
+};
 
 const SYMBOLS: [&str; 2] = ["BTCUSD", "ETHUSD"];
 
@@ -17,6 +20,12 @@ async fn app_with_generated_trades(trades: u64) -> (TestApp, GenerateSpec) {
 
 async fn app_with_generated_trades_on(backend: Backend, trades: u64) -> (TestApp, GenerateSpec) {
     let app = TestApp::spawn_on_store(backend).await;
+    let spec = generated(&app, trades).await;
+    (app, spec)
+}
+
+/// Two symbols over 2.5 days written into `app` through the ingest path.
+pub(crate) async fn generated(app: &TestApp, trades: u64) -> GenerateSpec {
     let spec = GenerateSpec {
         symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
         from: t("2024-03-01T00:00:00Z"),
@@ -27,7 +36,7 @@ async fn app_with_generated_trades_on(backend: Backend, trades: u64) -> (TestApp
     };
     let trades: Vec<NewTrade> = Generator::new(&spec).collect();
     app.write(&trades).await;
-    (app, spec)
+    spec
 }
 
 async fn check_all_candles(app: &TestApp, until: i64) {
@@ -41,19 +50,31 @@ async fn check_all_candles(app: &TestApp, until: i64) {
     }
 }
 
-on_both_stores!(
+on_both_stores_and_servers!(
     backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades,
     a_second_backfill_writes_nothing_new,
+);
+
+on_both_servers!(
+    trade_reads_return_exactly_the_stored_trades_of_the_range,
+    the_open_minute_is_never_materialized,
+    same_millisecond_trades_are_kept_and_a_resent_trade_counts_once,
+    an_overlapping_tick_does_nothing,
+);
+
+// The rebuild test deletes candles to damage them (3.x has no DELETE; its
+// rebuild is tested in compat.rs); the lease tests exercise the progress
+// store only, whatever the server.
+on_both_stores!(
     rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones,
     a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over,
     a_daemon_whose_clock_runs_minutes_ahead_does_not_take_over_a_live_lease,
     concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owners,
 );
 
-async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades(
-    backend: Backend,
-) {
-    let (app, spec) = app_with_generated_trades_on(backend, 60_000).await;
+async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades(app: TestApp) {
+    // Data older than a day: on 3.x, symbol discovery must not be limited to 24 hours.
+    let spec = generated(&app, 60_000).await;
     // "now" is mid-minute, mid-hour, mid-day a while after the data ends.
     let now = spec.to + 2 * NANOS_PER_DAY + secs(3 * 3600 + 17 * 60 + 41);
     app.clock.set(now);
@@ -95,8 +116,8 @@ async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_tra
     assert_eq!(trades_in_1d, 30_000, "every trade counted once at 1d");
 }
 
-async fn a_second_backfill_writes_nothing_new(backend: Backend) {
-    let (app, spec) = app_with_generated_trades_on(backend, 20_000).await;
+async fn a_second_backfill_writes_nothing_new(app: TestApp) {
+    let spec = generated(&app, 20_000).await;
     app.clock.set(spec.to + NANOS_PER_DAY);
     let engine = app.engine("a");
     let first = engine.tick(&TaskFilter::default()).await.unwrap();
@@ -219,9 +240,7 @@ fn trade(symbol: &str, time: &str, id: i64, price: f64, amount: f64, side: Side)
     }
 }
 
-#[tokio::test]
-async fn the_open_minute_is_never_materialized() {
-    let app = TestApp::spawn().await;
+async fn the_open_minute_is_never_materialized(app: TestApp) {
     app.write(&[
         trade("SOLUSD", "2024-05-01T09:59:10Z", 1, 100.0, 1.0, Side::Buy),
         trade("SOLUSD", "2024-05-01T10:00:05Z", 2, 101.0, 1.0, Side::Buy),
@@ -265,9 +284,7 @@ async fn the_open_minute_is_never_materialized() {
     );
 }
 
-#[tokio::test]
-async fn same_millisecond_trades_are_kept_and_a_resent_trade_counts_once() {
-    let app = TestApp::spawn().await;
+async fn same_millisecond_trades_are_kept_and_a_resent_trade_counts_once(app: TestApp) {
     let ms = "2024-05-01T12:00:00.123Z";
     let a = trade("XRPUSD", ms, 1001, 0.5, 10.0, Side::Buy);
     let b = trade("XRPUSD", ms, 1002, 0.6, 20.0, Side::Buy);
@@ -291,9 +308,8 @@ async fn same_millisecond_trades_are_kept_and_a_resent_trade_counts_once() {
     assert_eq!(raw[0]["count"], 3);
 }
 
-#[tokio::test]
-async fn an_overlapping_tick_does_nothing() {
-    let (app, spec) = app_with_generated_trades(5_000).await;
+async fn an_overlapping_tick_does_nothing(app: TestApp) {
+    let spec = generated(&app, 5_000).await;
     app.clock.set(spec.to + NANOS_PER_DAY);
     let engine = app.engine("a");
     let filter = TaskFilter::default();
@@ -465,6 +481,72 @@ async fn concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owne
     assert!(!holder.is_empty());
 }
 
+/// The engine's trade reads (on 3.x SQL through `/api/v3/query_sql`, on 1.x
+/// InfluxQL) return exactly the stored trades of the symbols asked in
+/// `[from, to)`, as the test's own InfluxQL JSON read sees them; before any
+/// trade exists (3.x: no table yet) they return none.
+async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp) {
+    let both: Vec<String> = SYMBOLS.iter().map(|s| s.to_string()).collect();
+    let everything = i64::MIN / 2..i64::MAX / 2;
+    assert_eq!(
+        app.influx
+            .read_trades("BTCUSD", everything.clone())
+            .await
+            .unwrap(),
+        vec![]
+    );
+    let n = app
+        .influx
+        .stream_trades_of(&both, everything, |_, _| panic!("no trades yet"))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    generated(&app, 20_000).await;
+    let as_row = |t: &ohlcd::candle::Trade| (t.time, t.id, t.price, t.amount, t.side == Side::Buy);
+    let btc = app.raw_trades("BTCUSD").await;
+    let eth = app.raw_trades("ETHUSD").await;
+    // Bounds on trade times: the trade at `from` is in, the one at `to` out.
+    let (from, to) = (btc[100].0, btc[7_000].0);
+    let in_range = |rows: &[helpers::RawTrade]| -> Vec<helpers::RawTrade> {
+        rows.iter()
+            .copied()
+            .filter(|r| (from..to).contains(&r.0))
+            .collect()
+    };
+    let mut one: Vec<_> = app
+        .influx
+        .read_trades("BTCUSD", from..to)
+        .await
+        .unwrap()
+        .iter()
+        .map(as_row)
+        .collect();
+    one.sort_by_key(|r| (r.0, r.1));
+    assert!(one.len() >= 6_900, "{}", one.len());
+    assert_eq!(one, in_range(&btc), "BTCUSD in [from, to)");
+    let mut many = Vec::new();
+    let n = app
+        .influx
+        .stream_trades_of(&both, from..to, |symbol, t| {
+            many.push((symbol.to_string(), as_row(&t)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(n as usize, many.len());
+    many.sort_by(|a, b| (&a.0, a.1.0, a.1.1).cmp(&(&b.0, b.1.0, b.1.1)));
+    let expected: Vec<(String, helpers::RawTrade)> = in_range(&btc)
+        .into_iter()
+        .map(|r| ("BTCUSD".to_string(), r))
+        .chain(
+            in_range(&eth)
+                .into_iter()
+                .map(|r| ("ETHUSD".to_string(), r)),
+        )
+        .collect();
+    assert_eq!(many, expected, "both symbols in [from, to)");
+}
+
+// 1.x only: MessagePack is served by 1.x (3.x's reads: the test above).
 #[tokio::test]
 async fn msgpack_and_csv_reads_return_identical_trades_and_candles() {
     let (app, spec) = app_with_generated_trades(20_000).await;

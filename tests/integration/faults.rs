@@ -18,7 +18,8 @@ use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
 use crate::helpers::{
-    KillOnDrop, TestApp, assert_candles_eq, free_port, influx_with_users, on_both_stores, t,
+    KillOnDrop, TestApp, assert_candles_eq, free_port, influx_with_users, on_both_servers,
+    on_both_stores, on_both_stores_and_servers, t,
 };
 
 /// Writes `trades` trades of `symbols` over `days` days starting 2024-01-01.
@@ -121,8 +122,7 @@ async fn run_starts(app: &TestApp, symbol: &str, res: Resolution) -> Vec<(String
         .collect()
 }
 
-async fn crash_at_and_recover(backend: Backend, point: &str, expect_orphaned_lease: bool) {
-    let app = TestApp::spawn_on_store(backend).await;
+async fn crash_at_and_recover(app: TestApp, point: &str, expect_orphaned_lease: bool) {
     let symbols = ["BTCUSD", "ETHUSD"];
     with_trades(&app, &symbols, 40, 60_000).await;
     let mut cmd = app.ohlcd();
@@ -240,41 +240,69 @@ async fn crash_at_and_recover(backend: Backend, point: &str, expect_orphaned_lea
     assert_exact_and_settled(&app, &symbols).await;
 }
 
+on_both_stores_and_servers!(
+    trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild,
+);
+
+// 1.x only for now: on 3.x the crashing `ohlcd backfill` sometimes exited
+// without reaching its failpoint and without a word on stderr (4 of 4 in a
+// loaded run, 1 of 2 alone; cause not found yet, README "What is tested where").
 on_both_stores!(
     a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_exact_candles,
     a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles,
     a_backfill_killed_after_some_parts_of_a_step_were_written_commits_nothing_ahead_and_recomputes_exactly,
     a_backfill_killed_between_two_batches_resumes_from_its_last_commit,
-    two_daemons_on_one_progress_store_both_work_and_never_process_a_range_twice,
-    trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild,
 );
+
+on_both_servers!(
+    influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_rerun_catches_up,
+);
+
+// Progress-store behaviour: the server does not matter.
+on_both_stores!(two_daemons_on_one_progress_store_both_work_and_never_process_a_range_twice);
 
 async fn a_backfill_killed_mid_read_is_taken_over_after_its_lease_expires_with_exact_candles(
     backend: Backend,
 ) {
-    crash_at_and_recover(backend, "mid_read", true).await;
+    crash_at_and_recover(TestApp::spawn_on_store(backend).await, "mid_read", true).await;
 }
 
 async fn a_backfill_killed_between_candle_write_and_watermark_commit_recomputes_the_same_candles(
     backend: Backend,
 ) {
-    crash_at_and_recover(backend, "after_write:7", true).await;
+    crash_at_and_recover(
+        TestApp::spawn_on_store(backend).await,
+        "after_write:7",
+        true,
+    )
+    .await;
 }
 
 async fn a_backfill_killed_after_some_parts_of_a_step_were_written_commits_nothing_ahead_and_recomputes_exactly(
     backend: Backend,
 ) {
-    crash_at_and_recover(backend, "part_written:9", true).await;
+    crash_at_and_recover(
+        TestApp::spawn_on_store(backend).await,
+        "part_written:9",
+        true,
+    )
+    .await;
 }
 
 async fn a_backfill_killed_between_two_batches_resumes_from_its_last_commit(backend: Backend) {
-    crash_at_and_recover(backend, "after_commit", true).await;
+    crash_at_and_recover(TestApp::spawn_on_store(backend).await, "after_commit", true).await;
 }
 
-#[tokio::test]
-async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_rerun_catches_up() {
-    let app = TestApp::spawn().await;
-    with_trades(&app, &["BTCUSD"], 365, 150_000).await;
+async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_rerun_catches_up(
+    app: TestApp,
+) {
+    // 3.x acknowledges each write after its WAL flush (1 s): a year of days
+    // would take minutes there, 20 days are enough to freeze it mid-way.
+    let days = match app.server.server() {
+        crate::helpers::Server::V1 => 365,
+        crate::helpers::Server::V3 => 20,
+    };
+    with_trades(&app, &["BTCUSD"], days, 150_000).await;
     let mut backfill = app
         .ohlcd()
         .arg("backfill")
@@ -356,6 +384,7 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Value, Duration) {
     (status, body, started.elapsed())
 }
 
+// 1.x only so far: not yet tried against 3.x's stop and restart.
 #[tokio::test]
 async fn serving_answers_errors_fast_while_influxdb_is_down_or_frozen_and_recovers() {
     let mut app = TestApp::spawn().await;
@@ -575,6 +604,7 @@ fn gated_backfill(app: &TestApp, db: &std::path::Path) -> Child {
         .unwrap()
 }
 
+// Progress-store start-up race: the server does not matter.
 #[tokio::test]
 async fn backfills_started_at_the_same_instant_on_a_fresh_progress_file_all_succeed() {
     // Found by hand: two `ohlcd backfill` on a file that did not exist yet, and
@@ -621,9 +651,8 @@ async fn backfills_started_at_the_same_instant_on_a_fresh_progress_file_all_succ
 }
 
 async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_ones_by_rebuild(
-    backend: Backend,
+    app: TestApp,
 ) {
-    let app = TestApp::spawn_on_store(backend).await;
     with_trades(&app, &["BTCUSD"], 3, 10_000).await;
     let now = t("2024-01-03T23:50:30Z");
     app.clock.set(now);
@@ -679,6 +708,7 @@ async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_
     }
 }
 
+// 1.x only: needs a year of chunks; on 3.x each costs a 1 s WAL flush.
 #[tokio::test]
 async fn sigterm_during_a_backfill_finishes_the_chunk_releases_leases_and_exits_zero() {
     let app = TestApp::spawn().await;
@@ -726,6 +756,7 @@ fn one_line_error(out: &std::process::Output) -> String {
     err
 }
 
+// Start-up configuration checks, before any server is asked.
 #[tokio::test]
 async fn configuration_errors_stop_start_up_with_one_clear_line() {
     let influx = influx_with_users(

@@ -42,6 +42,96 @@ macro_rules! on_both_stores {
 }
 pub(crate) use on_both_stores;
 
+/// Runs one async test body, `async fn NAME(app: TestApp)`, on a fresh app
+/// against each InfluxDB at hand: as tests `NAME::v1` (Debian's 1.6.7) and
+/// `NAME::v3` (InfluxDB 3 Core; skipped, saying why, where it cannot be had
+/// outside CI). `cargo test --test integration v3` runs the 3.x half.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn v1() {
+                $crate::helpers::run_on(
+                    $crate::helpers::Server::V1,
+                    ohlcd::progress::Backend::Sqlite,
+                    super::$name,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn v3() {
+                $crate::helpers::run_on(
+                    $crate::helpers::Server::V3,
+                    ohlcd::progress::Backend::Sqlite,
+                    super::$name,
+                )
+                .await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_servers;
+
+/// Like [`on_both_servers!`] for a body that also matters per progress store:
+/// tests `NAME::sqlite` and `NAME::postgres` (on 1.x) and `NAME::v3` (3.x,
+/// SQLite: the store does not talk to InfluxDB, so one store is enough there).
+macro_rules! on_both_stores_and_servers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::helpers::run_on(
+                    $crate::helpers::Server::V1,
+                    ohlcd::progress::Backend::Sqlite,
+                    super::$name,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                $crate::helpers::run_on(
+                    $crate::helpers::Server::V1,
+                    ohlcd::progress::Backend::Postgres,
+                    super::$name,
+                )
+                .await
+            }
+
+            #[tokio::test]
+            async fn v3() {
+                $crate::helpers::run_on(
+                    $crate::helpers::Server::V3,
+                    ohlcd::progress::Backend::Sqlite,
+                    super::$name,
+                )
+                .await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_stores_and_servers;
+
+/// Runs `body` on a fresh app on `server` with its progress store on
+/// `backend`, after checking that ohlcd detected the server's generation.
+/// Returns at once when the server cannot be had ([`start_server`] said why).
+pub async fn run_on<F, Fut>(server: Server, backend: Backend, body: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(app) = TestApp::spawn_on_with_store(server, backend).await else {
+        return;
+    };
+    let expected = match server {
+        Server::V1 => ohlcd::influx::Generation::V1,
+        Server::V3 => ohlcd::influx::Generation::V3,
+    };
+    assert_eq!(app.influx.generation(), expected, "detected generation");
+    body(app).await;
+}
+
 /// A spawned process (an `ohlcd` daemon) killed when dropped, so a failing
 /// test leaks none.
 pub struct KillOnDrop(pub Child);
@@ -454,7 +544,7 @@ impl TestApp {
     }
 
     /// The raw trades of `symbol` read back over JSON, by (time, id).
-    async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
+    pub async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
         let trades = self
             .rows(&format!(
                 "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
@@ -538,7 +628,7 @@ impl TapSort for Vec<Candle> {
 }
 
 /// (time, id, price, amount, is_buy) as read back from InfluxDB.
-type RawTrade = (i64, i64, f64, f64, bool);
+pub type RawTrade = (i64, i64, f64, f64, bool);
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1e-12

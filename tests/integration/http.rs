@@ -8,7 +8,9 @@ use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::NewTrade;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_candles_eq, naive_month_start, naive_week_start, t};
+use crate::helpers::{
+    TestApp, assert_candles_eq, naive_month_start, naive_week_start, on_both_servers, t,
+};
 
 /// Maps a trade time to the start of its bar.
 pub(crate) type WindowOf = Box<dyn Fn(i64) -> i64>;
@@ -19,10 +21,14 @@ const TO: &str = "2024-03-12T07:30:00Z";
 /// Two symbols of trades over ~10 weeks (crossing months and weeks), the engine
 /// caught up, and the clock an hour after the data.
 async fn app_with_history(materialize: bool) -> TestApp {
+    with_history(TestApp::spawn().await, materialize).await
+}
+
+/// [`app_with_history`] on a given app.
+async fn with_history(app: TestApp, materialize: bool) -> TestApp {
     // As `ohlcd run` does before its first tick: the process-wide recorder is
     // installed first, so the tick below is counted whichever test runs first.
     ohlcd::server::metrics::handle();
-    let app = TestApp::spawn().await;
     let spec = GenerateSpec {
         symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
         from: t(FROM),
@@ -34,11 +40,27 @@ async fn app_with_history(materialize: bool) -> TestApp {
     app.write(&trades).await;
     app.clock.set(t(TO) + 3600 * NANOS_PER_SEC);
     if materialize {
-        let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
-        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        catch_up(&app).await;
     }
     app
 }
+
+/// Runs the engine until caught up.
+async fn catch_up(app: &TestApp) {
+    let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+on_both_servers!(
+    history_at_every_tested_resolution_equals_bars_from_raw_trades,
+    countback_returns_that_many_bars_before_to_and_to_is_exclusive,
+    the_open_bar_is_live_and_changes_when_a_trade_is_posted,
+    a_late_trade_updates_candles_at_every_resolution_after_the_next_tick,
+    udf_metadata_endpoints_answer_as_tradingview_expects,
+    progress_health_metrics_and_raw_trades_are_served,
+    bad_requests_get_a_4xx_with_a_message_and_write_nothing,
+    trades_without_ids_survive_and_a_retried_request_counts_once,
+);
 
 pub(crate) async fn get(url: &str) -> (u16, Value) {
     let resp = reqwest::get(url).await.unwrap();
@@ -127,11 +149,15 @@ fn api_candles(v: &Value) -> Vec<Candle> {
         .collect()
 }
 
-#[tokio::test]
-async fn history_at_every_tested_resolution_equals_bars_from_raw_trades() {
-    for materialize in [true, false] {
-        let app = app_with_history(materialize).await;
-        let (url, _stop) = app.serve().await;
+/// First with nothing materialized (every bar from raw trades), then with the
+/// engine caught up.
+async fn history_at_every_tested_resolution_equals_bars_from_raw_trades(app: TestApp) {
+    let app = with_history(app, false).await;
+    let (url, _stop) = app.serve().await;
+    for materialize in [false, true] {
+        if materialize {
+            catch_up(&app).await;
+        }
         let (from, to) = (t(FROM) / NANOS_PER_SEC, t(TO) / NANOS_PER_SEC + 3600);
         let minutes =
             |m: i64| move |x: i64| x.div_euclid(m * 60 * NANOS_PER_SEC) * m * 60 * NANOS_PER_SEC;
@@ -139,6 +165,7 @@ async fn history_at_every_tested_resolution_equals_bars_from_raw_trades() {
             ("30", Box::new(minutes(30))),
             ("45", Box::new(minutes(45))),
             ("120", Box::new(minutes(120))),
+            ("240", Box::new(minutes(240))),
             ("1D", Box::new(minutes(1440))),
             ("1W", Box::new(naive_week_start)),
             ("1M", Box::new(naive_month_start)),
@@ -184,9 +211,8 @@ async fn history_at_every_tested_resolution_equals_bars_from_raw_trades() {
     }
 }
 
-#[tokio::test]
-async fn countback_returns_that_many_bars_before_to_and_to_is_exclusive() {
-    let app = app_with_history(true).await;
+async fn countback_returns_that_many_bars_before_to_and_to_is_exclusive(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     let to = t("2024-02-20T12:00:00Z") / NANOS_PER_SEC;
     let (status, v) = get(&format!(
@@ -210,6 +236,8 @@ async fn countback_returns_that_many_bars_before_to_and_to_is_exclusive() {
     );
 }
 
+// 1.x only for now: on 3.x (loaded, 4 tests at once) a query behind it did
+// not answer within the 10 s timeout (README "What is tested where").
 #[tokio::test]
 async fn an_empty_range_answers_no_data_with_the_nearest_earlier_bar() {
     let app = app_with_history(true).await;
@@ -238,9 +266,7 @@ async fn an_empty_range_answers_no_data_with_the_nearest_earlier_bar() {
     assert_eq!(v, json!({"s": "no_data"}));
 }
 
-#[tokio::test]
-async fn the_open_bar_is_live_and_changes_when_a_trade_is_posted() {
-    let app = TestApp::spawn().await;
+async fn the_open_bar_is_live_and_changes_when_a_trade_is_posted(app: TestApp) {
     let (url, _stop) = app.serve().await;
     let now = t("2024-06-01T12:34:30Z");
     app.clock.set(now);
@@ -278,9 +304,8 @@ async fn the_open_bar_is_live_and_changes_when_a_trade_is_posted() {
     );
 }
 
-#[tokio::test]
-async fn a_late_trade_updates_candles_at_every_resolution_after_the_next_tick() {
-    let app = app_with_history(true).await;
+async fn a_late_trade_updates_candles_at_every_resolution_after_the_next_tick(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     // Far behind every watermark, with a price no other trade has.
     let late = json!({"symbol": "BTCUSD", "price": 99999.5, "amount": 3.25, "side": "buy",
@@ -310,6 +335,8 @@ async fn a_late_trade_updates_candles_at_every_resolution_after_the_next_tick() 
     }
 }
 
+// 1.x only for now: on 3.x (loaded, 4 tests at once) a query behind it did
+// not answer within the 10 s timeout (README "What is tested where").
 #[tokio::test]
 async fn api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used() {
     let app = app_with_history(true).await;
@@ -350,9 +377,8 @@ async fn api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used() {
     assert_eq!(v["resolution"], "1D", "{v}");
 }
 
-#[tokio::test]
-async fn udf_metadata_endpoints_answer_as_tradingview_expects() {
-    let app = app_with_history(true).await;
+async fn udf_metadata_endpoints_answer_as_tradingview_expects(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     let (_, config) = get(&format!("{url}/udf/config")).await;
     assert_eq!(config["supports_search"], true);
@@ -411,9 +437,8 @@ async fn udf_metadata_endpoints_answer_as_tradingview_expects() {
     );
 }
 
-#[tokio::test]
-async fn progress_health_metrics_and_raw_trades_are_served() {
-    let app = app_with_history(true).await;
+async fn progress_health_metrics_and_raw_trades_are_served(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     let (status, progress) = get(&format!("{url}/api/progress")).await;
     assert_eq!(status, 200);
@@ -465,9 +490,8 @@ async fn trade_count(app: &TestApp) -> i64 {
     rows.first().map_or(0, |r| r["count"].as_i64().unwrap())
 }
 
-#[tokio::test]
-async fn bad_requests_get_a_4xx_with_a_message_and_write_nothing() {
-    let app = app_with_history(true).await;
+async fn bad_requests_get_a_4xx_with_a_message_and_write_nothing(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     let before = trade_count(&app).await;
     let ok = r#"{"symbol":"BTCUSD","price":1,"amount":1,"side":"buy","timestamp":1706745600000}"#;
@@ -587,9 +611,7 @@ async fn bad_requests_get_a_4xx_with_a_message_and_write_nothing() {
     assert_eq!(trade_count(&app).await, before);
 }
 
-#[tokio::test]
-async fn trades_without_ids_survive_and_a_retried_request_counts_once() {
-    let app = TestApp::spawn().await;
+async fn trades_without_ids_survive_and_a_retried_request_counts_once(app: TestApp) {
     app.clock.set(t("2024-07-01T00:00:00Z"));
     let (url, _stop) = app.serve().await;
     let trade = json!({"symbol": "DOGEUSD", "price": 0.1, "amount": 100.0, "side": "sell", "timestamp": "2024-06-30T10:00:00.001Z"});
@@ -602,6 +624,7 @@ async fn trades_without_ids_survive_and_a_retried_request_counts_once() {
     assert_eq!(trade_count(&app).await, 3);
 }
 
+// 1.x only: 3.x has no DROP MEASUREMENT over InfluxQL.
 #[tokio::test]
 async fn a_missing_source_measurement_falls_back_to_finer_data() {
     let app = app_with_history(true).await;
