@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::db::{Arg, Sql};
+use super::db::{Arg, Sql, json as json_arg};
 use super::{ProgressError, ProgressStore, TaskStatus, opt_time, parse_resolution};
 use crate::candle::Resolution;
 use crate::engine::plan::{Watermarks, index};
@@ -284,6 +284,30 @@ const CLEAR_DIRTY_OF: Sql = Sql {
     postgres: "DELETE FROM dirty_ranges WHERE symbol = $1 AND id <= $2",
 };
 
+/// One task's update in [`ProgressStore::commit_steps`] (keys as the
+/// statements read them).
+#[derive(serde::Serialize)]
+struct TaskRow<'a> {
+    s: &'a str,
+    r: &'static str,
+    w: Option<String>,
+    n: u64,
+    c: u64,
+}
+
+/// One history row in [`ProgressStore::commit_steps`].
+#[derive(serde::Serialize)]
+struct RunRow<'a> {
+    s: &'a str,
+    r: &'static str,
+    k: &'a str,
+    b: String,
+    e: String,
+    t: String,
+    n: u64,
+    c: u64,
+}
+
 impl ProgressStore {
     /// Makes sure every symbol has a row for every resolution (one statement).
     pub async fn ensure_symbols(&self, symbols: &[String], now: i64) -> Result<(), ProgressError> {
@@ -368,7 +392,7 @@ impl ProgressStore {
             Arg::Text(owner.into()),
             lease_ms(lease),
             Arg::Text(to_rfc3339(now)),
-            Arg::Json(items.into()),
+            json_arg(&items),
         ];
         let rows = self.db.fetch_all(CLAIM, &args).await?;
         let mut claimed: Vec<String> = rows
@@ -456,7 +480,7 @@ impl ProgressStore {
             .iter()
             .map(|(s, t)| json!({"s": s, "u": to_rfc3339(*t)}))
             .collect();
-        let args = [Arg::Text(owner.into()), Arg::Json(items.into())];
+        let args = [Arg::Text(owner.into()), json_arg(&items)];
         let done = self.db.execute(SET_INFLIGHT, &args).await?;
         let symbols: Vec<String> = until.iter().map(|(s, _)| s.clone()).collect();
         self.expect_rows(done, until.len(), &symbols, owner).await
@@ -476,41 +500,43 @@ impl ProgressStore {
         if steps.is_empty() {
             return Ok(());
         }
-        let mut tasks = Vec::with_capacity(steps.len() * 6);
-        let mut runs = Vec::new();
+        let mut tasks: Vec<TaskRow<'_>> = Vec::with_capacity(steps.len() * 6);
+        let mut runs: Vec<RunRow<'_>> = Vec::new();
         for step in steps {
             for (i, res) in Resolution::ALL.iter().enumerate() {
                 let watermark = step.watermarks.and_then(|w| w[i]);
-                tasks.push(json!({
-                    "s": step.symbol,
-                    "r": res.name(),
-                    "w": watermark.map(to_rfc3339),
-                    "n": if i == 0 { step.rows_read } else { 0 },
-                    "c": step.candles[i],
-                }));
+                let rows_read = if i == 0 { step.rows_read } else { 0 };
+                tasks.push(TaskRow {
+                    s: &step.symbol,
+                    r: res.name(),
+                    w: watermark.map(to_rfc3339),
+                    n: rows_read,
+                    c: step.candles[i],
+                });
                 // The range this resolution covered: its complete windows.
                 let range = match step.watermarks {
                     Some(_) => res.window_start(step.range.start)..res.window_start(step.range.end),
                     None => step.range.clone(),
                 };
                 if range.start < range.end {
-                    runs.push(json!({
-                        "s": step.symbol,
-                        "r": res.name(),
-                        "k": step.kind,
-                        "b": to_rfc3339(range.start),
-                        "e": to_rfc3339(range.end),
-                        "t": to_rfc3339(step.started_at),
-                        "n": if i == 0 { step.rows_read } else { 0 },
-                        "c": step.candles[i],
-                    }));
+                    runs.push(RunRow {
+                        s: &step.symbol,
+                        r: res.name(),
+                        k: step.kind,
+                        b: to_rfc3339(range.start),
+                        e: to_rfc3339(range.end),
+                        t: to_rfc3339(step.started_at),
+                        n: rows_read,
+                        c: step.candles[i],
+                    });
                 }
             }
         }
         let owner_arg = Arg::Text(owner.into());
         let now = Arg::Text(to_rfc3339(finished_at));
         let mut tx = self.db.begin().await?;
-        let args = [owner_arg.clone(), now.clone(), Arg::Json(tasks.into())];
+        let args = [owner_arg.clone(), now.clone(), json_arg(&tasks)];
+        drop(tasks);
         let done = tx.execute(COMMIT_TASKS, &args).await?;
         if done as usize != steps.len() * 6 {
             drop(tx);
@@ -519,28 +545,15 @@ impl ProgressStore {
                 .expect_rows(done, steps.len() * 6, &symbols, owner)
                 .await;
         }
-        let args = [
-            owner_arg.clone(),
-            now.clone(),
-            Arg::Json(runs.clone().into()),
-        ];
+        let args = [owner_arg.clone(), now.clone(), json_arg(&runs)];
         let merged = tx.fetch_all(MERGE_RUNS, &args).await?;
         let merged: std::collections::HashSet<(String, String)> = merged
             .iter()
             .map(|r| Ok((r.text("symbol")?, r.text("resolution")?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        let fresh: Vec<serde_json::Value> = runs
-            .into_iter()
-            .filter(|r| {
-                let key = (
-                    r["s"].as_str().unwrap_or_default().to_string(),
-                    r["r"].as_str().unwrap_or_default().to_string(),
-                );
-                !merged.contains(&key)
-            })
-            .collect();
-        if !fresh.is_empty() {
-            let args = [owner_arg, now, Arg::Json(fresh.into())];
+        runs.retain(|r| !merged.contains(&(r.s.to_string(), r.r.to_string())));
+        if !runs.is_empty() {
+            let args = [owner_arg, now, json_arg(&runs)];
             tx.execute(INSERT_RUNS, &args).await?;
         }
         tx.commit().await?;
@@ -565,7 +578,7 @@ impl ProgressStore {
         let args = [
             Arg::Text(owner.into()),
             Arg::Text(to_rfc3339(now)),
-            Arg::Json(items.into()),
+            json_arg(&items),
         ];
         self.db.execute(RELEASE, &args).await?;
         Ok(())
