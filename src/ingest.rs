@@ -241,12 +241,8 @@ mod tests {
         let theirs = String::from_utf8(lp.build()).unwrap();
         // Extreme magnitudes differ in spelling only (`1e21` against 22 digits;
         // InfluxDB reads both exactly): the parsed lines must be equal.
-        let parsed = |text: &str| -> Vec<String> {
-            influxdb_line_protocol::parse_lines(text)
-                .map(|l| format!("{:?}", l.unwrap()))
-                .collect()
-        };
-        assert_eq!(parsed(&ours), parsed(&theirs));
+        use crate::influx::encode::parsed_lines;
+        assert_eq!(parsed_lines(&ours), parsed_lines(&theirs));
         // Ordinary prices and amounts come out byte for byte the same.
         let ordinary = |x: f64| (1e-3..1e15).contains(&x);
         let mut compared = 0;

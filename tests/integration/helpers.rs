@@ -42,6 +42,23 @@ macro_rules! on_both_stores {
 }
 pub(crate) use on_both_stores;
 
+/// One `#[tokio::test]` named `$test` that runs `$body` through [`run_on`] on
+/// InfluxDB `$server` with the progress store on `$backend`.
+macro_rules! test_on {
+    ($test:ident, $server:ident, $backend:ident, $body:path) => {
+        #[tokio::test]
+        async fn $test() {
+            $crate::helpers::run_on(
+                $crate::helpers::Server::$server,
+                ohlcd::progress::Backend::$backend,
+                $body,
+            )
+            .await
+        }
+    };
+}
+pub(crate) use test_on;
+
 /// Runs one async test body, `async fn NAME(app: TestApp)`, on a fresh app
 /// against each InfluxDB at hand: as tests `NAME::v1` (Debian's 1.6.7) and
 /// `NAME::v3` (InfluxDB 3 Core; skipped, saying why, where it cannot be had
@@ -49,25 +66,8 @@ pub(crate) use on_both_stores;
 macro_rules! on_both_servers {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
-            #[tokio::test]
-            async fn v1() {
-                $crate::helpers::run_on(
-                    $crate::helpers::Server::V1,
-                    ohlcd::progress::Backend::Sqlite,
-                    super::$name,
-                )
-                .await
-            }
-
-            #[tokio::test]
-            async fn v3() {
-                $crate::helpers::run_on(
-                    $crate::helpers::Server::V3,
-                    ohlcd::progress::Backend::Sqlite,
-                    super::$name,
-                )
-                .await
-            }
+            $crate::helpers::test_on!(v1, V1, Sqlite, super::$name);
+            $crate::helpers::test_on!(v3, V3, Sqlite, super::$name);
         }
     )*};
 }
@@ -79,35 +79,9 @@ pub(crate) use on_both_servers;
 macro_rules! on_both_stores_and_servers {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                $crate::helpers::run_on(
-                    $crate::helpers::Server::V1,
-                    ohlcd::progress::Backend::Sqlite,
-                    super::$name,
-                )
-                .await
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                $crate::helpers::run_on(
-                    $crate::helpers::Server::V1,
-                    ohlcd::progress::Backend::Postgres,
-                    super::$name,
-                )
-                .await
-            }
-
-            #[tokio::test]
-            async fn v3() {
-                $crate::helpers::run_on(
-                    $crate::helpers::Server::V3,
-                    ohlcd::progress::Backend::Sqlite,
-                    super::$name,
-                )
-                .await
-            }
+            $crate::helpers::test_on!(sqlite, V1, Sqlite, super::$name);
+            $crate::helpers::test_on!(postgres, V1, Postgres, super::$name);
+            $crate::helpers::test_on!(v3, V3, Sqlite, super::$name);
         }
     )*};
 }
