@@ -436,9 +436,19 @@ impl Datafeed {
                 .iter()
                 .for_each(|t| agg.add_trade(t));
         } else {
+            if self.cache.raw_empty(symbol, &range, epoch) {
+                return Ok(Vec::new());
+            }
+            let mut read = 0u64;
             self.influx
-                .stream_trades(symbol, range, |t| agg.add_trade(&t))
+                .stream_trades(symbol, range.clone(), |t| {
+                    read += 1;
+                    agg.add_trade(&t)
+                })
                 .await?;
+            if read == 0 {
+                self.cache.put_raw_empty(symbol, range, epoch);
+            }
         }
         Ok(agg.finish())
     }

@@ -86,6 +86,9 @@ struct Inner {
     states: HashMap<String, (Instant, ServingState)>,
     candles: HashMap<(String, Resolution), Stored>,
     tails: HashMap<String, Tail>,
+    /// Per symbol, a range below its 1m watermark where InfluxDB holds no raw
+    /// trades, and the epoch it was read under (see [`CandleCache::raw_empty`]).
+    raw_empty: HashMap<String, (i64, Range<i64>)>,
     /// Per symbol, how many posts of its trades were seen (tails read before
     /// one are not kept).
     posted: HashMap<String, u64>,
@@ -282,6 +285,47 @@ impl CandleCache {
 
     /// Raw trades of `symbol` in `range` if the tail holds all of it, or the
     /// post generation to hand back to [`CandleCache::put_tail`].
+    /// True if `range` of `symbol` is known to hold no raw trades under
+    /// `epoch`. A range every candle source answers empty falls back to raw
+    /// trades (a dropped measurement must not look like a quiet market); when
+    /// that read is empty too, as for a market closed or a feed that stopped,
+    /// it is not repeated for every chart request. Trades that reach such a
+    /// range later are late: their repair moves the epoch.
+    pub fn raw_empty(&self, symbol: &str, range: &Range<i64>, epoch: i64) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let inner = self.lock();
+        let known = inner.raw_empty.get(symbol).is_some_and(|(e, known)| {
+            *e == epoch && known.start <= range.start && range.end <= known.end
+        });
+        let name = if known {
+            "ohlcd_datafeed_cache_hits_total"
+        } else {
+            "ohlcd_datafeed_cache_misses_total"
+        };
+        count(name, "raw_empty");
+        known
+    }
+
+    /// Records that `range` of `symbol` (below its 1m watermark) holds no raw
+    /// trades under `epoch`, joined to the range already known if they touch.
+    pub fn put_raw_empty(&self, symbol: &str, range: Range<i64>, epoch: i64) {
+        if !self.enabled() {
+            return;
+        }
+        let mut inner = self.lock();
+        let joined = match inner.raw_empty.get(symbol) {
+            Some((e, known))
+                if *e == epoch && known.start <= range.end && range.start <= known.end =>
+            {
+                known.start.min(range.start)..known.end.max(range.end)
+            }
+            _ => range,
+        };
+        inner.raw_empty.insert(symbol.to_string(), (epoch, joined));
+    }
+
     pub fn tail(&self, symbol: &str, range: Range<i64>) -> Result<Vec<Trade>, u64> {
         let mut inner = self.lock();
         let posted = inner.posted_of(symbol);

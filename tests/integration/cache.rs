@@ -243,3 +243,62 @@ async fn a_rebuild_run_as_another_process_drops_the_cached_candles_it_rewrote() 
         );
     }
 }
+
+/// A range where every source and the raw trades are empty (the data ends at
+/// [`TO`], the chart asks up to [`NOW`]) is answered from memory once known
+/// empty, and answered again from InfluxDB once a repair moves the epoch.
+#[tokio::test]
+async fn a_range_known_empty_stays_exact_after_a_late_trade_lands_in_it() {
+    let app = app_with_candles(Backend::Sqlite).await;
+    let (url, _stop) = app.serve().await;
+    let (from, to) = (t("2024-06-01T12:05:00Z"), t(NOW));
+    let q = format!(
+        "{url}/udf/history?symbol=BTCUSD&resolution=1&from={}&to={}",
+        from / NANOS_PER_SEC,
+        to / NANOS_PER_SEC
+    );
+    let (_, v) = get(&q).await;
+    assert_eq!(v["s"], "no_data", "{v}");
+    // Behind ohlcd's back: a server that read the raw trades again would now
+    // answer this trade's bar; one that learnt the range is empty does not.
+    let minute = t("2024-06-01T12:10:00Z");
+    let behind = NewTrade {
+        symbol: "BTCUSD".into(),
+        side: Side::Sell,
+        price: 555.25,
+        amount: 2.0,
+        time_ms: (minute + 5 * NANOS_PER_SEC) / 1_000_000,
+        id: 900_001,
+    };
+    app.write(&[behind]).await;
+    let (_, v) = get(&q).await;
+    assert_eq!(v["s"], "no_data", "answered from memory: {v}");
+
+    // A late trade in the same minute through the API: repaired (with the one
+    // written behind ohlcd's back, same minute), which moves the epoch.
+    let late = json!({"symbol": "BTCUSD", "price": 556.5, "amount": 1.0, "side": "buy",
+                      "timestamp": (minute + 30 * NANOS_PER_SEC) / 1_000_000, "id": 900_002});
+    let (status, v) = post(&format!("{url}/api/trades"), late.to_string()).await;
+    assert_eq!((status, &v["late"]), (200, &json!(1)), "{v}");
+    let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    let minute_len = Resolution::M1.nanos();
+    let expected: Vec<Candle> = app
+        .expected_by("BTCUSD", |x| x.div_euclid(minute_len) * minute_len)
+        .await
+        .into_iter()
+        .filter(|c| (from..to).contains(&c.start))
+        .collect();
+    assert_eq!(expected.len(), 1, "the two trades make one bar");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = get(&q).await;
+        if v["s"] == "ok" {
+            assert_udf_matches(&udf_bars(&v), &expected, "the repaired minute");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {v} after the repair");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
