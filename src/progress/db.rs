@@ -135,31 +135,46 @@ impl Db {
         })
     }
 
-    /// Runs `sql` and maps every row as it arrives: the rows themselves are
-    /// never held all at once (30,000 progress rows of 5,000 symbols took
-    /// tens of MB as `Vec<SqliteRow>`, every value duplicated).
+    /// Runs `sql` and hands every row to `f` as it arrives: the rows
+    /// themselves are never held all at once (30,000 progress rows of 5,000
+    /// symbols took tens of MB as `Vec<SqliteRow>`, every value duplicated).
+    pub async fn for_each_row<E: From<sqlx::Error>>(
+        &self,
+        sql: Sql,
+        args: &[Arg],
+        mut f: impl FnMut(&DbRow) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use futures_util::TryStreamExt;
+        match self {
+            Db::Sqlite(p) => {
+                let mut rows = sqlite_query(sql, args).fetch(p);
+                while let Some(row) = rows.try_next().await? {
+                    f(&DbRow::Sqlite(row))?;
+                }
+            }
+            Db::Postgres(p) => {
+                let mut rows = pg_query(sql, args).fetch(p);
+                while let Some(row) = rows.try_next().await? {
+                    f(&DbRow::Postgres(row))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` and maps every row as it arrives ([`Db::for_each_row`]).
     pub async fn fetch_map<T, E: From<sqlx::Error>>(
         &self,
         sql: Sql,
         args: &[Arg],
         mut f: impl FnMut(&DbRow) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
-        use futures_util::TryStreamExt;
         let mut out = Vec::new();
-        match self {
-            Db::Sqlite(p) => {
-                let mut rows = sqlite_query(sql, args).fetch(p);
-                while let Some(row) = rows.try_next().await? {
-                    out.push(f(&DbRow::Sqlite(row))?);
-                }
-            }
-            Db::Postgres(p) => {
-                let mut rows = pg_query(sql, args).fetch(p);
-                while let Some(row) = rows.try_next().await? {
-                    out.push(f(&DbRow::Postgres(row))?);
-                }
-            }
-        }
+        self.for_each_row::<E>(sql, args, |row| {
+            out.push(f(row)?);
+            Ok(())
+        })
+        .await?;
         Ok(out)
     }
 

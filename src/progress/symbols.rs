@@ -327,7 +327,7 @@ impl ProgressStore {
     ) -> Result<BTreeMap<String, SymbolState>, ProgressError> {
         let mut out: BTreeMap<String, SymbolState> = BTreeMap::new();
         self.db
-            .fetch_map(SYMBOL_STATES, &[Arg::Text(owner.into())], |row| {
+            .for_each_row(SYMBOL_STATES, &[Arg::Text(owner.into())], |row| {
                 let res = parse_resolution(&row.text("resolution")?)?;
                 let symbol = row.text("symbol")?;
                 let state = out.entry(symbol).or_insert(SymbolState {
