@@ -18,7 +18,7 @@ use ohlcd::progress::Backend;
 use serde_json::json;
 
 use crate::helpers::{TestApp, on_both_stores, t};
-use crate::http::{assert_udf_matches, get, post, udf_bars};
+use crate::http::{assert_udf_matches, get, metrics_with, post, udf_bars};
 
 const FROM: &str = "2024-06-01T06:00:00Z";
 const TO: &str = "2024-06-01T12:00:00Z";
@@ -154,20 +154,16 @@ async fn a_repair_by_another_daemon_drops_what_every_server_cached(backend: Back
         }
     }
     // What the cache did is on /metrics.
-    let metrics = reqwest::get(format!("{first}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "ohlcd_datafeed_cache_hits_total{kind=\"candles\"}",
-        "ohlcd_datafeed_cache_misses_total{kind=\"candles\"}",
-        "ohlcd_datafeed_cache_invalidations_total{kind=\"epoch\"}",
-        "ohlcd_datafeed_cache_bytes",
-    ] {
-        assert!(metrics.contains(name), "{name} not in /metrics:\n{metrics}");
-    }
+    metrics_with(
+        &first,
+        &[
+            "ohlcd_datafeed_cache_hits_total{kind=\"candles\"}",
+            "ohlcd_datafeed_cache_misses_total{kind=\"candles\"}",
+            "ohlcd_datafeed_cache_invalidations_total{kind=\"epoch\"}",
+            "ohlcd_datafeed_cache_bytes",
+        ],
+    )
+    .await;
 }
 
 on_both_stores!(a_repair_by_another_daemon_drops_what_every_server_cached);

@@ -86,6 +86,21 @@ pub(crate) async fn post(url: &str, body: String) -> (u16, Value) {
 
 /// Bars of a UDF `{s, t, o, h, l, c, v}` answer: (start ns, open, high, low,
 /// close, volume). UDF carries nothing else.
+/// `GET /metrics` of the server at `url`, asserting that every one of `names`
+/// is in it.
+pub(crate) async fn metrics_with(url: &str, names: &[&str]) -> String {
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in names {
+        assert!(metrics.contains(name), "{name} not in /metrics:\n{metrics}");
+    }
+    metrics
+}
+
 pub(crate) fn udf_bars(v: &Value) -> Vec<(i64, f64, f64, f64, f64, f64)> {
     assert_eq!(v["s"], "ok", "{v}");
     let col = |k: &str| v[k].as_array().unwrap().clone();
@@ -465,20 +480,16 @@ async fn progress_health_metrics_and_raw_trades_are_served(app: TestApp) {
             .windows(2)
             .all(|w| w[0]["timestamp"].as_i64() <= w[1]["timestamp"].as_i64())
     );
-    let metrics = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "ohlcd_http_requests_total",
-        "ohlcd_task_lag_seconds",
-        "ohlcd_candles_written_total",
-        "ohlcd_chunk_duration_seconds",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from /metrics");
-    }
+    let metrics = metrics_with(
+        &url,
+        &[
+            "ohlcd_http_requests_total",
+            "ohlcd_task_lag_seconds",
+            "ohlcd_candles_written_total",
+            "ohlcd_chunk_duration_seconds",
+        ],
+    )
+    .await;
     assert!(
         metrics.contains(r#"route="/api/progress",status="200""#),
         "{metrics}"
