@@ -320,7 +320,7 @@ async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_r
     // machine: it only has to tell one layer of retries from two.
     let worst = {
         let mut s = app.settings.influx.clone();
-        (s.timeout_secs, s.retries) = (2, 1);
+        (s.timeout_secs, s.retries) = (app.influx_timeout_secs(), 1);
         ohlcd::influx::InfluxClient::new(&s).unwrap().worst_case()
     };
     assert!(
@@ -331,7 +331,8 @@ async fn influxdb_frozen_during_a_backfill_fails_the_task_with_a_timeout_and_a_r
     let mut err = String::new();
     std::io::Read::read_to_string(&mut backfill.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());
-    assert!(err.contains("did not answer within 2s"), "{err}");
+    let timeout = format!("did not answer within {}s", app.influx_timeout_secs());
+    assert!(err.contains(&timeout), "{err}");
     let failed: Vec<_> = app
         .store
         .tasks()

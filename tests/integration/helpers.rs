@@ -299,8 +299,19 @@ impl TestApp {
         }
     }
 
+    /// The InfluxDB timeout of the `ohlcd` processes the tests start: 2 s, so
+    /// fault tests fail fast; 10 s on InfluxDB 3, which acknowledges a write
+    /// only after its WAL flush (1 s when quiet, more on a loaded machine).
+    pub fn influx_timeout_secs(&self) -> u64 {
+        match self.server.server() {
+            Server::V1 => 2,
+            Server::V3 => 10,
+        }
+    }
+
     /// The `ohlcd` binary configured for this app's influxd, database and
-    /// progress store (5 s leases, 2 s InfluxDB timeouts, warnings only).
+    /// progress store (5 s leases, [`TestApp::influx_timeout_secs`], no
+    /// retries, warnings only).
     pub fn ohlcd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohlcd"));
         cmd.env("OHLCD_INFLUX__URL", &self.server.url)
@@ -310,7 +321,10 @@ impl TestApp {
                 &self.settings.progress.database_url,
             )
             .env("OHLCD_PROGRESS__LEASE_SECS", "5")
-            .env("OHLCD_INFLUX__TIMEOUT_SECS", "2")
+            .env(
+                "OHLCD_INFLUX__TIMEOUT_SECS",
+                self.influx_timeout_secs().to_string(),
+            )
             .env("OHLCD_INFLUX__RETRIES", "0")
             .env("OHLCD_LOG", "warn");
         cmd
