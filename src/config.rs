@@ -164,6 +164,9 @@ pub struct EngineSettings {
     /// A symbol this close to the horizon (seconds) is live: it is taken to
     /// the horizon at the start of every round, before lagging symbols move.
     pub live_span_secs: u64,
+    /// Milliseconds a lagging batch goes on, chunk after chunk, before the
+    /// round moves on (0: one chunk per round).
+    pub batch_run_ms: u64,
 }
 
 /// HTTP server settings.

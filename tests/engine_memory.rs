@@ -61,6 +61,8 @@ struct Memory {
     trades: Arc<Mutex<TradeTable>>,
     candles: Arc<Mutex<CandleTable>>,
     calls: Arc<Calls>,
+    /// Writes wait while a test holds this for writing (a slow acknowledgement).
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Memory {
@@ -220,6 +222,7 @@ impl Warehouse for Memory {
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
         self.calls.write.fetch_add(1, Ordering::SeqCst);
+        let _acknowledged = self.gate.read().await;
         let mut candles = self.candles.lock().unwrap();
         for set in sets {
             let m = candles
@@ -590,5 +593,58 @@ async fn a_long_backfill_does_not_hold_back_the_live_symbols() {
     }
     for sym in live.iter().chain(["OLD".to_string()].iter()) {
         assert_exact(&s.mem, sym, s.horizon());
+    }
+}
+
+/// A batch's next day is read while the last day's candles are still being
+/// written, and no watermark moves before the write it covers is acknowledged.
+#[tokio::test]
+async fn the_next_chunk_is_read_while_the_last_one_is_written_and_committed_only_after() {
+    // One raw read per step: three reads are three days.
+    let s = setup(&[("OHLCD_ENGINE__READ_PARALLELISM", "1")]).await;
+    let mut walk = Walk(11);
+    for k in 0..3_000 {
+        let t = T0 + (walk.next() % (6 * DAY as u64)) as i64;
+        s.mem.add("BTCUSD", walk.trade(t, k));
+    }
+    s.clock.set(T0 + 6 * DAY + 3_600 * SEC);
+    let held = s.mem.gate.clone().write_owned().await;
+    let engine = s.engine("a");
+    let tick = tokio::spawn(async move { engine.tick(&TaskFilter::default()).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.mem.calls.read_trades.load(Ordering::SeqCst) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next days were not read while the first day's write waited \
+             ({} raw reads, {} writes)",
+            s.mem.calls.read_trades.load(Ordering::SeqCst),
+            s.mem.calls.write.load(Ordering::SeqCst),
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for res in Resolution::ALL {
+        let watermark = s
+            .store
+            .task("BTCUSD", res)
+            .await
+            .unwrap()
+            .and_then(|t| t.watermark);
+        assert_eq!(
+            watermark, None,
+            "{res} committed before its write was acknowledged"
+        );
+    }
+    assert!(s.mem.stored(Resolution::M1, "BTCUSD").is_empty());
+    drop(held);
+    let report = tick.await.unwrap().unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_exact(&s.mem, "BTCUSD", s.horizon());
+    for res in Resolution::ALL {
+        let task = s.store.task("BTCUSD", res).await.unwrap().unwrap();
+        assert_eq!(
+            task.watermark,
+            Some(res.window_start(s.horizon())),
+            "{res} at the horizon"
+        );
     }
 }

@@ -27,13 +27,14 @@
 pub mod plan;
 pub mod warehouse;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, floor_to};
 use crate::clock::Clock;
@@ -120,6 +121,21 @@ struct Work {
     dirty: Option<(i64, Vec<Range<i64>>)>,
 }
 
+/// What the reader of a batch's steps hands its writer (see
+/// `Engine::advance`), in step order.
+enum Sent<'a> {
+    /// Candles of the step being read, per symbol, in [`Resolution::ALL`] order.
+    Candles(Vec<(&'a str, [Vec<Candle>; 6])>),
+    /// The step is read, all its candles sent.
+    Done(StepRead),
+}
+
+/// A step read: its commit, once its candles are acknowledged.
+struct StepRead {
+    steps: Vec<StepCommit>,
+    started_at: i64,
+}
+
 /// What one round has to do.
 #[derive(Debug, Default)]
 struct RoundPlan {
@@ -165,9 +181,9 @@ impl<W: Warehouse> std::fmt::Debug for Engine<W> {
     }
 }
 
-/// Candles of a step's parts whose writes may be awaited at once (about
-/// 10 MB): every part of a step of a few symbols, one at a time for
-/// thousands.
+/// Candles whose writes may be awaited at once (about 10 MB): several steps
+/// of a few symbols, every part of one step of hundreds, one part at a time
+/// for thousands.
 const CANDLES_IN_FLIGHT: usize = 50_000;
 
 impl<W: Warehouse> Engine<W> {
@@ -592,7 +608,7 @@ impl<W: Warehouse> Engine<W> {
         let held: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
         let started_at = self.clock.now();
         let result = tokio::select! {
-            r = self.process_batch(&works, parts, rows, lookback, report) => r,
+            r = self.process_batch(&mut works, parts, rows, lookback, report) => r,
             e = self.keep_leases(&held) => Err(e),
         };
         let horizon = self.horizon();
@@ -661,18 +677,19 @@ impl<W: Warehouse> Engine<W> {
         }
     }
 
-    /// Repairs, lookback, then the forward step of a claimed batch: in 4h
-    /// parts when it starts at midnight and holds more than `engine.batch_rows`
-    /// trades (a dense symbol's day), else in one read.
+    /// Repairs, lookback, then the forward steps of a claimed batch
+    /// ([`Engine::advance`]). Each work is left at `from`: its last committed
+    /// end, `end`: the end of its last step begun (the two are equal unless a
+    /// step failed).
     async fn process_batch(
         &self,
-        works: &[Work],
+        works: &mut [Work],
         parts: usize,
         rows: u64,
         lookback: bool,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
-        for w in works {
+        for w in works.iter() {
             if let Some((max_id, ranges)) = &w.dirty {
                 let (rows, candles) = self
                     .repair(&w.symbol, &w.watermarks, ranges, "late", None)
@@ -686,36 +703,102 @@ impl<W: Warehouse> Engine<W> {
         if lookback {
             self.look_back(works, report).await?;
         }
-        let forward: Vec<&Work> = works.iter().filter(|w| w.from < w.end).collect();
-        let from_midnight = forward
-            .iter()
-            .all(|w| w.from % NANOS_PER_DAY == 0 && w.end - w.from > Resolution::H4.nanos());
-        // Parts bound a dense day's memory to 4 hours and let InfluxDB store
-        // one part while it reads the next; on a batch of ordinary size their
-        // extra queries cost more than that gains (A/B in README, issue #9).
-        if !forward.is_empty() && from_midnight && rows > self.settings.batch_rows {
-            self.step_in_parts(&forward, parts, report).await?;
-        } else if !forward.is_empty() {
-            self.step(&forward, parts, report).await?;
-        }
-        Ok(())
+        self.advance(works, parts, rows, report).await
     }
 
-    /// The forward step of a batch: one read of raw trades (split into
-    /// `parts` concurrent sub-ranges), the few stored pieces the coarser open
-    /// windows need, every resolution computed in memory, one write, one commit.
-    async fn step(
+    /// The forward steps of a claimed batch, pipelined. A reader reads and
+    /// computes one step after the other ([`Engine::read_step`]) and hands
+    /// the candles to a writer ([`Engine::write_steps`]), which keeps several
+    /// writes in flight and commits each step's watermarks, in order, once
+    /// InfluxDB acknowledged every candle of it. So InfluxDB reads the next
+    /// chunk while it stores the last one, and a server that acknowledges a
+    /// write only after its WAL flush (InfluxDB 3, ~1 s) acknowledges several
+    /// steps in one flush. After its first step a batch goes on, chunk after
+    /// chunk, for up to `engine.batch_run_ms` ([`Engine::next_step`]); then
+    /// the round moves on, so live symbols wait at most about that long.
+    async fn advance(
         &self,
-        works: &[&Work],
+        works: &mut [Work],
         parts: usize,
+        rows: u64,
         report: &mut TickReport,
     ) -> Result<(), EngineError> {
+        let first: Vec<Work> = works.iter().filter(|w| w.from < w.end).cloned().collect();
+        if first.is_empty() {
+            return Ok(());
+        }
+        let names: HashSet<&str> = first.iter().map(|w| w.symbol.as_str()).collect();
+        let mut begun: HashMap<String, i64> = HashMap::new();
+        let mut committed: HashMap<String, i64> = HashMap::new();
+        // One step's candles wait while earlier ones are written: memory stays
+        // at CANDLES_IN_FLIGHT and the step being read, however long the run.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let result = tokio::try_join!(
+            self.read_steps(first.clone(), &names, parts, rows, tx, &mut begun),
+            self.write_steps(rx, report, &mut committed),
+        );
+        for w in works.iter_mut() {
+            if let Some(&end) = committed.get(&w.symbol) {
+                w.from = end;
+            }
+            if let Some(&end) = begun.get(&w.symbol) {
+                w.end = end;
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// The reader of [`Engine::advance`]: steps `works` forward while
+    /// [`Engine::next_step`] allows, recording in `begun` where each symbol's
+    /// last step begun ends.
+    async fn read_steps<'a>(
+        &self,
+        mut works: Vec<Work>,
+        names: &HashSet<&'a str>,
+        parts: usize,
+        mut rows: u64,
+        tx: Sender<Sent<'a>>,
+        begun: &mut HashMap<String, i64>,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        loop {
+            for w in &works {
+                begun.insert(w.symbol.clone(), w.end);
+            }
+            let Some(read) = self.read_step(&works, names, parts, rows, &tx).await? else {
+                return Ok(()); // the writer failed; its error is the run's
+            };
+            match self.next_step(works, &read, started) {
+                Some((next, expected)) => (works, rows) = (next, expected),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads one step of `works` (`rows` trades expected) and sends its
+    /// candles, then its commit, to the writer; returns the trades read per
+    /// symbol, or `None` when the writer is gone. A step that starts at
+    /// midnight and is expected to hold more than `engine.batch_rows` trades
+    /// (a dense symbol's day) is read in 4h parts ([`plan::parts`]), up to
+    /// `parts` at once, and each part's 1m…4h candles go out while the next
+    /// are read; its days, built from the parts' 4h candles, go out last.
+    /// Any other step is one read, split into `parts` concurrent sub-ranges;
+    /// one that starts inside a day (the live edge) completes the coarser
+    /// windows open at its start from the few finer candles stored for them
+    /// ([`plan::pieces`]).
+    async fn read_step<'a>(
+        &self,
+        works: &[Work],
+        names: &HashSet<&'a str>,
+        parts: usize,
+        rows: u64,
+        tx: &Sender<Sent<'a>>,
+    ) -> Result<Option<HashMap<&'a str, u64>>, EngineError> {
         let started_at = self.clock.now();
+        let name = |w: &Work| -> &'a str { names.get(w.symbol.as_str()).expect("a batch symbol") };
         let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
-        let bounds: HashMap<&str, Range<i64>> = works
-            .iter()
-            .map(|w| (w.symbol.as_str(), w.from..w.end))
-            .collect();
+        let bounds: HashMap<&'a str, Range<i64>> =
+            works.iter().map(|w| (name(w), w.from..w.end)).collect();
         // Announce the ranges before reading them, so a trade ingested
         // meanwhile is treated as late (and repaired), never silently missed.
         let inflight: Vec<(String, i64)> =
@@ -724,101 +807,37 @@ impl<W: Warehouse> Engine<W> {
 
         let span = works.iter().map(|w| w.from).min().expect("non-empty")
             ..works.iter().map(|w| w.end).max().expect("non-empty");
-        let (rows, mut fresh) = self.read_minutes(&symbols, span, parts, &bounds).await?;
-
-        let pieces = self.read_pieces(works).await?;
-        let mut produced: Vec<(String, [Vec<Candle>; 6], u64)> = Vec::with_capacity(works.len());
-        for w in works {
-            let minutes = fresh
-                .remove(w.symbol.as_str())
-                .map(Aggregator::finish)
-                .unwrap_or_default();
-            let read = rows.get(w.symbol.as_str()).copied().unwrap_or(0);
-            let symbol_pieces = pieces
-                .get(w.symbol.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            produced.push((
-                w.symbol.clone(),
-                plan::step_candles(w.from, w.end, symbol_pieces, minutes),
-                read,
-            ));
-        }
-        let sets: Vec<CandleSet<'_>> = produced
+        let mut read: HashMap<&'a str, u64> = HashMap::new();
+        let mut counts: HashMap<&'a str, [u64; 6]> = HashMap::new();
+        let mut send = async |candles: Vec<(&'a str, [Vec<Candle>; 6])>| {
+            for (symbol, by_res) in &candles {
+                let n = counts.entry(symbol).or_default();
+                for (i, c) in by_res.iter().enumerate() {
+                    n[i] += c.len() as u64;
+                }
+            }
+            tx.send(Sent::Candles(candles)).await.is_ok()
+        };
+        let from_midnight = works
             .iter()
-            .flat_map(|(symbol, by_res, _)| candle_sets(symbol, by_res))
-            .collect();
-        self.write(&sets).await?;
-        // Crash test point: candles written, watermarks not yet committed.
-        crate::failpoint::hit("after_write").await;
-        let steps: Vec<StepCommit> = works
-            .iter()
-            .zip(&produced)
-            .map(|(w, (_, by_res, read))| StepCommit {
-                symbol: w.symbol.clone(),
-                kind: "chunk",
-                range: w.from..w.end,
-                watermarks: Some(plan::advanced(&w.watermarks, w.end)),
-                rows_read: *read,
-                candles: std::array::from_fn(|i| by_res[i].len() as u64),
-                started_at,
-            })
-            .collect();
-        self.commit(steps, started_at, report).await
-    }
-
-    /// The forward step of a batch whose steps all start at midnight (the
-    /// lagging ones), read in 4h parts ([`plan::parts`]): up to `parallel`
-    /// parts are read at once while the candles of the parts already read are
-    /// written, so InfluxDB reads and stores at the same time instead of one
-    /// after the other. A part yields complete 1m…4h windows; the days are
-    /// built from the parts' 4h candles and written last. Parts' writes are
-    /// awaited together while they hold fewer than [`CANDLES_IN_FLIGHT`]
-    /// candles (one part at a time beyond that): a server that acknowledges a
-    /// write only after its WAL flush (InfluxDB 3, ~1 s) then acknowledges a
-    /// step's parts in one or two flushes instead of one flush each. The watermarks are
-    /// committed once, after InfluxDB acknowledged every part's candles: a
-    /// crash before that leaves them where they were, and the candles already
-    /// written are recomputed with the same values.
-    async fn step_in_parts(
-        &self,
-        works: &[&Work],
-        parallel: usize,
-        report: &mut TickReport,
-    ) -> Result<(), EngineError> {
-        let started_at = self.clock.now();
-        let symbols: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
-        let bounds: HashMap<&str, Range<i64>> = works
-            .iter()
-            .map(|w| (w.symbol.as_str(), w.from..w.end))
-            .collect();
-        // As in `step`: a trade ingested meanwhile is late, never missed.
-        let inflight: Vec<(String, i64)> =
-            works.iter().map(|w| (w.symbol.clone(), w.end)).collect();
-        self.store.set_inflight_many(&self.owner, &inflight).await?;
-
-        let span = works.iter().map(|w| w.from).min().expect("non-empty")
-            ..works.iter().map(|w| w.end).max().expect("non-empty");
-        let mut rows: HashMap<&str, u64> = HashMap::new();
-        let mut candles: HashMap<&str, [u64; 6]> = HashMap::new();
-        let mut days: HashMap<&str, Aggregator> = HashMap::new();
-        // One part's candles wait while earlier parts are written: memory
-        // stays at a few parts or CANDLES_IN_FLIGHT, whatever the step's length.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(&str, [Vec<Candle>; 6])>>(1);
-        let read = async {
-            let tx = tx;
-            let mut parts = futures_util::stream::iter(plan::parts(span.start, span.end))
+            .all(|w| w.from % NANOS_PER_DAY == 0 && w.end - w.from > Resolution::H4.nanos());
+        // Parts bound a dense day's memory to 4 hours and let InfluxDB store
+        // one part while it reads the next; on a batch of ordinary size their
+        // extra queries cost more than that gains (A/B in README, issue #9).
+        if from_midnight && rows > self.settings.batch_rows {
+            let mut days: HashMap<&'a str, Aggregator> = HashMap::new();
+            let mut reads = futures_util::stream::iter(plan::parts(span.start, span.end))
                 .map(|part| async {
                     let read = self.read_minutes(&symbols, part.clone(), 1, &bounds).await;
                     read.map(|r| (part, r))
                 })
-                .buffered(parallel.max(1));
-            while let Some(next) = parts.next().await {
+                .buffered(parts.max(1));
+            while let Some(next) = reads.next().await {
                 let (part, (part_rows, fresh)) = next?;
                 for (symbol, n) in part_rows {
-                    *rows.entry(symbol).or_default() += n;
+                    *read.entry(symbol).or_default() += n;
                 }
-                let produced: Vec<(&str, [Vec<Candle>; 6])> = fresh
+                let candles = fresh
                     .into_iter()
                     .map(|(symbol, agg)| {
                         let day = days
@@ -827,77 +846,177 @@ impl<W: Warehouse> Engine<W> {
                         (symbol, plan::part_candles(&part, agg.finish(), day))
                     })
                     .collect();
-                if tx.send(produced).await.is_err() {
-                    return Ok(()); // the writer failed; its error is the step's
+                if !send(candles).await {
+                    return Ok(None);
                 }
             }
-            // The days, complete once every part is read, go out last.
-            let closed: Vec<(&str, [Vec<Candle>; 6])> = works
+            let closed = works
                 .iter()
                 .filter_map(|w| {
-                    let day = days.remove(w.symbol.as_str())?;
+                    let day = days.remove(name(w))?;
                     let mut by_res: [Vec<Candle>; 6] = Default::default();
                     by_res[plan::index(Resolution::D1)] = plan::closed_days(day, w.end);
-                    Some((w.symbol.as_str(), by_res))
+                    Some((name(w), by_res))
                 })
                 .collect();
-            let _ = tx.send(closed).await;
-            Ok::<(), EngineError>(())
-        };
-        let write = async {
-            let mut pending = futures_util::stream::FuturesUnordered::new();
-            let mut in_flight = 0usize;
-            let mut open = true;
-            while open || !pending.is_empty() {
-                let room = pending.is_empty() || in_flight < CANDLES_IN_FLIGHT;
-                tokio::select! {
-                    next = rx.recv(), if open && room => {
-                        let Some(produced) = next else {
-                            open = false;
-                            continue;
-                        };
-                        let mut size = 0;
-                        for (symbol, by_res) in &produced {
-                            let n = candles.entry(symbol).or_default();
-                            for (i, c) in by_res.iter().enumerate() {
-                                n[i] += c.len() as u64;
-                                size += c.len();
-                            }
-                        }
-                        in_flight += size;
-                        pending.push(async move {
-                            let sets: Vec<CandleSet<'_>> = produced
-                                .iter()
-                                .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
-                                .collect();
-                            self.write(&sets).await.map(|()| size)
-                        });
-                    }
-                    Some(written) = pending.next(), if !pending.is_empty() => {
-                        in_flight -= written?;
-                        // Crash test point: a part written, the step not committed.
-                        crate::failpoint::hit("part_written").await;
-                    }
-                }
+            if !send(closed).await {
+                return Ok(None);
             }
-            Ok::<(), EngineError>(())
-        };
-        tokio::try_join!(read, write)?;
-        // Crash test point: candles written, watermarks not yet committed.
-        crate::failpoint::hit("after_write").await;
-        let steps: Vec<StepCommit> = works
+        } else {
+            let (step_rows, mut fresh) = self.read_minutes(&symbols, span, parts, &bounds).await?;
+            read = step_rows;
+            let pieces = self.read_pieces(works).await?;
+            let candles = works
+                .iter()
+                .map(|w| {
+                    let minutes = fresh
+                        .remove(name(w))
+                        .map(Aggregator::finish)
+                        .unwrap_or_default();
+                    let symbol_pieces = pieces
+                        .get(w.symbol.as_str())
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
+                    let by_res = plan::step_candles(w.from, w.end, symbol_pieces, minutes);
+                    (name(w), by_res)
+                })
+                .collect();
+            if !send(candles).await {
+                return Ok(None);
+            }
+        }
+        let steps = works
             .iter()
             .map(|w| StepCommit {
                 symbol: w.symbol.clone(),
                 kind: "chunk",
                 range: w.from..w.end,
                 watermarks: Some(plan::advanced(&w.watermarks, w.end)),
-                rows_read: rows.get(w.symbol.as_str()).copied().unwrap_or(0),
-                candles: candles.get(w.symbol.as_str()).copied().unwrap_or([0; 6]),
+                rows_read: read.get(name(w)).copied().unwrap_or(0),
+                candles: counts.get(name(w)).copied().unwrap_or([0; 6]),
                 started_at,
             })
             .collect();
-        self.commit(steps, started_at, report).await
+        if tx
+            .send(Sent::Done(StepRead { steps, started_at }))
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        Ok(Some(read))
+    }
+
+    /// The step after `works`' (just read, `read` trades each), for the
+    /// symbols that may go on in this run, with their expected trades: the
+    /// run is younger than `engine.batch_run_ms`, no stop was requested, and
+    /// the symbol's step held trades and ended on a chunk boundary before the
+    /// horizon. The next step then starts at midnight and needs no stored
+    /// pieces (which InfluxDB may not have acknowledged yet); a symbol without
+    /// trades jumps ahead in the next round instead of stepping day by day.
+    fn next_step(
+        &self,
+        works: Vec<Work>,
+        read: &HashMap<&str, u64>,
+        started: Instant,
+    ) -> Option<(Vec<Work>, u64)> {
+        let budget = Duration::from_millis(self.settings.batch_run_ms);
+        if self.stop_requested() || started.elapsed() >= budget {
+            return None;
+        }
+        let horizon = self.horizon();
+        let mut rows = 0;
+        let next: Vec<Work> = works
+            .into_iter()
+            .filter_map(|w| {
+                let n = read.get(w.symbol.as_str()).copied().unwrap_or(0);
+                let end = plan::step_end(w.end, horizon, self.chunk_len());
+                if n == 0 || w.end % NANOS_PER_DAY != 0 || end <= w.end {
+                    return None;
+                }
+                rows += n;
+                Some(Work {
+                    watermarks: plan::advanced(&w.watermarks, w.end),
+                    from: w.end,
+                    end,
+                    dirty: None,
+                    symbol: w.symbol,
+                })
+            })
+            .collect();
+        (!next.is_empty()).then_some((next, rows))
+    }
+
+    /// The writer of [`Engine::advance`]: writes the candles it receives,
+    /// several requests at once while they hold fewer than
+    /// [`CANDLES_IN_FLIGHT`] candles (one at a time beyond that), and commits
+    /// each step once InfluxDB acknowledged all of its candles and every
+    /// earlier step is committed; records in `committed` where each symbol's
+    /// last committed step ends. A crash before a commit leaves the
+    /// watermarks where they were, and the candles already written are
+    /// recomputed with the same values.
+    async fn write_steps(
+        &self,
+        mut rx: Receiver<Sent<'_>>,
+        report: &mut TickReport,
+        committed: &mut HashMap<String, i64>,
+    ) -> Result<(), EngineError> {
+        // Steps not yet committed, oldest first: (writes outstanding, the
+        // step's commit once it is read); the back one is being read.
+        let mut queue: VecDeque<(usize, Option<StepRead>)> = VecDeque::from([(0, None)]);
+        let mut oldest = 0usize; // step number of queue[0]
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        let mut in_flight = 0usize;
+        let mut open = true;
+        while open || !pending.is_empty() {
+            let room = pending.is_empty() || in_flight < CANDLES_IN_FLIGHT;
+            tokio::select! {
+                next = rx.recv(), if open && room => match next {
+                    None => open = false,
+                    Some(Sent::Candles(candles)) => {
+                        let size: usize = candles
+                            .iter()
+                            .flat_map(|(_, by_res)| by_res.iter().map(Vec::len))
+                            .sum();
+                        let step = oldest + queue.len() - 1;
+                        queue.back_mut().expect("a step is being read").0 += 1;
+                        in_flight += size;
+                        pending.push(async move {
+                            let sets: Vec<CandleSet<'_>> = candles
+                                .iter()
+                                .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
+                                .collect();
+                            self.write(&sets).await.map(|()| (step, size))
+                        });
+                    }
+                    Some(Sent::Done(read)) => {
+                        queue.back_mut().expect("a step is being read").1 = Some(read);
+                        queue.push_back((0, None));
+                    }
+                },
+                Some(written) = pending.next(), if !pending.is_empty() => {
+                    let (step, size) = written?;
+                    in_flight -= size;
+                    queue[step - oldest].0 -= 1;
+                    // Crash test point: candles written, their step not committed.
+                    crate::failpoint::hit("part_written").await;
+                }
+            }
+            while let Some((0, Some(_))) = queue.front() {
+                let (_, read) = queue.pop_front().expect("checked");
+                let StepRead { steps, started_at } = read.expect("checked");
+                oldest += 1;
+                // Crash test point: candles written, watermarks not yet committed.
+                crate::failpoint::hit("after_write").await;
+                let ends: Vec<(String, i64)> = steps
+                    .iter()
+                    .map(|s| (s.symbol.clone(), s.range.end))
+                    .collect();
+                self.commit(steps, started_at, report).await?;
+                committed.extend(ends);
+            }
+        }
+        Ok(())
     }
 
     /// Commits the steps of a batch whose candles InfluxDB acknowledged, and
@@ -1009,7 +1128,7 @@ impl<W: Warehouse> Engine<W> {
     /// for the whole batch.
     async fn read_pieces(
         &self,
-        works: &[&Work],
+        works: &[Work],
     ) -> Result<HashMap<String, Vec<(Resolution, Candle)>>, EngineError> {
         let mut wanted: BTreeMap<Resolution, Vec<(&str, Range<i64>)>> = BTreeMap::new();
         for w in works {

@@ -520,14 +520,15 @@ async fn two_daemons_on_one_progress_store_both_work_and_never_process_a_range_t
     let symbols = ["ADAUSD", "BTCUSD", "ETHUSD", "SOLUSD"];
     with_trades(&app, &symbols, 30, 80_000).await;
     // Daemon A runs alone until it has committed and released its first batch
-    // (the first day of every symbol), then parks for good (failpoint),
-    // holding no lease. Everything after that day can only be B's work, so
-    // both daemons must show up in the history of every task.
+    // (the first day of every symbol: one chunk per batch run), then parks for
+    // good (failpoint), holding no lease. Everything after that day can only
+    // be B's work, so both daemons must show up in the history of every task.
     let port = free_port();
     let mut a = KillOnDrop::spawn(
         app.ohlcd()
             .arg("run")
             .env("OHLCD_FAILPOINT", "after_release")
+            .env("OHLCD_ENGINE__BATCH_RUN_MS", "0")
             .env("OHLCD_ENGINE__CRON", "* * * * * *")
             .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
