@@ -143,8 +143,11 @@ impl Bench {
     }
 
     /// A client of another database on the same InfluxDB.
+    /// A client of database `db` on the bench's server (its generation known).
     pub fn client_of(&self, db: &str) -> Result<InfluxClient> {
-        influx_client(self.influx.url(), db)
+        let mut client = influx_client(self.influx.url(), db)?;
+        client.set_generation(self.influx.generation());
+        Ok(client)
     }
 
     /// First value of the first series (e.g. of a `count` or `sum`), 0 if none.
@@ -153,7 +156,22 @@ impl Bench {
         Ok(v["series"][0]["values"][0][1].as_f64().unwrap_or(0.0))
     }
 
+    /// Drops `db`: `DROP DATABASE`, or on InfluxDB 3 (which does not
+    /// implement it) `DELETE /api/v3/configure/database`.
     pub async fn drop_database(&self, db: &str) -> Result<()> {
+        if self.influx.generation() == ohlcd::influx::Generation::V3 {
+            let url = format!("{}/api/v3/configure/database", self.influx.url());
+            let resp = reqwest::Client::new()
+                .delete(url)
+                .query(&[("db", db)])
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                bail!("InfluxDB 3 answered {status}: {}", resp.text().await?);
+            }
+            return Ok(());
+        }
         let q = format!("DROP DATABASE {}", ohlcd::influx::quote_ident(db));
         self.influx.query_json(&q).await?;
         Ok(())
