@@ -46,6 +46,10 @@ pub enum DatafeedError {
     Progress(#[from] ProgressError),
 }
 
+/// Cached raw trades of a tail that are aggregated on a blocking thread
+/// rather than on the async workers (about a millisecond of work).
+const BLOCKING_TRADES: usize = 10_000;
+
 /// The answer to a history request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum History {
@@ -431,10 +435,20 @@ impl Datafeed {
         }
         let mut agg = Aggregator::new(bucketing);
         if tail {
-            self.tail_trades(symbol, range)
-                .await?
-                .iter()
-                .for_each(|t| agg.add_trade(t));
+            let trades = self.tail_trades(symbol, range).await?;
+            if trades.len() > BLOCKING_TRADES {
+                // CPU work without an await: on the async workers it would
+                // hold up every other request (cheap ones behind heavy ones)
+                // for its whole length.
+                return tokio::task::spawn_blocking(move || {
+                    trades.iter().for_each(|t| agg.add_trade(t));
+                    agg.finish()
+                })
+                .await
+                // A blocking task runs to its end: the only error is its panic.
+                .map_err(|e| std::panic::resume_unwind(e.into_panic()));
+            }
+            trades.iter().for_each(|t| agg.add_trade(t));
         } else {
             if self.cache.raw_empty(symbol, &range, epoch) {
                 return Ok(Vec::new());
