@@ -648,3 +648,37 @@ async fn the_next_chunk_is_read_while_the_last_one_is_written_and_committed_only
         );
     }
 }
+
+/// `ohlcd backfill` sizes its progress bar with `pending_span`, then ticks:
+/// the tick starts from the symbols and first trades just found instead of
+/// asking the warehouse again (each a scan of the trades on InfluxDB 3).
+#[tokio::test]
+async fn a_backfill_asks_for_symbols_and_first_trades_once() {
+    let s = setup(&[]).await;
+    let mut walk = Walk(3);
+    for i in 0..20 {
+        for k in 0..50 {
+            let t = T0 + (walk.next() % (2 * DAY as u64)) as i64;
+            s.mem.add(&symbol(i), walk.trade(t, k));
+        }
+    }
+    s.clock.set(T0 + 2 * DAY + 3_600 * SEC);
+    let engine = s.engine("a");
+    let all = TaskFilter::default();
+    let pending = engine.pending_span(&all).await.unwrap();
+    assert!(pending > 0);
+    let report = engine.tick(&all).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let calls = |c: &AtomicU64| c.load(Ordering::SeqCst);
+    assert_eq!(
+        (calls(&s.mem.calls.symbols), calls(&s.mem.calls.first)),
+        (1, 1),
+        "symbol discoveries and first-trade queries for pending_span + tick"
+    );
+    for i in 0..20 {
+        assert_exact(&s.mem, &symbol(i), s.horizon());
+    }
+    // Only the tick right after pending_span is primed: the next one looks again.
+    engine.tick(&all).await.unwrap();
+    assert_eq!(calls(&s.mem.calls.symbols), 2);
+}
