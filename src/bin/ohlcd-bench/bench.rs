@@ -316,7 +316,19 @@ impl Bench {
     /// One `ohlcd backfill` on `db`'s progress file, timed with peak RSS;
     /// reads the summary line.
     async fn run_backfill(&mut self, db: &str, name: &str, n: u64) -> Result<Backfill> {
-        let cmd = self.ohlcd_cmd(db, &self.progress_file(db), &["backfill"]);
+        self.run_backfill_with(db, name, n, &[]).await
+    }
+
+    /// `ohlcd backfill` with extra environment (configuration) variables.
+    async fn run_backfill_with(
+        &mut self,
+        db: &str,
+        name: &str,
+        n: u64,
+        env: &[(&str, &str)],
+    ) -> Result<Backfill> {
+        let mut cmd = self.ohlcd_cmd(db, &self.progress_file(db), &["backfill"]);
+        cmd.envs(env.iter().copied());
         let mut proc = Proc::spawn(name, cmd, &self.scratch)?;
         let m = proc.wait_measured(Self::timeout_for(n)).await?;
         if !m.status.success() {
@@ -349,9 +361,25 @@ impl Bench {
     /// `ohlcd backfill` from a fresh SQLite file, timed, peak RSS sampled; then
     /// checks that every resolution counts exactly `n` trades.
     pub async fn backfill(&mut self, db: &str, n: u64) -> Result<Backfill> {
-        say!("backfill of {db} ({n} trades, all six resolutions, fresh SQLite) ...");
+        self.backfill_with(db, n, &[]).await
+    }
+
+    /// [`Bench::backfill`] with extra environment (configuration) variables.
+    pub async fn backfill_with(
+        &mut self,
+        db: &str,
+        n: u64,
+        env: &[(&str, &str)],
+    ) -> Result<Backfill> {
+        say!("backfill of {db} ({n} trades, all six resolutions, fresh SQLite, {env:?}) ...");
         let _ = std::fs::remove_file(self.progress_file(db));
-        let bf = self.run_backfill(db, &format!("backfill-{db}"), n).await?;
+        let bf = self
+            .run_backfill_with(db, &format!("backfill-{db}"), n, env)
+            .await?;
+        if env.contains(&("OHLCD_INFLUX__NO_SYNC", "true")) {
+            // Acknowledged before InfluxDB 3's WAL flush (1 s): readable after it.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
         say!(
             "backfill done in {:.2}s, peak RSS {:.1} MB ({} chunks, {} rows read)",
             bf.elapsed.as_secs_f64(),

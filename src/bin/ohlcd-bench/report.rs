@@ -21,6 +21,8 @@ const DENSE_PER_SYMBOL_DAY: f64 = 200_000.0;
 pub struct Results {
     pub generate: Option<Measured>,
     pub backfill: Option<Backfill>,
+    /// InfluxDB 3: the backfill with `influx.no_sync` (best of two).
+    pub backfill_no_sync: Option<Backfill>,
     pub group_by: Vec<(&'static str, Duration, u64)>,
     pub candle_check: Option<(bool, String)>,
     pub raw: Vec<RawPull>,
@@ -459,6 +461,17 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
                 x <= goal,
             ));
         }
+    }
+    if let (Some(bf), Some(p)) = (&r.backfill_no_sync, fastest) {
+        let t = bf.elapsed.as_secs_f64();
+        rows.push(row(
+            "backfill with influx.no_sync / fastest raw pull (InfluxDB 3)",
+            format!(
+                "{:.2} ({t:.2} s / {:.2} s)",
+                t / p.elapsed.as_secs_f64(),
+                p.elapsed.as_secs_f64()
+            ),
+        ));
     }
     if let (Some((n, w)), Some(p)) = (r.write_alone, fastest) {
         // Writing the candles is work the backfill cannot skip; on 2 cores it
