@@ -188,12 +188,13 @@ impl InfluxClient {
     /// 1.x (and 2.x) find it through the series index with one query. 3.x
     /// scans every buffered chunk (10 minutes of data time each) of the time
     /// range a query names: with no lower bound, all of the table's history
-    /// (measured: 2.3–2.6 s for 69 days of 20,000 trades per symbol, 12 ms for
-    /// a week). There the day candles, one chunk per day, first say on which
-    /// day to look: the answer is the last point from the last day candle
-    /// before `before` on (trades past the day watermark included), or, if
-    /// there is none there (no day candle yet, or its trades are gone), the
-    /// first found looking back in widening windows ([`lookback_windows`]).
+    /// (measured on the test VM: 1.7–2.6 s over 69 days of 20,000 trades per
+    /// symbol; 12 ms for a week holding none). There the day candles, one
+    /// chunk per day, first say on which day to look: the answer is the last
+    /// point from the last day candle before `before` on (trades past the day
+    /// watermark included), or, if there is none there (no day candle yet, or
+    /// its trades are gone), the first found looking back in widening windows
+    /// ([`lookback_windows`]).
     /// Either way every time before `before` is searched; the day candles only
     /// keep the scanned range near the answer.
     pub(crate) async fn last_point_before(
