@@ -178,16 +178,103 @@ impl InfluxClient {
         symbol: &str,
         before: i64,
     ) -> Result<Option<(i64, f64)>, InfluxError> {
+        self.last_point_before(Stored::Trades, "price", symbol, before)
+            .await
+    }
+
+    /// Time and `field` of the last point of `symbol` in `stored` strictly
+    /// before `before`.
+    ///
+    /// 1.x (and 2.x) find it through the series index with one query. 3.x
+    /// scans every buffered chunk (10 minutes of data time each) of the time
+    /// range a query names: with no lower bound, all of the table's history
+    /// (measured on the test VM: 1.7–2.6 s over 69 days of 20,000 trades per
+    /// symbol; 12 ms for a week holding none). There the day candles, one
+    /// chunk per day, first say on which day to look: the answer is the last
+    /// point from the last day candle before `before` on (trades past the day
+    /// watermark included), or, if there is none there (no day candle yet, or
+    /// its trades are gone), the first found looking back in widening windows
+    /// ([`lookback_windows`]).
+    /// Either way every time before `before` is searched; the day candles only
+    /// keep the scanned range near the answer.
+    pub(crate) async fn last_point_before(
+        &self,
+        stored: Stored,
+        field: &str,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<(i64, f64)>, InfluxError> {
+        if self.generation != Generation::V3 {
+            return self
+                .last_point_in(stored, field, symbol, None, before)
+                .await;
+        }
+        let days = Stored::Candles(Resolution::D1);
+        if stored == days {
+            return self
+                .last_point_looking_back(stored, field, symbol, before)
+                .await;
+        }
+        let mut below = before;
+        if let Some((day, _)) = self
+            .last_point_looking_back(days, "close", symbol, before)
+            .await?
+        {
+            if let Some(found) = self
+                .last_point_in(stored, field, symbol, Some(day), before)
+                .await?
+            {
+                return Ok(Some(found));
+            }
+            below = day;
+        }
+        self.last_point_looking_back(stored, field, symbol, below)
+            .await
+    }
+
+    /// [`InfluxClient::last_point_before`] through the windows of
+    /// [`lookback_windows`], newest first, stopping at the first that holds a
+    /// point: the scanned range follows the gap to that point, not the age of
+    /// the data.
+    async fn last_point_looking_back(
+        &self,
+        stored: Stored,
+        field: &str,
+        symbol: &str,
+        before: i64,
+    ) -> Result<Option<(i64, f64)>, InfluxError> {
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        for (from, to) in lookback_windows(before, now) {
+            if let Some(found) = self.last_point_in(stored, field, symbol, from, to).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Time and `field` of the last point of `symbol` in `stored` in
+    /// `[from, to)` (`from` `None`: no lower bound), one query.
+    async fn last_point_in(
+        &self,
+        stored: Stored,
+        field: &str,
+        symbol: &str,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<Option<(i64, f64)>, InfluxError> {
+        let lower = from.map_or(String::new(), |f| format!(" AND time >= {f}"));
         let v = self
             .query_json(&format!(
-                "SELECT price FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
-                self.source(Stored::Trades),
+                "SELECT {} FROM {} WHERE symbol = {}{lower} AND time < {to} ORDER BY time DESC LIMIT 1",
+                quote_ident(field),
+                self.source(stored),
                 quote_literal(symbol)
             ))
             .await?;
-        Ok(series_values(&v)
-            .next()
-            .and_then(|row| Some((row.first()?.as_i64()?, row.get(1)?.as_f64()?))))
+        Ok(series_values(&v).next().and_then(|row| {
+            let time = row.first()?.as_i64()?;
+            Some((time, row.get(1).and_then(Value::as_f64).unwrap_or(f64::NAN)))
+        }))
     }
 
     /// Streams the raw trades of `symbol` in `[range.start, range.end)` in time
@@ -623,6 +710,29 @@ fn tagged_values(v: &Value) -> impl Iterator<Item = (&str, &Vec<Value>)> {
         .flatten()
 }
 
+/// The windows `(from, to)` (`from` inclusive, `None`: no lower bound; `to`
+/// exclusive) in which [`InfluxClient::last_point_before`] looks back for the
+/// last point before `before` on 3.x, newest first, together covering every time
+/// before `before`: the day before `before` (or before `now`, if `before` is
+/// later: it may be `i64::MAX`) up to `before`, then back from there in
+/// windows 4 times as long each, and finally everything before 1970, where
+/// the data (none, as a rule) costs nothing to rule out. From a date in 2024
+/// back to 1970 that is 8 windows.
+pub(crate) fn lookback_windows(before: i64, now: i64) -> impl Iterator<Item = (Option<i64>, i64)> {
+    let day = crate::candle::NANOS_PER_DAY;
+    let mut next = Some((before.min(now).saturating_sub(day), before, day));
+    std::iter::from_fn(move || {
+        let (from, to, span) = next?;
+        if from <= 0 || from >= to {
+            next = None;
+            return Some((None, to));
+        }
+        let wider = span.saturating_mul(4);
+        next = Some((from.saturating_sub(wider), from, wider));
+        Some((Some(from), to))
+    })
+}
+
 /// Rows of every series in one statement's JSON result.
 fn series_values(v: &Value) -> impl Iterator<Item = &Vec<Value>> {
     v.get("series")
@@ -637,6 +747,42 @@ fn series_values(v: &Value) -> impl Iterator<Item = &Vec<Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookback_windows_tile_all_time_before_newest_first_and_widen() {
+        let day = crate::candle::NANOS_PER_DAY;
+        let before = 19_800 * day; // 2024-03-19
+        let w: Vec<_> = lookback_windows(before, before + 5 * day).collect();
+        assert_eq!(w[0], (Some(before - day), before));
+        assert_eq!(w[1], (Some(before - 5 * day), before - day));
+        assert_eq!(w[2], (Some(before - 21 * day), before - 5 * day));
+        // Adjacent, no gap or overlap, down to an unbounded last window.
+        for pair in w.windows(2) {
+            assert_eq!(pair[1].1, pair[0].0.unwrap());
+        }
+        assert_eq!(w.last().unwrap().0, None);
+        assert!(w[..w.len() - 1].iter().all(|(from, _)| from.unwrap() > 0));
+        assert_eq!(w.len(), 8);
+    }
+
+    #[test]
+    fn lookback_windows_start_from_now_for_a_far_future_bound_and_stop_before_1970() {
+        let day = crate::candle::NANOS_PER_DAY;
+        let now = 20_000 * day;
+        let w: Vec<_> = lookback_windows(i64::MAX, now).collect();
+        assert_eq!(w[0], (Some(now - day), i64::MAX));
+        assert_eq!(w.last().unwrap().0, None);
+        // A bound at or before 1970: one unbounded query.
+        assert_eq!(lookback_windows(0, now).collect::<Vec<_>>(), [(None, 0)]);
+        assert_eq!(
+            lookback_windows(day / 2, now).collect::<Vec<_>>(),
+            [(None, day / 2)]
+        );
+        assert_eq!(
+            lookback_windows(i64::MIN, now).collect::<Vec<_>>(),
+            [(None, i64::MIN)]
+        );
+    }
 
     #[test]
     fn literals_and_identifiers_cannot_break_out_of_their_quotes() {

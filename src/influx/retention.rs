@@ -555,14 +555,10 @@ impl InfluxClient {
         symbol: &str,
         before: i64,
     ) -> Result<Option<i64>, InfluxError> {
-        let v = self
-            .query_json(&format!(
-                "SELECT close FROM {} WHERE symbol = {} AND time < {before} ORDER BY time DESC LIMIT 1",
-                self.source(Stored::Candles(res)),
-                quote_literal(symbol)
-            ))
-            .await?;
-        Ok(v.pointer("/series/0/values/0/0").and_then(Value::as_i64))
+        Ok(self
+            .last_point_before(Stored::Candles(res), "close", symbol, before)
+            .await?
+            .map(|(t, _)| t))
     }
 
     /// Time of the earliest stored candle of `res` for `symbol`, if any.

@@ -139,6 +139,22 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The InfluxDB timeout [`TestApp::ohlcd`] gives a daemon: short, so tests
+/// that break the server fail fast, but longer than any query the daemon sends
+/// takes there. 1.x answers each in milliseconds. 3.x scans every buffered
+/// 10-minute chunk of the time range a query names, and symbol discovery
+/// (`SHOW TAG VALUES … WHERE time >= 0`, the first query of every tick) names
+/// all of history: measured 1.2–2.1 s for 40 days of trades on the loaded
+/// 2-core VM, which is why a 2 s timeout made the crash tests' `ohlcd
+/// backfill` exit before its failpoint there. Tests that time the timeout
+/// itself set their own.
+pub fn influx_timeout_secs(server: Server) -> u64 {
+    match server {
+        Server::V1 => 2,
+        Server::V3 => 30,
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     ohlcd::testkit::free_port().unwrap()
@@ -299,19 +315,9 @@ impl TestApp {
         }
     }
 
-    /// The InfluxDB timeout of the `ohlcd` processes the tests start: 2 s, so
-    /// fault tests fail fast; 10 s on InfluxDB 3, which acknowledges a write
-    /// only after its WAL flush (1 s when quiet, more on a loaded machine).
-    pub fn influx_timeout_secs(&self) -> u64 {
-        match self.server.server() {
-            Server::V1 => 2,
-            Server::V3 => 10,
-        }
-    }
-
     /// The `ohlcd` binary configured for this app's influxd, database and
-    /// progress store (5 s leases, [`TestApp::influx_timeout_secs`], no
-    /// retries, warnings only).
+    /// progress store (5 s leases, warnings only, InfluxDB timeouts of 2 s on
+    /// 1.x and 30 s on 3.x: see [`influx_timeout_secs`]).
     pub fn ohlcd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohlcd"));
         cmd.env("OHLCD_INFLUX__URL", &self.server.url)
@@ -323,7 +329,7 @@ impl TestApp {
             .env("OHLCD_PROGRESS__LEASE_SECS", "5")
             .env(
                 "OHLCD_INFLUX__TIMEOUT_SECS",
-                self.influx_timeout_secs().to_string(),
+                influx_timeout_secs(self.server.server()).to_string(),
             )
             .env("OHLCD_INFLUX__RETRIES", "0")
             .env("OHLCD_LOG", "warn");

@@ -52,6 +52,8 @@ async fn catch_up(app: &TestApp) {
 }
 
 on_both_servers!(
+    an_empty_range_answers_no_data_with_the_nearest_earlier_bar,
+    api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used,
     history_at_every_tested_resolution_equals_bars_from_raw_trades,
     countback_returns_that_many_bars_before_to_and_to_is_exclusive,
     the_open_bar_is_live_and_changes_when_a_trade_is_posted,
@@ -251,11 +253,8 @@ async fn countback_returns_that_many_bars_before_to_and_to_is_exclusive(app: Tes
     );
 }
 
-// 1.x only for now: on 3.x (loaded, 4 tests at once) a query behind it did
-// not answer within the 10 s timeout (README "What is tested where").
-#[tokio::test]
-async fn an_empty_range_answers_no_data_with_the_nearest_earlier_bar() {
-    let app = app_with_history(true).await;
+async fn an_empty_range_answers_no_data_with_the_nearest_earlier_bar(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     // After the last trade: no bars, nextTime is the bar of the last trade.
     let from = t("2024-03-20T00:00:00Z") / NANOS_PER_SEC;
@@ -350,11 +349,8 @@ async fn a_late_trade_updates_candles_at_every_resolution_after_the_next_tick(ap
     }
 }
 
-// 1.x only for now: on 3.x (loaded, 4 tests at once) a query behind it did
-// not answer within the 10 s timeout (README "What is tested where").
-#[tokio::test]
-async fn api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used() {
-    let app = app_with_history(true).await;
+async fn api_ohlc_coarsens_long_ranges_and_reports_the_resolution_used(app: TestApp) {
+    let app = with_history(app, true).await;
     let (url, _stop) = app.serve().await;
     let (from, to) = (t(FROM) / NANOS_PER_SEC, t(TO) / NANOS_PER_SEC);
     // 31 days at 1m: more than 30 days → 15m (2,980 bars, under the 3,000 cap).
