@@ -517,18 +517,47 @@ pub async fn api_live(
     ))
 }
 
+/// Progress rows serialized into one chunk of the `GET /api/progress` body
+/// at most (fewer when fewer are ready).
+const PROGRESS_ROWS_PER_CHUNK: usize = 128;
+
 /// `GET /api/progress`: the progress table, as `ohlcd progress --json`.
+///
+/// Written row by row as the store yields them: the bytes are those of the
+/// whole table serialized as one JSON array, but 5,000 symbols' 30,000 rows
+/// are never all in memory (held at once they and their JSON took tens of
+/// MB per call). A store that fails before the first row gets the usual
+/// JSON error; one that fails later can only cut the body short, which the
+/// client sees as a broken response, never as a shorter table.
 pub async fn api_progress(state: AppState) -> Result<impl Reply, Rejection> {
+    use futures_util::StreamExt;
     let now = state.clock.now();
-    let entries: Vec<ProgressEntry> = state
-        .store
-        .tasks()
-        .await
-        .map_err(reject)?
-        .iter()
-        .map(|t| ProgressEntry::from_task(t, now))
-        .collect();
-    Ok(warp::reply::json(&entries))
+    let mut tasks = Box::pin(state.store.task_stream());
+    let first = tasks.next().await.transpose().map_err(reject)?;
+    let mut written = 0usize;
+    let open = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"[")) });
+    let rows = futures_util::stream::iter(first.map(Ok))
+        .chain(tasks)
+        .ready_chunks(PROGRESS_ROWS_PER_CHUNK)
+        .map(move |chunk| {
+            let mut buf = Vec::with_capacity(chunk.len() * 512);
+            for task in chunk {
+                if written > 0 {
+                    buf.push(b',');
+                }
+                written += 1;
+                serde_json::to_writer(&mut buf, &ProgressEntry::from_task(&task?, now))
+                    .expect("plain rows serialize");
+            }
+            Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
+        });
+    let close = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"]")) });
+    let body = open.chain(rows).chain(close);
+    Ok(warp::reply::with_header(
+        warp::reply::stream(sync_wrapper::SyncStream::new(body)),
+        "content-type",
+        "application/json",
+    ))
 }
 
 #[derive(Serialize)]
