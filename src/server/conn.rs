@@ -264,3 +264,22 @@ pub async fn serve_filter<F, R>(
         tracing::warn!("requests still open 30 s after shutdown began; closing them");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lingering_connection_tells_hyper_it_writes_vectored() {
+        // Without it hyper copies every response body into one flat buffer
+        // (47 MB of heap for the 12 MB /api/progress of 5000 symbols).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let _client = client.unwrap();
+        let io = LingeringIo::new(accepted.unwrap().0);
+        assert!(tokio::io::AsyncWrite::is_write_vectored(&io));
+        assert!(hyper::rt::Write::is_write_vectored(&TokioIo::new(io)));
+    }
+}
