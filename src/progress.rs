@@ -316,9 +316,16 @@ fn task_from_row(row: &DbRow) -> Result<Task, ProgressError> {
     })
 }
 
+/// Every task in the order people read them: by symbol (byte order, as
+/// Rust compares strings; PostgreSQL told so with `COLLATE "C"`), then by
+/// resolution in cascade order ([`Resolution::ALL`]).
 const TASKS: Sql = Sql {
-    sqlite: "SELECT * FROM progress",
-    postgres: "SELECT * FROM progress",
+    sqlite: "SELECT * FROM progress ORDER BY symbol,
+             CASE resolution WHEN '1m' THEN 0 WHEN '5m' THEN 1 WHEN '15m' THEN 2
+                             WHEN '1h' THEN 3 WHEN '4h' THEN 4 WHEN '1d' THEN 5 ELSE 6 END",
+    postgres: "SELECT * FROM progress ORDER BY symbol COLLATE \"C\",
+               CASE resolution WHEN '1m' THEN 0 WHEN '5m' THEN 1 WHEN '15m' THEN 2
+                               WHEN '1h' THEN 3 WHEN '4h' THEN 4 WHEN '1d' THEN 5 ELSE 6 END",
 };
 
 const TASK: Sql = Sql {
@@ -396,8 +403,21 @@ impl ProgressStore {
     /// All tasks, ordered by symbol then resolution (cascade order).
     pub async fn tasks(&self) -> Result<Vec<Task>, ProgressError> {
         let mut tasks = self.db.fetch_map(TASKS, &[], task_from_row).await?;
+        // Already in this order from the query; sorted again so that this
+        // order never depends on a database's collation.
         tasks.sort_by(|a, b| (&a.symbol, a.resolution).cmp(&(&b.symbol, b.resolution)));
         Ok(tasks)
+    }
+
+    /// The tasks of [`ProgressStore::tasks`], in its order, one at a time as
+    /// the consumer takes them: `GET /api/progress` writes them into the
+    /// response as they come instead of holding 30,000 of them (5,000
+    /// symbols) and their JSON at once. See [`db::Db::stream_map`] for how
+    /// long the query may wait for a consumer.
+    pub fn task_stream(
+        &self,
+    ) -> impl futures_util::Stream<Item = Result<Task, ProgressError>> + Send + use<> {
+        self.db.stream_map(TASKS, Vec::new(), task_from_row)
     }
 
     /// One task, if it exists.
@@ -509,6 +529,30 @@ impl ProgressStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_task_stream_yields_the_rows_of_tasks_in_its_order_and_then_stays_ended() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let store = ProgressStore::connect(&url).await.unwrap();
+        let mut empty = Box::pin(store.task_stream());
+        assert!(empty.next().await.is_none());
+        assert!(empty.next().await.is_none(), "polled again after its end");
+        // More rows than wait between query and consumer, names out of order.
+        let symbols: Vec<String> = (0..200)
+            .rev()
+            .map(|i| format!("s{}", i * 7 % 200))
+            .collect();
+        store.ensure_symbols(&symbols, 0).await.unwrap();
+        let streamed: Vec<Task> = store
+            .task_stream()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .await;
+        assert_eq!(streamed.len(), 1200);
+        assert_eq!(streamed, store.tasks().await.unwrap());
+    }
 
     #[tokio::test]
     async fn processes_opening_a_fresh_database_at_once_all_succeed() {

@@ -7,6 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
 
+use super::ProgressError;
+
 /// One statement in both dialects. Times are RFC 3339 text in both, and lease
 /// times come from the database clock: SQLite's `'now'` and PostgreSQL's
 /// `now()` (through `ohlcd_db_time`, see `migrations/postgres/`).
@@ -43,27 +45,29 @@ pub(crate) fn json(value: &impl serde::Serialize) -> Arg {
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>;
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>;
 
-fn sqlite_query(sql: Sql, args: &[Arg]) -> SqliteQuery<'static> {
+// Text and JSON are bound borrowed: a batch commit's JSON runs to MBs, and a
+// copy per statement showed in the heap peak.
+fn sqlite_query<'q>(sql: Sql, args: &'q [Arg]) -> SqliteQuery<'q> {
     let mut q = sqlx::query(sql.sqlite);
     for arg in args {
         q = match arg {
-            Arg::Text(s) => q.bind(s.clone()),
+            Arg::Text(s) => q.bind(s.as_str()),
             Arg::Int(i) => q.bind(*i),
             Arg::List(v) => q.bind(serde_json::to_string(v).expect("strings serialize")),
-            Arg::Json(v) => q.bind(v.clone()),
+            Arg::Json(v) => q.bind(v.as_str()),
         };
     }
     q
 }
 
-fn pg_query(sql: Sql, args: &[Arg]) -> PgQuery<'static> {
+fn pg_query<'q>(sql: Sql, args: &'q [Arg]) -> PgQuery<'q> {
     let mut q = sqlx::query(sql.postgres);
     for arg in args {
         q = match arg {
-            Arg::Text(s) => q.bind(s.clone()),
+            Arg::Text(s) => q.bind(s.as_str()),
             Arg::Int(i) => q.bind(*i),
             Arg::List(v) => q.bind(v.clone()),
-            Arg::Json(v) => q.bind(v.clone()),
+            Arg::Json(v) => q.bind(v.as_str()),
         };
     }
     q
@@ -97,6 +101,45 @@ impl DbRow {
         match self {
             DbRow::Sqlite(r) => r.try_get(col),
             DbRow::Postgres(r) => r.try_get(col),
+        }
+    }
+}
+
+/// Mapped rows [`Db::stream_map`] keeps ready ahead of its consumer.
+pub(crate) const ROWS_AHEAD: usize = 256;
+
+/// How long [`Db::stream_map`] waits for a consumer that takes nothing
+/// before it gives its connection back: a client that stops reading a
+/// response must not hold one of the pool's few connections for good.
+pub(crate) const STALLED_CONSUMER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What [`Db::stream_map`]'s query task hands over: a row (or the error that
+/// ends the rows), or the end of the rows. An explicit end tells a finished
+/// query from one abandoned half-way.
+enum Streamed<T> {
+    Row(Result<T, ProgressError>),
+    End,
+}
+
+/// Maps `rows` through `f` into `tx` until the rows end, an error ends them,
+/// the consumer is gone, or it took nothing for [`STALLED_CONSUMER`].
+async fn forward_rows<T>(
+    rows: impl futures_util::Stream<Item = Result<DbRow, sqlx::Error>>,
+    tx: &tokio::sync::mpsc::Sender<Streamed<T>>,
+    mut f: impl FnMut(&DbRow) -> Result<T, ProgressError>,
+) {
+    use futures_util::TryStreamExt;
+    let send = |msg| tokio::time::timeout(STALLED_CONSUMER, tx.send(msg));
+    futures_util::pin_mut!(rows);
+    loop {
+        let msg = match rows.try_next().await {
+            Ok(Some(row)) => Streamed::Row(f(&row)),
+            Ok(None) => Streamed::End,
+            Err(e) => Streamed::Row(Err(e.into())),
+        };
+        let last = !matches!(msg, Streamed::Row(Ok(_)));
+        if !matches!(send(msg).await, Ok(Ok(()))) || last {
+            return;
         }
     }
 }
@@ -160,6 +203,62 @@ impl Db {
             }
         }
         Ok(())
+    }
+
+    /// Runs `sql` on a task of its own and yields every row mapped by `f`, as
+    /// the consumer asks for them: at most [`ROWS_AHEAD`] mapped rows wait
+    /// between the two, so a 30,000-row table costs a few kB, not the table.
+    /// The query holds a pooled connection until the stream ends or is
+    /// dropped, or until the consumer has taken nothing for
+    /// [`STALLED_CONSUMER`]; the stream then ends with
+    /// [`ProgressError::Invalid`] instead of looking complete.
+    pub fn stream_map<T, F>(
+        &self,
+        sql: Sql,
+        args: Vec<Arg>,
+        f: F,
+    ) -> impl futures_util::Stream<Item = Result<T, ProgressError>> + Send + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnMut(&DbRow) -> Result<T, ProgressError> + Send + 'static,
+    {
+        use futures_util::TryStreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(ROWS_AHEAD);
+        let db = self.clone();
+        tokio::spawn(async move {
+            match &db {
+                Db::Sqlite(p) => {
+                    let rows = sqlite_query(sql, &args).fetch(p).map_ok(DbRow::Sqlite);
+                    forward_rows(rows, &tx, f).await;
+                }
+                Db::Postgres(p) => {
+                    let rows = pg_query(sql, &args).fetch(p).map_ok(DbRow::Postgres);
+                    forward_rows(rows, &tx, f).await;
+                }
+            }
+        });
+        // Fused: polling it again after its end yields the end again.
+        let rows = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                // An error is the last item.
+                Some(Streamed::Row(item)) => {
+                    let failed = item.is_err();
+                    Some((item, (rx, failed)))
+                }
+                Some(Streamed::End) => None,
+                // The producer gave up (or panicked) before the last row.
+                None => Some((
+                    Err(ProgressError::Invalid(
+                        "the progress rows stopped before the end (reader too slow?)".into(),
+                    )),
+                    (rx, true),
+                )),
+            }
+        });
+        futures_util::StreamExt::fuse(rows)
     }
 
     /// Runs `sql` and maps every row as it arrives ([`Db::for_each_row`]).

@@ -517,18 +517,47 @@ pub async fn api_live(
     ))
 }
 
+/// Progress rows serialized into one chunk of the `GET /api/progress` body
+/// at most (fewer when fewer are ready).
+const PROGRESS_ROWS_PER_CHUNK: usize = 128;
+
 /// `GET /api/progress`: the progress table, as `ohlcd progress --json`.
+///
+/// Written row by row as the store yields them: the bytes are those of the
+/// whole table serialized as one JSON array, but 5,000 symbols' 30,000 rows
+/// are never all in memory (held at once they and their JSON took tens of
+/// MB per call). A store that fails before the first row gets the usual
+/// JSON error; one that fails later can only cut the body short, which the
+/// client sees as a broken response, never as a shorter table.
 pub async fn api_progress(state: AppState) -> Result<impl Reply, Rejection> {
+    use futures_util::StreamExt;
     let now = state.clock.now();
-    let entries: Vec<ProgressEntry> = state
-        .store
-        .tasks()
-        .await
-        .map_err(reject)?
-        .iter()
-        .map(|t| ProgressEntry::from_task(t, now))
-        .collect();
-    Ok(warp::reply::json(&entries))
+    let mut tasks = Box::pin(state.store.task_stream());
+    let first = tasks.next().await.transpose().map_err(reject)?;
+    let mut written = 0usize;
+    let open = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"[")) });
+    let rows = futures_util::stream::iter(first.map(Ok))
+        .chain(tasks)
+        .ready_chunks(PROGRESS_ROWS_PER_CHUNK)
+        .map(move |chunk| {
+            let mut buf = Vec::with_capacity(chunk.len() * 512);
+            for task in chunk {
+                if written > 0 {
+                    buf.push(b',');
+                }
+                written += 1;
+                serde_json::to_writer(&mut buf, &ProgressEntry::from_task(&task?, now))
+                    .expect("plain rows serialize");
+            }
+            Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
+        });
+    let close = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"]")) });
+    let body = open.chain(rows).chain(close);
+    Ok(warp::reply::with_header(
+        warp::reply::stream(sync_wrapper::SyncStream::new(body)),
+        "content-type",
+        "application/json",
+    ))
 }
 
 #[derive(Serialize)]
@@ -564,19 +593,39 @@ pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
 }
 
 /// `GET /metrics`: Prometheus text format.
+///
+/// `ohlcd_task_lag_seconds{symbol,resolution}` is not kept in the metrics
+/// registry: it is a property of the progress table, so its lines are
+/// written from the table's rows as they stream in, after the registry's
+/// text. As 30,000 registry gauges (5,000 symbols) they held ~10 MB for
+/// good, and tasks no longer in the table kept being reported.
 pub async fn metrics(state: AppState) -> Result<impl Reply, Rejection> {
-    // Lag is a property of the table, so read it at scrape time.
-    if let Ok(tasks) = state.store.tasks().await {
-        let now = state.clock.now();
-        for t in tasks {
-            if let Some(w) = t.watermark {
-                ::metrics::gauge!("ohlcd_task_lag_seconds", "symbol" => t.symbol.clone(), "resolution" => t.resolution.name())
-                    .set((now - w) as f64 / 1e9);
+    use futures_util::StreamExt;
+    let now = state.clock.now();
+    let mut tasks = Box::pin(state.store.task_stream());
+    // A store that fails at once leaves the lag out, as a failed read did.
+    let first = tasks.next().await.and_then(Result::ok);
+    let registry = bytes::Bytes::from(super::metrics::render());
+    let mut typed = false;
+    let lags = futures_util::stream::iter(first.map(Ok))
+        .chain(tasks)
+        .ready_chunks(PROGRESS_ROWS_PER_CHUNK)
+        .map(move |chunk| {
+            let mut buf = String::new();
+            for task in chunk {
+                let task = task?;
+                let Some(w) = task.watermark else { continue };
+                if !std::mem::replace(&mut typed, true) {
+                    buf.push_str(super::metrics::TASK_LAG_TYPE);
+                }
+                let lag = (now - w) as f64 / 1e9;
+                super::metrics::write_task_lag(&mut buf, &task.symbol, task.resolution, lag);
             }
-        }
-    }
+            Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
+        });
+    let body = futures_util::stream::once(async { Ok(registry) }).chain(lags);
     Ok(warp::reply::with_header(
-        super::metrics::render(),
+        warp::reply::stream(sync_wrapper::SyncStream::new(body)),
         "content-type",
         "text/plain; version=0.0.4",
     ))

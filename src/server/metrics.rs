@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::candle::Resolution;
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Seconds; from 1 ms to 1 min, roughly ×2.5 per bucket.
@@ -31,6 +33,22 @@ pub fn handle() -> &'static PrometheusHandle {
 /// The current metrics in Prometheus text format.
 pub fn render() -> String {
     handle().render()
+}
+
+/// The type line of `ohlcd_task_lag_seconds`, written before its first line.
+pub const TASK_LAG_TYPE: &str = "# TYPE ohlcd_task_lag_seconds gauge\n";
+
+/// Appends one `ohlcd_task_lag_seconds{symbol,resolution}` line to `buf`,
+/// as the registry would render that gauge (with the exporter's own label
+/// escaping), without keeping it in the registry.
+pub fn write_task_lag(buf: &mut String, symbol: &str, res: Resolution, lag_secs: f64) {
+    use std::fmt::Write;
+    let symbol = metrics_exporter_prometheus::formatting::sanitize_label_value(symbol);
+    let _ = writeln!(
+        buf,
+        "ohlcd_task_lag_seconds{{symbol=\"{symbol}\",resolution=\"{}\"}} {lag_secs}",
+        res.name()
+    );
 }
 
 /// Route label for a request path; unknown paths share one label so scanners
@@ -73,4 +91,33 @@ pub fn record_request(info: warp::log::Info<'_>) {
         .increment(1);
     metrics::histogram!("ohlcd_http_request_duration_seconds", "route" => route)
         .record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_lag_line_is_what_the_registry_renders_for_the_same_gauge() {
+        // The oracle: the exporter itself, on a recorder of its own.
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let cases = [
+            ("BTCUSD", Resolution::M1, 12.5),
+            ("odd\"sym\\bol", Resolution::D1, 0.0),
+        ];
+        metrics::with_local_recorder(&recorder, || {
+            for (symbol, res, lag) in cases {
+                metrics::gauge!("ohlcd_task_lag_seconds", "symbol" => symbol, "resolution" => res.name())
+                    .set(lag);
+            }
+        });
+        let rendered = handle.render();
+        for (symbol, res, lag) in cases {
+            let mut line = String::new();
+            write_task_lag(&mut line, symbol, res, lag);
+            assert!(rendered.contains(&line), "{line:?} not in {rendered:?}");
+        }
+        assert!(rendered.contains(TASK_LAG_TYPE), "{rendered:?}");
+    }
 }

@@ -9,7 +9,8 @@ use ohlcd::ingest::NewTrade;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, assert_candles_eq, naive_month_start, naive_week_start, on_both_servers, t,
+    TestApp, assert_candles_eq, naive_month_start, naive_week_start, on_both_servers,
+    on_both_stores, t,
 };
 
 /// Maps a trade time to the start of its bar.
@@ -63,6 +64,8 @@ on_both_servers!(
     bad_requests_get_a_4xx_with_a_message_and_write_nothing,
     trades_without_ids_survive_and_a_retried_request_counts_once,
 );
+
+on_both_stores!(the_progress_table_of_5200_symbols_is_served_row_for_row_as_the_store_holds_it);
 
 pub(crate) async fn get(url: &str) -> (u16, Value) {
     let resp = reqwest::get(url).await.unwrap();
@@ -655,4 +658,185 @@ async fn a_missing_source_measurement_falls_back_to_finer_data() {
         .filter(|c| c.start < to * NANOS_PER_SEC)
         .collect();
     assert_udf_matches(&udf_bars(&v), &expected, "30 without ohlc_15m");
+}
+
+/// `GET /api/progress` writes rows into the body as the store yields them
+/// and `/metrics` writes the lag lines the same way: 31,200 rows in every
+/// state a task can be in (never run, committed and released, failed,
+/// leased), symbols created in reverse order with mixed case and lengths so
+/// the order has to come from the query. The oracle is the whole table read
+/// with `ProgressStore::tasks` (sorted in Rust) and serialized as one array,
+/// as the endpoint answered before it streamed.
+async fn the_progress_table_of_5200_symbols_is_served_row_for_row_as_the_store_holds_it(
+    backend: ohlcd::progress::Backend,
+) {
+    use ohlcd::progress::{ProgressEntry, StepCommit, TaskStatus};
+    let app = TestApp::spawn_on_store(backend).await;
+    const SYMBOLS: usize = 5_200;
+    let (hour, now) = (3_600 * NANOS_PER_SEC, t("2024-03-01T00:00:00Z"));
+    app.clock.set(now);
+    let (url, _stop) = app.serve().await;
+    for path in ["/api/progress", "/api/progress"] {
+        let empty = reqwest::get(format!("{url}{path}")).await.unwrap();
+        assert_eq!(empty.status(), 200);
+        assert_eq!(empty.text().await.unwrap(), "[]", "an empty table");
+    }
+    let symbols: Vec<String> = (0..SYMBOLS)
+        .rev()
+        .map(|i| match i % 3 {
+            0 => format!("S{i}"),
+            1 => format!("s{i:05}"),
+            _ => format!("X{i}-USD"),
+        })
+        .collect();
+    app.store
+        .ensure_symbols(&symbols, now - 24 * hour)
+        .await
+        .unwrap();
+    let lease = std::time::Duration::from_secs(600);
+    let ran: Vec<String> = symbols.iter().step_by(2).cloned().collect();
+    let claimed = app
+        .store
+        .claim_symbols(&ran, "a", now - hour, lease)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), ran.len());
+    let steps: Vec<StepCommit> = ran
+        .iter()
+        .enumerate()
+        .map(|(i, symbol)| {
+            let end = now - (i as i64 % 90) * 60 * NANOS_PER_SEC - hour;
+            StepCommit {
+                symbol: symbol.clone(),
+                kind: "chunk",
+                range: end - 24 * hour..end,
+                watermarks: Some(std::array::from_fn(|r| {
+                    Some(Resolution::ALL[r].window_start(end))
+                })),
+                rows_read: i as u64,
+                candles: std::array::from_fn(|r| (i + r) as u64),
+                started_at: now - hour,
+            }
+        })
+        .collect();
+    app.store
+        .commit_steps("a", &steps, now - hour / 2)
+        .await
+        .unwrap();
+    // A quarter released, a quarter failed, the rest still leased by "a".
+    let (done, rest) = ran.split_at(ran.len() / 4);
+    let (failed, _leased) = rest.split_at(ran.len() / 4);
+    let statuses: Vec<(String, TaskStatus)> = done
+        .iter()
+        .map(|s| (s.clone(), TaskStatus::Completed))
+        .collect();
+    app.store
+        .release_symbols("a", &statuses, now - hour / 4)
+        .await
+        .unwrap();
+    app.store
+        .fail_symbols(
+            "a",
+            failed,
+            now - hour..now,
+            "InfluxDB said \"no\"",
+            now - hour,
+            now,
+        )
+        .await
+        .unwrap();
+
+    let tasks = app.store.tasks().await.unwrap();
+    assert_eq!(tasks.len(), SYMBOLS * 6);
+    let expected: Vec<ProgressEntry> = tasks
+        .iter()
+        .map(|t| ProgressEntry::from_task(t, now))
+        .collect();
+    let mut in_order: Vec<(String, &str)> = Vec::new();
+    let mut names = symbols.clone();
+    names.sort();
+    for s in &names {
+        in_order.extend(Resolution::ALL.iter().map(|r| (s.clone(), r.name())));
+    }
+    let resp = reqwest::get(format!("{url}/api/progress")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body = resp.bytes().await.unwrap();
+    let want = serde_json::to_vec(&expected).unwrap();
+    if let Some(at) = body.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "bodies differ at byte {at}: served …{}… expected …{}…",
+            String::from_utf8_lossy(&body[at.saturating_sub(80)..(at + 80).min(body.len())]),
+            String::from_utf8_lossy(&want[at.saturating_sub(80)..(at + 80).min(want.len())]),
+        );
+    }
+    assert_eq!(body.len(), want.len(), "same bytes, one body longer");
+    let served: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let served_order: Vec<(String, &str)> = served
+        .iter()
+        .map(|e| {
+            (
+                e["symbol"].as_str().unwrap().to_string(),
+                e["resolution"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        served_order == in_order,
+        "rows by symbol (byte order), then 1m … 1d"
+    );
+    assert_eq!(
+        served.iter().filter(|e| e["status"] == "failed").count(),
+        failed.len() * 6
+    );
+
+    // `ohlcd progress --json`: the same rows (its lag is from the system clock).
+    let out = app.ohlcd().args(["progress", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cli: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ours = served;
+    for e in cli.iter_mut().chain(ours.iter_mut()) {
+        let e = e.as_object_mut().unwrap();
+        e.remove("lag");
+        e.remove("lag_seconds");
+    }
+    assert!(
+        cli == ours,
+        "ohlcd progress --json shows other rows than GET /api/progress"
+    );
+
+    // `/metrics`: one lag line per task with a watermark, from the same rows.
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lag_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ohlcd_task_lag_seconds{"))
+        .collect();
+    let with_watermark: Vec<&ohlcd::progress::Task> =
+        tasks.iter().filter(|t| t.watermark.is_some()).collect();
+    assert_eq!(lag_lines.len(), with_watermark.len());
+    assert_eq!(with_watermark.len(), ran.len() * 6);
+    let t0 = with_watermark[0];
+    let line = format!(
+        "ohlcd_task_lag_seconds{{symbol=\"{}\",resolution=\"{}\"}} {}",
+        t0.symbol,
+        t0.resolution.name(),
+        (now - t0.watermark.unwrap()) as f64 / 1e9
+    );
+    assert!(lag_lines.contains(&line.as_str()), "{line} not in /metrics");
+    assert_eq!(
+        metrics
+            .matches("# TYPE ohlcd_task_lag_seconds gauge")
+            .count(),
+        1,
+        "one type line"
+    );
 }
