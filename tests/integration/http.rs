@@ -810,12 +810,7 @@ async fn the_progress_table_of_5200_symbols_is_served_row_for_row_as_the_store_h
     );
 
     // `/metrics`: one lag line per task with a watermark, from the same rows.
-    let metrics = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_with(&url, &["ohlcd_task_lag_seconds"]).await;
     let lag_lines: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("ohlcd_task_lag_seconds{"))
