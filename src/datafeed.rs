@@ -444,33 +444,34 @@ impl Datafeed {
         let mut agg = Aggregator::new(bucketing);
         if tail {
             let trades = self.tail_trades(symbol, range).await?;
-            if trades.len() > BLOCKING_TRADES {
-                // CPU work without an await: on the async workers it would
-                // hold up every other request (cheap ones behind heavy ones)
-                // for its whole length.
-                return tokio::task::spawn_blocking(move || {
-                    trades.iter().for_each(|t| agg.add_trade(t));
-                    agg.finish()
-                })
+            let blocking = trades.len() > BLOCKING_TRADES;
+            let fold = move || {
+                trades.iter().for_each(|t| agg.add_trade(t));
+                agg.finish()
+            };
+            if !blocking {
+                return Ok(fold());
+            }
+            // CPU work without an await: on the async workers it would hold
+            // up every other request (cheap ones behind heavy ones) for its
+            // whole length.
+            return tokio::task::spawn_blocking(fold)
                 .await
                 // A blocking task runs to its end: the only error is its panic.
                 .map_err(|e| std::panic::resume_unwind(e.into_panic()));
-            }
-            trades.iter().for_each(|t| agg.add_trade(t));
-        } else {
-            if self.cache.raw_empty(symbol, &range, epoch) {
-                return Ok(Vec::new());
-            }
-            let mut read = 0u64;
-            self.influx
-                .stream_trades(symbol, range.clone(), |t| {
-                    read += 1;
-                    agg.add_trade(&t)
-                })
-                .await?;
-            if read == 0 {
-                self.cache.put_raw_empty(symbol, range, epoch);
-            }
+        }
+        if self.cache.raw_empty(symbol, &range, epoch) {
+            return Ok(Vec::new());
+        }
+        let mut read = 0u64;
+        self.influx
+            .stream_trades(symbol, range.clone(), |t| {
+                read += 1;
+                agg.add_trade(&t)
+            })
+            .await?;
+        if read == 0 {
+            self.cache.put_raw_empty(symbol, range, epoch);
         }
         Ok(agg.finish())
     }
