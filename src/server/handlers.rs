@@ -521,6 +521,26 @@ pub async fn api_live(
 /// at most (fewer when fewer are ready).
 const PROGRESS_ROWS_PER_CHUNK: usize = 128;
 
+/// The progress rows as the store streams them, in chunks of at most
+/// [`PROGRESS_ROWS_PER_CHUNK`] (fewer when fewer are ready). The first row is
+/// awaited here, so a store that fails at once is this error, before any of
+/// a response is written; a later failure is an item of the stream.
+async fn progress_chunks(
+    state: &AppState,
+) -> Result<
+    impl futures_util::Stream<Item = Vec<Result<crate::progress::Task, crate::progress::ProgressError>>>
+    + Send
+    + use<>,
+    crate::progress::ProgressError,
+> {
+    use futures_util::StreamExt;
+    let mut tasks = Box::pin(state.store.task_stream());
+    let first = tasks.next().await.transpose()?;
+    Ok(futures_util::stream::iter(first.map(Ok))
+        .chain(tasks)
+        .ready_chunks(PROGRESS_ROWS_PER_CHUNK))
+}
+
 /// `GET /api/progress`: the progress table, as `ohlcd progress --json`.
 ///
 /// Written row by row as the store yields them: the bytes are those of the
@@ -532,25 +552,21 @@ const PROGRESS_ROWS_PER_CHUNK: usize = 128;
 pub async fn api_progress(state: AppState) -> Result<impl Reply, Rejection> {
     use futures_util::StreamExt;
     let now = state.clock.now();
-    let mut tasks = Box::pin(state.store.task_stream());
-    let first = tasks.next().await.transpose().map_err(reject)?;
+    let chunks = progress_chunks(&state).await.map_err(reject)?;
     let mut written = 0usize;
     let open = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"[")) });
-    let rows = futures_util::stream::iter(first.map(Ok))
-        .chain(tasks)
-        .ready_chunks(PROGRESS_ROWS_PER_CHUNK)
-        .map(move |chunk| {
-            let mut buf = Vec::with_capacity(chunk.len() * 512);
-            for task in chunk {
-                if written > 0 {
-                    buf.push(b',');
-                }
-                written += 1;
-                serde_json::to_writer(&mut buf, &ProgressEntry::from_task(&task?, now))
-                    .expect("plain rows serialize");
+    let rows = chunks.map(move |chunk| {
+        let mut buf = Vec::with_capacity(chunk.len() * 512);
+        for task in chunk {
+            if written > 0 {
+                buf.push(b',');
             }
-            Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
-        });
+            written += 1;
+            serde_json::to_writer(&mut buf, &ProgressEntry::from_task(&task?, now))
+                .expect("plain rows serialize");
+        }
+        Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
+    });
     let close = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"]")) });
     let body = open.chain(rows).chain(close);
     Ok(warp::reply::with_header(
@@ -602,27 +618,26 @@ pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
 pub async fn metrics(state: AppState) -> Result<impl Reply, Rejection> {
     use futures_util::StreamExt;
     let now = state.clock.now();
-    let mut tasks = Box::pin(state.store.task_stream());
     // A store that fails at once leaves the lag out, as a failed read did.
-    let first = tasks.next().await.and_then(Result::ok);
+    let chunks = match progress_chunks(&state).await {
+        Ok(chunks) => chunks.left_stream(),
+        Err(_) => futures_util::stream::empty().right_stream(),
+    };
     let registry = bytes::Bytes::from(super::metrics::render());
     let mut typed = false;
-    let lags = futures_util::stream::iter(first.map(Ok))
-        .chain(tasks)
-        .ready_chunks(PROGRESS_ROWS_PER_CHUNK)
-        .map(move |chunk| {
-            let mut buf = String::new();
-            for task in chunk {
-                let task = task?;
-                let Some(w) = task.watermark else { continue };
-                if !std::mem::replace(&mut typed, true) {
-                    buf.push_str(super::metrics::TASK_LAG_TYPE);
-                }
-                let lag = (now - w) as f64 / 1e9;
-                super::metrics::write_task_lag(&mut buf, &task.symbol, task.resolution, lag);
+    let lags = chunks.map(move |chunk| {
+        let mut buf = String::new();
+        for task in chunk {
+            let task = task?;
+            let Some(w) = task.watermark else { continue };
+            if !std::mem::replace(&mut typed, true) {
+                buf.push_str(super::metrics::TASK_LAG_TYPE);
             }
-            Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
-        });
+            let lag = (now - w) as f64 / 1e9;
+            super::metrics::write_task_lag(&mut buf, &task.symbol, task.resolution, lag);
+        }
+        Ok::<_, crate::progress::ProgressError>(bytes::Bytes::from(buf))
+    });
     let body = futures_util::stream::once(async { Ok(registry) }).chain(lags);
     Ok(warp::reply::with_header(
         warp::reply::stream(sync_wrapper::SyncStream::new(body)),
