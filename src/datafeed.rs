@@ -72,7 +72,86 @@ pub struct Datafeed {
     symbols: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
     first_trades: tokio::sync::Mutex<std::collections::HashMap<String, (Instant, Option<i64>)>>,
     cache: CandleCache,
-    tail_reads: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tail_reads: TailReads,
+}
+
+/// Raw tail reads in flight, per symbol: the range each reads and a lock its
+/// reader holds until it is done.
+#[derive(Debug, Default)]
+struct TailReads {
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, Vec<InFlight>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    read: Range<i64>,
+    done: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What a request wanting a tail does: wait for a read in flight that covers
+/// it (its lock is free once the read is done), or read itself.
+enum TailReadTurn<'a> {
+    Join(Arc<tokio::sync::Mutex<()>>),
+    Lead(TailRead<'a>),
+}
+
+/// A tail read in flight; dropped when it is done, failed or cancelled,
+/// which lets those waiting for it go on.
+struct TailRead<'a> {
+    reads: &'a TailReads,
+    symbol: String,
+    id: u64,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl TailReads {
+    /// Joins a read of `symbol` in flight that covers `wanted`, or registers
+    /// the caller's own read of `read`.
+    fn join_or_lead(
+        &self,
+        symbol: &str,
+        wanted: &Range<i64>,
+        read: &Range<i64>,
+    ) -> TailReadTurn<'_> {
+        let mut all = self.in_flight.lock().expect("tail reads");
+        let reads = all.entry(symbol.to_string()).or_default();
+        if let Some(covering) = reads
+            .iter()
+            .find(|r| r.read.start <= wanted.start && wanted.end <= r.read.end)
+        {
+            return TailReadTurn::Join(covering.done.clone());
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let done = Arc::new(tokio::sync::Mutex::new(()));
+        let held = done.clone().try_lock_owned().expect("a new lock is free");
+        reads.push(InFlight {
+            id,
+            read: read.clone(),
+            done,
+        });
+        TailReadTurn::Lead(TailRead {
+            reads: self,
+            symbol: symbol.to_string(),
+            id,
+            _held: held,
+        })
+    }
+}
+
+impl Drop for TailRead<'_> {
+    fn drop(&mut self) {
+        let mut all = self.reads.in_flight.lock().expect("tail reads");
+        if let Some(reads) = all.get_mut(&self.symbol) {
+            reads.retain(|r| r.id != self.id);
+            if reads.is_empty() {
+                all.remove(&self.symbol);
+            }
+        }
+    }
 }
 
 impl Datafeed {
@@ -91,7 +170,7 @@ impl Datafeed {
             symbols: tokio::sync::Mutex::new(None),
             first_trades: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             cache: CandleCache::new(CacheSettings::OFF),
-            tail_reads: std::sync::Mutex::new(std::collections::HashMap::new()),
+            tail_reads: TailReads::default(),
         }
     }
 
@@ -172,24 +251,28 @@ impl Datafeed {
         symbol: &str,
         range: Range<i64>,
     ) -> Result<Vec<Trade>, InfluxError> {
-        if let Ok(trades) = self.cache.tail(symbol, range.clone()) {
-            return Ok(trades);
-        }
-        // One read per symbol at a time: the feeds of every resolution of a
-        // symbol wake together after a post, and all want the same tail.
-        let lock = {
-            let mut locks = self.tail_reads.lock().expect("tail locks");
-            locks.entry(symbol.to_string()).or_default().clone()
-        };
-        let _reading = lock.lock().await;
-        let posted = match self.cache.tail(symbol, range.clone()) {
-            Ok(trades) => return Ok(trades),
-            Err(posted) => posted,
-        };
         // Read to the end of the day at least, so the tails of daily (and
         // finer) bars are one read.
         let day = Resolution::D1.nanos();
         let read = range.start..range.end.max(crate::candle::ceil_to(range.start + 1, day));
+        // The feeds of every resolution of a symbol wake together after a
+        // post and want tails one read covers: a request waits for a read in
+        // flight that covers its range, never for one that does not (a
+        // chart's last two bars behind someone's two-day read).
+        let (posted, _reading) = loop {
+            let posted = match self.cache.tail(symbol, range.clone()) {
+                Ok(trades) => return Ok(trades),
+                Err(posted) => posted,
+            };
+            match self.tail_reads.join_or_lead(symbol, &range, &read) {
+                // A read the cache will not keep is no use to wait for.
+                TailReadTurn::Join(covering) if self.cache.keeps_tails() => {
+                    drop(covering.lock().await)
+                }
+                TailReadTurn::Join(_) => break (posted, None),
+                TailReadTurn::Lead(read) => break (posted, Some(read)),
+            }
+        };
         let mut trades = Vec::new();
         self.influx
             .stream_trades(symbol, read.clone(), |t| trades.push(t))
@@ -615,6 +698,41 @@ mod tests {
 
     fn fixed(minutes: i64) -> Bucketing {
         Bucketing::Fixed(minutes * MIN)
+    }
+
+    #[test]
+    fn a_tail_read_is_joined_only_by_requests_it_covers_and_only_while_in_flight() {
+        let reads = TailReads::default();
+        let day = 0..NANOS_PER_DAY;
+        let TailReadTurn::Lead(lead) = reads.join_or_lead("BTC", &day, &day) else {
+            panic!("nothing in flight to join");
+        };
+        let last_hour = NANOS_PER_DAY - HOUR..NANOS_PER_DAY;
+        assert!(matches!(
+            reads.join_or_lead("BTC", &last_hour, &last_hour),
+            TailReadTurn::Join(_)
+        ));
+        // Not covered: past the read's end, or another symbol.
+        let two_days = 0..2 * NANOS_PER_DAY;
+        let TailReadTurn::Lead(other) = reads.join_or_lead("BTC", &two_days, &two_days) else {
+            panic!("joined a read that does not cover the range");
+        };
+        assert!(matches!(
+            reads.join_or_lead("ETH", &last_hour, &last_hour),
+            TailReadTurn::Lead(_)
+        ));
+        // The two-day read now covers the hour too; once both are done, no one waits.
+        drop(lead);
+        assert!(matches!(
+            reads.join_or_lead("BTC", &last_hour, &last_hour),
+            TailReadTurn::Join(_)
+        ));
+        drop(other);
+        assert!(matches!(
+            reads.join_or_lead("BTC", &last_hour, &last_hour),
+            TailReadTurn::Lead(_)
+        ));
+        assert!(reads.in_flight.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -138,6 +138,11 @@ impl CandleCache {
         self.settings.max_bytes > 0
     }
 
+    /// Whether [`CandleCache::put_tail`] keeps tails at all.
+    pub fn keeps_tails(&self) -> bool {
+        self.enabled() && !self.settings.tail_ttl.is_zero()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("cache lock not poisoned")
     }
@@ -353,7 +358,7 @@ impl CandleCache {
     /// Keeps `trades` (time order), InfluxDB's raw trades of `range`, read
     /// after post generation `posted` was seen; dropped if a post came since.
     pub fn put_tail(&self, symbol: &str, range: Range<i64>, mut trades: Vec<Trade>, posted: u64) {
-        if !self.enabled() || self.settings.tail_ttl.is_zero() || trades.len() > MAX_TAIL_TRADES {
+        if !self.keeps_tails() || trades.len() > MAX_TAIL_TRADES {
             return;
         }
         let mut inner = self.lock();
