@@ -58,6 +58,9 @@ pub struct Bench {
 pub struct Backfill {
     pub elapsed: Duration,
     pub peak_kb: u64,
+    /// CPU seconds of ohlcd and, when the bench runs its own, of influxd.
+    pub cpu_secs: f64,
+    pub influxd_cpu_secs: Option<f64>,
     pub rows_read: Option<u64>,
     pub chunks: Option<u64>,
 }
@@ -309,6 +312,13 @@ impl Bench {
         Ok(m)
     }
 
+    /// CPU seconds the bench's own influxd has used so far.
+    pub fn influxd_cpu_secs(&self) -> Option<f64> {
+        self.influxd_pid
+            .and_then(cpu_ticks)
+            .map(|t| t as f64 / crate::procs::TICKS_PER_SEC)
+    }
+
     fn progress_file(&self, db: &str) -> PathBuf {
         self.scratch.join(format!("{db}-progress.db"))
     }
@@ -329,8 +339,10 @@ impl Bench {
     ) -> Result<Backfill> {
         let mut cmd = self.ohlcd_cmd(db, &self.progress_file(db), &["backfill"]);
         cmd.envs(env.iter().copied());
+        let influxd0 = self.influxd_cpu_secs();
         let mut proc = Proc::spawn(name, cmd, &self.scratch)?;
         let m = proc.wait_measured(Self::timeout_for(n)).await?;
+        let influxd_cpu_secs = influxd0.zip(self.influxd_cpu_secs()).map(|(a, b)| b - a);
         if !m.status.success() {
             let msg = format!(
                 "ohlcd backfill exited with {}; {}",
@@ -353,6 +365,8 @@ impl Bench {
         Ok(Backfill {
             elapsed: m.elapsed,
             peak_kb: m.peak_kb,
+            cpu_secs: m.cpu_secs,
+            influxd_cpu_secs,
             rows_read,
             chunks,
         })

@@ -52,6 +52,9 @@ pub struct Measured {
     pub elapsed: Duration,
     /// Largest VmHWM seen, kB.
     pub peak_kb: u64,
+    /// User + system CPU time, seconds (read from the exited, not yet
+    /// reaped process).
+    pub cpu_secs: f64,
 }
 
 impl Proc {
@@ -126,18 +129,22 @@ impl Proc {
         )
     }
 
-    /// Waits for the exit, sampling VmHWM every 20 ms; kills after `timeout`.
+    /// Waits for the exit, sampling VmHWM and CPU time every 20 ms (the last
+    /// CPU sample is the exited process's total); kills after `timeout`.
     pub async fn wait_measured(&mut self, timeout: Duration) -> Result<Measured> {
         let mut peak_kb = 0;
+        let mut ticks = 0;
         loop {
             if let Some(kb) = vm_hwm_kb(self.pid()) {
                 peak_kb = peak_kb.max(kb);
             }
+            ticks = cpu_ticks(self.pid()).unwrap_or(ticks);
             if let Some(status) = self.poll()? {
                 return Ok(Measured {
                     status,
                     elapsed: self.started.elapsed(),
                     peak_kb,
+                    cpu_secs: ticks as f64 / TICKS_PER_SEC,
                 });
             }
             if self.started.elapsed() > timeout {

@@ -19,6 +19,15 @@ pub const PER_SYMBOL_PULL_MAX: usize = 16;
 
 /// A bare raw pull of the trades, CSV and msgpack: one query over all of them,
 /// and (few symbols) one query per symbol, summed.
+/// CPU seconds the bench's influxd used since it had used `before`.
+fn cpu_since(b: &Bench, before: Option<f64>) -> Option<f64> {
+    before.zip(b.influxd_cpu_secs()).map(|(a, z)| z - a)
+}
+
+/// The shape of the raw pull whose per-symbol queries run concurrently: shown
+/// beside the goal's reference, which reads one query at a time.
+pub const AT_ONCE: &str = "per symbol, at once";
+
 pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
     let n = b.args.trades;
     let range = format!("time >= {} AND time < {}", b.from, b.to);
@@ -31,6 +40,7 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
             let mut elapsed = Duration::ZERO;
             let (mut bytes, mut rows) = (0u64, 0u64);
             let mut content_type = String::new();
+            let influxd0 = b.influxd_cpu_secs();
             for s in b.symbols().to_vec() {
                 let q = format!(
                     "SELECT price, amount, id, side FROM trades WHERE symbol = '{s}' AND {range}"
@@ -57,10 +67,39 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
                 shape: "per symbol, summed",
                 elapsed,
                 bytes,
+                influxd_cpu_secs: cpu_since(b, influxd0),
             });
+            if format == "msgpack" {
+                // The same queries at once: what InfluxDB serves with both
+                // cores, a floor under any reader that splits its reads.
+                let started = std::time::Instant::now();
+                let influxd0 = b.influxd_cpu_secs();
+                let pulls = b.symbols().iter().map(|s| {
+                    let q = format!(
+                        "SELECT price, amount, id, side FROM trades WHERE symbol = '{s}' AND {range}"
+                    );
+                    let (raw, db) = (&b.raw, &b.db);
+                    async move { raw.fetch(db, &q, accept, false).await }
+                });
+                let fetched = futures_util::future::try_join_all(pulls).await?;
+                let elapsed = started.elapsed();
+                say!(
+                    "raw pull {format}, per symbol at once: {:.2}s",
+                    elapsed.as_secs_f64()
+                );
+                r.raw.push(RawPull {
+                    format,
+                    shape: AT_ONCE,
+                    elapsed,
+                    bytes: fetched.iter().map(|f| f.bytes).sum(),
+                    influxd_cpu_secs: cpu_since(b, influxd0),
+                });
+            }
         }
         let q = format!("SELECT price, amount, id, side FROM trades WHERE {range}");
+        let influxd0 = b.influxd_cpu_secs();
         let f = b.raw.fetch(&b.db, &q, accept, false).await?;
+        let influxd_cpu_secs = cpu_since(b, influxd0);
         check_content_type(format, accept, &f.content_type)?;
         say!(
             "raw pull {format}, one query: {:.2}s, {:.1} MB",
@@ -78,11 +117,13 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
             shape: "one query",
             elapsed: f.elapsed,
             bytes: f.bytes,
+            influxd_cpu_secs,
         });
         if b.shape == Shape::ManySymbols {
             // Series by series instead of merged in time order: cheaper for
             // InfluxDB with many series, and all a per-symbol consumer needs.
             let q = format!("{q} GROUP BY symbol");
+            let influxd0 = b.influxd_cpu_secs();
             let f = b.raw.fetch(&b.db, &q, accept, false).await?;
             say!(
                 "raw pull {format}, one query GROUP BY symbol: {:.2}s, {:.1} MB",
@@ -94,6 +135,7 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
                 shape: GROUPED,
                 elapsed: f.elapsed,
                 bytes: f.bytes,
+                influxd_cpu_secs: cpu_since(b, influxd0),
             });
         }
     }

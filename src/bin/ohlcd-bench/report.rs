@@ -62,6 +62,8 @@ pub struct RawPull {
     pub shape: &'static str,
     pub elapsed: Duration,
     pub bytes: u64,
+    /// CPU seconds of the bench's own influxd during the pull.
+    pub influxd_cpu_secs: Option<f64>,
 }
 
 pub struct Latency {
@@ -348,6 +350,20 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
                 thousands(nf / secs)
             ),
         ));
+        // The machine's CPU is shared by ohlcd and InfluxDB: their CPU time
+        // over the cores is a floor under the backfill's wall time.
+        if let Some(influxd) = bf.influxd_cpu_secs {
+            let total = bf.cpu_secs + influxd;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            rows.push(row(
+                "  backfill CPU (ohlcd + influxd)",
+                format!(
+                    "{:.2} + {influxd:.2} = {total:.2} CPU-s: at least {:.2} s on {cores} cores",
+                    bf.cpu_secs,
+                    total / cores as f64
+                ),
+            ));
+        }
     }
     for (res, d, n_rows) in &r.group_by {
         rows.push(row(
@@ -376,19 +392,25 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
         ));
     }
     for p in &r.raw {
+        let cpu = p
+            .influxd_cpu_secs
+            .map(|c| format!(", influxd {c:.2} CPU-s"))
+            .unwrap_or_default();
         rows.push(row(
             format!("  raw pull {} ({})", p.format, p.shape),
             format!(
-                "{:.2} s, {} trades/s, {:.0} MB",
+                "{:.2} s, {} trades/s, {:.0} MB{cpu}",
                 p.elapsed.as_secs_f64(),
                 thousands(nf / p.elapsed.as_secs_f64()),
                 p.bytes as f64 / 1e6
             ),
         ));
     }
+    // The goal's reference reads one query at a time, as the issue measured it.
     let best = |format: Option<&str>| {
         r.raw
             .iter()
+            .filter(|p| p.shape != crate::reference::AT_ONCE)
             .filter(|p| format.is_none_or(|f| p.format == f))
             .min_by_key(|p| p.elapsed)
     };
@@ -439,6 +461,16 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
         {
             rows.push(row(
                 format!("backfill / raw pull {} ({})", p.shape, p.format),
+                format!(
+                    "{:.2} ({t:.2} s / {:.2} s)",
+                    t / p.elapsed.as_secs_f64(),
+                    p.elapsed.as_secs_f64()
+                ),
+            ));
+        }
+        if let Some(p) = best_of(r, crate::reference::AT_ONCE) {
+            rows.push(row(
+                format!("backfill / raw pull {} ({}; both cores)", p.format, p.shape),
                 format!(
                     "{:.2} ({t:.2} s / {:.2} s)",
                     t / p.elapsed.as_secs_f64(),

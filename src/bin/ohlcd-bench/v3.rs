@@ -145,6 +145,7 @@ fn push(r: &mut Results, format: &'static str, shape: &'static str, elapsed: Dur
         shape,
         elapsed,
         bytes,
+        influxd_cpu_secs: None,
     });
 }
 
