@@ -92,6 +92,11 @@ pub struct InfluxdOptions {
     /// (1.x only; `None`: influxd's default, 30 minutes). Tests that watch a
     /// retention policy really expire data set it to 1.
     pub retention_check_secs: Option<u32>,
+    /// Seconds without writes after which a shard's in-memory cache is
+    /// written to a TSM file (1.x only; `None`: influxd's default, 10
+    /// minutes). The bench sets it so freshly generated trades are read from
+    /// TSM files, as history is.
+    pub cache_snapshot_cold_secs: Option<u32>,
     /// Called on the `influxd` command before every spawn (start and restart),
     /// e.g. to ask for a parent-death signal.
     pub configure: Option<fn(&mut Command)>,
@@ -293,6 +298,10 @@ fn config(dir: &Path, http_port: u16, rpc_port: u16, options: &InfluxdOptions) -
         .retention_check_secs
         .map(|s| format!("[retention]\n  check-interval = \"{s}s\"\n"))
         .unwrap_or_default();
+    let snapshot = options
+        .cache_snapshot_cold_secs
+        .map(|s| format!("  cache-snapshot-write-cold-duration = \"{s}s\"\n"))
+        .unwrap_or_default();
     format!(
         r#"reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -302,7 +311,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   dir = "{d}/data"
   wal-dir = "{d}/wal"
   query-log-enabled = false
-[monitor]
+{snapshot}[monitor]
   store-enabled = false
 [http]
   bind-address = "127.0.0.1:{http_port}"

@@ -295,6 +295,15 @@ impl Bench {
             m.elapsed.as_secs_f64(),
             thousands(n as f64 / m.elapsed.as_secs_f64())
         );
+        if self.influxd_pid.is_some()
+            && self.influx.generation() == ohlcd::influx::Generation::V1
+            && !self.args.cache_resident
+        {
+            // Past the cold duration, so the snapshot to TSM files has begun
+            // (the caller's settle() waits for it to end).
+            let cold = u64::from(crate::CACHE_SNAPSHOT_COLD_SECS);
+            tokio::time::sleep(Duration::from_secs(cold + 2)).await;
+        }
         let count = self
             .scalar(
                 db,

@@ -101,6 +101,10 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// Seconds without writes after which the bench's influxd 1.x writes its
+/// cache to TSM files (unless `--cache-resident`).
+pub const CACHE_SNAPSHOT_COLD_SECS: u32 = 1;
+
 /// End-to-end benchmark of ohlcd against InfluxDB on this machine.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ohlcd-bench", version, about)]
@@ -125,6 +129,14 @@ pub struct Args {
     /// (InfluxDB 3 Core from ../shared/influxdb3 or $OHLCD_INFLUXDB3).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     server: u8,
+    /// Leave freshly generated trades in the throwaway influxd 1.x's
+    /// in-memory cache (its default: written to TSM files after 10 minutes
+    /// without writes). By default the bench has them written out 1 s after
+    /// the last write, so they are read from TSM files as any history older
+    /// than a few minutes is; read from the cache, chunked reads cost
+    /// InfluxDB about twice the CPU per trade (README, issue #9).
+    #[arg(long)]
+    cache_resident: bool,
     /// Use this InfluxDB instead of starting a throwaway influxd.
     #[arg(long, value_name = "URL")]
     influx_url: Option<String>,
@@ -397,6 +409,8 @@ async fn run(mut args: Args) -> Result<bool> {
                 } else {
                     Server::V1
                 },
+                cache_snapshot_cold_secs: (!args.cache_resident)
+                    .then_some(CACHE_SNAPSHOT_COLD_SECS),
                 configure: Some(procs::die_with_parent),
                 ..InfluxdOptions::default()
             };

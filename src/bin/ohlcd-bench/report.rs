@@ -165,7 +165,14 @@ pub fn machine_header(
         h,
         "- InfluxDB {influx_version} ({})",
         if own {
-            "own influxd started by the bench on this machine".to_string()
+            let state = if b.influx.generation() != ohlcd::influx::Generation::V1 {
+                ""
+            } else if args.cache_resident {
+                "; generated trades left in its in-memory cache (--cache-resident)"
+            } else {
+                "; generated trades written to TSM files before any measurement, as history is"
+            };
+            format!("own influxd started by the bench on this machine{state}")
         } else {
             format!("external, {}", b.influx.url())
         }
