@@ -12,7 +12,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run())
+    // On a worker, not this thread: the engine consumes what the HTTP
+    // connection tasks receive, and a worker runs a task it wakes next,
+    // where waking this thread costs a futex round trip per chunk (a quarter
+    // of a backfill's CPU went to the kernel waking threads, perf).
+    runtime.block_on(async {
+        match tokio::spawn(run()).await {
+            Ok(code) => code,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    })
 }
 
 /// glibc gives threads that contend for malloc arenas of their own and keeps

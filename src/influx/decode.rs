@@ -131,6 +131,7 @@ impl InfluxClient {
         let mut start = 0usize;
         let mut rows = 0u64;
         let mut columns = Columns::default();
+        let mut columns_read = 0u64;
         let mut failure: Option<InfluxError> = None;
         let mut at_failpoint = false;
         let mut retry_at = 0usize;
@@ -150,10 +151,11 @@ impl InfluxClient {
             // within about twice one pass, whatever size the network reads are.
             while start < buf.len() && (done || buf.len() - start >= retry_at) {
                 let decoded = decoder.decode(&buf[start..], &mut |cols, vals| {
-                    if columns.0.len() != cols.len()
-                        || columns.0.iter().zip(cols).any(|(a, b)| a != b)
-                    {
-                        columns = Columns(cols.to_vec());
+                    if cols.read != columns_read {
+                        columns_read = cols.read;
+                        if columns.0 != cols.names {
+                            columns = Columns(cols.names.clone());
+                        }
                     }
                     match on_row(&columns, Row::Pack(vals)) {
                         Ok(()) => {

@@ -48,7 +48,16 @@ impl Val<'_> {
 }
 
 /// Receives `(columns, row)`; an `Err` stops decoding with that message.
-pub type OnRow<'f> = dyn FnMut(&[String], &[Val]) -> Result<(), String> + 'f;
+pub type OnRow<'f> = dyn FnMut(&SeriesColumns, &[Val]) -> Result<(), String> + 'f;
+
+/// The column names of the current series, and how many times column names
+/// have been read so far: a consumer compares names only when that changes,
+/// not at every row.
+#[derive(Debug, Default)]
+pub struct SeriesColumns {
+    pub names: Vec<String>,
+    pub read: u64,
+}
 
 /// Why decoding stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +219,7 @@ pub struct ChunkDecoder {
     /// Rows of the current chunk already handed out.
     emitted: usize,
     /// Column names of the current series.
-    columns: Vec<String>,
+    columns: SeriesColumns,
 }
 
 impl ChunkDecoder {
@@ -296,7 +305,8 @@ impl ChunkDecoder {
                     for _ in 0..n {
                         columns.push(String::from_utf8_lossy(cur.str()?).into_owned());
                     }
-                    self.columns = columns;
+                    self.columns.names = columns;
+                    self.columns.read += 1;
                 }
                 b"values" => {
                     for _ in 0..cur.array_len()? {
@@ -377,7 +387,7 @@ mod tests {
         out: &mut Vec<(i64, f64, i64, String)>,
     ) -> Result<Decoded, DecodeError> {
         dec.decode(buf, &mut |cols, row| {
-            assert_eq!(cols, ["time", "price", "id", "side"]);
+            assert_eq!(cols.names, ["time", "price", "id", "side"]);
             let side = match row[3] {
                 Val::Str(s) => String::from_utf8(s.to_vec()).unwrap(),
                 _ => return Err("side".into()),
