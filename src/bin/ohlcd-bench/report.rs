@@ -463,26 +463,26 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
             Shape::ManySymbols => (best_of(r, "one query"), "raw pull in one query"),
             _ => (fastest, "fastest raw pull"),
         };
+        // The backfill against pulls shown beside the goal's reference.
+        let beside = |p: &RawPull| {
+            format!(
+                "{:.2} ({t:.2} s / {:.2} s)",
+                t / p.elapsed.as_secs_f64(),
+                p.elapsed.as_secs_f64()
+            )
+        };
         if b.shape == Shape::ManySymbols
             && let Some(p) = best_of(r, crate::reference::GROUPED)
         {
             rows.push(row(
                 format!("backfill / raw pull {} ({})", p.shape, p.format),
-                format!(
-                    "{:.2} ({t:.2} s / {:.2} s)",
-                    t / p.elapsed.as_secs_f64(),
-                    p.elapsed.as_secs_f64()
-                ),
+                beside(p),
             ));
         }
         if let Some(p) = best_of(r, crate::reference::AT_ONCE) {
             rows.push(row(
                 format!("backfill / raw pull {} ({}; both cores)", p.format, p.shape),
-                format!(
-                    "{:.2} ({t:.2} s / {:.2} s)",
-                    t / p.elapsed.as_secs_f64(),
-                    p.elapsed.as_secs_f64()
-                ),
+                beside(p),
             ));
         }
         if let Some(p) = reference {
