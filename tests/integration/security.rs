@@ -960,9 +960,11 @@ async fn a_flood_of_long_range_history_requests_costs_cheap_ones_no_more_than_th
         answers.iter().all(|s| [200, 503].contains(s)),
         "heavy requests are answered or told to retry: {answers:?}"
     );
-    // A cheap request does not queue behind a heavy one of the same symbol.
+    // A cheap request does not queue behind a heavy one of the same symbol:
+    // queued, it takes about as long as the heavy one (0.96 of it measured);
+    // not queued, about a tenth (0.11-0.13), which a loaded machine raises.
     assert!(
-        full < one_heavy / 3,
+        full < one_heavy / 2,
         "cheap requests beside heavy ones took {full:?}, a heavy one alone {one_heavy:?}"
     );
     assert!(
