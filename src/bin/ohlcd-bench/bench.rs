@@ -145,7 +145,6 @@ impl Bench {
         self.failures.push(msg);
     }
 
-    /// A client of another database on the same InfluxDB.
     /// A client of database `db` on the bench's server (its generation known).
     pub fn client_of(&self, db: &str) -> Result<InfluxClient> {
         let mut client = influx_client(self.influx.url(), db)?;
@@ -328,6 +327,11 @@ impl Bench {
             .map(|t| t as f64 / crate::procs::TICKS_PER_SEC)
     }
 
+    /// CPU seconds the bench's influxd used since it had used `before`.
+    pub fn influxd_cpu_since(&self, before: Option<f64>) -> Option<f64> {
+        before.zip(self.influxd_cpu_secs()).map(|(a, z)| z - a)
+    }
+
     fn progress_file(&self, db: &str) -> PathBuf {
         self.scratch.join(format!("{db}-progress.db"))
     }
@@ -351,7 +355,7 @@ impl Bench {
         let influxd0 = self.influxd_cpu_secs();
         let mut proc = Proc::spawn(name, cmd, &self.scratch)?;
         let m = proc.wait_measured(Self::timeout_for(n)).await?;
-        let influxd_cpu_secs = influxd0.zip(self.influxd_cpu_secs()).map(|(a, b)| b - a);
+        let influxd_cpu_secs = self.influxd_cpu_since(influxd0);
         if !m.status.success() {
             let msg = format!(
                 "ohlcd backfill exited with {}; {}",

@@ -17,21 +17,19 @@ pub const GROUPED: &str = "one query, GROUP BY symbol";
 /// Up to this many symbols the raw pull is also timed per symbol (summed).
 pub const PER_SYMBOL_PULL_MAX: usize = 16;
 
-/// A bare raw pull of the trades, CSV and msgpack: one query over all of them,
-/// and (few symbols) one query per symbol, summed.
-/// CPU seconds the bench's influxd used since it had used `before`.
-fn cpu_since(b: &Bench, before: Option<f64>) -> Option<f64> {
-    before.zip(b.influxd_cpu_secs()).map(|(a, z)| z - a)
-}
-
 /// The shape of the raw pull whose per-symbol queries run concurrently: shown
 /// beside the goal's reference, which reads one query at a time.
 pub const AT_ONCE: &str = "per symbol, at once";
 
+/// A bare raw pull of the trades, CSV and msgpack: one query over all of them,
+/// and (few symbols) one query per symbol, summed and (msgpack) at once.
 pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
     let n = b.args.trades;
     let range = format!("time >= {} AND time < {}", b.from, b.to);
     let per_symbol = b.shape == Shape::FewSymbols && b.symbols().len() <= PER_SYMBOL_PULL_MAX;
+    let symbol_query = |s: &str| {
+        format!("SELECT price, amount, id, side FROM trades WHERE symbol = '{s}' AND {range}")
+    };
     for (format, accept) in [
         ("CSV", "application/csv"),
         ("msgpack", "application/x-msgpack"),
@@ -42,9 +40,7 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
             let mut content_type = String::new();
             let influxd0 = b.influxd_cpu_secs();
             for s in b.symbols().to_vec() {
-                let q = format!(
-                    "SELECT price, amount, id, side FROM trades WHERE symbol = '{s}' AND {range}"
-                );
+                let q = symbol_query(&s);
                 let f = b.raw.fetch(&b.db, &q, accept, false).await?;
                 elapsed += f.elapsed;
                 bytes += f.bytes;
@@ -67,7 +63,7 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
                 shape: "per symbol, summed",
                 elapsed,
                 bytes,
-                influxd_cpu_secs: cpu_since(b, influxd0),
+                influxd_cpu_secs: b.influxd_cpu_since(influxd0),
             });
             if format == "msgpack" {
                 // The same queries at once: what InfluxDB serves with both
@@ -75,9 +71,7 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
                 let started = std::time::Instant::now();
                 let influxd0 = b.influxd_cpu_secs();
                 let pulls = b.symbols().iter().map(|s| {
-                    let q = format!(
-                        "SELECT price, amount, id, side FROM trades WHERE symbol = '{s}' AND {range}"
-                    );
+                    let q = symbol_query(s);
                     let (raw, db) = (&b.raw, &b.db);
                     async move { raw.fetch(db, &q, accept, false).await }
                 });
@@ -92,14 +86,14 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
                     shape: AT_ONCE,
                     elapsed,
                     bytes: fetched.iter().map(|f| f.bytes).sum(),
-                    influxd_cpu_secs: cpu_since(b, influxd0),
+                    influxd_cpu_secs: b.influxd_cpu_since(influxd0),
                 });
             }
         }
         let q = format!("SELECT price, amount, id, side FROM trades WHERE {range}");
         let influxd0 = b.influxd_cpu_secs();
         let f = b.raw.fetch(&b.db, &q, accept, false).await?;
-        let influxd_cpu_secs = cpu_since(b, influxd0);
+        let influxd_cpu_secs = b.influxd_cpu_since(influxd0);
         check_content_type(format, accept, &f.content_type)?;
         say!(
             "raw pull {format}, one query: {:.2}s, {:.1} MB",
@@ -135,7 +129,7 @@ pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
                 shape: GROUPED,
                 elapsed: f.elapsed,
                 bytes: f.bytes,
-                influxd_cpu_secs: cpu_since(b, influxd0),
+                influxd_cpu_secs: b.influxd_cpu_since(influxd0),
             });
         }
     }

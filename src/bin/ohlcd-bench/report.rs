@@ -319,6 +319,12 @@ pub fn push_check(
     rows.push(check(metric, value, target, met));
 }
 
+/// `secs` against pull `p`: "ratio (secs s / pull s)".
+fn versus(secs: f64, p: &RawPull) -> String {
+    let pull = p.elapsed.as_secs_f64();
+    format!("{:.2} ({secs:.2} s / {pull:.2} s)", secs / pull)
+}
+
 /// The fastest raw pull of one shape.
 fn best_of<'a>(r: &'a Results, shape: &str) -> Option<&'a RawPull> {
     r.raw
@@ -463,26 +469,18 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
             Shape::ManySymbols => (best_of(r, "one query"), "raw pull in one query"),
             _ => (fastest, "fastest raw pull"),
         };
-        // The backfill against pulls shown beside the goal's reference.
-        let beside = |p: &RawPull| {
-            format!(
-                "{:.2} ({t:.2} s / {:.2} s)",
-                t / p.elapsed.as_secs_f64(),
-                p.elapsed.as_secs_f64()
-            )
-        };
         if b.shape == Shape::ManySymbols
             && let Some(p) = best_of(r, crate::reference::GROUPED)
         {
             rows.push(row(
                 format!("backfill / raw pull {} ({})", p.shape, p.format),
-                beside(p),
+                versus(t, p),
             ));
         }
         if let Some(p) = best_of(r, crate::reference::AT_ONCE) {
             rows.push(row(
                 format!("backfill / raw pull {} ({}; both cores)", p.format, p.shape),
-                beside(p),
+                versus(t, p),
             ));
         }
         if let Some(p) = reference {
@@ -502,14 +500,9 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
         }
     }
     if let (Some(bf), Some(p)) = (&r.backfill_no_sync, fastest) {
-        let t = bf.elapsed.as_secs_f64();
         rows.push(row(
             "backfill with influx.no_sync / fastest raw pull (InfluxDB 3)",
-            format!(
-                "{:.2} ({t:.2} s / {:.2} s)",
-                t / p.elapsed.as_secs_f64(),
-                p.elapsed.as_secs_f64()
-            ),
+            versus(bf.elapsed.as_secs_f64(), p),
         ));
     }
     if let (Some((n, w)), Some(p)) = (r.write_alone, fastest) {
@@ -521,12 +514,7 @@ fn backfill_rows(b: &Bench, r: &Results, rows: &mut Vec<Row>) {
         ));
         rows.push(row(
             "candle write alone / fastest raw pull",
-            format!(
-                "{:.2} ({:.2} s / {:.2} s)",
-                w.as_secs_f64() / p.elapsed.as_secs_f64(),
-                w.as_secs_f64(),
-                p.elapsed.as_secs_f64()
-            ),
+            versus(w.as_secs_f64(), p),
         ));
     }
     if !r.caught_up_passes.is_empty() {
