@@ -80,12 +80,10 @@ pub struct Datafeed {
 #[derive(Debug, Default)]
 struct TailReads {
     in_flight: std::sync::Mutex<std::collections::HashMap<String, Vec<InFlight>>>,
-    next_id: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
 struct InFlight {
-    id: u64,
     read: Range<i64>,
     done: Arc<tokio::sync::Mutex<()>>,
 }
@@ -98,12 +96,12 @@ enum TailReadTurn<'a> {
 }
 
 /// A tail read in flight; dropped when it is done, failed or cancelled,
-/// which lets those waiting for it go on.
+/// which lets those waiting for it go on. Its entry is the one whose lock it
+/// holds.
 struct TailRead<'a> {
     reads: &'a TailReads,
     symbol: String,
-    id: u64,
-    _held: tokio::sync::OwnedMutexGuard<()>,
+    held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl TailReads {
@@ -123,21 +121,16 @@ impl TailReads {
         {
             return TailReadTurn::Join(covering.done.clone());
         }
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = Arc::new(tokio::sync::Mutex::new(()));
         let held = done.clone().try_lock_owned().expect("a new lock is free");
         reads.push(InFlight {
-            id,
             read: read.clone(),
             done,
         });
         TailReadTurn::Lead(TailRead {
             reads: self,
             symbol: symbol.to_string(),
-            id,
-            _held: held,
+            held,
         })
     }
 }
@@ -146,7 +139,8 @@ impl Drop for TailRead<'_> {
     fn drop(&mut self) {
         let mut all = self.reads.in_flight.lock().expect("tail reads");
         if let Some(reads) = all.get_mut(&self.symbol) {
-            reads.retain(|r| r.id != self.id);
+            let mine = tokio::sync::OwnedMutexGuard::mutex(&self.held);
+            reads.retain(|r| !Arc::ptr_eq(&r.done, mine));
             if reads.is_empty() {
                 all.remove(&self.symbol);
             }
