@@ -202,6 +202,106 @@ pub struct Trade {
     pub side: Side,
 }
 
+/// Largest price, and largest amount, a trade may carry. With both at most
+/// 1e15, one trade's `price × amount` is at most 1e30, and no window can hold
+/// more than 8.64e13 trades a day (a million per millisecond), so no sum over
+/// any window of any resolution, a month included, comes near `f64::MAX`
+/// (1.8e308): every candle stays finite.
+pub const MAX_TRADE_VALUE: f64 = 1e15;
+
+/// Why a stored row cannot make a trade. Such a row is skipped and counted,
+/// never aggregated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// The row has no price.
+    MissingPrice,
+    /// The row has no amount.
+    MissingAmount,
+    /// Price or amount is text (or another type) where a number belongs.
+    NotANumber,
+    /// Price or amount is NaN or infinite.
+    NotFinite,
+    /// Price or amount is zero or negative.
+    NotPositive,
+    /// Price or amount is above [`MAX_TRADE_VALUE`]: its sums could overflow.
+    TooLarge,
+    /// The side is missing or none of the configured buy/sell values.
+    UnknownSide,
+}
+
+impl SkipReason {
+    /// Every reason, in a stable order (metrics, tables).
+    pub const ALL: [SkipReason; 7] = [
+        SkipReason::MissingPrice,
+        SkipReason::MissingAmount,
+        SkipReason::NotANumber,
+        SkipReason::NotFinite,
+        SkipReason::NotPositive,
+        SkipReason::TooLarge,
+        SkipReason::UnknownSide,
+    ];
+
+    /// The label used in metrics and logs, e.g. `missing_price`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::MissingPrice => "missing_price",
+            SkipReason::MissingAmount => "missing_amount",
+            SkipReason::NotANumber => "not_a_number",
+            SkipReason::NotFinite => "not_finite",
+            SkipReason::NotPositive => "not_positive",
+            SkipReason::TooLarge => "too_large",
+            SkipReason::UnknownSide => "unknown_side",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a price or an amount: finite, above zero and at most
+/// [`MAX_TRADE_VALUE`]. The one value rule of ingest and of reading.
+pub fn check_value(x: f64) -> Result<f64, SkipReason> {
+    if !x.is_finite() {
+        Err(SkipReason::NotFinite)
+    } else if x <= 0.0 {
+        Err(SkipReason::NotPositive)
+    } else if x > MAX_TRADE_VALUE {
+        Err(SkipReason::TooLarge)
+    } else {
+        Ok(x)
+    }
+}
+
+/// A stored row that could not make a trade: when, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skip {
+    /// The row's timestamp, Unix nanoseconds.
+    pub time: i64,
+    /// Why it was skipped.
+    pub reason: SkipReason,
+}
+
+impl Candle {
+    /// The first field that is not finite, if any: `(name, value)`. InfluxDB
+    /// refuses such a line, so a candle is checked before it is written.
+    pub fn non_finite(&self) -> Option<(&'static str, f64)> {
+        [
+            ("open", self.open),
+            ("high", self.high),
+            ("low", self.low),
+            ("close", self.close),
+            ("volume", self.volume),
+            ("quote_volume", self.quote_volume),
+            ("buy_volume", self.buy_volume),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+    }
+}
+
 /// One OHLC candle of one symbol at one resolution.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Candle {
@@ -782,5 +882,52 @@ mod tests {
         assert_eq!(ceil_to(120, 60), 120);
         assert_eq!(ceil_to(121, 60), 180);
         assert_eq!(floor_to(-1, 60), -60);
+    }
+
+    #[test]
+    fn a_value_is_a_price_or_amount_only_if_finite_positive_and_at_most_the_bound() {
+        assert_eq!(check_value(42_000.5), Ok(42_000.5));
+        assert_eq!(check_value(MAX_TRADE_VALUE), Ok(MAX_TRADE_VALUE));
+        assert_eq!(check_value(1e-12), Ok(1e-12));
+        assert_eq!(check_value(f64::NAN), Err(SkipReason::NotFinite));
+        assert_eq!(check_value(f64::INFINITY), Err(SkipReason::NotFinite));
+        assert_eq!(check_value(0.0), Err(SkipReason::NotPositive));
+        assert_eq!(check_value(-1.0), Err(SkipReason::NotPositive));
+        assert_eq!(
+            check_value(MAX_TRADE_VALUE * 1.000_001),
+            Err(SkipReason::TooLarge)
+        );
+        assert_eq!(check_value(1e308), Err(SkipReason::TooLarge));
+    }
+
+    #[test]
+    fn a_month_of_trades_at_the_bound_keeps_every_sum_finite() {
+        // The densest month the store can hold: a trade per nanosecond slot
+        // of a millisecond, a million per millisecond, at the largest price
+        // and amount. Summed as the aggregator sums, candle by candle.
+        let per_day = 86_400_000.0 * 1e6;
+        let worst = MAX_TRADE_VALUE * MAX_TRADE_VALUE * per_day * 31.0;
+        assert!(worst.is_finite() && worst < f64::MAX / 1e200);
+        let big = trade(0, 1, MAX_TRADE_VALUE, MAX_TRADE_VALUE, Side::Buy);
+        let c = candles_from_trades(Resolution::D1, &[big, Trade { id: 2, ..big }])[0];
+        assert_eq!(c.non_finite(), None);
+        assert_eq!(c.quote_volume, 2e30);
+    }
+
+    #[test]
+    fn a_candle_names_its_first_field_that_is_not_finite() {
+        let t = trade(0, 1, 10.0, 1.0, Side::Sell);
+        let mut c = candles_from_trades(Resolution::M1, &[t])[0];
+        assert_eq!(c.non_finite(), None);
+        c.quote_volume = f64::INFINITY;
+        c.buy_volume = f64::NAN;
+        assert_eq!(c.non_finite().map(|(name, _)| name), Some("quote_volume"));
+    }
+
+    #[test]
+    fn every_skip_reason_has_its_own_label() {
+        let labels: std::collections::BTreeSet<&str> =
+            SkipReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), SkipReason::ALL.len());
     }
 }

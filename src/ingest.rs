@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use crate::candle::{Side, Trade};
+use crate::candle::{MAX_TRADE_VALUE, Side, Trade, check_value};
 use crate::influx::encode::{push_float, push_tag_value};
 use crate::influx::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
 
@@ -67,8 +67,10 @@ pub fn point_time(time_ms: i64, id: i64) -> i64 {
     time_ms * SUB_MS_SLOTS + id.rem_euclid(SUB_MS_SLOTS)
 }
 
-/// Checks a symbol: 1–32 characters of `A-Z a-z 0-9 . _ - :`. Anything else could
-/// not be safely used as a tag, in InfluxQL or in a URL.
+/// Checks a symbol: 1–32 characters of `A-Z a-z 0-9 . _ -`. Anything else could
+/// not be safely used as a tag, in InfluxQL or in a URL. `:` is not a symbol
+/// character: it separates the exchange from the symbol in a chart's
+/// `EXCHANGE:SYMBOL`, so a symbol holding one could be written but not read.
 pub fn validate_symbol(symbol: &str) -> Result<(), String> {
     if symbol.is_empty() || symbol.len() > 32 {
         return Err(format!(
@@ -78,10 +80,10 @@ pub fn validate_symbol(symbol: &str) -> Result<(), String> {
     }
     if let Some(bad) = symbol
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!(
-            "symbol {symbol:?} has character {bad:?}; allowed are letters, digits and . _ - :"
+            "symbol {symbol:?} has character {bad:?}; allowed are letters, digits and . _ -"
         ));
     }
     Ok(())
@@ -92,17 +94,12 @@ impl NewTrade {
     /// first bad one.
     pub fn validate(&self, now_ms: i64) -> Result<(), String> {
         validate_symbol(&self.symbol).map_err(|e| format!("symbol: {e}"))?;
-        if !(self.price.is_finite() && self.price > 0.0) {
-            return Err(format!(
-                "price: must be a finite number > 0, got {}",
-                self.price
-            ));
-        }
-        if !(self.amount.is_finite() && self.amount > 0.0) {
-            return Err(format!(
-                "amount: must be a finite number > 0, got {}",
-                self.amount
-            ));
+        for (name, value) in [("price", self.price), ("amount", self.amount)] {
+            if check_value(value).is_err() {
+                return Err(format!(
+                    "{name}: must be a finite number > 0 and at most {MAX_TRADE_VALUE:e}, got {value}"
+                ));
+            }
         }
         if let Some(why) = time_refusal(self.time_ms, now_ms) {
             return Err(format!("timestamp: {why}"));
@@ -273,9 +270,38 @@ mod tests {
         bad.symbol = "x'; DROP".into();
         assert!(bad.validate(now).is_err());
         let mut bad = ok(now);
+        bad.symbol = "ohlcd:FAKE".into();
+        let why = bad.validate(now).unwrap_err();
+        assert!(why.starts_with("symbol") && why.contains("':'"), "{why}");
+        let mut bad = ok(now);
         bad.id = -1;
         assert!(bad.validate(now).unwrap_err().starts_with("id"));
         assert!(ok(now).validate(now).is_ok());
+    }
+
+    #[test]
+    fn prices_and_amounts_above_1e15_are_refused_so_no_sum_can_overflow() {
+        let now = 1_704_067_200_000;
+        let mut at_bound = t(1, now);
+        at_bound.price = 1e15;
+        at_bound.amount = 1e15;
+        assert!(at_bound.validate(now).is_ok());
+        for (field, value) in [
+            ("price", 1.000_001e15),
+            ("amount", 1e308),
+            ("price", f64::MAX),
+        ] {
+            let mut bad = t(1, now);
+            match field {
+                "price" => bad.price = value,
+                _ => bad.amount = value,
+            }
+            let why = bad.validate(now).unwrap_err();
+            assert!(
+                why.starts_with(field) && why.contains("at most 1e15"),
+                "{why}"
+            );
+        }
     }
 
     #[test]
