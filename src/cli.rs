@@ -451,6 +451,7 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
         "last run",
         "duration",
         "owner",
+        "skipped",
         "last error",
     ]);
     let dash = || "-".to_string();
@@ -466,7 +467,11 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
                 .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
                 .unwrap_or_else(dash),
             e.last_owner.clone().unwrap_or_else(dash),
-            e.last_error.clone().unwrap_or_default(),
+            e.rows_skipped.to_string(),
+            match (e.failures, &e.last_error) {
+                (n, Some(err)) if n > 1 => format!("({n} in a row) {err}"),
+                (_, err) => err.clone().unwrap_or_default(),
+            },
         ]);
     }
     println!("{table}");

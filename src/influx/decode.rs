@@ -66,6 +66,35 @@ impl Row<'_> {
         v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not {what}")))
     }
 
+    /// Column `i` as a number, for a trade's price or amount: `None` when the
+    /// row has no value there, `Some(Err(()))` when it holds something that is
+    /// not a number (text, a boolean). Integers read as numbers.
+    pub(super) fn number(&self, i: usize) -> Option<Result<f64, ()>> {
+        match self {
+            Row::Csv(rec) => {
+                let b = rec.get(i).filter(|b| !b.is_empty())?;
+                Some(
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(()),
+                )
+            }
+            Row::Pack(vals) => match vals.get(i) {
+                None | Some(Val::Nil) => None,
+                Some(v) => Some(v.as_f64().ok_or(())),
+            },
+        }
+    }
+
+    /// Column `i` as an integer, `None` when it is missing or not one.
+    pub(super) fn opt_i64(&self, i: usize) -> Option<i64> {
+        match self {
+            Row::Csv(rec) => std::str::from_utf8(rec.get(i)?).ok()?.parse().ok(),
+            Row::Pack(vals) => vals.get(i)?.as_i64(),
+        }
+    }
+
     pub(super) fn f64(&self, i: usize, name: &str) -> Result<f64, InfluxError> {
         self.value(i, name, "a number", |v| v.as_f64())
     }

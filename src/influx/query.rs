@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{Generation, InfluxClient, InfluxError, Stored};
-use crate::candle::{Candle, Resolution, Side, Trade};
+use crate::candle::{Candle, Resolution, Side, Skip, SkipReason, Trade, check_value};
 
 /// Escapes a string for an InfluxQL single-quoted literal.
 pub fn quote_literal(s: &str) -> String {
@@ -297,25 +297,30 @@ impl InfluxClient {
         limit: Option<u64>,
         mut on_trade: impl FnMut(Trade),
     ) -> Result<u64, InfluxError> {
-        self.stream_trade_rows(&[symbol], false, range, limit, |_, t| on_trade(t))
-            .await
+        self.stream_trade_rows(&[symbol], false, range, limit, |_, t| {
+            if let Ok(t) = t {
+                on_trade(t);
+            }
+        })
+        .await
     }
 
     /// Streams the raw trades of every symbol in `symbols` in
-    /// `[range.start, range.end)` with one query, calling `on_trade` with each
-    /// trade's symbol. Over InfluxQL rows arrive ordered by time across
-    /// symbols; over SQL (InfluxDB 3) in no particular order.
+    /// `[range.start, range.end)` with one query, calling `on_row` with each
+    /// row's symbol and its trade, or why it cannot make one. Over InfluxQL
+    /// rows arrive ordered by time across symbols; over SQL (InfluxDB 3) in no
+    /// particular order.
     pub async fn stream_trades_of(
         &self,
         symbols: &[String],
         range: Range<i64>,
-        on_trade: impl FnMut(&str, Trade),
+        on_row: impl FnMut(&str, Result<Trade, Skip>),
     ) -> Result<u64, InfluxError> {
         if symbols.is_empty() {
             return Ok(0);
         }
         let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        self.stream_trade_rows(&symbols, true, range, None, on_trade)
+        self.stream_trade_rows(&symbols, true, range, None, on_row)
             .await
     }
 
@@ -330,7 +335,7 @@ impl InfluxClient {
         with_symbol: bool,
         range: Range<i64>,
         limit: Option<u64>,
-        mut on_trade: impl FnMut(&str, Trade),
+        mut on_row: impl FnMut(&str, Result<Trade, Skip>),
     ) -> Result<u64, InfluxError> {
         let symbol_col = if with_symbol { ", symbol" } else { "" };
         let sql = self.generation == Generation::V3;
@@ -375,27 +380,17 @@ impl InfluxClient {
                     },
                 ]),
             };
-            let side = match row.bytes(side) {
-                Some(b"buy") => Side::Buy,
-                Some(b"sell") => Side::Sell,
-                other => {
-                    return Err(InfluxError::Protocol(format!(
-                        "trade with side {:?}",
-                        other.map(String::from_utf8_lossy)
-                    )));
-                }
-            };
             let symbol = row.symbol(sym)?;
-            on_trade(
-                symbol,
-                Trade {
-                    time: row.i64(t, "time")?,
-                    id: row.i64(id, "id")?,
-                    price: row.f64(p, "price")?,
-                    amount: row.f64(a, "amount")?,
-                    side,
-                },
-            );
+            let time = row.i64(t, "time")?;
+            let trade = trade_of_row(&row, p, a, side).map(|(price, amount, side)| Trade {
+                time,
+                // A row without an id orders by time alone (ties: as read).
+                id: row.opt_i64(id).unwrap_or(0),
+                price,
+                amount,
+                side,
+            });
+            on_row(symbol, trade.map_err(|reason| Skip { time, reason }));
             Ok(())
         };
         if sql {
@@ -576,7 +571,7 @@ impl InfluxClient {
         }
         let v = self
             .query_json(&format!(
-                "SELECT count(price) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY time(1m), symbol fill(none)",
+                "SELECT count(price) FROM {} WHERE {} AND {VALID_TRADE_CONDITION} AND time >= {} AND time < {} GROUP BY time(1m), symbol fill(none)",
                 self.source(Stored::Trades),
                 symbol_set_condition(symbols),
                 range.start,
@@ -655,6 +650,33 @@ impl InfluxClient {
         .map(|_| ())
     }
 }
+
+/// Price, amount and side of a trade row (columns `p`, `a`, `side`), or why
+/// the row cannot make a trade. The one row rule of every read of trades.
+fn trade_of_row(
+    row: &super::decode::Row<'_>,
+    p: usize,
+    a: usize,
+    side: usize,
+) -> Result<(f64, f64, Side), SkipReason> {
+    let price = row.number(p).ok_or(SkipReason::MissingPrice)?;
+    let amount = row.number(a).ok_or(SkipReason::MissingAmount)?;
+    let price = check_value(price.map_err(|()| SkipReason::NotANumber)?)?;
+    let amount = check_value(amount.map_err(|()| SkipReason::NotANumber)?)?;
+    let side = match row.bytes(side) {
+        Some(b"buy") => Side::Buy,
+        Some(b"sell") => Side::Sell,
+        _ => return Err(SkipReason::UnknownSide),
+    };
+    Ok((price, amount, side))
+}
+
+/// The InfluxQL condition that selects exactly the rows [`trade_of_row`]
+/// makes trades of, so that counting trades in InfluxDB agrees with reading
+/// them (a row skipped when read must not count as a trade missing from its
+/// candle). A text price compares false. InfluxQL has no exponent notation:
+/// the bound is spelled out.
+pub const VALID_TRADE_CONDITION: &str = "price > 0 AND price <= 1000000000000000 AND amount > 0 AND amount <= 1000000000000000 AND (side = 'buy' OR side = 'sell')";
 
 /// An InfluxQL condition selecting a set of symbols: `symbol =~ /^(?:A|B)$/`.
 /// Symbols are validated (`[A-Za-z0-9._:-]`) before they reach here; every
@@ -781,6 +803,17 @@ mod tests {
         assert_eq!(
             lookback_windows(i64::MIN, now).collect::<Vec<_>>(),
             [(None, i64::MIN)]
+        );
+    }
+
+    #[test]
+    fn the_count_of_trades_bounds_values_as_reading_does() {
+        let bound = format!("{:.0}", crate::candle::MAX_TRADE_VALUE);
+        assert_eq!(
+            VALID_TRADE_CONDITION
+                .matches(&format!("<= {bound} "))
+                .count(),
+            2
         );
     }
 

@@ -528,7 +528,10 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
     let n = app
         .influx
         .stream_trades_of(&both, from..to, |symbol, t| {
-            many.push((symbol.to_string(), as_row(&t)))
+            many.push((
+                symbol.to_string(),
+                as_row(&t.expect("every generated row is a trade")),
+            ))
         })
         .await
         .unwrap();
