@@ -28,8 +28,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
 }
 
-/// InfluxDB connection settings.
-#[derive(Debug, Clone, Deserialize)]
+/// InfluxDB connection settings. `Debug` shows the URL without its password.
+#[derive(Clone, Deserialize)]
 pub struct InfluxSettings {
     /// Base URL, e.g. `http://127.0.0.1:8086`.
     pub url: String,
@@ -40,9 +40,9 @@ pub struct InfluxSettings {
     /// 1.x user name (basic auth); empty for none.
     pub username: String,
     /// 1.x password.
-    pub password: String,
+    pub password: Secret,
     /// 2.x/3.x API token; takes priority over username/password.
-    pub token: String,
+    pub token: Secret,
     /// Whole-request timeout in seconds.
     pub timeout_secs: u64,
     /// TCP connect timeout in seconds.
@@ -130,8 +130,8 @@ impl InfluxSettings {
     }
 }
 
-/// Progress store settings.
-#[derive(Debug, Clone, Deserialize)]
+/// Progress store settings. `Debug` shows the URL without its password.
+#[derive(Clone, Deserialize)]
 pub struct ProgressSettings {
     /// Progress database: a SQLite URL or path (`sqlite://ohlcd.db`) or a
     /// PostgreSQL URL (`postgres://user:pass@host/db`) shared by several hosts.
@@ -208,6 +208,24 @@ pub struct ServerSettings {
     pub max_streams: usize,
 }
 
+/// `url` with the password of its userinfo, if any, replaced by `***`: the
+/// one way a configured URL is printed (messages, logs, `Debug`).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL we can take apart: show only up to its host's start.
+        Err(_) if url.contains('@') => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***"),
+            None => "***".to_string(),
+        },
+        Err(_) => url.to_string(),
+    }
+}
+
 /// A credential: compared, never printed. `Debug` says only whether it is set.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -237,6 +255,36 @@ impl std::fmt::Debug for Secret {
         } else {
             "Secret(<unset>)"
         })
+    }
+}
+
+impl std::fmt::Debug for InfluxSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxSettings")
+            .field("url", &redact_url(&self.url))
+            .field("database", &self.database)
+            .field("retention_policy", &self.retention_policy)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("token", &self.token)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("retries", &self.retries)
+            .field("query_chunk_size", &self.query_chunk_size)
+            .field("write_batch", &self.write_batch)
+            .field("read_format", &self.read_format)
+            .field("no_sync", &self.no_sync)
+            .field("retention", &self.retention)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ProgressSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressSettings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("lease_secs", &self.lease_secs)
+            .finish()
     }
 }
 
@@ -492,7 +540,7 @@ impl Settings {
         if !(self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
             return bad(format!(
                 "influx.url must start with http:// or https://, got {:?}",
-                self.influx.url
+                redact_url(&self.influx.url)
             ));
         }
         if !["auto", "msgpack", "csv"].contains(&self.influx.read_format.as_str()) {
@@ -617,8 +665,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                s.influx.password.as_str(),
-                s.influx.token.as_str(),
+                s.influx.password.expose(),
+                s.influx.token.expose(),
                 s.influx.username.as_str()
             ),
             ("00123", numeric, "007")

@@ -579,26 +579,43 @@ pub async fn api_progress(state: AppState) -> Result<impl Reply, Rejection> {
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
-    influx: String,
-    sqlite: String,
+    influx: &'static str,
+    store: &'static str,
+    failed_symbols: u64,
 }
 
-/// `GET /healthz`: 200 when InfluxDB (database included) and SQLite answer, else 503.
+/// `GET /healthz`, public: `ok` (200), `degraded` (200: some symbols failed
+/// their last run; how many is `failed_symbols`) or `unhealthy` (503:
+/// InfluxDB, its database included, or the progress store does not answer).
+/// Degraded stays 200 because a symbol fails for its data, which every
+/// daemon shares: a 503 would take every daemon out of a load balancer and
+/// stop the charts of the healthy symbols too. Says up or down, never where:
+/// the reason goes to the log.
 pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
     // A health check must answer quickly even when InfluxDB hangs.
-    let influx = match state.influx.fail_fast(2, 0).check_database().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
+    let influx = state.influx.fail_fast(2, 0).check_database().await;
+    let store = state.store.ping().await;
+    let failing = match &store {
+        Ok(()) => state.store.failing_symbols().await.unwrap_or(0),
+        Err(_) => 0,
     };
-    let sqlite = match state.store.ping().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let healthy = influx == "ok" && sqlite == "ok";
+    let up = |ok: bool| if ok { "ok" } else { "down" };
+    let healthy = influx.is_ok() && store.is_ok();
+    if let Err(e) = &influx {
+        tracing::debug!(error = %e, "health: InfluxDB down");
+    }
+    if let Err(e) = &store {
+        tracing::debug!(error = %e, "health: progress store down");
+    }
     let body = Health {
-        status: if healthy { "ok" } else { "unhealthy" },
-        influx,
-        sqlite,
+        status: match (healthy, failing) {
+            (false, _) => "unhealthy",
+            (true, 0) => "ok",
+            (true, _) => "degraded",
+        },
+        influx: up(influx.is_ok()),
+        store: up(store.is_ok()),
+        failed_symbols: failing,
     };
     let status = if healthy {
         StatusCode::OK

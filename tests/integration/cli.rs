@@ -282,7 +282,7 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
     assert_eq!(health.status(), 200);
     let body: Value = health.json().await.unwrap();
     assert_eq!(
-        (body["influx"].as_str(), body["sqlite"].as_str()),
+        (body["influx"].as_str(), body["store"].as_str()),
         (Some("ok"), Some("ok"))
     );
     let sum: Value = http
