@@ -543,9 +543,10 @@ fn post_corpus() -> Vec<Req> {
         ),
         ("text/plain", "BTCUSD,42000.5,0.25,buy,1704196800000".into()),
     ] {
+        // Anything but JSON is refused before its body is read.
         c.push(Req {
             content_type: Some(ct),
-            ..post_json(body, 400)
+            ..post_json(body, 415)
         });
     }
     let utf16: Vec<u8> = whole.encode_utf16().flat_map(u16::to_le_bytes).collect();

@@ -239,7 +239,13 @@ pub async fn serve_filter<F, R>(
         let service = warp::service(filter.clone());
         let body_timeout = limits.body_timeout;
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let req = req.map(|body| DeadlineBody::new(body, body_timeout));
+            let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
+            // HEAD is GET without the body (load balancers and uptime checks
+            // use it): every GET route answers it. hyper still knows the
+            // request was HEAD and sends the headers only.
+            if req.method() == hyper::Method::HEAD {
+                *req.method_mut() = hyper::Method::GET;
+            }
             tower_service::Service::call(&mut service.clone(), req)
         });
         let conn =

@@ -363,6 +363,32 @@ fn cors(origins: &[String]) -> warp::cors::Cors {
         .build()
 }
 
+/// Passes only a body declared as JSON (`application/json`, parameters
+/// allowed), else 415: a cheap layer against cross-site form posts, which
+/// cannot send that type without a preflight.
+fn json_content() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|ct: Option<String>| async move {
+            let essence = ct
+                .as_deref()
+                .and_then(|v| v.split(';').next())
+                .map(|v| v.trim().to_ascii_lowercase());
+            if essence.as_deref() == Some("application/json") {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError {
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    message: format!(
+                        "POST /api/trades takes Content-Type: application/json, got {}",
+                        ct.map_or_else(|| "none".to_string(), |v| format!("{v:?}"))
+                    ),
+                    udf: false,
+                }))
+            }
+        })
+        .untuple_one()
+}
+
 /// Passes when `enabled`, else behaves like an unknown path.
 fn only_if(enabled: bool) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::any()
@@ -442,6 +468,7 @@ pub fn routes(
         .and(warp::post())
         // Credentials before the body: a refused client cannot make us read it.
         .and(write)
+        .and(json_content())
         .and(body(state.server.max_body_bytes))
         .and(with_state(state.clone()))
         .and_then(handlers::api_trades_post);
@@ -506,6 +533,9 @@ pub fn routes(
         .or(static_files)
         .or(chart_lib)
         .recover(recover)
+        // Answers differ by Origin (CORS): a shared cache must not hand one
+        // origin's answer to another.
+        .with(warp::reply::with::header("vary", "origin"))
         .with(warp::log::custom(metrics::record_request))
 }
 
