@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
 use ohlcd::clock::ManualClock;
@@ -563,7 +563,7 @@ impl TestApp {
 
 /// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
 /// obvious way.
-fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
     let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
     for t in raw {
         windows.entry(window_of(t.0)).or_default().push(*t);
@@ -689,4 +689,84 @@ pub fn naive_month_start(t: i64) -> i64 {
         .and_utc()
         .timestamp_nanos_opt()
         .unwrap()
+}
+
+/// `ohlcd run` with extra environment, listening on `listen`, its stdout and
+/// stderr going to one file (a pipe nobody reads would fill up and block it).
+pub struct Daemon {
+    /// The `ohlcd run` process.
+    pub child: Child,
+    /// Where it writes stdout and stderr.
+    pub log: std::path::PathBuf,
+}
+
+pub fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
+    let log = app
+        .dir
+        .path()
+        .join(format!("ohlcd-{}.log", listen.replace(':', "_")));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd: Command = app.ohlcd();
+    cmd.arg("run")
+        .env("OHLCD_SERVER__LISTEN", listen)
+        .env(
+            "OHLCD_SERVER__WEB_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/web"),
+        )
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Daemon {
+        child: cmd.spawn().unwrap(),
+        log,
+    }
+}
+
+impl Daemon {
+    /// Waits until its `/healthz` at `url` answers 200 (30 s at most).
+    pub async fn wait_healthy(&mut self, url: &str) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{url}/healthz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ohlcd run exited early with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ohlcd run did not get healthy in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then everything the daemon printed.
+    pub async fn stop(mut self) -> String {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait();
+            (status, self.log)
+        })
+        .await
+        .unwrap();
+        let log = std::fs::read_to_string(&status.1).unwrap();
+        assert!(status.0.unwrap().success(), "ohlcd run failed: {log}");
+        log
+    }
 }

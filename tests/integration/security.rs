@@ -4,7 +4,6 @@
 //! measured in the same test, never against absolute times.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, free_port, rss_kib, t};
+use crate::helpers::{TestApp, daemon, free_port, rss_kib, t};
 
 const FROM: &str = "2024-01-01T00:00:00Z";
 const TO: &str = "2024-01-03T00:00:00Z";
@@ -286,41 +285,11 @@ async fn off_loopback_without_a_token_writing_is_refused_and_says_how_to_enable_
     assert_eq!(app.snapshot().await, before);
     let a = send(
         http.post(format!("{}/api/trades", local.url))
+            .header("content-type", "application/json")
             .body(trades_body()),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.all());
-}
-
-/// `ohlcd run` with extra environment, listening on `listen`, its stdout and
-/// stderr going to one file (a pipe nobody reads would fill up and block it).
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
-    let log = app
-        .dir
-        .path()
-        .join(format!("ohlcd-{}.log", listen.replace(':', "_")));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd: Command = app.ohlcd();
-    cmd.arg("run")
-        .env("OHLCD_SERVER__LISTEN", listen)
-        .env(
-            "OHLCD_SERVER__WEB_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/web"),
-        )
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Daemon {
-        child: cmd.spawn().unwrap(),
-        log,
-    }
 }
 
 /// What a write through the API would change, leaving out what a running
@@ -335,52 +304,6 @@ async fn written(app: &TestApp) -> Vec<String> {
         })
         .filter(|l| !l.starts_with("ohlc_"))
         .collect()
-}
-
-impl Daemon {
-    async fn wait_healthy(&mut self, url: &str) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{url}/healthz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "ohlcd run exited early with {status}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ohlcd run did not get healthy in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM, then everything the daemon printed.
-    async fn stop(mut self) -> String {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let status = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (status, self.log)
-        })
-        .await
-        .unwrap();
-        let log = std::fs::read_to_string(&status.1).unwrap();
-        assert!(status.0.unwrap().success(), "ohlcd run failed: {log}");
-        log
-    }
 }
 
 #[tokio::test]
