@@ -21,7 +21,7 @@ use crate::times::{parse_time_arg, to_rfc3339};
 
 /// ohlcd: turns raw trades in InfluxDB into OHLC candles.
 #[derive(Debug, Parser)]
-#[command(name = "ohlcd", version, about)]
+#[command(name = "ohlcd", version = crate::build_info::VERSION_LINE, about)]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]

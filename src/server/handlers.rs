@@ -581,6 +581,8 @@ struct Health {
     status: &'static str,
     influx: String,
     sqlite: String,
+    version: &'static str,
+    commit: &'static str,
 }
 
 /// `GET /healthz`: 200 when InfluxDB (database included) and SQLite answer, else 503.
@@ -599,6 +601,8 @@ pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
         status: if healthy { "ok" } else { "unhealthy" },
         influx,
         sqlite,
+        version: crate::build_info::VERSION,
+        commit: crate::build_info::COMMIT,
     };
     let status = if healthy {
         StatusCode::OK
