@@ -299,6 +299,9 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
+    for watcher in watchers {
+        watcher.abort();
+    }
     engine.store().close().await;
     tracing::info!("stopped");
     Ok(())
@@ -537,24 +540,41 @@ fn symbol_list(symbols: &[String]) -> String {
 async fn cmd_generate_live(
     settings: Settings,
     symbols: Vec<String>,
-    rate: f64,
+    rate: Option<f64>,
     seed: u64,
     url: Option<String>,
 ) -> anyhow::Result<()> {
     for s in &symbols {
         validate_symbol(s).map_err(anyhow::Error::msg)?;
     }
-    if !(rate > 0.0 && rate <= 100_000.0) {
+    if let Some(rate) = rate
+        && !(rate > 0.0 && rate <= 100_000.0)
+    {
         bail!("--rate must be between 0 and 100000 trades per second, got {rate}");
     }
     let influx = InfluxClient::new(&settings.influx)?;
     let now = SystemClock.now();
     let mut start = Vec::new();
+    let mut day_counts = Vec::new();
     for s in &symbols {
         // Continue the stored walk; a fresh symbol (or an unreachable InfluxDB) starts anew.
         let last = influx.last_trade_before(s, now).await.ok().flatten();
         start.push((s.clone(), last.map(|(_, price)| price)));
+        if rate.is_none()
+            && let Some((at, _)) = last
+        {
+            let day = at + 1 - crate::candle::NANOS_PER_DAY..at + 1;
+            let counts = influx.count_trades_of(std::slice::from_ref(s), day).await;
+            day_counts.push(counts.ok().and_then(|c| c.get(s).copied()).unwrap_or(0));
+        }
     }
+    let (rate, why) = match rate {
+        Some(rate) => (rate, "--rate"),
+        None => match crate::generate::history_rate(&day_counts) {
+            Some(rate) => (rate.min(100_000.0), "the stored history's density"),
+            None => (1.0, "no stored history"),
+        },
+    };
     let mut walk = crate::generate::LiveWalk::new(start, seed);
     let base = url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
     let endpoint = format!("{}/api/trades", base.trim_end_matches('/'));
