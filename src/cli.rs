@@ -88,9 +88,12 @@ pub enum Command {
         /// (with `server.ingest_token` as the Bearer token when set).
         #[arg(long, conflicts_with_all = ["from", "to", "trades"])]
         live: bool,
-        /// Live trades per second over all symbols.
-        #[arg(long, default_value_t = 50.0, requires = "live")]
-        rate: f64,
+        /// Live trades per second over all symbols. Default: the density of
+        /// the stored history (the trades of the day before each symbol's
+        /// last trade), so live bars look like the bars before them; 1 per
+        /// second when there is no history.
+        #[arg(long, requires = "live")]
+        rate: Option<f64>,
         /// The daemon to post to (default: http:// + server.listen).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
@@ -242,6 +245,19 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         &settings,
     );
     crate::server::metrics::handle();
+    // What the alert rules read besides the counters, and the log's
+    // request summary (each request alone is logged at debug).
+    let mut watchers = vec![tokio::spawn(crate::server::metrics::watch_dependencies(
+        state.influx.clone(),
+        state.store.clone(),
+    ))];
+    if settings.server.request_summary_secs > 0 {
+        watchers.push(tokio::spawn(
+            crate::server::metrics::log_request_summaries(Duration::from_secs(
+                settings.server.request_summary_secs,
+            )),
+        ));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_server = if settings.server.metrics_listen.is_empty() {
         None
@@ -585,7 +601,7 @@ async fn cmd_generate_live(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    eprintln!("posting about {rate} trades/s to {endpoint} until Ctrl-C");
+    eprintln!("posting about {rate:.3} trades/s ({why}) to {endpoint} until Ctrl-C");
     let (mut due, mut posted, mut failures) = (0.0f64, 0u64, 0u64);
     loop {
         tokio::select! {
