@@ -252,11 +252,9 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         state.store.clone(),
     ))];
     if settings.server.request_summary_secs > 0 {
-        watchers.push(tokio::spawn(
-            crate::server::metrics::log_request_summaries(Duration::from_secs(
-                settings.server.request_summary_secs,
-            )),
-        ));
+        watchers.push(tokio::spawn(crate::server::metrics::log_request_summaries(
+            Duration::from_secs(settings.server.request_summary_secs),
+        )));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_server = if settings.server.metrics_listen.is_empty() {

@@ -448,7 +448,10 @@ mod tests {
             .collect();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let ratio = mean(&live) / mean(&history);
-        assert!((0.9..1.1).contains(&ratio), "live/history mean amount {ratio}");
+        assert!(
+            (0.9..1.1).contains(&ratio),
+            "live/history mean amount {ratio}"
+        );
     }
 
     #[test]
@@ -456,6 +459,9 @@ mod tests {
         assert_eq!(history_rate(&[]), None);
         assert_eq!(history_rate(&[0, 0]), None);
         assert_eq!(history_rate(&[86_400]), Some(1.0));
-        assert_eq!(history_rate(&[11_111, 11_111, 11_112]), Some(33_334.0 / 86_400.0));
+        assert_eq!(
+            history_rate(&[11_111, 11_111, 11_112]),
+            Some(33_334.0 / 86_400.0)
+        );
     }
 }
