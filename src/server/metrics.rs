@@ -243,7 +243,7 @@ impl RequestWindow {
     /// The summary of the requests counted so far, and an empty window
     /// again; `None` if there were none.
     pub fn take(&mut self) -> Option<RequestSummary> {
-        let window = std::mem::replace(self, RequestWindow::new());
+        let window = std::mem::take(self);
         if window.requests == 0 {
             return None;
         }
