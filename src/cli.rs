@@ -21,7 +21,7 @@ use crate::times::{parse_time_arg, to_rfc3339};
 
 /// ohlcd: turns raw trades in InfluxDB into OHLC candles.
 #[derive(Debug, Parser)]
-#[command(name = "ohlcd", version, about)]
+#[command(name = "ohlcd", version = crate::build_info::VERSION_LINE, about)]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
@@ -88,9 +88,12 @@ pub enum Command {
         /// (with `server.ingest_token` as the Bearer token when set).
         #[arg(long, conflicts_with_all = ["from", "to", "trades"])]
         live: bool,
-        /// Live trades per second over all symbols.
-        #[arg(long, default_value_t = 50.0, requires = "live")]
-        rate: f64,
+        /// Live trades per second over all symbols. Default: the density of
+        /// the stored history (the trades of the day before each symbol's
+        /// last trade), so live bars look like the bars before them; 1 per
+        /// second when there is no history.
+        #[arg(long, requires = "live")]
+        rate: Option<f64>,
         /// The daemon to post to (default: http:// + server.listen).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
@@ -242,6 +245,17 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         &settings,
     );
     crate::server::metrics::handle();
+    // What the alert rules read besides the counters, and the log's
+    // request summary (each request alone is logged at debug).
+    let mut watchers = vec![tokio::spawn(crate::server::metrics::watch_dependencies(
+        state.influx.clone(),
+        state.store.clone(),
+    ))];
+    if settings.server.request_summary_secs > 0 {
+        watchers.push(tokio::spawn(crate::server::metrics::log_request_summaries(
+            Duration::from_secs(settings.server.request_summary_secs),
+        )));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_server = if settings.server.metrics_listen.is_empty() {
         None
@@ -298,6 +312,9 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     let _ = server.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
+    }
+    for watcher in watchers {
+        watcher.abort();
     }
     engine.store().close().await;
     tracing::info!("stopped");
@@ -542,24 +559,41 @@ fn symbol_list(symbols: &[String]) -> String {
 async fn cmd_generate_live(
     settings: Settings,
     symbols: Vec<String>,
-    rate: f64,
+    rate: Option<f64>,
     seed: u64,
     url: Option<String>,
 ) -> anyhow::Result<()> {
     for s in &symbols {
         validate_symbol(s).map_err(anyhow::Error::msg)?;
     }
-    if !(rate > 0.0 && rate <= 100_000.0) {
+    if let Some(rate) = rate
+        && !(rate > 0.0 && rate <= 100_000.0)
+    {
         bail!("--rate must be between 0 and 100000 trades per second, got {rate}");
     }
     let influx = InfluxClient::new(&settings.influx)?;
     let now = SystemClock.now();
     let mut start = Vec::new();
+    let mut day_counts = Vec::new();
     for s in &symbols {
         // Continue the stored walk; a fresh symbol (or an unreachable InfluxDB) starts anew.
         let last = influx.last_trade_before(s, now).await.ok().flatten();
         start.push((s.clone(), last.map(|(_, price)| price)));
+        if rate.is_none()
+            && let Some((at, _)) = last
+        {
+            let day = at + 1 - crate::candle::NANOS_PER_DAY..at + 1;
+            let counts = influx.count_trades_of(std::slice::from_ref(s), day).await;
+            day_counts.push(counts.ok().and_then(|c| c.get(s).copied()).unwrap_or(0));
+        }
     }
+    let (rate, why) = match rate {
+        Some(rate) => (rate, "--rate"),
+        None => match crate::generate::history_rate(&day_counts) {
+            Some(rate) => (rate.min(100_000.0), "the stored history's density"),
+            None => (1.0, "no stored history"),
+        },
+    };
     let mut walk = crate::generate::LiveWalk::new(start, seed);
     let base = url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
     let endpoint = format!("{}/api/trades", base.trim_end_matches('/'));
@@ -570,7 +604,7 @@ async fn cmd_generate_live(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    eprintln!("posting about {rate} trades/s to {endpoint} until Ctrl-C");
+    eprintln!("posting about {rate:.3} trades/s ({why}) to {endpoint} until Ctrl-C");
     let (mut due, mut posted, mut failures) = (0.0f64, 0u64, 0u64);
     loop {
         tokio::select! {

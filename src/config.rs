@@ -206,6 +206,9 @@ pub struct ServerSettings {
     pub queue_timeout_secs: u64,
     /// Most live-bar streams (`GET /api/live`) open at once.
     pub max_streams: usize,
+    /// Seconds between the INFO lines summing up the requests served
+    /// (count, errors, p99); 0: none. Each request is logged at debug.
+    pub request_summary_secs: u64,
 }
 
 /// `url` with the password of its userinfo, if any, replaced by `***`: the

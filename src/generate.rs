@@ -62,6 +62,20 @@ impl GenerateSpec {
 }
 
 const DAILY_VOLATILITY: f64 = 0.03;
+
+/// Trade sizes, history and live alike (median 0.05): a live bar's volume
+/// then matches the history's bars when the live rate matches its density.
+fn trade_amounts() -> LogNormal<f64> {
+    LogNormal::new((0.05f64).ln(), 1.2).expect("valid log-normal")
+}
+
+/// The live rate, trades per second over all symbols, that continues a
+/// history at its density: `day_counts` holds each symbol's trades in the
+/// day before its last trade. `None` when no symbol has any.
+pub fn history_rate(day_counts: &[u64]) -> Option<f64> {
+    let total: u64 = day_counts.iter().sum();
+    (total > 0).then(|| total as f64 / (NANOS_PER_DAY / 1_000_000_000) as f64)
+}
 const MS_PER_DAY: f64 = (NANOS_PER_DAY / 1_000_000) as f64;
 
 /// An endless-until-`n` iterator of one symbol's trades, in time order.
@@ -128,7 +142,7 @@ impl SymbolWalk {
             decimals,
             last_price: price,
             last_ms: from_ms,
-            amounts: LogNormal::new((0.05f64).ln(), 1.2).expect("valid log-normal"),
+            amounts: trade_amounts(),
         }
     }
 
@@ -254,7 +268,7 @@ impl LiveWalk {
         LiveWalk {
             symbols,
             rng,
-            amounts: LogNormal::new(-1.0, 1.0).expect("valid parameters"),
+            amounts: trade_amounts(),
             last_ms: 0,
             seq: 0,
         }
@@ -416,5 +430,38 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), trades.len());
+    }
+
+    #[test]
+    fn live_trades_are_the_size_of_history_trades() {
+        // Mean amount per trade, history against live, 20,000 trades each:
+        // at equal rates a live bar then holds the volume of a history bar.
+        let s = GenerateSpec {
+            trades: 20_000,
+            ..spec(9)
+        };
+        let history: Vec<f64> = Generator::new(&s).map(|t| t.amount).collect();
+        let mut walk = LiveWalk::new(vec![("BTCUSD".into(), Some(41_000.0))], 9);
+        let live: Vec<f64> = (0..200)
+            .flat_map(|k| walk.trades(1_700_000_000_000 + k * 200, 100))
+            .map(|t| t.amount)
+            .collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let ratio = mean(&live) / mean(&history);
+        assert!(
+            (0.9..1.1).contains(&ratio),
+            "live/history mean amount {ratio}"
+        );
+    }
+
+    #[test]
+    fn the_history_rate_is_a_days_trades_per_second() {
+        assert_eq!(history_rate(&[]), None);
+        assert_eq!(history_rate(&[0, 0]), None);
+        assert_eq!(history_rate(&[86_400]), Some(1.0));
+        assert_eq!(
+            history_rate(&[11_111, 11_111, 11_112]),
+            Some(33_334.0 / 86_400.0)
+        );
     }
 }

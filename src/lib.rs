@@ -21,10 +21,12 @@
 //! - [`scheduler`]: cron trigger for the engine.
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
+//! - [`build_info`]: version and git commit of the binary.
 //! - [`cli`]: the `ohlcd` command line.
 //! - [`testkit`]: test and benchmark support (a throwaway `influxd`); not used
 //!   by the daemon.
 
+pub mod build_info;
 pub mod candle;
 pub mod chart;
 pub mod cli;

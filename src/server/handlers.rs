@@ -582,6 +582,8 @@ struct Health {
     influx: &'static str,
     store: &'static str,
     failed_symbols: u64,
+    version: &'static str,
+    commit: &'static str,
 }
 
 /// `GET /healthz`, public: `ok` (200), `degraded` (200: some symbols failed
@@ -616,6 +618,8 @@ pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
         influx: up(influx.is_ok()),
         store: up(store.is_ok()),
         failed_symbols: failing,
+        version: crate::build_info::VERSION,
+        commit: crate::build_info::COMMIT,
     };
     let status = if healthy {
         StatusCode::OK

@@ -10,6 +10,7 @@ mod faults;
 mod helpers;
 mod http;
 mod ingest;
+mod ops;
 mod poison;
 mod protocol;
 mod push;
