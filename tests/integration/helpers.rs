@@ -759,14 +759,24 @@ impl Daemon {
             .status()
             .unwrap();
         assert!(ok.success());
-        let status = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (status, self.log)
-        })
-        .await
-        .unwrap();
-        let log = std::fs::read_to_string(&status.1).unwrap();
-        assert!(status.0.unwrap().success(), "ohlcd run failed: {log}");
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "ohlcd run failed: {log}");
         log
+    }
+}
+
+/// A daemon a failing test leaves behind is killed, not left running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
