@@ -612,7 +612,10 @@ async fn every_dashboard_query_names_served_metrics_and_answers_in_a_real_promet
         .into_iter()
         .filter(|n| !served.contains(n))
         .collect();
-    assert!(missing.is_empty(), "rules query {missing:?}, not served: {served:?}");
+    assert!(
+        missing.is_empty(),
+        "rules query {missing:?}, not served: {served:?}"
+    );
 
     // Each query in a real Prometheus scraping that daemon: valid PromQL,
     // and an answer (Grafana's variables at "All", its rate interval at 1m).
