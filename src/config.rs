@@ -708,7 +708,11 @@ mod tests {
         assert_eq!(zones.for_symbol("XRPUSD").name(), "Etc/UTC");
         for (key, value, named) in [
             ("OHLCD_DATAFEED__TIMEZONE", "Hong Kong", "datafeed.timezone"),
-            ("OHLCD_DATAFEED__SYMBOL_TIMEZONES", "BTCUSD=Mars/Base", "symbol_timezones.BTCUSD"),
+            (
+                "OHLCD_DATAFEED__SYMBOL_TIMEZONES",
+                "BTCUSD=Mars/Base",
+                "symbol_timezones.BTCUSD",
+            ),
             ("OHLCD_DATAFEED__SYMBOL_TIMEZONES", "BTCUSD", "SYMBOL=ZONE"),
         ] {
             let err = Settings::load_with_env(None, env(&[(key, value)]))

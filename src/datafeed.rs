@@ -31,7 +31,9 @@ use crate::influx::{InfluxClient, InfluxError, Keep, Stored};
 use crate::progress::{ProgressError, ProgressStore, ServingState};
 
 mod cache;
+mod quote;
 pub use cache::{CacheSettings, CandleCache, Lookup, Series};
+pub use quote::Quote;
 
 /// Errors while serving candles.
 #[derive(Debug, thiserror::Error)]
