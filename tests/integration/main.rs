@@ -17,3 +17,4 @@ mod retention;
 mod scale_out;
 mod secrets;
 mod security;
+mod zones;
