@@ -343,7 +343,7 @@ async fn check_bars(
         if v["s"] != "ok" {
             bail!("GET {url} answered {v}");
         }
-        let q = influx_query(&symbol, interval, len, b.to);
+        let q = influx_query(&symbol, &interval, len, b.to);
         let want = b
             .influx
             .query_json(&q)
