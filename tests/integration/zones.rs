@@ -278,8 +278,12 @@ fn windows_of_random_zones_and_instants_match_zoneinfo() {
     use proptest::test_runner::TestRunner;
     let zones = chrono_tz::TZ_VARIANTS;
     let res = proptest::prop_oneof![
-        proptest::sample::select(vec![1u32, 5, 15, 30, 45, 60, 90, 120, 240, 360, 720, 1440])
-            .prop_map(ChartResolution::Minutes),
+        // Lengths dividing a day, and some that do not (a short last bar
+        // every day).
+        proptest::sample::select(vec![
+            1u32, 5, 7, 15, 25, 30, 45, 60, 90, 100, 120, 240, 360, 720, 1000, 1440
+        ])
+        .prop_map(ChartResolution::Minutes),
         (1u32..=3).prop_map(ChartResolution::Days),
         (1u32..=2).prop_map(ChartResolution::Weeks),
         (1u32..=3).prop_map(ChartResolution::Months),

@@ -206,6 +206,9 @@ pub struct Args {
     /// IANA zone (`datafeed.timezone`).
     #[arg(long, value_name = "ZONE")]
     serve_tz: Option<String>,
+    /// Serving shape: ask for the bars before the data's end instead of now.
+    #[arg(long)]
+    serve_at_end: bool,
     /// Push shape: `ohlcd run` holding N live-bar streams (GET /api/live) open
     /// while trades flow; ohlcd's memory and the push latency.
     #[arg(long, value_name = "N", conflicts_with_all = ["live", "serve"])]

@@ -17,6 +17,8 @@
 //! `--serve-split` loads each resolution of the mix alone (one row each, side
 //! by side), and `--serve-tz ZONE` then runs the same loads on a daemon whose
 //! bars are counted in ZONE (`datafeed.timezone`), beside UTC.
+//! `--serve-at-end` asks for the bars before the data's end instead of now:
+//! a chart on the newest trades, where seconds bars have trades.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -209,10 +211,11 @@ async fn load_daemon(
                 "load: {c} workers on ohlcd, {label}, for {} s ...",
                 b.args.serve_secs
             );
+            let at_end = b.args.serve_at_end.then_some(b.to / NS);
             let ohlcd = load(b, c, part, |sym, udf, _, _| {
+                let to = at_end.unwrap_or_else(|| chrono::Utc::now().timestamp());
                 let url = format!(
-                    "{base}/udf/history?symbol={sym}&resolution={udf}&to={}&countback={COUNTBACK}",
-                    chrono::Utc::now().timestamp()
+                    "{base}/udf/history?symbol={sym}&resolution={udf}&to={to}&countback={COUNTBACK}"
                 );
                 let client = client.clone();
                 async move {
@@ -410,7 +413,12 @@ pub fn rows(b: &Bench, s: &ServeResult, rows: &mut Vec<Row>) {
         rows,
         "request mix",
         format!(
-            "/udf/history countback={COUNTBACK} to=now, resolutions {}, symbols in turn, {} s per level",
+            "/udf/history countback={COUNTBACK} to={}, resolutions {}, symbols in turn, {} s per level",
+            if b.args.serve_at_end {
+                "the data's end"
+            } else {
+                "now"
+            },
             b.args.serve_mix.join(" "),
             b.args.serve_secs
         ),
