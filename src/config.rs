@@ -439,6 +439,50 @@ pub struct DatafeedSettings {
     /// How long the cached raw tail (the open bar) is reused at most, ms.
     #[serde(default = "default_tail_ttl_ms")]
     pub tail_ttl_ms: u64,
+    /// IANA zone the bars of every symbol are counted in (local midnights).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Per-symbol zones: a table `symbol = "zone"`, or in the environment
+    /// `BTCUSD=Asia/Hong_Kong,ETHUSD=Europe/London`.
+    #[serde(default)]
+    pub symbol_timezones: SymbolZones,
+}
+
+fn default_timezone() -> String {
+    "Etc/UTC".to_string()
+}
+
+/// `datafeed.symbol_timezones`: a TOML table, or `SYMBOL=ZONE,...` text (the
+/// environment's form: config keys are lowercased, symbols are not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SymbolZones(pub std::collections::BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for SymbolZones {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Table(std::collections::BTreeMap<String, String>),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Table(t) => Ok(SymbolZones(t)),
+            Form::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((symbol, zone)) if !symbol.trim().is_empty() => {
+                        Ok((symbol.trim().to_string(), zone.trim().to_string()))
+                    }
+                    _ => Err(serde::de::Error::custom(format!(
+                        "datafeed.symbol_timezones: {pair:?} is not SYMBOL=ZONE"
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(SymbolZones),
+        }
+    }
 }
 
 fn default_cache_max_bytes() -> u64 {
@@ -454,6 +498,11 @@ fn default_tail_ttl_ms() -> u64 {
 }
 
 impl DatafeedSettings {
+    /// The zones bars are counted in (checked at load).
+    pub fn zones(&self) -> Result<crate::zone::Zones, String> {
+        crate::zone::Zones::parse(&self.timezone, &self.symbol_timezones.0)
+    }
+
     /// The serving cache these settings ask for.
     pub fn cache(&self) -> crate::datafeed::CacheSettings {
         crate::datafeed::CacheSettings {
@@ -582,6 +631,7 @@ impl Settings {
         if self.datafeed.max_bars == 0 || self.datafeed.ohlc_max_bars == 0 {
             return bad("datafeed.max_bars and datafeed.ohlc_max_bars must be > 0".into());
         }
+        self.datafeed.zones().map_err(SettingsError::Value)?;
         self.server.validate()?;
         self.retention.specs().map_err(SettingsError::Value)?;
         Ok(())
@@ -633,6 +683,46 @@ mod tests {
         assert_eq!(s.server.listen, "0.0.0.0:9");
         assert_eq!(s.influx.retries, 7);
         assert_eq!(s.engine.chunk_days, 2);
+    }
+
+    #[test]
+    fn zones_come_from_a_table_or_the_environment_and_bad_names_stop_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[datafeed]\ntimezone = \"Asia/Kolkata\"\n[datafeed.symbol_timezones]\nBTCUSD = \"Asia/Hong_Kong\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[])).unwrap();
+        let zones = s.datafeed.zones().unwrap();
+        assert_eq!(zones.for_symbol("BTCUSD").name(), "Asia/Hong_Kong");
+        assert_eq!(zones.for_symbol("ETHUSD").name(), "Asia/Kolkata");
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "OHLCD_DATAFEED__SYMBOL_TIMEZONES",
+                "BTCUSD=Asia/Hong_Kong, ethUSD=America/New_York",
+            )]),
+        )
+        .unwrap();
+        let zones = s.datafeed.zones().unwrap();
+        assert_eq!(zones.for_symbol("ethUSD").name(), "America/New_York");
+        assert_eq!(zones.for_symbol("XRPUSD").name(), "Etc/UTC");
+        for (key, value, named) in [
+            ("OHLCD_DATAFEED__TIMEZONE", "Hong Kong", "datafeed.timezone"),
+            (
+                "OHLCD_DATAFEED__SYMBOL_TIMEZONES",
+                "BTCUSD=Mars/Base",
+                "symbol_timezones.BTCUSD",
+            ),
+            ("OHLCD_DATAFEED__SYMBOL_TIMEZONES", "BTCUSD", "SYMBOL=ZONE"),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{value}: {err}");
+        }
     }
 
     #[test]

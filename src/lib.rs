@@ -12,7 +12,9 @@
 //!   retention policies per measurement ([`influx::retention`]).
 //! - [`progress`]: SQLite progress store (tasks, symbol leases, watermarks, run
 //!   history).
-//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution.
+//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution,
+//!   gap filling.
+//! - [`zone`]: time zones: local days, weeks, months and intraday windows.
 //! - [`datafeed`]: serving candles at any chart resolution.
 //! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step,
@@ -43,3 +45,4 @@ pub mod scheduler;
 pub mod server;
 pub mod testkit;
 pub mod times;
+pub mod zone;

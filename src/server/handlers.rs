@@ -8,14 +8,17 @@ use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
 use super::models::{
-    self, CandleJson, OhlcResponse, Params, TradeJson, TradesError, count_param, range_params,
-    resolution_param, seconds_param, symbol_param,
+    self, CandleJson, OhlcResponse, Params, TradeJson, TradesError, count_param, fill_param,
+    range_params, required, resolution_param, seconds_param, symbol_param, zone_param,
 };
 use super::{ApiError, AppState};
 use crate::candle::{NANOS_PER_SEC, Resolution};
-use crate::datafeed::{ChartResolution, History, adaptive_resolution};
+use crate::datafeed::{
+    ChartResolution, DatafeedError, History, ZonedResolution, adaptive_resolution,
+};
 use crate::ingest::write_trades;
 use crate::progress::ProgressEntry;
+use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into())
@@ -91,6 +94,16 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
         .await
         .map_err(udf_reject)?;
     let price_decimals = last.map_or(2, |(_, price)| decimals(price).clamp(2, 10));
+    // Seconds multipliers in seconds without the `S`, as TradingView reads them.
+    let seconds: Vec<String> = state
+        .settings
+        .supported_resolutions
+        .iter()
+        .filter_map(|r| match r.parse() {
+            Ok(ChartResolution::Seconds(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect();
     Ok(warp::reply::json(&json!({
         "name": symbol,
         "ticker": symbol,
@@ -98,12 +111,14 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
         "description": symbol,
         "type": "crypto",
         "session": "24x7",
-        "timezone": "Etc/UTC",
+        "timezone": state.zones.for_symbol(&symbol).name(),
         "exchange": state.settings.exchange,
         "listed_exchange": state.settings.exchange,
         "minmov": 1,
         "pricescale": 10u64.pow(price_decimals),
         "has_intraday": true,
+        "has_seconds": !seconds.is_empty(),
+        "seconds_multipliers": seconds,
         "has_daily": true,
         "has_weekly_and_monthly": true,
         "supported_resolutions": state.settings.supported_resolutions,
@@ -137,6 +152,12 @@ pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Reject
 
 /// `GET /udf/history?symbol=&resolution=&from=&to=[&countback=]`: bars at exactly
 /// the requested resolution, `to` exclusive, `countback` before `from`.
+///
+/// Bars are counted in the symbol's zone. A daily, weekly or monthly bar is
+/// stamped with its trading date at 00:00 UTC, as TradingView's library wants
+/// (it shifts the date into the symbol's zone itself), and `from`, `to` and
+/// `countback` are compared with those stamps; other bars carry the instant
+/// they start.
 pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
     strip_exchange(&mut p, "symbol", &state.settings.exchange);
     let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
@@ -162,13 +183,27 @@ pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, R
         .admit(bars)
         .await
         .map_err(warp::reject::custom)?;
+    let zone = state.zones.for_symbol(&symbol);
+    // In UTC a trading date is the instant the bar starts.
+    let dated = res.is_dwm() && !is_utc(zone);
+    let instant = |secs: i64| {
+        let t = secs * NANOS_PER_SEC;
+        if dated { instant_of_stamp(zone, t) } else { t }
+    };
+    let stamp = |t: i64| {
+        if dated {
+            trading_date_stamp(zone, t)
+        } else {
+            t
+        }
+    };
     let history = state
         .datafeed
         .history(
             &symbol,
-            res,
-            from * NANOS_PER_SEC,
-            to * NANOS_PER_SEC,
+            ZonedResolution::new(res, zone),
+            instant(from),
+            instant(to),
             countback,
         )
         .await
@@ -176,9 +211,14 @@ pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, R
     Ok(warp::reply::json(&match history {
         // Serialized straight from the bars (no intermediate JSON tree): this
         // is the hottest answer of a chart backend.
-        History::Bars(bars) => return Ok(udf_bars_reply(&bars)),
+        History::Bars(mut bars) => {
+            if dated {
+                bars.iter_mut().for_each(|b| b.start = stamp(b.start));
+            }
+            return Ok(udf_bars_reply(&bars));
+        }
         History::NoData { next_time: Some(t) } => {
-            json!({"s": "no_data", "nextTime": t / NANOS_PER_SEC})
+            json!({"s": "no_data", "nextTime": stamp(t) / NANOS_PER_SEC})
         }
         History::NoData { next_time: None } => json!({"s": "no_data"}),
     })
@@ -231,16 +271,93 @@ impl serde::Serialize for UdfBars<'_> {
     }
 }
 
+/// Most symbols one `/udf/quotes` request may name.
+const MAX_QUOTES: usize = 100;
+
+/// `GET /udf/quotes?symbols=A,B`: each symbol's last 24 hours, rolling, as the
+/// UDF spec shapes quotes; an unknown symbol gets `s: "error"` alone.
+pub async fn udf_quotes(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    let names: Vec<String> = required(&p, "symbols")
+        .map_err(udf_bad)?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() || names.len() > MAX_QUOTES {
+        return Err(udf_bad(format!(
+            "symbols: name 1 to {MAX_QUOTES} symbols, comma-separated; got {}",
+            names.len()
+        )));
+    }
+    let _slot = state
+        .limits
+        .admit(names.len() as u64)
+        .await
+        .map_err(warp::reject::custom)?;
+    let now = state.clock.now();
+    let exchange = &state.settings.exchange;
+    let quotes = futures_util::future::join_all(names.iter().map(|name| {
+        let symbol = name
+            .strip_prefix(&format!("{exchange}:"))
+            .unwrap_or(name)
+            .to_string();
+        let state = &state;
+        async move {
+            crate::ingest::validate_symbol(&symbol)
+                .map_err(|e| DatafeedError::BadRequest(e.to_string()))?;
+            state
+                .datafeed
+                .quote(&symbol, now)
+                .await
+                .map(|q| (symbol, q))
+        }
+    }))
+    .await;
+    let mut d = Vec::with_capacity(names.len());
+    for (name, quote) in names.iter().zip(quotes) {
+        match quote {
+            Ok((symbol, Some(q))) => d.push(json!({"s": "ok", "n": name, "v": {
+                "lp": q.last,
+                "ch": q.change(),
+                "chp": q.change_percent(),
+                "open_price": q.open,
+                "high_price": q.high,
+                "low_price": q.low,
+                "prev_close_price": q.reference(),
+                "volume": q.volume,
+                "short_name": symbol,
+                "exchange": exchange,
+                "description": symbol,
+            }})),
+            Ok((_, None)) => {
+                d.push(json!({"s": "error", "n": name, "v": {}, "errmsg": "no trades yet"}))
+            }
+            Err(e @ (DatafeedError::UnknownSymbol(_) | DatafeedError::BadRequest(_))) => {
+                d.push(json!({"s": "error", "n": name, "v": {}, "errmsg": e.to_string()}))
+            }
+            // InfluxDB or the store failed: no quote is known to be right.
+            Err(e) => return Err(udf_reject(e)),
+        }
+    }
+    Ok(warp::reply::json(&json!({"s": "ok", "d": d})))
+}
+
 /// `GET /udf/time`: server time, bare Unix seconds.
 pub async fn udf_time(state: AppState) -> Result<impl Reply, Rejection> {
     Ok(now_secs(&state).to_string())
 }
 
-/// `GET /api/ohlc?symbol=&resolution=&from=&to=`: candles for the chart page,
-/// coarsened for long ranges; says which resolution it used.
+/// `GET /api/ohlc?symbol=&resolution=&from=&to=[&tz=][&fill=previous]`:
+/// candles for the chart page, coarsened for long ranges; says which
+/// resolution it used. Bars are counted in `tz` (default: the symbol's zone)
+/// and stamped with the instant they start; `fill=previous` gives a bar for
+/// every window up to now, an empty one flat at the previous close.
 pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
     let symbol = symbol_param(&p, "symbol").map_err(bad)?;
     let requested = resolution_param(&p, "resolution").map_err(bad)?;
+    let zone = zone_param(&p, "tz", state.zones.for_symbol(&symbol)).map_err(bad)?;
+    let fill = fill_param(&p).map_err(bad)?;
     let (from, to) = range_params(&p, now_secs(&state)).map_err(bad)?;
     let range = from * NANOS_PER_SEC..to * NANOS_PER_SEC;
     let res = adaptive_resolution(requested, range.clone(), state.settings.ohlc_max_bars);
@@ -254,18 +371,35 @@ pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejectio
         .require_symbol(&symbol)
         .await
         .map_err(reject)?;
+    let zoned = ZonedResolution::new(res, zone);
     let bars = state
         .datafeed
-        .bars(&symbol, res, range)
+        .bars(&symbol, zoned, range.clone())
         .await
         .map_err(reject)?;
+    let candles = if fill {
+        let bucketing = zoned.bucketing();
+        let before = state
+            .influx
+            .last_trade_before(&symbol, bucketing.ceil(range.start))
+            .await
+            .map_err(reject)?
+            .map(|(_, price)| price);
+        crate::chart::fill_previous(&bars, bucketing, range, before, state.clock.now())
+            .iter()
+            .map(CandleJson::from)
+            .collect()
+    } else {
+        bars.iter().map(CandleJson::from).collect()
+    };
     Ok(warp::reply::json(&OhlcResponse {
         symbol,
         requested_resolution: requested,
         resolution: res,
         from,
         to,
-        candles: bars.iter().map(CandleJson::from).collect(),
+        timezone: zone.name(),
+        candles,
     }))
 }
 
@@ -439,8 +573,10 @@ struct LiveBar {
 /// finds clients that are gone.
 const LIVE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// `GET /api/live?symbol=&resolution=[&since=]`: Server-Sent Events with the
-/// newest bars of `symbol` at `resolution` each time they change. A reconnect
+/// `GET /api/live?symbol=&resolution=[&since=][&tz=]`: Server-Sent Events
+/// with the newest bars of `symbol` at `resolution` (counted in `tz`, default
+/// the symbol's zone; stamped with the instant they start) each time they
+/// change. A reconnect
 /// (`Last-Event-ID`) or `since` (Unix seconds) first sends every bar from that
 /// one on.
 pub async fn api_live(
@@ -451,6 +587,8 @@ pub async fn api_live(
     use futures_util::StreamExt;
     let symbol = symbol_param(&p, "symbol").map_err(bad)?;
     let res = resolution_param(&p, "resolution").map_err(bad)?;
+    let zone = zone_param(&p, "tz", state.zones.for_symbol(&symbol)).map_err(bad)?;
+    let res = ZonedResolution::new(res, zone);
     let since = match last_event_id.filter(|v| !v.is_empty()) {
         Some(id) => Some(
             id.trim()

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
 use crate::datafeed::ChartResolution;
 use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
+use crate::zone::{Tz, parse_zone};
 
 /// Query parameters as received.
 pub type Params = HashMap<String, String>;
@@ -49,6 +50,26 @@ pub fn resolution_param(p: &Params, name: &str) -> Result<ChartResolution, Strin
     required(p, name)?
         .parse()
         .map_err(|e| format!("{name}: {e}"))
+}
+
+/// A time zone parameter (IANA name), `default` when absent.
+pub fn zone_param(p: &Params, name: &str, default: Tz) -> Result<Tz, String> {
+    match p.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => parse_zone(v).map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+/// The `fill` parameter of `/api/ohlc`: absent (gaps stay empty) or
+/// `previous`.
+pub fn fill_param(p: &Params) -> Result<bool, String> {
+    match p.get("fill").map(String::as_str) {
+        None | Some("") | Some("none") => Ok(false),
+        Some("previous") => Ok(true),
+        Some(other) => Err(format!(
+            "fill: {other:?} is not a fill mode; use fill=previous (or leave it out for no filling)"
+        )),
+    }
 }
 
 /// A positive integer parameter with a default and a maximum.
@@ -475,6 +496,10 @@ pub struct CandleJson {
     pub trades: i64,
     /// Buyer-taker volume.
     pub buy_volume: f64,
+    /// With `fill=previous` only: true for a window without trades (flat at
+    /// the previous close, volume 0), false for every other bar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filled: Option<bool>,
 }
 
 impl From<&Candle> for CandleJson {
@@ -489,6 +514,16 @@ impl From<&Candle> for CandleJson {
             quote_volume: c.quote_volume,
             trades: c.trades,
             buy_volume: c.buy_volume,
+            filled: None,
+        }
+    }
+}
+
+impl From<&crate::chart::FilledBar> for CandleJson {
+    fn from(f: &crate::chart::FilledBar) -> Self {
+        CandleJson {
+            filled: Some(f.filled),
+            ..CandleJson::from(&f.bar)
         }
     }
 }
@@ -506,6 +541,8 @@ pub struct OhlcResponse {
     pub from: i64,
     /// Range end (exclusive), Unix seconds.
     pub to: i64,
+    /// The zone the bars are counted in (IANA name); times are instants.
+    pub timezone: &'static str,
     /// Bars, oldest first.
     pub candles: Vec<CandleJson>,
 }

@@ -1,6 +1,7 @@
 //! Integration tests against a real influxd and a real SQLite file or PostgreSQL.
 //! One test binary (faster to link); each module is one area.
 
+mod bars;
 mod browser;
 mod cache;
 mod cli;
@@ -18,3 +19,4 @@ mod retention;
 mod scale_out;
 mod secrets;
 mod security;
+mod zones;

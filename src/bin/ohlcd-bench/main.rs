@@ -195,6 +195,20 @@ pub struct Args {
     /// Concurrency levels (workers) of the serving shape.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     serve_concurrency: Vec<usize>,
+    /// Resolutions of the serving shape's mix (UDF notation: seconds `1S`,
+    /// minutes, days `1D`).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,15,60,240,1D,30,120")]
+    serve_mix: Vec<String>,
+    /// Serving shape: load each resolution of the mix alone, side by side.
+    #[arg(long)]
+    serve_split: bool,
+    /// Serving shape: then the same loads on a daemon counting bars in this
+    /// IANA zone (`datafeed.timezone`).
+    #[arg(long, value_name = "ZONE")]
+    serve_tz: Option<String>,
+    /// Serving shape: ask for the bars before the data's end instead of now.
+    #[arg(long)]
+    serve_at_end: bool,
     /// Push shape: `ohlcd run` holding N live-bar streams (GET /api/live) open
     /// while trades flow; ohlcd's memory and the push latency.
     #[arg(long, value_name = "N", conflicts_with_all = ["live", "serve"])]
