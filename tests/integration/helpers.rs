@@ -750,9 +750,9 @@ pub struct Served {
     ),
 }
 
-/// Resident memory of this process (server and test clients), in KiB.
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of process `pid` (an `ohlcd` the test started), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
