@@ -4,16 +4,17 @@
 //! independent reference computation of candles from the raw trades read back
 //! over JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
+use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution, Trade};
 use ohlcd::clock::ManualClock;
 use ohlcd::config::Settings;
-use ohlcd::engine::Engine;
-use ohlcd::influx::InfluxClient;
+use ohlcd::engine::{Engine, Warehouse};
+use ohlcd::influx::{CandleSet, InfluxClient, InfluxError};
 use ohlcd::ingest::{NewTrade, write_trades};
 use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
@@ -341,6 +342,19 @@ impl TestApp {
         self.engine_on(owner, self.clock.clone())
     }
 
+    /// An engine on this app's clock reading and writing through `warehouse`
+    /// (a [`Spy`]) with the given lease-holder id.
+    pub fn engine_through<W: Warehouse>(&self, owner: &str, warehouse: W) -> Engine<W> {
+        Engine::new(
+            warehouse,
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            self.settings.engine.clone(),
+            Duration::from_secs(self.settings.progress.lease_secs),
+        )
+        .with_owner(owner)
+    }
+
     /// An engine on its own `clock` (a daemon on another host) with the given
     /// lease-holder id.
     pub fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
@@ -584,6 +598,144 @@ pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Ca
         .collect()
 }
 
+/// The app's InfluxDB as the engine sees it ([`Warehouse`]), with what a test
+/// needs to watch or stall one daemon: a gate that holds the next count of
+/// trades (the engine counts a lagging round's symbols after planning the
+/// round and before claiming them), and a record of every candle written
+/// over stored ones (repairs and rebuilds).
+#[derive(Clone)]
+pub struct Spy {
+    influx: InfluxClient,
+    gate: Arc<std::sync::Mutex<Option<Gate>>>,
+    overwritten: Arc<std::sync::Mutex<Vec<(Resolution, String, Vec<Candle>)>>>,
+}
+
+/// See [`Spy::hold_next_count`].
+struct Gate {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Spy {
+    /// A spy on `influx`, holding nothing.
+    pub fn new(influx: InfluxClient) -> Spy {
+        Spy {
+            influx,
+            gate: Arc::default(),
+            overwritten: Arc::default(),
+        }
+    }
+
+    /// Makes the next count of trades wait: the first receiver resolves when
+    /// the count is reached, and the count goes on once the sender is used
+    /// or dropped.
+    pub fn hold_next_count(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, on_reach) = tokio::sync::oneshot::channel();
+        let (go, release) = tokio::sync::oneshot::channel();
+        *self.gate.lock().unwrap() = Some(Gate { reached, release });
+        (on_reach, go)
+    }
+
+    /// Every candle written over stored ones so far, per (resolution, symbol),
+    /// by start; a window written twice holds its last value.
+    pub fn overwritten(&self) -> BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> {
+        let mut out: BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> = BTreeMap::new();
+        for (res, symbol, candles) in self.overwritten.lock().unwrap().iter() {
+            let by_start = out.entry((*res, symbol.clone())).or_default();
+            by_start.extend(candles.iter().map(|c| (c.start, *c)));
+        }
+        out
+    }
+}
+
+impl Warehouse for Spy {
+    async fn check(&self) -> Result<(), InfluxError> {
+        Warehouse::check(&self.influx).await
+    }
+
+    async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
+        Warehouse::symbols(&self.influx).await
+    }
+
+    async fn first_trades(
+        &self,
+        symbols: &[String],
+        from: i64,
+    ) -> Result<HashMap<String, i64>, InfluxError> {
+        Warehouse::first_trades(&self.influx, symbols, from).await
+    }
+
+    async fn count_trades(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, u64>, InfluxError> {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            let _ = gate.reached.send(());
+            let _ = gate.release.await;
+        }
+        Warehouse::count_trades(&self.influx, symbols, range).await
+    }
+
+    async fn count_minutes(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, Vec<(i64, u64)>>, InfluxError> {
+        Warehouse::count_minutes(&self.influx, symbols, range).await
+    }
+
+    async fn read_trades(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+        on_trade: impl FnMut(&str, Trade) + Send,
+    ) -> Result<u64, InfluxError> {
+        Warehouse::read_trades(&self.influx, symbols, range, on_trade).await
+    }
+
+    async fn read_candles(
+        &self,
+        res: Resolution,
+        symbols: &[String],
+        range: Range<i64>,
+        on_candle: impl FnMut(&str, Candle) + Send,
+    ) -> Result<u64, InfluxError> {
+        Warehouse::read_candles(&self.influx, res, symbols, range, on_candle).await
+    }
+
+    async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        Warehouse::write_candles(&self.influx, sets).await
+    }
+
+    fn raw_retention(&self) -> Option<i64> {
+        Warehouse::raw_retention(&self.influx)
+    }
+
+    async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        self.overwritten.lock().unwrap().extend(
+            sets.iter()
+                .map(|s| (s.resolution, s.symbol.to_string(), s.candles.to_vec())),
+        );
+        Warehouse::overwrite_candles(&self.influx, sets).await
+    }
+
+    async fn delete_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<(), InfluxError> {
+        Warehouse::delete_candles(&self.influx, res, symbol, range).await
+    }
+}
+
 /// A server started by [`TestApp::serve_with`]; stops when dropped.
 pub struct Served {
     /// Base URL, through 127.0.0.1.
@@ -598,9 +750,9 @@ pub struct Served {
     ),
 }
 
-/// Resident memory of this process (server and test clients), in KiB.
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of process `pid` (an `ohlcd` the test started), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
