@@ -31,7 +31,6 @@ pub struct Settings {
     pub schema: SchemaSettings,
 }
 
-
 /// InfluxDB connection settings. `Debug` shows the URL without its password.
 #[derive(Clone, Deserialize)]
 pub struct InfluxSettings {

@@ -155,12 +155,19 @@ pub struct SideSpec {
 }
 
 impl SideSpec {
-    /// The side a stored value stands for; `None` for any other value.
+    /// The side a stored value stands for; `None` for any other value. Case
+    /// is ignored for ASCII letters only, exactly as the counting condition
+    /// ([`crate::influx::layout`]) matches values, so counting and reading
+    /// agree on every row.
     pub fn side_of(&self, value: &str) -> Option<Side> {
-        let value = value.trim();
-        if value.eq_ignore_ascii_case(&self.buy) {
+        self.side_of_bytes(value.as_bytes())
+    }
+
+    /// [`SideSpec::side_of`] of a value as raw bytes (a row's column).
+    pub fn side_of_bytes(&self, value: &[u8]) -> Option<Side> {
+        if value.eq_ignore_ascii_case(self.buy.as_bytes()) {
             Some(Side::Buy)
-        } else if value.eq_ignore_ascii_case(&self.sell) {
+        } else if value.eq_ignore_ascii_case(self.sell.as_bytes()) {
             Some(Side::Sell)
         } else {
             None
@@ -238,12 +245,23 @@ impl TradeSchema {
         };
         let measurements = names("trades_measurement", &s.trades_measurement)?
             .iter()
-            .map(|m| MeasurementName::parse(m).map_err(|e| format!("schema.trades_measurement: {e}")))
+            .map(|m| {
+                MeasurementName::parse(m).map_err(|e| format!("schema.trades_measurement: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let symbol_tags = names("symbol_tags", &s.symbol_tags)?;
         let mut seen = BTreeSet::new();
         if let Some(dup) = symbol_tags.iter().find(|t| !seen.insert(t.as_str())) {
             return Err(format!("schema.symbol_tags names {dup:?} twice"));
+        }
+        let exchange_from_name = measurements.len() > 1
+            || measurements
+                .iter()
+                .any(|m| matches!(m, MeasurementName::Pattern { .. }));
+        if exchange_from_name && symbol_tags.iter().any(|t| t == EXCHANGE_TAG) {
+            return Err(format!(
+                "schema.symbol_tags names {EXCHANGE_TAG:?}, but schema.trades_measurement takes the exchange from the measurement name: name one or the other"
+            ));
         }
         let price = one("price_field", &s.price_field)?;
         let amount = one("amount_field", &s.amount_field)?;
@@ -289,7 +307,12 @@ impl TradeSchema {
         ];
         columns.extend(schema.side.as_ref().map(|s| ("side", s.column.as_str())));
         columns.extend(schema.id.as_deref().map(|id| ("id_field", id)));
-        columns.extend(schema.symbol_tags.iter().map(|t| ("symbol_tags", t.as_str())));
+        columns.extend(
+            schema
+                .symbol_tags
+                .iter()
+                .map(|t| ("symbol_tags", t.as_str())),
+        );
         for (i, (key, name)) in columns.iter().enumerate() {
             if let Some((other, _)) = columns[..i].iter().find(|(_, n)| n == name) {
                 return Err(format!(
@@ -394,14 +417,23 @@ impl TradeSchema {
             side: None,
             id: None,
             natural: false,
+            form: NameForm::of(self),
         };
         for (name, _) in &matched {
             let cols = trades[name];
             let what_is = |key: &str, column: &str| -> String {
                 format!(
                     "schema.{key} = {column:?}: measurement {name:?} has no such {}; its {}: {}",
-                    if key == "symbol_tags" { "tag" } else { "column" },
-                    if key == "symbol_tags" { "tags" } else { "tags and fields" },
+                    if key == "symbol_tags" {
+                        "tag"
+                    } else {
+                        "column"
+                    },
+                    if key == "symbol_tags" {
+                        "tags"
+                    } else {
+                        "tags and fields"
+                    },
                     if key == "symbol_tags" {
                         listed(&mut cols.tags.iter())
                     } else {
@@ -424,9 +456,9 @@ impl TradeSchema {
                 ("amount_field", &self.amount, &mut layout.amount),
             ] {
                 match cols.column(field) {
-                    Some(Column::Field(t @ (FieldType::Float | FieldType::Integer | FieldType::Unsigned))) => {
-                        *slot = t
-                    }
+                    Some(Column::Field(
+                        t @ (FieldType::Float | FieldType::Integer | FieldType::Unsigned),
+                    )) => *slot = t,
                     // Old collectors wrote numbers as text: rows parse each value,
                     // and those that are not numbers are skipped and counted.
                     Some(Column::Field(FieldType::String)) => *slot = FieldType::String,
@@ -440,7 +472,9 @@ impl TradeSchema {
             }
             if let Some(spec) = &self.side {
                 let column = match cols.column(&spec.column) {
-                    Some(c @ (Column::Tag | Column::Field(FieldType::String | FieldType::Boolean))) => c,
+                    Some(
+                        c @ (Column::Tag | Column::Field(FieldType::String | FieldType::Boolean)),
+                    ) => c,
                     Some(other) => {
                         return Err(format!(
                             "schema.side = {:?}: in measurement {name:?} it is {other}; a side is a tag, a string field or a boolean field",
@@ -469,9 +503,12 @@ impl TradeSchema {
             }
             if let Some(id) = &self.id {
                 match cols.column(id) {
-                    Some(c @ (Column::Field(FieldType::Integer | FieldType::Unsigned | FieldType::String) | Column::Tag)) => {
-                        layout.id = Some(c)
-                    }
+                    Some(
+                        c @ (Column::Field(
+                            FieldType::Integer | FieldType::Unsigned | FieldType::String,
+                        )
+                        | Column::Tag),
+                    ) => layout.id = Some(c),
                     Some(other) => {
                         return Err(format!(
                             "schema.id_field = {id:?}: in measurement {name:?} it is {other}; an id is an integer or a string"
@@ -484,7 +521,9 @@ impl TradeSchema {
         Ok(layout)
     }
 
-    /// The layout of an empty database: how ohlcd writes this schema.
+    /// The layout of an empty database: how ohlcd writes this schema (float
+    /// price and amount, an integer id, the side a tag, or a boolean field
+    /// where its values are `true` and `false`).
     pub fn natural_layout(&self) -> Layout {
         Layout {
             schema: self.clone(),
@@ -498,10 +537,107 @@ impl TradeSchema {
                 .collect(),
             price: FieldType::Float,
             amount: FieldType::Float,
-            side: self.side.as_ref().map(|_| Column::Tag),
+            // Side values true/false (Binance's is_buyer_maker) are a boolean
+            // field as such collectors write them; any other side a tag.
+            side: self.side.as_ref().map(|spec| {
+                let boolean =
+                    |v: &str| ["true", "false"].contains(&v.to_ascii_lowercase().as_str());
+                if boolean(&spec.buy) && boolean(&spec.sell) {
+                    Column::Field(FieldType::Boolean)
+                } else {
+                    Column::Tag
+                }
+            }),
             id: self.id.as_ref().map(|_| Column::Field(FieldType::Integer)),
             natural: true,
+            form: NameForm::of(self),
         }
+    }
+}
+
+/// How instruments are named: the parts of a name, joined with `:` (`symbol`;
+/// `exchange:symbol` for two symbol tags; `EXCHANGE:symbol` where the
+/// exchange comes from the measurement name). It holds the symbol rule: each
+/// part is 1 to 32 characters of `A-Z a-z 0-9 . _ -`, so a name is safe as a
+/// tag value, in InfluxQL, in SQL and in a URL, and `:` only ever separates
+/// parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameForm {
+    parts: Vec<String>,
+}
+
+impl Default for NameForm {
+    /// ohlcd's own schema: one part, the `symbol` tag.
+    fn default() -> NameForm {
+        NameForm {
+            parts: vec!["symbol".into()],
+        }
+    }
+}
+
+impl NameForm {
+    /// The form of `schema`'s names.
+    pub fn of(schema: &TradeSchema) -> NameForm {
+        let mut parts = Vec::with_capacity(schema.name_parts());
+        if schema.exchange_from_measurement() {
+            parts.push(EXCHANGE_TAG.to_ascii_uppercase());
+        }
+        parts.extend(schema.symbol_tags.iter().cloned());
+        NameForm { parts }
+    }
+
+    /// How many parts a name has.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Checks a name against the symbol rule and this form, naming what is
+    /// wrong.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        if self.parts.len() == 1 {
+            return check_part("symbol", name);
+        }
+        let given = name.split(NAME_SEPARATOR).count();
+        if given != self.parts.len() {
+            return Err(format!(
+                "symbol {name:?} is not of the form {self}: instruments here are named by {} parts joined by ':', got {given}",
+                self.parts.len()
+            ));
+        }
+        for (part, label) in name.split(NAME_SEPARATOR).zip(&self.parts) {
+            check_part(&format!("symbol {name:?}: {label}"), part)?;
+        }
+        Ok(())
+    }
+}
+
+/// One part of a name: 1 to 32 characters of `A-Z a-z 0-9 . _ -`.
+fn check_part(what: &str, part: &str) -> Result<(), String> {
+    if part.is_empty() || part.len() > 32 {
+        return Err(format!(
+            "{what} must be 1 to 32 characters, got {}",
+            part.chars().count()
+        ));
+    }
+    if let Some(bad) = part
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{what} {part:?} has character {bad:?}; allowed are letters, digits and . _ -"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `part` follows the symbol rule (see [`NameForm`]).
+pub fn is_name_part(part: &str) -> bool {
+    check_part("", part).is_ok()
+}
+
+impl fmt::Display for NameForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.parts.join(":"))
     }
 }
 
@@ -595,6 +731,8 @@ pub struct Layout {
     pub id: Option<Column>,
     /// Assumed for an empty database rather than found on the server.
     pub natural: bool,
+    /// How its instruments are named.
+    form: NameForm,
 }
 
 impl Default for Layout {
@@ -623,6 +761,11 @@ impl Instrument {
 }
 
 impl Layout {
+    /// How instruments are named here.
+    pub fn name_form(&self) -> &NameForm {
+        &self.form
+    }
+
     /// The instrument a name stands for, if it has the right number of
     /// non-empty parts (and, where the exchange comes from the measurement,
     /// a known exchange).
@@ -646,24 +789,34 @@ impl Layout {
     /// exchange, or the only one; for an exchange not seen yet, the first
     /// pattern's name for it.
     pub fn measurement_of(&self, instrument: &Instrument) -> Option<String> {
-        match &instrument.exchange {
-            None => self.measurements.first().map(|(m, _)| m.clone()).or_else(|| {
-                self.schema.measurements.first().and_then(|m| match m {
-                    MeasurementName::Literal(name) => Some(name.clone()),
-                    MeasurementName::Pattern { .. } => None,
-                })
-            }),
+        self.measurement_for(instrument.exchange.as_deref())
+    }
+
+    /// [`Layout::measurement_of`] an instrument of `exchange` (`None`: the
+    /// schema does not take the exchange from the measurement name).
+    pub fn measurement_for(&self, exchange: Option<&str>) -> Option<String> {
+        match exchange {
+            None => self
+                .measurements
+                .first()
+                .map(|(m, _)| m.clone())
+                .or_else(|| {
+                    self.schema.measurements.first().and_then(|m| match m {
+                        MeasurementName::Literal(name) => Some(name.clone()),
+                        MeasurementName::Pattern { .. } => None,
+                    })
+                }),
             Some(exchange) => self
                 .measurements
                 .iter()
-                .find(|(_, ex)| ex.as_deref() == Some(exchange.as_str()))
+                .find(|(_, ex)| ex.as_deref() == Some(exchange))
                 .map(|(m, _)| m.clone())
                 .or_else(|| {
                     // Several literal measurements: the exchange is the name.
-                    self.measurements
-                        .iter()
-                        .find(|(m, ex)| ex.is_none() && m == exchange)
-                        .map(|(m, _)| m.clone())
+                    self.schema.measurements.iter().find_map(|m| match m {
+                        MeasurementName::Literal(name) if name == exchange => Some(name.clone()),
+                        _ => None,
+                    })
                 })
                 .or_else(|| {
                     self.schema.measurements.iter().find_map(|m| match m {
@@ -676,27 +829,149 @@ impl Layout {
         }
     }
 
-    /// The exchange part of instruments read from `measurement`.
+    /// The exchange part of instruments read from `measurement` (`None`
+    /// where the schema does not take it from the measurement name, or
+    /// `measurement` holds no trades of this schema).
     pub fn exchange_of(&self, measurement: &str) -> Option<String> {
         if !self.schema.exchange_from_measurement() {
             return None;
         }
-        self.measurements
+        self.schema
+            .measurements
             .iter()
-            .find(|(m, _)| m == measurement)
-            .map(|(m, ex)| ex.clone().unwrap_or_else(|| m.clone()))
+            .find_map(|m| match m.matches(measurement)? {
+                Some(exchange) => Some(exchange),
+                None => Some(measurement.to_string()),
+            })
     }
 
     /// The side a stored value stands for, or why the row is skipped:
     /// `Ok(None)` when the schema has no side.
     pub fn side_of(&self, value: Option<&str>) -> Result<Option<Side>, SkipReason> {
+        self.side_of_bytes(value.map(str::as_bytes))
+    }
+
+    /// [`Layout::side_of`] of a row's column as raw bytes (a boolean reads
+    /// as `true` / `false`).
+    pub fn side_of_bytes(&self, value: Option<&[u8]>) -> Result<Option<Side>, SkipReason> {
         let Some(spec) = &self.schema.side else {
             return Ok(None);
         };
         value
-            .and_then(|v| spec.side_of(v))
+            .and_then(|v| spec.side_of_bytes(v))
             .map(Some)
             .ok_or(SkipReason::UnknownSide)
+    }
+}
+
+/// A measurement as a test server holds it: name, tags, fields and types.
+#[cfg(test)]
+pub(crate) type TestMeasurement<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, FieldType)]);
+
+/// A layout for tests: `[schema]` keys set as `pairs` (lists comma-separated),
+/// matched against a server holding `server`.
+#[cfg(test)]
+pub(crate) fn layout_for(pairs: &[(&str, &str)], server: &[TestMeasurement<'_>]) -> Layout {
+    let mut s = SchemaSettings::default();
+    for (k, v) in pairs {
+        let list = |v: &str| v.split(',').map(str::to_string).collect::<Vec<_>>();
+        match *k {
+            "trades_measurement" => s.trades_measurement = list(v),
+            "symbol_tags" => s.symbol_tags = list(v),
+            "price_field" => s.price_field = v.to_string(),
+            "amount_field" => s.amount_field = v.to_string(),
+            "side" => s.side = v.to_string(),
+            "side_buy" => s.side_buy = v.to_string(),
+            "side_sell" => s.side_sell = v.to_string(),
+            "id_field" => s.id_field = v.to_string(),
+            "candles_measurement" => s.candles_measurement = v.to_string(),
+            other => panic!("no key {other}"),
+        }
+    }
+    let columns = server
+        .iter()
+        .map(|(m, tags, fields)| {
+            (
+                m.to_string(),
+                MeasurementColumns {
+                    tags: tags.iter().map(|t| t.to_string()).collect(),
+                    fields: fields.iter().map(|(f, t)| (f.to_string(), *t)).collect(),
+                },
+            )
+        })
+        .collect();
+    TradeSchema::from_settings(&s)
+        .unwrap()
+        .resolve(&columns)
+        .unwrap()
+}
+
+/// The layouts of the three writers ohlcd is tested against, as their
+/// servers hold them (tests).
+#[cfg(test)]
+pub(crate) mod samples {
+    use super::{FieldType, Layout, layout_for};
+
+    /// The original POC: measurement `trade`, tags `side`, `source`,
+    /// `symbol`, fields `price`, `amount`, no id.
+    pub fn poc() -> Layout {
+        layout_for(
+            &[
+                ("trades_measurement", "trade"),
+                ("id_field", ""),
+                ("candles_measurement", "ohlc_{res}"),
+            ],
+            &[(
+                "trade",
+                &["side", "source", "symbol"],
+                &[("amount", FieldType::Float), ("price", FieldType::Float)],
+            )],
+        )
+    }
+
+    /// cryptofeed: one measurement per exchange, side and id string fields.
+    pub fn cryptofeed() -> Layout {
+        let fields: &[(&str, FieldType)] = &[
+            ("price", FieldType::Float),
+            ("amount", FieldType::Float),
+            ("side", FieldType::String),
+            ("id", FieldType::String),
+            ("type", FieldType::String),
+            ("timestamp", FieldType::Float),
+            ("receipt_timestamp", FieldType::Float),
+        ];
+        layout_for(
+            &[("trades_measurement", "trades-{exchange}")],
+            &[
+                ("trades-COINBASE", &["symbol"], fields),
+                ("trades-BINANCE", &["symbol"], fields),
+            ],
+        )
+    }
+
+    /// A collector keyed by exchange and symbol with Binance's
+    /// `is_buyer_maker` and an integer `trade_id`.
+    pub fn binance() -> Layout {
+        layout_for(
+            &[
+                ("symbol_tags", "exchange,symbol"),
+                ("amount_field", "qty"),
+                ("side", "is_buyer_maker"),
+                ("side_buy", "false"),
+                ("side_sell", "true"),
+                ("id_field", "trade_id"),
+            ],
+            &[(
+                "trades",
+                &["exchange", "symbol"],
+                &[
+                    ("price", FieldType::Float),
+                    ("qty", FieldType::Float),
+                    ("is_buyer_maker", FieldType::Boolean),
+                    ("trade_id", FieldType::Integer),
+                ],
+            )],
+        )
     }
 }
 
@@ -742,16 +1017,31 @@ mod tests {
     #[test]
     fn bad_sections_are_refused_naming_the_key() {
         for (pairs, key) in [
-            (&[("trades_measurement", "")][..], "schema.trades_measurement"),
+            (
+                &[("trades_measurement", "")][..],
+                "schema.trades_measurement",
+            ),
             (&[("symbol_tags", ",")], "schema.symbol_tags"),
             (&[("symbol_tags", "symbol,symbol")], "schema.symbol_tags"),
             (&[("price_field", " ")], "schema.price_field"),
-            (&[("side_buy", "BUY")], "schema.side_buy"),
-            (&[("candles_measurement", "candles")], "schema.candles_measurement"),
-            (&[("candles_measurement", "ohlc_{res}_{res}")], "schema.candles_measurement"),
-            (&[("trades_measurement", "t{exchange}{exchange}")], "schema.trades_measurement"),
+            (&[("side_buy", "SELL")], "schema.side_buy"),
+            (
+                &[("candles_measurement", "candles")],
+                "schema.candles_measurement",
+            ),
+            (
+                &[("candles_measurement", "ohlc_{res}_{res}")],
+                "schema.candles_measurement",
+            ),
+            (
+                &[("trades_measurement", "t{exchange}{exchange}")],
+                "schema.trades_measurement",
+            ),
             (&[("amount_field", "price")], "schema.amount_field"),
-            (&[("trades_measurement", "ohlc_{exchange}")], "schema.candles_measurement"),
+            (
+                &[("trades_measurement", "ohlc_{exchange}")],
+                "schema.candles_measurement",
+            ),
         ] {
             let err = TradeSchema::from_settings(&settings(pairs)).unwrap_err();
             assert!(err.starts_with(key), "{pairs:?}: {err}");
@@ -772,18 +1062,33 @@ mod tests {
         let mut server = BTreeMap::new();
         let cf = columns(
             &["symbol"],
-            &[("price", FieldType::Float), ("amount", FieldType::Float), ("side", FieldType::String), ("id", FieldType::String)],
+            &[
+                ("price", FieldType::Float),
+                ("amount", FieldType::Float),
+                ("side", FieldType::String),
+                ("id", FieldType::String),
+            ],
         );
         server.insert("trades-COINBASE".to_string(), cf.clone());
         server.insert("trades-BINANCE".to_string(), cf);
-        let per_exchange = TradeSchema::from_settings(&settings(&[("trades_measurement", "trades-{exchange}")]))
-            .unwrap()
-            .resolve(&server)
-            .unwrap();
+        let per_exchange =
+            TradeSchema::from_settings(&settings(&[("trades_measurement", "trades-{exchange}")]))
+                .unwrap()
+                .resolve(&server)
+                .unwrap();
         let i = per_exchange.instrument("COINBASE:BTC-USD").unwrap();
-        assert_eq!((i.exchange.as_deref(), i.tags.as_slice()), (Some("COINBASE"), &["BTC-USD".to_string()][..]));
-        assert_eq!(per_exchange.measurement_of(&i).as_deref(), Some("trades-COINBASE"));
-        assert_eq!(per_exchange.exchange_of("trades-BINANCE").as_deref(), Some("BINANCE"));
+        assert_eq!(
+            (i.exchange.as_deref(), i.tags.as_slice()),
+            (Some("COINBASE"), &["BTC-USD".to_string()][..])
+        );
+        assert_eq!(
+            per_exchange.measurement_of(&i).as_deref(),
+            Some("trades-COINBASE")
+        );
+        assert_eq!(
+            per_exchange.exchange_of("trades-BINANCE").as_deref(),
+            Some("BINANCE")
+        );
         assert_eq!(per_exchange.schema.candle_tags(), ["exchange", "symbol"]);
     }
 
@@ -802,7 +1107,10 @@ mod tests {
                 ],
             ),
         );
-        server.insert("ohlc_1m".to_string(), columns(&["symbol"], &[("open", FieldType::Float)]));
+        server.insert(
+            "ohlc_1m".to_string(),
+            columns(&["symbol"], &[("open", FieldType::Float)]),
+        );
         let binance = TradeSchema::from_settings(&settings(&[
             ("symbol_tags", "exchange,symbol"),
             ("amount_field", "qty"),
@@ -844,8 +1152,16 @@ mod tests {
         assert_eq!(layout.side, Some(Column::Tag));
         // Only candles so far (trades expired, or a fresh copy): still fine.
         let mut candles_only = BTreeMap::new();
-        candles_only.insert("ohlc_1d".to_string(), columns(&["symbol"], &[("open", FieldType::Float)]));
-        assert!(TradeSchema::default().resolve(&candles_only).unwrap().natural);
+        candles_only.insert(
+            "ohlc_1d".to_string(),
+            columns(&["symbol"], &[("open", FieldType::Float)]),
+        );
+        assert!(
+            TradeSchema::default()
+                .resolve(&candles_only)
+                .unwrap()
+                .natural
+        );
     }
 
     #[test]
@@ -853,7 +1169,14 @@ mod tests {
         let mut server = BTreeMap::new();
         server.insert(
             "trades".to_string(),
-            columns(&["symbol"], &[("price", FieldType::Float), ("amount", FieldType::Float), ("side", FieldType::Boolean)]),
+            columns(
+                &["symbol"],
+                &[
+                    ("price", FieldType::Float),
+                    ("amount", FieldType::Float),
+                    ("side", FieldType::Boolean),
+                ],
+            ),
         );
         let err = TradeSchema::from_settings(&settings(&[("id_field", "")]))
             .unwrap()

@@ -309,7 +309,8 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         "--symbols: give at least one symbol"
     );
     for s in &args.symbols {
-        validate_symbol(s).map_err(|e| anyhow!("--symbols: {e}"))?;
+        validate_symbol(s, &ohlcd::schema::NameForm::default())
+            .map_err(|e| anyhow!("--symbols: {e}"))?;
         ensure!(
             s != API_SYMBOL && s != WRITE_SYMBOL,
             "--symbols: {s} is reserved for the ingest comparison"
