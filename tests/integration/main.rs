@@ -15,5 +15,6 @@ mod protocol;
 mod push;
 mod retention;
 mod scale_out;
+mod schema;
 mod secrets;
 mod security;
