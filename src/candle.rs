@@ -200,8 +200,9 @@ pub struct Trade {
     pub price: f64,
     /// Quantity traded.
     pub amount: f64,
-    /// Taker side.
-    pub side: Side,
+    /// Taker side; `None` where the trades carry none (`schema.side` empty),
+    /// which counts as no buy volume.
+    pub side: Option<Side>,
 }
 
 /// Largest price, and largest amount, a trade may carry. With both at most
@@ -411,7 +412,11 @@ impl Contribution {
             close: t.price,
             volume: t.amount,
             quote_volume: t.price * t.amount,
-            buy_volume: if t.side == Side::Buy { t.amount } else { 0.0 },
+            buy_volume: if t.side == Some(Side::Buy) {
+                t.amount
+            } else {
+                0.0
+            },
             trades: 1,
         }
     }
@@ -723,7 +728,7 @@ mod tests {
             id,
             price,
             amount,
-            side,
+            side: Some(side),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::influx::PolicySpec;
+pub use crate::schema::SchemaSettings;
 
 /// The defaults, compiled in so the binary works from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -26,6 +27,8 @@ pub struct Settings {
     pub datafeed: DatafeedSettings,
     /// Retention policy per measurement.
     pub retention: RetentionSettings,
+    /// Where the raw trades are and what they hold.
+    pub schema: SchemaSettings,
 }
 
 /// InfluxDB connection settings. `Debug` shows the URL without its password.
@@ -571,6 +574,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("server.cors_origins")
+                .with_list_parse_key("schema.trades_measurement")
+                .with_list_parse_key("schema.symbol_tags")
                 .source(Some(env)),
         );
         for (key, value) in raw_tokens {
@@ -589,6 +594,7 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError::Value(m));
+        crate::schema::TradeSchema::from_settings(&self.schema).map_err(SettingsError::Value)?;
         if !(self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
             return bad(format!(
                 "influx.url must start with http:// or https://, got {:?}",
@@ -737,6 +743,35 @@ mod tests {
         assert!(err.contains("retries"), "{err}");
         let missing = Settings::load_with_env(Some(Path::new("/nope/x.toml")), env(&[]));
         assert!(missing.unwrap_err().to_string().contains("/nope/x.toml"));
+    }
+
+    #[test]
+    fn schema_lists_come_as_lists_or_comma_separated_from_a_file_or_the_environment() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.schema, SchemaSettings::default());
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OHLCD_SCHEMA__SYMBOL_TAGS", "exchange,symbol"),
+                ("OHLCD_SCHEMA__TRADES_MEASUREMENT", "trade"),
+                ("OHLCD_SCHEMA__ID_FIELD", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.schema.symbol_tags, ["exchange", "symbol"]);
+        assert_eq!(s.schema.trades_measurement, ["trade"]);
+        assert_eq!(s.schema.id_field, "");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("poc.toml");
+        std::fs::write(
+            &file,
+            "[schema]\ntrades_measurement = \"trade\"\nsymbol_tags = [\"exchange\", \"symbol\"]\ncandles_measurement = \"trade_ohlc_{res}\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.schema.trades_measurement, ["trade"]);
+        assert_eq!(s.schema.symbol_tags, ["exchange", "symbol"]);
+        assert_eq!(s.schema.candles_measurement, "trade_ohlc_{res}");
     }
 
     #[test]

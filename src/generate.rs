@@ -17,6 +17,7 @@ use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
 
 use crate::candle::{NANOS_PER_DAY, Side};
 use crate::ingest::{NewTrade, time_refusal, validate_symbol};
+use crate::schema::NameForm;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -35,13 +36,14 @@ pub struct GenerateSpec {
 
 impl GenerateSpec {
     /// Checks that every trade of the spec will follow the trade rules as of
-    /// `now_ms` (the API would refuse them otherwise), naming the flag at fault.
-    pub fn validate(&self, now_ms: i64) -> Result<(), String> {
+    /// `now_ms`, its symbols the schema's name `form` (the API would refuse
+    /// them otherwise), naming the flag at fault.
+    pub fn validate(&self, now_ms: i64, form: &NameForm) -> Result<(), String> {
         if self.symbols.is_empty() {
             return Err("--symbols: give at least one symbol".into());
         }
         for s in &self.symbols {
-            validate_symbol(s).map_err(|e| format!("--symbols: {e}"))?;
+            validate_symbol(s, form).map_err(|e| format!("--symbols: {e}"))?;
         }
         if self.from >= self.to {
             return Err("--from must be before --to".into());
@@ -330,8 +332,12 @@ mod tests {
         assert!(trades.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
         let (from_ms, to_ms) = (s.from / 1_000_000, s.to / 1_000_000);
         assert!(trades.iter().all(|t| (from_ms..to_ms).contains(&t.time_ms)));
-        assert_eq!(s.validate(to_ms), Ok(()));
-        assert!(trades.iter().all(|t| t.validate(to_ms).is_ok()));
+        assert_eq!(s.validate(to_ms, &NameForm::default()), Ok(()));
+        assert!(
+            trades
+                .iter()
+                .all(|t| t.validate(to_ms, &NameForm::default()).is_ok())
+        );
         // Spread over the whole range, not bunched at the start.
         assert!(trades.last().unwrap().time_ms > to_ms - 3_600_000);
         for sym in &s.symbols {
@@ -346,18 +352,21 @@ mod tests {
         // 1999-12-31T23:59:59.999Z, then 2000-01-01T00:00:00Z.
         s.from = 946_684_799_999 * 1_000_000;
         assert!(
-            s.validate(s.to / 1_000_000)
+            s.validate(s.to / 1_000_000, &NameForm::default())
                 .unwrap_err()
                 .starts_with("--from: ")
         );
         s.from = 946_684_800_000 * 1_000_000;
-        assert_eq!(s.validate(s.to / 1_000_000), Ok(()));
+        assert_eq!(s.validate(s.to / 1_000_000, &NameForm::default()), Ok(()));
         // The last trade may be stamped at most an hour after now.
         let s = spec(1);
         let last_ms = s.to / 1_000_000 - 1;
-        assert_eq!(s.validate(last_ms - 3_600_000), Ok(()));
+        assert_eq!(
+            s.validate(last_ms - 3_600_000, &NameForm::default()),
+            Ok(())
+        );
         assert!(
-            s.validate(last_ms - 3_600_001)
+            s.validate(last_ms - 3_600_001, &NameForm::default())
                 .unwrap_err()
                 .starts_with("--to: ")
         );
@@ -365,7 +374,7 @@ mod tests {
             trades: 0,
             ..spec(1)
         };
-        assert!(no_trades.validate(last_ms).is_err());
+        assert!(no_trades.validate(last_ms, &NameForm::default()).is_err());
     }
 
     #[test]
@@ -388,7 +397,10 @@ mod tests {
             let at = 1_700_000_000_000 + k * 200;
             for t in walk.trades(at, 10) {
                 assert_eq!(t.time_ms, at);
-                assert!(t.validate(at + 1_000).is_ok(), "{t:?}");
+                assert!(
+                    t.validate(at + 1_000, &NameForm::default()).is_ok(),
+                    "{t:?}"
+                );
                 assert!(ids.insert((t.symbol.clone(), t.id)), "duplicate id");
                 if t.symbol == "BTCUSD" {
                     assert!((t.price / 41_000.0 - 1.0).abs() < 0.01, "{}", t.price);

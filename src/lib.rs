@@ -42,6 +42,7 @@ pub mod influx;
 pub mod ingest;
 pub mod progress;
 pub mod scheduler;
+pub mod schema;
 pub mod server;
 pub mod testkit;
 pub mod times;

@@ -561,7 +561,7 @@ mod tests {
             id: t,
             price: 1.0,
             amount: 1.0,
-            side: crate::candle::Side::Buy,
+            side: Some(crate::candle::Side::Buy),
         };
         let gen0 = cache.tail("A", 0..100).unwrap_err();
         cache.put_tail("A", 0..100, vec![trade(5), trade(1)], gen0);

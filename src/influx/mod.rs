@@ -8,7 +8,9 @@
 
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
-//! [`query`] the InfluxQL sent, [`decode`] and [`msgpack`] the streaming
+//! [`query`] the InfluxQL sent, [`layout`] the names, conditions and columns
+//! it takes from the user's schema ([`crate::schema::Layout`], found on the
+//! server at start by [`discover`]), [`decode`] and [`msgpack`] the streaming
 //! result decoders, [`encode`] candle writes, [`retention`] where each
 //! measurement lives and how long it is kept, [`overwrite`] checked
 //! overwrites on InfluxDB 3.
@@ -23,17 +25,20 @@ use serde_json::Value;
 use crate::config::InfluxSettings;
 
 pub mod decode;
+pub mod discover;
 pub mod encode;
+pub mod layout;
 pub mod msgpack;
 pub mod overwrite;
 pub mod query;
 pub mod retention;
 
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
-pub use query::{quote_ident, quote_literal, symbol_set_condition};
+pub use query::{quote_ident, quote_literal};
 pub use retention::{Keep, Placement, PolicySpec, Stored};
 
-/// Measurement holding raw trades.
+/// Measurement holding raw trades in ohlcd's own schema (the default of
+/// `schema.trades_measurement`).
 pub const TRADES_MEASUREMENT: &str = "trades";
 
 /// Everything that can go wrong talking to InfluxDB, with the context to act on it.
@@ -126,6 +131,10 @@ pub enum InfluxError {
     /// The configured retention policies cannot be used as configured.
     #[error("{0}")]
     Retention(String),
+    /// The configured `[schema]` does not match what the server holds, or
+    /// cannot be written as the server holds it.
+    #[error("{0}")]
+    Schema(String),
     /// Overwritten candles still read an older version after every rewrite
     /// (InfluxDB 3 does not promise that the last write of a point wins).
     #[error(
@@ -297,6 +306,11 @@ pub struct InfluxClient {
     read_format_auto: bool,
     generation: Generation,
     no_sync: bool,
+    /// Where the trades are and what they hold (`[schema]` matched against
+    /// the server); ohlcd's own schema until [`InfluxClient::set_layout`].
+    layout: std::sync::Arc<crate::schema::Layout>,
+    /// Tag values outside the symbol rule already warned about.
+    warned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How query results are read from InfluxDB.
@@ -353,7 +367,21 @@ impl InfluxClient {
             // Until `detect`: the v1 API as 1.x serves it.
             generation: Generation::V1,
             no_sync: s.no_sync,
+            layout: Default::default(),
+            warned: Default::default(),
         })
+    }
+
+    /// Where the trades are and how a row of them reads (ohlcd's own schema
+    /// until [`InfluxClient::set_layout`]).
+    pub fn layout(&self) -> &crate::schema::Layout {
+        &self.layout
+    }
+
+    /// Reads and writes trades and candles as `layout` says from now on
+    /// (normally found by [`InfluxClient::resolve_schema`]).
+    pub fn set_layout(&mut self, layout: crate::schema::Layout) {
+        self.layout = std::sync::Arc::new(layout);
     }
 
     /// Base URL of the server.

@@ -19,6 +19,7 @@ use crate::datafeed::{
 use crate::ingest::write_trades;
 use crate::progress::ProgressEntry;
 use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
+use crate::schema::NameForm;
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into())
@@ -40,12 +41,29 @@ fn now_secs(state: &AppState) -> i64 {
     state.clock.now().div_euclid(NANOS_PER_SEC)
 }
 
-/// TradingView sends `EXCHANGE:SYMBOL` once it knows the exchange.
-fn strip_exchange(p: &mut Params, key: &str, exchange: &str) {
+/// TradingView sends `EXCHANGE:SYMBOL` once it knows the exchange
+/// (`datafeed.exchange`). That prefix goes only from a name with more parts
+/// than the schema's names have: `binance:BTCUSDT` is an instrument where
+/// instruments are named by two tags.
+fn strip_exchange(p: &mut Params, key: &str, exchange: &str, form: &NameForm) {
     if let Some(v) = p.get_mut(key)
+        && v.split(crate::schema::NAME_SEPARATOR).count() > form.parts()
         && let Some(rest) = v.strip_prefix(&format!("{exchange}:"))
     {
         *v = rest.to_string();
+    }
+}
+
+/// The exchange a chart shows for `symbol`: its first part where names have
+/// several, else `datafeed.exchange`.
+fn exchange_of<'a>(symbol: &'a str, form: &NameForm, configured: &'a str) -> &'a str {
+    if form.parts() > 1 {
+        symbol
+            .split(crate::schema::NAME_SEPARATOR)
+            .next()
+            .unwrap_or(configured)
+    } else {
+        configured
     }
 }
 
@@ -80,8 +98,9 @@ fn decimals(price: f64) -> u32 {
 
 /// `GET /udf/symbols?symbol=`: symbol info for TradingView.
 pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    strip_exchange(&mut p, "symbol", &state.settings.exchange);
-    let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    let form = state.influx.layout().name_form();
+    strip_exchange(&mut p, "symbol", &state.settings.exchange, form);
+    let symbol = symbol_param(&p, "symbol", form).map_err(udf_bad)?;
     let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
     state
         .datafeed
@@ -104,16 +123,24 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
             _ => None,
         })
         .collect();
+    // Several parts (`binance:BTCUSDT`): the first is the exchange, the full
+    // name the ticker every later request sends.
+    let exchange = exchange_of(&symbol, form, &state.settings.exchange);
+    let (name, full_name) = if form.parts() > 1 {
+        (symbol[exchange.len() + 1..].to_string(), symbol.clone())
+    } else {
+        (symbol.clone(), format!("{exchange}:{symbol}"))
+    };
     Ok(warp::reply::json(&json!({
-        "name": symbol,
+        "name": name,
         "ticker": symbol,
-        "full_name": format!("{}:{symbol}", state.settings.exchange),
+        "full_name": full_name,
         "description": symbol,
         "type": "crypto",
         "session": "24x7",
         "timezone": state.zones.for_symbol(&symbol).name(),
-        "exchange": state.settings.exchange,
-        "listed_exchange": state.settings.exchange,
+        "exchange": exchange,
+        "listed_exchange": exchange,
         "minmov": 1,
         "pricescale": 10u64.pow(price_decimals),
         "has_intraday": true,
@@ -137,13 +164,19 @@ pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Reject
     let limit = count_param(&p, "limit", 30, 1000).map_err(udf_bad)?;
     let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
     let symbols = state.datafeed.symbols().await.map_err(udf_reject)?;
-    let exchange = &state.settings.exchange;
+    let form = state.influx.layout().name_form();
     let found: Vec<_> = symbols
         .iter()
         .filter(|s| s.to_ascii_uppercase().contains(&query))
         .take(limit as usize)
         .map(|s| {
-            json!({"symbol": s, "full_name": format!("{exchange}:{s}"), "description": s,
+            let exchange = exchange_of(s, form, &state.settings.exchange);
+            let full_name = if form.parts() > 1 {
+                s.clone()
+            } else {
+                format!("{exchange}:{s}")
+            };
+            json!({"symbol": s, "full_name": full_name, "description": s,
                    "exchange": exchange, "ticker": s, "type": "crypto"})
         })
         .collect();
@@ -159,8 +192,9 @@ pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Reject
 /// `countback` are compared with those stamps; other bars carry the instant
 /// they start.
 pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    strip_exchange(&mut p, "symbol", &state.settings.exchange);
-    let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    let form = state.influx.layout().name_form();
+    strip_exchange(&mut p, "symbol", &state.settings.exchange, form);
+    let symbol = symbol_param(&p, "symbol", form).map_err(udf_bad)?;
     let res = resolution_param(&p, "resolution").map_err(udf_bad)?;
     let to = seconds_param(&p, "to")
         .map_err(udf_bad)?
@@ -354,7 +388,7 @@ pub async fn udf_time(state: AppState) -> Result<impl Reply, Rejection> {
 /// and stamped with the instant they start; `fill=previous` gives a bar for
 /// every window up to now, an empty one flat at the previous close.
 pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let symbol = symbol_param(&p, "symbol", state.influx.layout().name_form()).map_err(bad)?;
     let requested = resolution_param(&p, "resolution").map_err(bad)?;
     let zone = zone_param(&p, "tz", state.zones.for_symbol(&symbol)).map_err(bad)?;
     let fill = fill_param(&p).map_err(bad)?;
@@ -406,7 +440,7 @@ pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejectio
 /// `GET /api/trades?symbol=&from=&to=&limit=`: raw trades, oldest first
 /// (`from` defaults to an hour before `to`, `to` to now, `limit` to 1000).
 pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let symbol = symbol_param(&p, "symbol", state.influx.layout().name_form()).map_err(bad)?;
     let to = seconds_param(&p, "to")
         .map_err(bad)?
         .unwrap_or(now_secs(&state));
@@ -451,7 +485,8 @@ struct Accepted {
 /// behind the 1m watermark are recorded as late so the next tick recomputes them.
 pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl Reply, Rejection> {
     let now_ms = state.clock.now().div_euclid(1_000_000);
-    let trades = models::parse_trades(&body, now_ms).map_err(|e| match e {
+    let form = state.influx.layout().name_form();
+    let trades = models::parse_trades(&body, now_ms, form).map_err(|e| match e {
         TradesError::Invalid(m) => bad(m),
         TradesError::TooMany(n) => reject(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -462,6 +497,21 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
             udf: false,
         }),
     })?;
+    // Trades go into the configured schema as the server holds it; a schema
+    // that cannot be written faithfully, or a trade it cannot place, is
+    // refused before anything is written.
+    let writer = crate::ingest::TradeWriter::new(state.influx.layout()).map_err(|e| {
+        reject(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("trades cannot be written into this schema: {e}"),
+            udf: false,
+        })
+    })?;
+    for (i, t) in trades.iter().enumerate() {
+        writer
+            .measurement_of(&t.symbol)
+            .map_err(|e| bad(format!("trade {i}: {e}")))?;
+    }
     // Written and recorded on a task of its own: a client that hangs up must
     // not cancel the request between the InfluxDB write and the recording of
     // its late trades, or a late trade would be stored but never counted.
@@ -585,7 +635,7 @@ pub async fn api_live(
     state: AppState,
 ) -> Result<impl Reply, Rejection> {
     use futures_util::StreamExt;
-    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let symbol = symbol_param(&p, "symbol", state.influx.layout().name_form()).map_err(bad)?;
     let res = resolution_param(&p, "resolution").map_err(bad)?;
     let zone = zone_param(&p, "tz", state.zones.for_symbol(&symbol)).map_err(bad)?;
     let res = ZonedResolution::new(res, zone);

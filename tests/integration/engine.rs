@@ -565,7 +565,8 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
         .unwrap();
     assert_eq!(n, 0);
     generated(&app, 20_000).await;
-    let as_row = |t: &ohlcd::candle::Trade| (t.time, t.id, t.price, t.amount, t.side == Side::Buy);
+    let as_row =
+        |t: &ohlcd::candle::Trade| (t.time, t.id, t.price, t.amount, t.side == Some(Side::Buy));
     let btc = app.raw_trades("BTCUSD").await;
     let eth = app.raw_trades("ETHUSD").await;
     // Bounds on trade times: the trade at `from` is in, the one at `to` out.

@@ -17,6 +17,7 @@ mod protocol;
 mod push;
 mod retention;
 mod scale_out;
+mod schema;
 mod secrets;
 mod security;
 mod zones;
