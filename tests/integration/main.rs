@@ -10,6 +10,7 @@ mod faults;
 mod helpers;
 mod http;
 mod ingest;
+mod outages;
 mod push;
 mod retention;
 mod scale_out;
