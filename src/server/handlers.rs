@@ -583,11 +583,16 @@ struct Health {
     sqlite: String,
 }
 
-/// `GET /healthz`: 200 when InfluxDB (database included) and SQLite answer, else 503.
+/// `GET /healthz`: 200 when InfluxDB (database included) and SQLite answer and
+/// InfluxDB took the last write, else 503.
 pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
     // A health check must answer quickly even when InfluxDB hangs.
+    // Reads can work while writes fail (a full disk): both must.
     let influx = match state.influx.fail_fast(2, 0).check_database().await {
-        Ok(()) => "ok".to_string(),
+        Ok(()) => match state.influx.recent_write_failure() {
+            None => "ok".to_string(),
+            Some(why) => format!("writes fail: {why}"),
+        },
         Err(e) => e.to_string(),
     };
     let sqlite = match state.store.ping().await {
