@@ -38,6 +38,9 @@ pub struct LoadStats {
     pub api_conn_errors: AtomicU64,
     /// Batches never acknowledged (given up after the run).
     pub api_unacked: AtomicU64,
+    /// Batches of impatient clients, not retried after a failure (their
+    /// trades may or may not be stored: either way the candles must agree).
+    pub api_abandoned: AtomicU64,
     pub direct_acked: AtomicU64,
     pub direct_failed: AtomicU64,
     pub chart_ok: AtomicU64,
@@ -119,7 +122,8 @@ fn trade_json(t: &NewTrade) -> Value {
 
 /// One ingest client: batches of 1–10 trades, each posted to a random
 /// daemon until one acknowledges it, retrying 5xx and connection errors
-/// with the very same body.
+/// with the very same body. One batch in ten is impatient: sent once, and
+/// left as it is if that fails.
 pub async fn api_client(load: Arc<Load>, clients: usize, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let http = reqwest::Client::builder()
@@ -145,6 +149,7 @@ pub async fn api_client(load: Arc<Load>, clients: usize, seed: u64) {
         let body =
             serde_json::to_vec(&trades.iter().map(trade_json).collect::<Vec<_>>()).expect("JSON");
         load.stats.api_batches.fetch_add(1, Ordering::Relaxed);
+        let patient = rng.random_bool(0.9);
         let mut attempt = 0u32;
         loop {
             if attempt > 0 {
@@ -191,6 +196,10 @@ pub async fn api_client(load: Arc<Load>, clients: usize, seed: u64) {
                 Err(_) => {
                     load.stats.api_conn_errors.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            if !patient {
+                load.stats.api_abandoned.fetch_add(1, Ordering::Relaxed);
+                break;
             }
             if load.give_up.load(Ordering::Relaxed) {
                 load.stats.api_unacked.fetch_add(1, Ordering::Relaxed);

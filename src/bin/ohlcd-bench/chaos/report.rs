@@ -123,7 +123,11 @@ impl Verdict<'_> {
                 &mut rows,
                 "trades never acknowledged stored at most once",
                 d.unacked.wrong == 0,
-                finding(&d.unacked, "of them found stored"),
+                if d.unacked.wrong == 0 {
+                    format!("{} of them found stored, each once", n(d.unacked.checked))
+                } else {
+                    finding(&d.unacked, "found stored")
+                },
             );
             check(
                 &mut rows,
@@ -281,6 +285,11 @@ impl Verdict<'_> {
                 n(get(&l.api_5xx)),
                 n(get(&l.api_conn_errors))
             ),
+        );
+        figure(
+            &mut rows,
+            "  failed batches of impatient clients, not retried",
+            n(get(&l.api_abandoned)),
         );
         figure(
             &mut rows,
