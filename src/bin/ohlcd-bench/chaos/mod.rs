@@ -141,6 +141,37 @@ pub async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) -> Result
         .await
         .context("the daemons did not start")?;
     say!("{DAEMONS} daemons up: {}", daemons.urls().join(", "));
+    // The faults start once the history is materialized, so late trades are
+    // behind the watermarks from the first one on.
+    let store = ProgressStore::connect(&pg_url)
+        .await
+        .context("cannot open the progress store")?;
+    let catch_up = Instant::now();
+    let horizon = (chrono::Utc::now().timestamp_nanos_opt().context("clock")? - 120 * NS)
+        .div_euclid(60 * NS)
+        * 60
+        * NS;
+    loop {
+        daemons.watch_once().await;
+        let tasks = store.tasks().await.unwrap_or_default();
+        let done = tasks
+            .iter()
+            .filter(|t| t.resolution.name() == "1m" && t.watermark.is_some_and(|w| w >= horizon))
+            .count();
+        if done == symbols.len() {
+            break;
+        }
+        if catch_up.elapsed() > Duration::from_secs(opts.settle_secs) {
+            bail!(
+                "the daemons did not catch up with the history within {}s ({done} of {} symbols)",
+                opts.settle_secs,
+                symbols.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let catch_up_secs = catch_up.elapsed().as_secs_f64();
+    say!("history materialized in {catch_up_secs:.0}s");
     let urls = daemons.urls();
     let targets = Arc::new(Targets {
         influxd,
@@ -246,9 +277,6 @@ pub async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) -> Result
 
     // Settle, then judge.
     let heal_done = Instant::now();
-    let store = ProgressStore::connect(&pg_url)
-        .await
-        .context("cannot open the progress store")?;
     let newest = ledger.newest_ms().unwrap_or(0) * 1_000_000;
     let until = newest.div_euclid(60 * NS) * 60 * NS + 60 * NS;
     let by_symbol = ledger.by_symbol();
@@ -336,6 +364,7 @@ pub async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) -> Result
         table: &table,
         daemons: &daemon_report,
         settle: &settle,
+        catch_up_secs,
         total_secs: started.elapsed().as_secs_f64(),
     };
     let (rows, passed) = verdict.rows();

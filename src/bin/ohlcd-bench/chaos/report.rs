@@ -49,6 +49,8 @@ pub struct Verdict<'a> {
     pub table: &'a TableFindings,
     pub daemons: &'a DaemonReport,
     pub settle: &'a Settle,
+    /// Seconds the daemons took to materialize the history, before the faults.
+    pub catch_up_secs: f64,
     pub total_secs: f64,
 }
 
@@ -257,7 +259,15 @@ impl Verdict<'_> {
                 n(self.proxy_connections)
             ),
         );
-        figure(&mut rows, "history written before the run", n(self.seeded));
+        figure(
+            &mut rows,
+            "history written before the run",
+            format!(
+                "{} trades, materialized by the daemons in {:.0} s before the faults",
+                n(self.seeded),
+                self.catch_up_secs
+            ),
+        );
         figure(
             &mut rows,
             "trades POSTed and acknowledged",
