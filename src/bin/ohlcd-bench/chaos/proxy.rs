@@ -128,10 +128,12 @@ impl Drop for Proxy {
     }
 }
 
-/// Waits out a stall, if one is on.
+/// Waits out a stall, if one is on (looking again every 100 ms: a heal
+/// ends it early).
 async fn wait_stall(ctl: &Control) {
     while let Some(until) = ctl.stalled_until() {
-        tokio::time::sleep_until(until.into()).await;
+        let step = until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(step.min(Duration::from_millis(100))).await;
     }
 }
 
@@ -211,4 +213,65 @@ pub fn authority(url: &str) -> Result<String> {
         .parse()
         .with_context(|| format!("not host:port: {rest}"))?;
     Ok(addr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that answers every connection's first bytes with
+    /// `size` bytes of `x`, then closes.
+    async fn upstream(size: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(&vec![b'x'; size]).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn exchange(proxy: &Proxy) -> (usize, std::io::Result<()>) {
+        let mut conn = TcpStream::connect(authority(&proxy.url).unwrap())
+            .await
+            .unwrap();
+        conn.write_all(b"GET").await.unwrap();
+        let mut got = Vec::new();
+        let end = conn.read_to_end(&mut got).await.map(|_| ());
+        (got.len(), end)
+    }
+
+    #[tokio::test]
+    async fn a_reset_cuts_a_response_partway_and_only_the_armed_ones() {
+        let proxy = Proxy::start(upstream(10_000).await, 1).await.unwrap();
+        assert_eq!(exchange(&proxy).await.0, 10_000);
+        proxy.arm_resets(1);
+        let (got, end) = exchange(&proxy).await;
+        assert!(got < 10_000, "{got} bytes came through");
+        assert_eq!(end.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+        assert_eq!(proxy.resets_done(), 1);
+        assert_eq!(exchange(&proxy).await.0, 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_stall_holds_every_byte_until_it_ends() {
+        let proxy = Proxy::start(upstream(100).await, 1).await.unwrap();
+        proxy.stall(Duration::from_secs(600));
+        let mut conn = TcpStream::connect(authority(&proxy.url).unwrap())
+            .await
+            .unwrap();
+        conn.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 100];
+        let early = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
+        assert!(early.is_err(), "bytes came through a stall: {early:?}");
+        proxy.heal();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 100);
+    }
 }
