@@ -338,6 +338,15 @@ pub async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) -> Result
         tokio::time::sleep(Duration::from_secs(20)).await;
     };
     settle.secs = heal_done.elapsed().as_secs_f64();
+    // Healthy again: a daemon's last failed write is reported until a write
+    // succeeds or for influx::WRITE_FAILURE_HOLD.
+    let limit = deadline
+        .saturating_duration_since(Instant::now())
+        .max(ohlcd::influx::WRITE_FAILURE_HOLD + Duration::from_secs(30));
+    settle.healthy = match targets.daemons.wait_healthy(&http, limit).await {
+        Ok(()) => Ok(heal_done.elapsed().as_secs_f64()),
+        Err(e) => Err(format!("{e:#}")),
+    };
     let table = verify::check_table(&store, &first_trade).await?;
     store.close().await;
     watch.abort();

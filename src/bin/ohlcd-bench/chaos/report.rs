@@ -12,7 +12,7 @@ use super::verify::{DataFindings, Finding, TableFindings};
 use crate::report::{mb, thousands};
 
 /// How settling went.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Settle {
     /// Seconds from the end of the load to the verdict.
     pub secs: f64,
@@ -23,6 +23,21 @@ pub struct Settle {
     pub first_mismatches: Option<u64>,
     /// Why the system did not settle in time, if it did not.
     pub unsettled: Option<String>,
+    /// Seconds after the load until every daemon's `/healthz` said 200, or
+    /// why not.
+    pub healthy: Result<f64, String>,
+}
+
+impl Default for Settle {
+    fn default() -> Settle {
+        Settle {
+            secs: 0.0,
+            checks: 0,
+            first_mismatches: None,
+            unsettled: None,
+            healthy: Err("not checked".into()),
+        }
+    }
 }
 
 /// One line of the report: a check (with a result) or a figure.
@@ -105,6 +120,15 @@ impl Verdict<'_> {
                     self.settle.first_mismatches.unwrap_or(0)
                 ),
                 Some(why) => format!("not within {} s: {why}", self.opts.settle_secs),
+            },
+        );
+        check(
+            &mut rows,
+            "every daemon healthy again (/healthz 200)",
+            self.settle.healthy.is_ok(),
+            match &self.settle.healthy {
+                Ok(secs) => format!("{secs:.0} s after the load stopped"),
+                Err(why) => why.clone(),
             },
         );
         let unacked = get(&l.api_unacked);
