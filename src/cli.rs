@@ -248,9 +248,47 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     pb
 }
 
+/// True if a start-up error may pass by itself: InfluxDB or the progress
+/// store unreachable, timing out, restarting or answering 5xx.
+fn is_outage(e: &anyhow::Error) -> bool {
+    if let Some(e) = e.downcast_ref::<InfluxError>() {
+        return e.is_transient();
+    }
+    e.downcast_ref::<crate::progress::ProgressError>()
+        .is_some_and(|e| e.is_transient())
+}
+
+/// The engine of `ohlcd run`. A daemon is often started (or restarted by its
+/// supervisor) while InfluxDB or PostgreSQL is down or restarting: that is
+/// waited out, with a warning per attempt, instead of ending the daemon.
+/// Mistakes that waiting cannot fix (credentials, a database that cannot be
+/// created, the schema) still end it at once with their one line.
+async fn build_engine_waiting(settings: &Settings) -> anyhow::Result<Engine> {
+    let mut attempt = 0u32;
+    loop {
+        match build_engine(settings, true, true).await {
+            Err(e) if is_outage(&e) => {
+                attempt += 1;
+                let retry_in = Duration::from_millis(500 << attempt.min(4));
+                tracing::warn!(
+                    error = %error_line(&e),
+                    retry_in = ?retry_in,
+                    "cannot start yet: waiting for InfluxDB and the progress store"
+                );
+                tokio::time::sleep(retry_in).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     crate::scheduler::validate_cron(&settings.engine.cron).map_err(anyhow::Error::msg)?;
-    let engine = Arc::new(build_engine(&settings, true, true).await?);
+    let engine = tokio::select! {
+        engine = build_engine_waiting(&settings) => Arc::new(engine?),
+        // Stopped while still waiting: nothing was started, nothing to finish.
+        _ = shutdown_signal() => return Ok(()),
+    };
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| {

@@ -18,8 +18,8 @@ use crate::datafeed::{
 };
 use crate::ingest::write_trades;
 use crate::progress::ProgressEntry;
-use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
 use crate::schema::NameForm;
+use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into())
@@ -331,14 +331,17 @@ pub async fn udf_quotes(p: Params, state: AppState) -> Result<impl Reply, Reject
         .map_err(warp::reject::custom)?;
     let now = state.clock.now();
     let exchange = &state.settings.exchange;
+    let form = state.influx.layout().name_form();
     let quotes = futures_util::future::join_all(names.iter().map(|name| {
-        let symbol = name
-            .strip_prefix(&format!("{exchange}:"))
-            .unwrap_or(name)
-            .to_string();
+        let symbol = if name.split(crate::schema::NAME_SEPARATOR).count() > form.parts() {
+            name.strip_prefix(&format!("{exchange}:")).unwrap_or(name)
+        } else {
+            name
+        }
+        .to_string();
         let state = &state;
         async move {
-            crate::ingest::validate_symbol(&symbol)
+            crate::ingest::validate_symbol(&symbol, form)
                 .map_err(|e| DatafeedError::BadRequest(e.to_string()))?;
             state
                 .datafeed
@@ -525,22 +528,22 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
     Ok(warp::reply::json(&accepted))
 }
 
-/// Writes validated trades, then records those behind the 1m watermark as late.
+/// Writes validated trades and records those behind the 1m watermark as
+/// late, before the write and again after it.
+///
+/// Before: a trade InfluxDB stored must never go uncounted, and the write
+/// can store it without this request getting to record it afterwards (the
+/// daemon dies in between, the progress store fails, InfluxDB answers an
+/// error or never answers yet keeps the points). A range recorded for a
+/// trade that was not stored costs one recompute. After, once InfluxDB
+/// acknowledged the write, all of them again: a repair may have run on the
+/// first record before the trades landed, and a chunk that read the source
+/// in between has announced itself in `inflight_until`, so what it missed
+/// is late now.
 async fn ingest(
     trades: Vec<crate::ingest::NewTrade>,
     state: AppState,
 ) -> Result<Accepted, Rejection> {
-    write_trades(&state.influx, &trades).await.map_err(reject)?;
-    // History requests read them from now on (the cached tail goes).
-    let symbols: std::collections::BTreeSet<&str> =
-        trades.iter().map(|t| t.symbol.as_str()).collect();
-    symbols.iter().for_each(|s| state.datafeed.trades_posted(s));
-    // InfluxDB has them: live subscribers of these symbols see them now.
-    state
-        .push
-        .trades_written(trades.iter().map(|t| t.symbol.as_str()));
-    // Only after InfluxDB acknowledged the write: a chunk that read the source
-    // before this point has announced itself in `inflight_until`.
     let symbols: Vec<String> = trades
         .iter()
         .map(|t| t.symbol.as_str())
@@ -548,21 +551,56 @@ async fn ingest(
         .into_iter()
         .map(String::from)
         .collect();
-    let thresholds = state.store.late_before(&symbols).await.map_err(reject)?;
-    let mut late: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    for t in &trades {
+    record_late(&trades, &symbols, &state).await?;
+    write_trades(&state.influx, &trades).await.map_err(reject)?;
+    crate::failpoint::hit("trades_written").await;
+    // History requests read them from now on (the cached tail goes).
+    symbols.iter().for_each(|s| state.datafeed.trades_posted(s));
+    // InfluxDB has them: live subscribers of these symbols see them now.
+    state
+        .push
+        .trades_written(trades.iter().map(|t| t.symbol.as_str()));
+    let late = record_late(&trades, &symbols, &state).await?;
+    if late.known_symbols < symbols.len() {
+        state.datafeed.invalidate_symbols().await;
+    }
+    ::metrics::counter!("ohlcd_trades_ingested_total").increment(trades.len() as u64);
+    ::metrics::counter!("ohlcd_late_trades_total").increment(late.trades as u64);
+    Ok(Accepted {
+        accepted: trades.len(),
+        late: late.trades,
+    })
+}
+
+/// What [`record_late`] found.
+struct Late {
+    /// Trades behind their symbol's threshold.
+    trades: usize,
+    /// Symbols that already have tasks.
+    known_symbols: usize,
+}
+
+/// Records the minutes of the trades behind their symbol's late threshold
+/// as dirty ranges (adjacent minutes as one range).
+async fn record_late(
+    trades: &[crate::ingest::NewTrade],
+    symbols: &[String],
+    state: &AppState,
+) -> Result<Late, Rejection> {
+    let thresholds = state.store.late_before(symbols).await.map_err(reject)?;
+    let mut count = 0;
+    let mut minutes: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for t in trades {
         let time = t.stored().time;
         if thresholds.get(&t.symbol).is_some_and(|th| time < *th) {
-            late.entry(&t.symbol)
+            count += 1;
+            minutes
+                .entry(&t.symbol)
                 .or_default()
-                .push(Resolution::M1.window_start(time));
+                .insert(Resolution::M1.window_start(time));
         }
     }
-    let mut late_count = 0;
-    for (symbol, mut minutes) in late {
-        late_count += minutes.len();
-        minutes.sort_unstable();
-        minutes.dedup();
+    for (symbol, minutes) in minutes {
         let mut ranges: Vec<std::ops::Range<i64>> = Vec::new();
         for m in minutes {
             let end = m + Resolution::M1.nanos();
@@ -577,14 +615,9 @@ async fn ingest(
             .await
             .map_err(reject)?;
     }
-    if thresholds.len() < symbols.len() {
-        state.datafeed.invalidate_symbols().await;
-    }
-    ::metrics::counter!("ohlcd_trades_ingested_total").increment(trades.len() as u64);
-    ::metrics::counter!("ohlcd_late_trades_total").increment(late_count as u64);
-    Ok(Accepted {
-        accepted: trades.len(),
-        late: late_count,
+    Ok(Late {
+        trades: count,
+        known_symbols: thresholds.len(),
     })
 }
 
@@ -776,23 +809,29 @@ struct Health {
 
 /// `GET /healthz`, public: `ok` (200), `degraded` (200: some symbols failed
 /// their last run; how many is `failed_symbols`) or `unhealthy` (503:
-/// InfluxDB, its database included, or the progress store does not answer).
-/// Degraded stays 200 because a symbol fails for its data, which every
-/// daemon shares: a 503 would take every daemon out of a load balancer and
-/// stop the charts of the healthy symbols too. Says up or down, never where:
-/// the reason goes to the log.
+/// InfluxDB, its database included, or the progress store does not answer,
+/// or InfluxDB refuses writes, as on a full disk). Degraded stays 200
+/// because a symbol fails for its data, which every daemon shares: a 503
+/// would take every daemon out of a load balancer and stop the charts of the
+/// healthy symbols too. Says up or down, never where or why: the reason goes
+/// to the log.
 pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
     // A health check must answer quickly even when InfluxDB hangs.
     let influx = state.influx.fail_fast(2, 0).check_database().await;
+    // Reads can work while writes fail (a full disk): both must.
+    let writes = state.influx.recent_write_failure();
     let store = state.store.ping().await;
     let failing = match &store {
         Ok(()) => state.store.failing_symbols().await.unwrap_or(0),
         Err(_) => 0,
     };
     let up = |ok: bool| if ok { "ok" } else { "down" };
-    let healthy = influx.is_ok() && store.is_ok();
+    let healthy = influx.is_ok() && writes.is_none() && store.is_ok();
     if let Err(e) = &influx {
         tracing::debug!(error = %e, "health: InfluxDB down");
+    }
+    if let Some(why) = &writes {
+        tracing::debug!(error = %why, "health: InfluxDB refuses writes");
     }
     if let Err(e) = &store {
         tracing::debug!(error = %e, "health: progress store down");
@@ -803,7 +842,11 @@ pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
             (true, 0) => "ok",
             (true, _) => "degraded",
         },
-        influx: up(influx.is_ok()),
+        influx: match (&influx, &writes) {
+            (Err(_), _) => "down",
+            (Ok(()), Some(_)) => "writes_failing",
+            (Ok(()), None) => "ok",
+        },
         store: up(store.is_ok()),
         failed_symbols: failing,
         version: crate::build_info::VERSION,

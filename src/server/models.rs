@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
 use crate::datafeed::ChartResolution;
 use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
-use crate::zone::{Tz, parse_zone};
 use crate::schema::NameForm;
+use crate::zone::{Tz, parse_zone};
 
 /// Query parameters as received.
 pub type Params = HashMap<String, String>;

@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution, Trade};
+use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution, Skip, Trade};
 use ohlcd::clock::ManualClock;
 use ohlcd::config::Settings;
 use ohlcd::engine::{Engine, Warehouse};
@@ -695,9 +695,9 @@ impl Warehouse for Spy {
         &self,
         symbols: &[String],
         range: Range<i64>,
-        on_trade: impl FnMut(&str, Trade) + Send,
+        on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
     ) -> Result<u64, InfluxError> {
-        Warehouse::read_trades(&self.influx, symbols, range, on_trade).await
+        Warehouse::read_trades(&self.influx, symbols, range, on_row).await
     }
 
     async fn read_candles(

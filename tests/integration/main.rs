@@ -12,6 +12,7 @@ mod helpers;
 mod http;
 mod ingest;
 mod ops;
+mod outages;
 mod poison;
 mod protocol;
 mod push;

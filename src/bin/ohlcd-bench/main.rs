@@ -21,7 +21,10 @@
 //! - *serve* (`--serve`, e.g. 50M trades over 50 symbols): chart requests
 //!   (`/udf/history`, countback 300, mixed resolutions) at rising concurrency
 //!   against `ohlcd run`, side by side with InfluxDB aggregating the same bars
-//!   on the fly.
+//!   on the fly;
+//! - *chaos* (`--chaos`): three daemons on one PostgreSQL and one influxd
+//!   under faults at random while trades and chart requests flow, then every
+//!   trade, candle and chart bar checked against an oracle ([`chaos`]).
 //!
 //! With `--server 3` the throwaway server is InfluxDB 3 Core (from
 //! `../shared/influxdb3`, or `OHLCD_INFLUXDB3`) and the raw pull is taken
@@ -48,6 +51,7 @@
 //! the table; [`v3`] what `--server 3` (InfluxDB 3 Core) adds.
 
 mod bench;
+mod chaos;
 mod daemon;
 mod live;
 mod procs;
@@ -89,6 +93,9 @@ const RESOLUTIONS: [(&str, &str, i64); 6] = [
 /// Symbols of the ingest comparison: new series, never part of the data set.
 const API_SYMBOL: &str = "BENCH_API";
 const WRITE_SYMBOL: &str = "BENCH_WRITE";
+
+/// Where the report goes unless `--out` says otherwise.
+const DEFAULT_OUT: &str = "target/bench/results.md";
 
 /// Sizes above this need `--allow-large`.
 const LARGE_SIZE: u64 = 20_000_000;
@@ -143,7 +150,7 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     influx_url: Option<String>,
     /// Markdown copy of the results.
-    #[arg(long, default_value = "target/bench/results.md")]
+    #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
     /// Timed /udf/history requests per resolution (after 20 warm-up requests).
     #[arg(long, default_value_t = 200)]
@@ -237,6 +244,37 @@ pub struct Args {
     /// afterwards; its path is printed.
     #[arg(long)]
     keep_scratch: bool,
+    /// Chaos run: three `ohlcd run` daemons on one PostgreSQL and one
+    /// influxd under faults at random every few seconds, while trades and
+    /// chart requests flow; then every trade, candle and chart bar is
+    /// checked. Exits non-zero on any mismatch. Report in --out (default
+    /// target/bench/chaos.md).
+    #[arg(long, conflicts_with_all = ["live", "serve", "push"])]
+    chaos: bool,
+    /// Seconds of faults and load in the chaos run.
+    #[arg(long, default_value_t = 1_800, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    chaos_secs: u64,
+    /// Symbols of the chaos run.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=999))]
+    chaos_symbols: u64,
+    /// Trades POSTed per second in the chaos run (all ingest clients).
+    #[arg(long, default_value_t = 40.0)]
+    chaos_rate: f64,
+    /// Days of history (and how old late trades get) in the chaos run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    chaos_history_days: u32,
+    /// Trades of that history, all symbols together.
+    #[arg(long, default_value_t = 100_000)]
+    chaos_history_trades: u64,
+    /// Bound on each chaos daemon's peak RSS, MB.
+    #[arg(long, default_value_t = 256)]
+    chaos_rss_mb: u64,
+    /// How long the system may take to settle after the faults, seconds.
+    #[arg(long, default_value_t = 600)]
+    chaos_settle_secs: u64,
+    /// Seed of the chaos run's faults and load (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 impl Args {
@@ -433,6 +471,31 @@ async fn run(mut args: Args) -> Result<bool> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    if args.chaos {
+        ensure!(
+            args.chaos_rate > 0.0 && args.chaos_rate <= 2_000.0,
+            "--chaos-rate must be above 0 and at most 2000 trades/s"
+        );
+        let default_out = args.out == std::path::Path::new(DEFAULT_OUT);
+        let opts = chaos::Options {
+            secs: args.chaos_secs,
+            symbols: args.chaos_symbols as usize,
+            seed: args.seed.unwrap_or_else(rand::random),
+            rate: args.chaos_rate,
+            history_days: args.chaos_history_days,
+            history_trades: args.chaos_history_trades.max(args.chaos_symbols),
+            rss_mb: args.chaos_rss_mb,
+            settle_secs: args.chaos_settle_secs,
+            out: if default_out {
+                PathBuf::from("target/bench/chaos.md")
+            } else {
+                args.out.clone()
+            },
+            keep_scratch: args.keep_scratch,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        return chaos::run(opts, ohlcd, ohlcd_version).await;
+    }
 
     let load_start = procs::loadavg();
     let scratch = ScratchDir::new("ohlcd-bench").context("cannot create a scratch directory")?;
