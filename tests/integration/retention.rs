@@ -13,9 +13,10 @@ use ohlcd::clock::{Clock, SystemClock};
 use ohlcd::config::Settings;
 use ohlcd::influx::InfluxClient;
 use ohlcd::testkit::InfluxdOptions;
+use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
-use crate::helpers::{Server, TestApp, influx_with_users, t};
+use crate::helpers::{TestApp, influx_with_users, t};
 use crate::http::get;
 
 const FROM: &str = "2024-03-01T00:00:00Z";
@@ -366,11 +367,17 @@ async fn policies_ohlcd_cannot_create_or_change_are_reported_with_the_reason() {
     );
 }
 
-#[tokio::test]
-async fn influxdb_3_refuses_retention_policies_per_measurement_at_start() {
-    let Some(app) = TestApp::spawn_on(Server::V3).await else {
-        return;
-    };
+// A 3.x test only: `::v3`, like the 3.x half of the tests on both servers.
+mod influxdb_3_refuses_retention_policies_per_measurement_at_start {
+    crate::helpers::test_on!(
+        v3,
+        V3,
+        Sqlite,
+        super::influxdb_3_refuses_retention_policies_per_measurement_at_start
+    );
+}
+
+async fn influxdb_3_refuses_retention_policies_per_measurement_at_start(app: TestApp) {
     let out = app
         .ohlcd()
         .env("OHLCD_RETENTION__OHLC_1M", "candles_1y:52w")
