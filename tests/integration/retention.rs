@@ -473,7 +473,14 @@ async fn a_rebuild_of_a_day_whose_raw_trades_partly_expired_recomputes_only_the_
     let mut influx = InfluxClient::new(&settings.influx).unwrap();
     influx.detect().await.unwrap();
     influx.prepare_retention(false).await.unwrap();
-    app.clock.set(SystemClock.now());
+    let now = SystemClock.now();
+    app.clock.set(now);
+    // The earliest raw trade still stored, as the test reads it.
+    let first_stored = app
+        .rows("SELECT price FROM \"test\".\"raw\".\"trades\" WHERE symbol = 'BTCUSD' LIMIT 1")
+        .await[0]["time"]
+        .as_i64()
+        .unwrap();
     let engine = ohlcd::engine::Engine::new(
         influx,
         app.store.clone(),
@@ -482,27 +489,41 @@ async fn a_rebuild_of_a_day_whose_raw_trades_partly_expired_recomputes_only_the_
         Duration::from_secs(app.settings.progress.lease_secs),
     );
     let report = engine
-        .rebuild(
-            "BTCUSD",
-            from * NANOS_PER_SEC,
-            SystemClock.now() + NANOS_PER_SEC,
-        )
+        .rebuild("BTCUSD", from * NANOS_PER_SEC, now + NANOS_PER_SEC)
         .await
         .unwrap();
     assert!(report.is_limited() && report.expired, "{report:?}");
+    // README's rule, written out here: raw trades kept for d = 1h are all
+    // there from now - d + 5 min on; a window is rebuilt iff it starts at or
+    // after that and ends after the earliest raw trade still stored.
+    let complete_from = now - 3600 * NANOS_PER_SEC + 5 * 60 * NANOS_PER_SEC;
+    let rebuilt =
+        |res: Resolution, start: i64| start >= complete_from && start + res.nanos() > first_stored;
     let (mut restored, mut kept) = (0, 0);
     for (i, res) in Resolution::ALL.into_iter().enumerate() {
         let after = app.stored("BTCUSD", res).await;
         assert_eq!(after.len(), before[i].len(), "{res}");
+        let mut restored_here = 0;
         for (a, b) in after.iter().zip(&before[i]) {
-            if a.start >= report.floors[i] {
-                assert_eq!(a, b, "{res} at {} is rebuilt", a.start);
-                restored += 1;
+            if rebuilt(res, a.start) {
+                assert_eq!(a, b, "{res} at {} is rebuilt", to_rfc3339(a.start));
+                restored_here += 1;
             } else {
-                assert_eq!(a.close, b.close + 1.0, "{res} at {} is kept", a.start);
+                assert_eq!(
+                    a.close,
+                    b.close + 1.0,
+                    "{res} at {} is kept",
+                    to_rfc3339(a.start)
+                );
                 kept += 1;
             }
         }
+        // Trades run to two minutes before the rebuild: the last 55 minutes
+        // hold complete 1m, 5m and 15m windows.
+        if res.nanos() <= 15 * 60 * NANOS_PER_SEC {
+            assert!(restored_here > 0, "{res}: nothing rebuilt");
+        }
+        restored += restored_here;
     }
     assert!(restored > 0 && kept > 0, "{restored} restored, {kept} kept");
     assert_eq!(report.kept, kept);
