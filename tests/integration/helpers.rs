@@ -607,11 +607,13 @@ pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Ca
 /// The app's InfluxDB as the engine sees it ([`Warehouse`]), with what a test
 /// needs to watch or stall one daemon: a gate that holds the next count of
 /// trades (the engine counts a lagging round's symbols after planning the
-/// round and before claiming them).
+/// round and before claiming them), and a record of every candle written
+/// over stored ones (repairs and rebuilds).
 #[derive(Clone)]
 pub struct Spy {
     influx: InfluxClient,
     gate: Arc<std::sync::Mutex<Option<Gate>>>,
+    overwritten: Arc<std::sync::Mutex<Vec<(Resolution, String, Vec<Candle>)>>>,
 }
 
 /// See [`Spy::hold_next_count`].
@@ -626,6 +628,7 @@ impl Spy {
         Spy {
             influx,
             gate: Arc::default(),
+            overwritten: Arc::default(),
         }
     }
 
@@ -642,6 +645,17 @@ impl Spy {
         let (go, release) = tokio::sync::oneshot::channel();
         *self.gate.lock().unwrap() = Some(Gate { reached, release });
         (on_reach, go)
+    }
+
+    /// Every candle written over stored ones so far, per (resolution, symbol),
+    /// by start; a window written twice holds its last value.
+    pub fn overwritten(&self) -> BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> {
+        let mut out: BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> = BTreeMap::new();
+        for (res, symbol, candles) in self.overwritten.lock().unwrap().iter() {
+            let by_start = out.entry((*res, symbol.clone())).or_default();
+            by_start.extend(candles.iter().map(|c| (c.start, *c)));
+        }
+        out
     }
 }
 
@@ -711,6 +725,10 @@ impl Warehouse for Spy {
     }
 
     async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        self.overwritten.lock().unwrap().extend(
+            sets.iter()
+                .map(|s| (s.resolution, s.symbol.to_string(), s.candles.to_vec())),
+        );
         Warehouse::overwrite_candles(&self.influx, sets).await
     }
 
