@@ -465,20 +465,40 @@ async fn progress_health_metrics_and_raw_trades_are_served(app: TestApp) {
     );
     let (status, health) = get(&format!("{url}/healthz")).await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-    let (status, trades) = get(&format!(
-        "{url}/api/trades?symbol=BTCUSD&from={}&to={}&limit=5",
-        t(FROM) / NANOS_PER_SEC,
-        t(TO) / NANOS_PER_SEC
-    ))
-    .await;
-    assert_eq!(status, 200);
-    let trades = trades["trades"].as_array().unwrap();
-    assert_eq!(trades.len(), 5);
-    assert!(
-        trades
-            .windows(2)
-            .all(|w| w[0]["timestamp"].as_i64() <= w[1]["timestamp"].as_i64())
-    );
+    // Raw trades: exactly those of [from, to) as read back over InfluxQL,
+    // field by field, by time; `limit` keeps the first ones.
+    let (from, to) = (t("2024-02-01T00:00:00Z"), t("2024-02-03T00:00:00Z"));
+    let expected: Vec<Value> = app
+        .raw_trades("BTCUSD")
+        .await
+        .into_iter()
+        .filter(|r| (from..to).contains(&r.0))
+        .map(|(time, id, price, amount, buy)| {
+            json!({
+                "timestamp": time.div_euclid(1_000_000),
+                "id": id,
+                "price": price,
+                "amount": amount,
+                "side": if buy { "buy" } else { "sell" },
+            })
+        })
+        .collect();
+    assert!(expected.len() > 100, "{} trades in range", expected.len());
+    let served = |limit: usize| {
+        let url = format!(
+            "{url}/api/trades?symbol=BTCUSD&from={}&to={}&limit={limit}",
+            from / NANOS_PER_SEC,
+            to / NANOS_PER_SEC
+        );
+        async move {
+            let (status, body) = get(&url).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["symbol"], "BTCUSD");
+            body["trades"].as_array().unwrap().clone()
+        }
+    };
+    assert_eq!(served(10_000).await, expected);
+    assert_eq!(served(5).await, expected[..5]);
     let metrics = metrics_with(
         &url,
         &[
