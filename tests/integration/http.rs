@@ -813,6 +813,70 @@ async fn the_progress_table_of_5200_symbols_is_served_row_for_row_as_the_store_h
         served.iter().filter(|e| e["status"] == "failed").count(),
         failed.len() * 6
     );
+    // The computed columns, from the set-up above rather than from
+    // `ProgressEntry`: symbol `ran[i]` was committed up to `now - i % 90
+    // minutes - 1h` (each watermark the start of its window there), run from
+    // `now - 1h` and released at `now - 15 min` (done) or failed at `now`
+    // (failed); the leased ones have not finished, the others never ran.
+    let (done_set, failed_set): (
+        std::collections::HashSet<&String>,
+        std::collections::HashSet<&String>,
+    ) = (done.iter().collect(), failed.iter().collect());
+    let ends: std::collections::HashMap<&String, i64> = ran
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s, now - (i as i64 % 90) * 60 * NANOS_PER_SEC - hour))
+        .collect();
+    for e in &served {
+        let symbol = e["symbol"].as_str().unwrap().to_string();
+        let len = Resolution::ALL
+            .iter()
+            .find(|r| r.name() == e["resolution"])
+            .unwrap()
+            .nanos();
+        let what = format!("{symbol} {}", e["resolution"]);
+        match ends.get(&symbol) {
+            Some(end) => {
+                let watermark = end - end.rem_euclid(len);
+                assert_eq!(
+                    e["watermark"].as_str(),
+                    Some(ohlcd::times::to_rfc3339(watermark).as_str()),
+                    "{what}"
+                );
+                assert_eq!(
+                    e["lag_seconds"].as_i64(),
+                    Some((now - watermark) / NANOS_PER_SEC),
+                    "{what}"
+                );
+            }
+            None => assert!(
+                e["watermark"].is_null() && e["lag_seconds"].is_null() && e["lag"].is_null(),
+                "{what}: {e}"
+            ),
+        }
+        let duration_ms = if done_set.contains(&symbol) {
+            Some(45 * 60 * 1000)
+        } else if failed_set.contains(&symbol) {
+            Some(60 * 60 * 1000)
+        } else {
+            None
+        };
+        assert_eq!(e["last_run_duration_ms"].as_i64(), duration_ms, "{what}");
+    }
+    // Lags read as their two largest units: `ran[0]` is an hour behind at
+    // 1m (its 1d window began a day before now), `ran[1]` a minute more.
+    let lags = |symbol: &String| -> Vec<&str> {
+        served
+            .iter()
+            .filter(|e| e["symbol"] == symbol.as_str())
+            .map(|e| e["lag"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(lags(&ran[0]), ["1h", "1h", "1h", "1h", "4h", "1d"]);
+    assert_eq!(
+        lags(&ran[1]),
+        ["1h 1m", "1h 5m", "1h 15m", "2h", "4h", "1d"]
+    );
 
     // `ohlcd progress --json`: the same rows (its lag is from the system clock).
     let out = app.ohlcd().args(["progress", "--json"]).output().unwrap();
