@@ -11,7 +11,6 @@ use ohlcd::config::Settings;
 use ohlcd::engine::TaskFilter;
 use ohlcd::ingest::NewTrade;
 use ohlcd::server::AppState;
-use ohlcd::server::push::Update;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_candles_eq, free_port, t};
@@ -131,6 +130,16 @@ async fn serve(
     app: &TestApp,
     configure: impl FnOnce(&mut Settings),
 ) -> (String, AppState, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(app, listener, configure).await
+}
+
+/// Like [`serve`], on `listener`.
+async fn serve_on(
+    app: &TestApp,
+    listener: tokio::net::TcpListener,
+    configure: impl FnOnce(&mut Settings),
+) -> (String, AppState, tokio::sync::oneshot::Sender<()>) {
     let mut settings = app.settings.clone();
     configure(&mut settings);
     let state = AppState::new(
@@ -139,7 +148,6 @@ async fn serve(
         Arc::new(app.clock.clone()),
         &settings,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(ohlcd::server::serve(listener, state.clone(), async move {
@@ -473,37 +481,71 @@ async fn reading_a_stream_needs_the_read_token_when_one_is_set() {
     assert_eq!(state.push.open_streams(), 1);
 }
 
+/// The bars carried by the complete `data:` lines of raw `/api/live`
+/// response bytes (chunked: the chunk-size lines in between are not `data:`
+/// lines).
+fn bars_in(raw: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(raw);
+    text[..text.rfind('\n').map_or(0, |end| end + 1)]
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+        .filter(|v| v.get("trades").is_some())
+        .collect()
+}
+
 #[tokio::test]
-async fn a_subscriber_that_does_not_read_holds_only_the_newest_bar() {
+async fn a_live_client_that_stops_reading_is_sent_the_newest_bar_not_every_one_it_missed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn().await;
     let m0 = t("2024-01-02T10:00:00Z");
     app.write(&[trade("BTCUSD", m0, 100.0, 1.0, 1)]).await;
     app.clock.set(m0 + 50 * NANOS_PER_SEC);
-    let (url, state, _stop) = serve(&app, |_| {}).await;
-    // The slow subscriber, straight on the hub: it never polls until the end.
-    let slot = state.push.open_stream().unwrap();
-    let (mut slow, first) = state
-        .push
-        .start(
-            "BTCUSD",
-            ohlcd::chart::ChartResolution::Minutes(1).into(),
-            None,
-            1000,
-            Duration::from_secs(20),
-            slot,
-        )
-        .await
-        .unwrap();
-    assert_eq!(first.len(), 1);
-    // A reading subscriber shows when each update has been computed.
+    // Small socket buffers on both sides (accepted sockets inherit the
+    // listener's), so a client that stops reading holds the server up after
+    // a few kilobytes rather than megabytes of kernel buffers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (url, _state, _stop) = serve_on(&app, socket.listen(1024).unwrap(), |_| {}).await;
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    slow.write_all(
+        b"GET /api/live?symbol=BTCUSD&resolution=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          Accept: text/event-stream\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Read up to the first bar, then stop reading.
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while bars_in(&raw).is_empty() {
+        let n = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut chunk))
+            .await
+            .expect("no first bar within 20 s")
+            .unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let first = bars_in(&raw).len();
+    // A reading client shows when each update has been computed. Each post
+    // changes the bar once: as many updates as posts, several times what the
+    // socket buffers and hyper's own hold.
     let mut fast =
         SseClient::open(&format!("{url}/api/live?symbol=BTCUSD&resolution=1"), None).await;
     fast.next().await;
-    let posts = 40;
+    let posts = 300;
     for i in 0..posts {
         let tr = trade(
             "BTCUSD",
-            m0 + (i + 1) * 1_000_000_000,
+            m0 + (i + 1) * 100_000_000,
             100.0 + i as f64,
             1.0,
             i + 2,
@@ -512,15 +554,34 @@ async fn a_subscriber_that_does_not_read_holds_only_the_newest_bar() {
         assert_eq!(status, 200);
         fast.until(|b| b.trades == i + 2).await;
     }
-    let updates = slow.next().await.unwrap();
-    let expected = naive_bar(&app, "BTCUSD", m0, MINUTE).await;
-    assert_eq!(updates.len(), 1, "one update, the newest: {updates:?}");
-    match &updates[0] {
-        Update::Bar { bar, closed, .. } => {
-            assert_candles_eq(&[*bar], &[expected], "the newest bar");
-            assert!(!closed);
+    // Reading again: what was buffered before the server was held up, then
+    // the newest bar, not a queue of every value in between.
+    let mut later = Vec::new();
+    loop {
+        let bars = bars_in(&raw);
+        if bars.last().is_some_and(|b| b["trades"] == posts + 1) {
+            later = bars[first..].to_vec();
+            break;
         }
-        other => panic!("expected a bar, got {other:?}"),
+        let n = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("the newest bar did not come within 20 s: {later:?}"))
+            .unwrap();
+        assert!(n > 0, "stream closed");
+        raw.extend_from_slice(&chunk[..n]);
     }
+    let expected = naive_bar(&app, "BTCUSD", m0, MINUTE).await;
     assert_eq!(expected.trades, posts + 1);
+    let newest = later.last().unwrap();
+    assert_eq!(newest["close"].as_f64(), Some(expected.close), "{newest}");
+    assert_eq!(newest["volume"].as_f64(), Some(expected.volume), "{newest}");
+    println!(
+        "a live client that stopped reading for {posts} updates received {} of them",
+        later.len()
+    );
+    assert!(
+        later.len() < posts as usize / 2,
+        "a client that stopped reading was sent {} of {posts} updates: they were queued for it",
+        later.len()
+    );
 }
