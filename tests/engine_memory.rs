@@ -180,7 +180,7 @@ impl Warehouse for Memory {
             return Ok(0);
         }
         self.calls.read_trades.fetch_add(1, Ordering::SeqCst);
-        let rows: Vec<(String, Trade)> = {
+        let mut rows: Vec<(String, Trade)> = {
             let trades = self.trades.lock().unwrap();
             symbols
                 .iter()
@@ -192,6 +192,9 @@ impl Warehouse for Memory {
                 })
                 .collect()
         };
+        // InfluxDB 3 returns rows in no particular order: neither by time
+        // nor grouped by symbol.
+        rows.sort_by_key(|(_, t)| scrambled(t.time, t.id));
         for (s, t) in &rows {
             on_row(s, Ok(*t));
         }
@@ -206,7 +209,7 @@ impl Warehouse for Memory {
         mut on_candle: impl FnMut(&str, Candle) + Send,
     ) -> Result<u64, InfluxError> {
         self.calls.read_candles.fetch_add(1, Ordering::SeqCst);
-        let rows: Vec<(String, Candle)> = {
+        let mut rows: Vec<(String, Candle)> = {
             let candles = self.candles.lock().unwrap();
             symbols
                 .iter()
@@ -214,6 +217,7 @@ impl Warehouse for Memory {
                 .flat_map(|(s, m)| m.range(range.clone()).map(move |(_, c)| (s.clone(), *c)))
                 .collect()
         };
+        rows.sort_by_key(|(s, c)| scrambled(c.start, s.len() as i64));
         for (s, c) in &rows {
             on_candle(s, *c);
         }
@@ -253,9 +257,15 @@ impl Warehouse for Memory {
     }
 }
 
+/// A sort key that puts rows in an order unrelated to time (a multiplicative
+/// hash), as InfluxDB 3 returns them.
+fn scrambled(time: i64, id: i64) -> u64 {
+    (time as u64 ^ (id as u64).rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// The reference: candles of `len` windows from trades, written out naively
 /// (group by window, order by (time, id)), for windows ending by `until`.
-fn naive(trades: &[Trade], len: i64, until: i64) -> Vec<(i64, f64, f64, f64, f64, i64, f64)> {
+fn naive(trades: &[Trade], len: i64, until: i64) -> Vec<Candle> {
     let mut windows: BTreeMap<i64, Vec<Trade>> = BTreeMap::new();
     for t in trades {
         let start = t.time - t.time.rem_euclid(len);
@@ -269,18 +279,28 @@ fn naive(trades: &[Trade], len: i64, until: i64) -> Vec<(i64, f64, f64, f64, f64
             ts.sort_by_key(|t| (t.time, t.id));
             let high = ts.iter().map(|t| t.price).fold(f64::MIN, f64::max);
             let low = ts.iter().map(|t| t.price).fold(f64::MAX, f64::min);
-            let volume: f64 = ts.iter().map(|t| t.amount).sum();
-            (
+            Candle {
                 start,
-                ts[0].price,
+                open: ts[0].price,
                 high,
                 low,
-                ts[ts.len() - 1].price,
-                ts.len() as i64,
-                volume,
-            )
+                close: ts[ts.len() - 1].price,
+                volume: ts.iter().map(|t| t.amount).sum(),
+                quote_volume: ts.iter().map(|t| t.price * t.amount).sum(),
+                trades: ts.len() as i64,
+                buy_volume: ts
+                    .iter()
+                    .filter(|t| t.side == Some(Side::Buy))
+                    .map(|t| t.amount)
+                    .sum(),
+            }
         })
         .collect()
+}
+
+/// Equal up to floating-point summation order.
+fn close_to(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 fn assert_exact(mem: &Memory, symbol: &str, until: i64) {
@@ -292,13 +312,20 @@ fn assert_exact(mem: &Memory, symbol: &str, until: i64) {
         for (c, e) in stored.iter().zip(&expected) {
             assert_eq!(
                 (c.start, c.open, c.high, c.low, c.close, c.trades),
-                (e.0, e.1, e.2, e.3, e.4, e.5),
+                (e.start, e.open, e.high, e.low, e.close, e.trades),
                 "{symbol} {res}"
             );
-            assert!(
-                (c.volume - e.6).abs() <= 1e-9 * e.6.max(1.0),
-                "{symbol} {res} volume"
-            );
+            for (what, got, want) in [
+                ("volume", c.volume, e.volume),
+                ("quote_volume", c.quote_volume, e.quote_volume),
+                ("buy_volume", c.buy_volume, e.buy_volume),
+            ] {
+                assert!(
+                    close_to(got, want),
+                    "{symbol} {res} at {}: {what} {got}, expected {want}",
+                    c.start
+                );
+            }
         }
     }
 }
