@@ -1,16 +1,18 @@
 //! Scale-out: three `ohlcd` processes (standing in for three hosts, each with
 //! its own owner name) share one PostgreSQL progress store and one InfluxDB.
 //! One is SIGKILLed mid-run; the others take its symbols over once its leases
-//! expire. The run history must tile every task's range exactly once and
-//! every candle must equal the naive computation from the raw trades.
+//! expire, and not before. The run history must tile every task's range
+//! exactly once and every candle must equal the naive computation from the
+//! raw trades.
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
 use ohlcd::candle::{NANOS_PER_DAY, Resolution};
 use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::NewTrade;
-use ohlcd::progress::{Backend, TaskStatus};
+use ohlcd::progress::{Backend, Task, TaskStatus};
 use ohlcd::times::{from_rfc3339, to_rfc3339};
 
 use crate::faults::{wait_exit, wait_for_stderr};
@@ -60,16 +62,57 @@ async fn three_daemons_on_one_postgres_do_all_work_once_and_finish_a_killed_ones
     // Owner names are `<host>-<pid>-<suffix>`.
     let victim_tag = format!("-{}-", victim.id());
     let is_victim = |owner: &str| owner.contains(&victim_tag);
-    let orphaned: Vec<(String, Resolution)> = app
+    // What the victim held, and until when (the database's clock).
+    let held: Vec<Task> = app
         .store
         .tasks()
         .await
         .unwrap()
         .into_iter()
         .filter(|t| t.lease_owner.as_deref().is_some_and(is_victim))
-        .map(|t| (t.symbol, t.resolution))
         .collect();
-    assert!(!orphaned.is_empty(), "the victim held no lease when killed");
+    assert!(!held.is_empty(), "the victim held no lease when killed");
+    let orphaned: Vec<(String, Resolution)> = held
+        .iter()
+        .map(|t| (t.symbol.clone(), t.resolution))
+        .collect();
+
+    // Who took each of them over, and when it claimed it: a claim stamps the
+    // task's last run start with the claimer's clock (the same host's clock
+    // as the database's here), and it stays until the task is claimed again.
+    let mut taken: HashMap<(String, Resolution), (String, i64)> = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while taken.len() < held.len() {
+        for t in app.store.tasks().await.unwrap() {
+            let key = (t.symbol.clone(), t.resolution);
+            if orphaned.contains(&key)
+                && !taken.contains_key(&key)
+                && let Some(owner) = t.last_owner.filter(|o| !is_victim(o))
+            {
+                taken.insert(key, (owner, t.last_run_started_at.unwrap()));
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} orphaned tasks taken over in 120 s",
+            taken.len(),
+            held.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // None before the victim's lease expired.
+    for t in &held {
+        let (owner, claimed_at) = &taken[&(t.symbol.clone(), t.resolution)];
+        let expired_at = t.lease_expires_at.unwrap();
+        assert!(
+            *claimed_at >= expired_at,
+            "{} {} taken over by {owner} at {}, before the victim's lease ran out at {}",
+            t.symbol,
+            t.resolution,
+            to_rfc3339(*claimed_at),
+            to_rfc3339(expired_at)
+        );
+    }
 
     for (name, child) in [("a", &mut a), ("b", &mut b)] {
         let status = wait_exit(child, Duration::from_secs(120));
