@@ -843,6 +843,19 @@ mod tests {
             }
             assert_eq!(NANOS_PER_DAY % r.nanos(), 0);
         }
+        // Each resolution is computed from the next finer one, 1m from trades.
+        let sources: Vec<Option<Resolution>> = Resolution::ALL.iter().map(|r| r.source()).collect();
+        assert_eq!(
+            sources,
+            [
+                None,
+                Some(Resolution::M1),
+                Some(Resolution::M5),
+                Some(Resolution::M15),
+                Some(Resolution::H1),
+                Some(Resolution::H4)
+            ]
+        );
         assert!("2m".parse::<Resolution>().is_err());
         assert_eq!(
             Resolution::H1.with_sources(),
@@ -853,6 +866,29 @@ mod tests {
                 Resolution::H1
             ]
         );
+    }
+
+    #[test]
+    fn sums_keep_the_small_terms_a_plain_sum_loses() {
+        // Neumaier's example: a plain f64 sum gives 0, Kahan's gives 0 too.
+        let mut sum = CompensatedSum::default();
+        for x in [1.0, 1e100, 1.0, -1e100] {
+            sum.add(x);
+        }
+        assert_eq!(sum.value(), 2.0);
+        // The small terms first, then a large one: the other branch.
+        let mut sum = CompensatedSum::default();
+        for x in [1.0, 1.0, 1e100, -1e100] {
+            sum.add(x);
+        }
+        assert_eq!(sum.value(), 2.0);
+        // Through a candle: ten amounts of 1e-16 on top of 1.0 are kept.
+        let trades: Vec<Trade> = (0..11)
+            .map(|i| trade(i, i, 10.0, if i == 0 { 1.0 } else { 1e-16 }, Side::Buy))
+            .collect();
+        let c = candles_from_trades(Resolution::M1, &trades)[0];
+        assert_eq!(c.volume, 1.0 + 1e-15);
+        assert_eq!(c.buy_volume, 1.0 + 1e-15);
     }
 
     #[test]
