@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(human_duration(0), "0s");
         assert_eq!(human_duration(5_000_000), "5ms");
         // Never a third unit, and no unit skipped between the two.
-        assert_eq!(human_duration((86_400 + 3_600 + 61) * NANOS_PER_SEC), "1d 1h");
+        assert_eq!(
+            human_duration((86_400 + 3_600 + 61) * NANOS_PER_SEC),
+            "1d 1h"
+        );
         assert_eq!(human_duration((86_400 + 61) * NANOS_PER_SEC), "1d");
         assert_eq!(human_duration(3_661 * NANOS_PER_SEC), "1h 1m");
     }

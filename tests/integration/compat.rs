@@ -47,7 +47,9 @@ async fn rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cann
             .await
             .unwrap();
     }
-    Box::pin(engine.rebuild("BTCUSD", day2, day2 + 1)).await.unwrap();
+    Box::pin(engine.rebuild("BTCUSD", day2, day2 + 1))
+        .await
+        .unwrap();
     // What the rebuild wrote, on every server: each window of day 2 at every
     // resolution as computed from the raw trades, and nothing else.
     let written = spy.overwritten();

@@ -613,8 +613,11 @@ pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Ca
 pub struct Spy {
     influx: InfluxClient,
     gate: Arc<std::sync::Mutex<Option<Gate>>>,
-    overwritten: Arc<std::sync::Mutex<Vec<(Resolution, String, Vec<Candle>)>>>,
+    overwritten: Arc<std::sync::Mutex<Vec<Overwrite>>>,
 }
+
+/// Candles of one (resolution, symbol) written over stored ones at once.
+type Overwrite = (Resolution, String, Vec<Candle>);
 
 /// See [`Spy::hold_next_count`].
 struct Gate {
