@@ -826,13 +826,17 @@ fn params(pairs: &[(&str, &Option<String>)]) -> Params {
         .collect()
 }
 
-/// Every resolution the README allows, by its canonical spelling: minutes
-/// `1` … `1440`, `nD` (`D` = `1D`) up to 365, `nW` up to 52, `nM` up to 12.
+/// Every resolution the README allows, by its canonical spelling: seconds
+/// `nS` for `n` dividing 60 (below 60), minutes `1` … `1440`, `nD` (`D` =
+/// `1D`) up to 365, `nW` up to 52, `nM` up to 12.
 fn resolution_table() -> &'static HashMap<String, ChartResolution> {
     static TABLE: std::sync::OnceLock<HashMap<String, ChartResolution>> =
         std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = HashMap::new();
+        for n in [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30] {
+            t.insert(format!("{n}S"), ChartResolution::Seconds(n));
+        }
         for n in 1..=1440 {
             t.insert(format!("{n}"), ChartResolution::Minutes(n));
         }
@@ -1065,6 +1069,8 @@ proptest! {
     #[test]
     fn every_chart_resolution_round_trips_through_display_and_from_str(
         r in prop_oneof![
+            proptest::sample::select(vec![1u32, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30])
+                .prop_map(ChartResolution::Seconds),
             (1u32..=1440).prop_map(ChartResolution::Minutes),
             (1u32..=365).prop_map(ChartResolution::Days),
             (1u32..=52).prop_map(ChartResolution::Weeks),

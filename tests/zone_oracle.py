@@ -19,6 +19,9 @@ skipped one); n-day windows count local days from 1970-01-01, weeks start on
 Monday (counted from 1970-01-05), months on the 1st; intraday bars start at
 day_start + k * len, the last one of a day ending at the next day start. A
 daily, weekly or monthly bar's stamp is its start's local date at 00:00 UTC.
+In UTC itself (Etc/UTC, Etc/GMT and the names tzdata links to them) intraday
+bars keep the alignment to the Unix epoch that UTC bars have always had: a
+length that does not divide a day runs on across midnight there.
 """
 
 import json
@@ -29,6 +32,12 @@ from zoneinfo import ZoneInfo, available_timezones
 NS = 1_000_000_000
 EPOCH = date(1970, 1, 1)
 KNOWN = available_timezones()
+# Etc/UTC, Etc/GMT and their links in tzdata's `backward` file.
+UTC_NAMES = {
+    "Etc/UTC", "UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+    "Etc/GMT", "GMT", "Etc/GMT0", "GMT0", "Etc/GMT+0", "GMT+0", "Etc/GMT-0", "GMT-0",
+    "Etc/Greenwich", "Greenwich",
+}
 
 
 def local_date(zone, secs):
@@ -66,6 +75,9 @@ def window(case, t_ns, memo):
     unit, n = case["unit"], case.get("n", 1)
     if unit == "intraday":
         length = case["len_secs"] * NS
+        if case["zone"] in UTC_NAMES:
+            s = t_ns // length * length
+            return s, s + length
         first, nxt = start(d), start(d + timedelta(days=1))
         s = first + (t_ns - first) // length * length
         return s, min(s + length, nxt)

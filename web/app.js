@@ -1017,6 +1017,26 @@ function wire() {
   });
 }
 
+/** Offers the browser's own zone in the zone selector, after the symbol's. */
+function offerBrowserZone() {
+  let zone = null;
+  try {
+    zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  } catch {
+    return;
+  }
+  if (!zone) return;
+  const known = [...els.tz.options].find((o) => o.value === zone);
+  if (known) {
+    known.textContent = `${known.textContent} (this browser)`;
+    return;
+  }
+  const o = document.createElement('option');
+  o.value = zone;
+  o.textContent = `this browser (${zone})`;
+  els.tz.options[0].after(o);
+}
+
 async function main() {
   if (!LC || typeof LC.createChart !== 'function') {
     ohlcd.error = 'lightweight-charts did not load from /lib/lightweight-charts.js';
@@ -1028,6 +1048,7 @@ async function main() {
   createChart();
   wire();
 
+  offerBrowserZone();
   // Initial state from the URL hash (shareable links), else defaults.
   const h = readHash();
   if (h.resolution && TIMEFRAMES[h.resolution]) state.resolution = h.resolution;

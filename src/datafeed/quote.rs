@@ -87,8 +87,7 @@ impl Datafeed {
         let mut day = Aggregator::new(Bucketing::Fixed(i64::MAX));
         for (res, part) in parts(window.clone()) {
             match res {
-                Some(res) => self
-                    .bars(symbol, res, part)
+                Some(res) => Box::pin(self.bars(symbol, res, part))
                     .await?
                     .iter()
                     .for_each(|c| day.add_candle(c)),

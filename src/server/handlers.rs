@@ -343,9 +343,9 @@ pub async fn udf_quotes(p: Params, state: AppState) -> Result<impl Reply, Reject
         async move {
             crate::ingest::validate_symbol(&symbol, form)
                 .map_err(|e| DatafeedError::BadRequest(e.to_string()))?;
-            state
-                .datafeed
-                .quote(&symbol, now)
+            // Boxed: one quote reads several sources, a large future to
+            // hold on the stack once per symbol.
+            Box::pin(state.datafeed.quote(&symbol, now))
                 .await
                 .map(|q| (symbol, q))
         }

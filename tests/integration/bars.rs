@@ -248,6 +248,8 @@ async fn fill_previous_gives_every_window_of_a_sparse_symbol_flat_at_the_previou
         trade("THIN", h0 + 3 * MIN + 10 * SEC, 41.0, 1.0, 2),
         trade("THIN", h0 + 3 * MIN + 20 * SEC, 43.0, 2.0, 3),
         trade("THIN", h0 + 4 * MIN, 42.0, 1.0, 4),
+        // A bar before a gap that closes away from its open.
+        trade("THIN", h0 + 4 * MIN + 30 * SEC, 44.0, 0.5, 6),
         trade("THIN", h0 + 9 * MIN + 59 * SEC, 39.0, 0.5, 5),
     ])
     .await;
@@ -267,7 +269,7 @@ async fn fill_previous_gives_every_window_of_a_sparse_symbol_flat_at_the_previou
     .await;
     assert_eq!(status, 200, "{v}");
     // Every minute from h0 up to the one open at now; the closes before each.
-    let closes: [(i64, f64); 4] = [(-5, 40.0), (3, 43.0), (4, 42.0), (9, 39.0)];
+    let closes: [(i64, f64); 4] = [(-5, 40.0), (3, 43.0), (4, 44.0), (9, 39.0)];
     let candles = v["candles"].as_array().unwrap();
     assert_eq!(candles.len(), 13, "{v}");
     for (minute, c) in (0..13).zip(candles) {

@@ -585,3 +585,90 @@ async fn a_live_client_that_stops_reading_is_sent_the_newest_bar_not_every_one_i
         later.len()
     );
 }
+
+/// Seconds bars and zoned bars go live too: at `1S`, `5S` and `30S`, and at
+/// `240` and `1D` in the symbol's zone (Asia/Kolkata, +05:30 all year since
+/// 1945, so its windows are plain arithmetic here) or in the `tz=` asked
+/// for; each stream's bars equal the naive bars of the raw trades in those
+/// windows, stamped with the instant each starts, before and after a post.
+#[tokio::test]
+async fn seconds_bars_and_bars_in_a_zone_are_streamed_in_their_own_windows() {
+    const KOLKATA: i64 = (5 * 3600 + 1800) * NANOS_PER_SEC;
+    let app = TestApp::spawn().await;
+    let m0 = t("2024-01-02T10:03:00Z");
+    app.write(&[
+        // In Kolkata's day and 4h bar, not in UTC's.
+        trade("INRBTC", t("2024-01-01T20:00:00Z"), 98.0, 1.0, 1),
+        trade("INRBTC", m0 - 3 * 60 * MINUTE, 100.5, 0.5, 2),
+        trade(
+            "INRBTC",
+            m0 + 3 * NANOS_PER_SEC + 200_000_000,
+            101.0,
+            0.5,
+            3,
+        ),
+        trade("INRBTC", m0 + 7 * NANOS_PER_SEC, 99.5, 0.25, 4),
+        trade("INRBTC", m0 + 21 * NANOS_PER_SEC, 100.25, 0.75, 5),
+    ])
+    .await;
+    app.clock.set(m0 + 25 * NANOS_PER_SEC);
+    // Closed minutes come from stored candles, the rest from raw trades.
+    let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let (url, _state, _stop) = serve(&app, |s| {
+        s.datafeed.symbol_timezones =
+            ohlcd::config::SymbolZones([("INRBTC".to_string(), "Asia/Kolkata".to_string())].into())
+    })
+    .await;
+    // The window of `time` of `len` counted from midnight at `offset` from UTC.
+    let window = |time: i64, len: i64, offset: i64| (time + offset).div_euclid(len) * len - offset;
+    let day = 1440 * MINUTE;
+    let cases = [
+        ("1S", "", NANOS_PER_SEC, 0),
+        ("5S", "", 5 * NANOS_PER_SEC, 0),
+        ("30S", "", 30 * NANOS_PER_SEC, 0),
+        ("240", "", 240 * MINUTE, KOLKATA),
+        ("1D", "", day, KOLKATA),
+        ("240", "&tz=Etc/UTC", 240 * MINUTE, 0),
+        ("1D", "&tz=Etc/UTC", day, 0),
+    ];
+    let mut streams = Vec::new();
+    for (res, tz, len, offset) in cases {
+        let what = format!("{res}{tz}");
+        let mut s = SseClient::open(
+            &format!("{url}/api/live?symbol=INRBTC&resolution={res}{tz}"),
+            None,
+        )
+        .await;
+        // The newest bar with trades comes first.
+        let first = s.next().await.bar();
+        let naive = app
+            .expected_by("INRBTC", move |x| window(x, len, offset))
+            .await;
+        assert_candles_eq(
+            &[first],
+            &[*naive.last().unwrap()],
+            &format!("first bar at {what}"),
+        );
+        streams.push((what, len, offset, s));
+    }
+    // The open second's trade: every stream's bar holds it.
+    app.clock.set(m0 + 26 * NANOS_PER_SEC + 500_000_000);
+    let new = trade("INRBTC", m0 + 26 * NANOS_PER_SEC, 104.5, 2.0, 6);
+    let (status, body) = post(&format!("{url}/api/trades"), trade_json(&new)).await;
+    assert_eq!(status, 200, "{body}");
+    for (what, len, offset, s) in &mut streams {
+        let (len, offset) = (*len, *offset);
+        let start = window(new.time_ms * 1_000_000, len, offset);
+        let events = s.until(|b| b.start == start && b.high == 104.5).await;
+        let naive = app
+            .expected_by("INRBTC", move |x| window(x, len, offset))
+            .await;
+        let want = *naive.iter().find(|c| c.start == start).unwrap();
+        assert_candles_eq(
+            &[events.last().unwrap().bar()],
+            &[want],
+            &format!("bar at {what} after the post"),
+        );
+    }
+}

@@ -32,6 +32,9 @@ const screenshotPath = path.resolve(shotArg);
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT_MS = 20_000;
 const DAY_SECS = 86400;
+const KOLKATA = 19800; // Asia/Kolkata: UTC+05:30 all year
+// The browser's own zone: UTC-03:00 all year (no DST since 2019).
+const BROWSER_ZONE = 'America/Sao_Paulo';
 // The server refuses live streams (server.max_streams = 0): the page must
 // fall back to polling, and a posted trade still reaches the drawn bar.
 const STREAM_REFUSED = process.env.EXPECT_STREAM_REFUSED === '1';
@@ -144,7 +147,7 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, timezoneId: BROWSER_ZONE });
     const page = await context.newPage();
     page.on('pageerror', (err) => problems.push(`uncaught page error: ${err.message}`));
     page.on('console', (msg) => {
@@ -279,21 +282,26 @@ async function main() {
     }
     checkProblems();
 
-    // 6. a seconds chart: 5S bars of the last hour, drawn as the API serves
-    // them, labelled to the second
+    // 6. seconds charts: each seconds button gives its bars, drawn as the
+    // API serves them, on their boundaries and labelled to the second
     if (!lastDay) {
-      step = 'seconds chart';
-      const beforeSecs = (await state(page)).loads;
-      await page.click('button[data-resolution="5S"]');
-      await waitForReload(page, beforeSecs, 'reload at resolution 5S', 'requestedResolution', '5S');
-      const s5 = await assertBarsMatchApi(page, { resolution: '5S' });
-      assert(s5.resolution === '5S', `5S requested, ${s5.resolution} shown`);
-      const drawn = await page.evaluate(() => window.ohlcdDrawn().candles);
-      assert(drawn.every((b) => Number(b.time) % 5 === 0), 'a 5S bar not on a 5-second boundary');
-      const label = await page.evaluate((t) => window.ohlcdTimeLabel(t), Number(drawn[drawn.length - 1].time));
-      assert(/ \d\d:\d\d:\d\d$/.test(label), `crosshair label "${label}" of a seconds bar has no seconds`);
-      log(`${step}: ${drawn.length} 5S bars drawn == API, last labelled ${label}`);
-      checkProblems();
+      for (const [res, n] of [['1S', 1], ['5S', 5], ['15S', 15], ['30S', 30]]) {
+        step = `seconds chart ${res}`;
+        const beforeSecs = (await state(page)).loads;
+        await page.click(`button[data-resolution="${res}"]`);
+        await waitForReload(page, beforeSecs, `reload at resolution ${res}`, 'requestedResolution', res);
+        const s = await assertBarsMatchApi(page, { resolution: res });
+        assert(s.resolution === res, `${res} requested, ${s.resolution} shown`);
+        const drawn = await page.evaluate(() => window.ohlcdDrawn().candles);
+        assert(drawn.every((b) => Number(b.time) % n === 0), `a ${res} bar not on a ${n}-second boundary`);
+        const last = Number(drawn[drawn.length - 1].time);
+        const label = await page.evaluate((t) => window.ohlcdTimeLabel(t), last);
+        const utc = new Date(last * 1000).toISOString();
+        assert(label === `${utc.slice(0, 10)} ${utc.slice(11, 19)}`,
+          `crosshair label "${label}" of the ${res} bar at ${utc} in UTC`);
+        log(`${step}: ${drawn.length} bars drawn == API, last labelled ${label}`);
+        checkProblems();
+      }
     }
 
     // 7. a zone switch: daily bars in Kolkata (UTC+05:30, no DST) start at
@@ -309,7 +317,6 @@ async function main() {
     assert(new URL(sZone.lastRequest, base).searchParams.get('tz') === 'Asia/Kolkata',
       `the page asked ${sZone.lastRequest}, not tz=Asia/Kolkata`);
     const days = await page.evaluate(() => window.ohlcdDrawn().candles.map((b) => Number(b.time)));
-    const KOLKATA = 19800;
     for (const t of days) {
       assert((t + KOLKATA) % DAY_SECS === 0, `daily bar at ${t} is not at a Kolkata midnight`);
       const localDate = new Date((t + KOLKATA) * 1000).toISOString().slice(0, 10);
@@ -319,6 +326,50 @@ async function main() {
     }
     assert(await page.inputValue('#tz') === 'Asia/Kolkata', 'the zone selector does not show Asia/Kolkata');
     log(`${step}: ${days.length} daily bars on their Kolkata dates (first ${days.length ? await page.evaluate((x) => window.ohlcdTimeLabel(x), days[0]) : '-'})`);
+    checkProblems();
+
+    // 7b. hourly bars in Kolkata start on Kolkata's hours (half past in UTC)
+    // and the axis and crosshair show Kolkata's time of day
+    step = 'zone switch, hourly';
+    const beforeHourly = (await state(page)).loads;
+    await page.click('button[data-resolution="60"]');
+    await waitForReload(page, beforeHourly, 'reload at resolution 60', 'requestedResolution', '60');
+    await assertBarsMatchApi(page, { resolution: '60' });
+    const hours = await page.evaluate(() => window.ohlcdDrawn().candles.map((b) => Number(b.time)));
+    const hourLabels = await page.evaluate((ts) => ts.map((x) => [window.ohlcdTimeLabel(x), window.ohlcdTickLabel(x, 3)]), hours);
+    for (const [i, t] of hours.entries()) {
+      assert((t + KOLKATA) % 3600 === 0, `hourly bar at ${t} does not start on a Kolkata hour`);
+      const local = new Date((t + KOLKATA) * 1000).toISOString();
+      const [label, tick] = hourLabels[i];
+      assert(label === `${local.slice(0, 10)} ${local.slice(11, 16)}`, `hourly bar at ${t} labelled "${label}", Kolkata time ${local}`);
+      assert(tick === local.slice(11, 16), `axis label "${tick}" for Kolkata time ${local}`);
+    }
+    log(`${step}: ${hours.length} hourly bars on Kolkata hours`);
+    checkProblems();
+
+    // 7c. the browser's own zone is offered, and choosing it counts bars
+    // there (this context runs in America/Sao_Paulo, UTC-03:00 all year)
+    step = 'browser zone';
+    const browserZone = await page.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
+    assert(browserZone === BROWSER_ZONE, `the browser runs in ${browserZone}, not ${BROWSER_ZONE}`);
+    const offered = await page.$$eval('#tz option', (os) => os.map((o) => o.value));
+    assert(offered.includes(BROWSER_ZONE), `the zone selector offers ${JSON.stringify(offered)}, not the browser's ${BROWSER_ZONE}`);
+    const beforeBrowser = (await state(page)).loads;
+    await page.click('button[data-resolution="1D"]');
+    await waitForReload(page, beforeBrowser, 'reload at resolution 1D', 'requestedResolution', '1D');
+    const beforeBz = (await state(page)).loads;
+    await page.selectOption('#tz', BROWSER_ZONE);
+    await waitForReload(page, beforeBz, `reload in ${BROWSER_ZONE}`, 'timezone', BROWSER_ZONE);
+    await assertBarsMatchApi(page, { resolution: '1D' });
+    const SAO_PAULO = -3 * 3600;
+    const spDays = await page.evaluate(() => window.ohlcdDrawn().candles.map((b) => Number(b.time)));
+    for (const t of spDays) {
+      assert((t + SAO_PAULO) % DAY_SECS === 0, `daily bar at ${t} is not at a São Paulo midnight`);
+      const localDate = new Date((t + SAO_PAULO) * 1000).toISOString().slice(0, 10);
+      const label = await page.evaluate((x) => window.ohlcdTimeLabel(x), t);
+      assert(label === localDate, `daily bar at ${t} labelled "${label}", its São Paulo date is ${localDate}`);
+    }
+    log(`${step}: ${spDays.length} daily bars on their ${BROWSER_ZONE} dates`);
     checkProblems();
 
     // 8. the watchlist shows each symbol's last price as /udf/quotes has it
@@ -339,6 +390,17 @@ async function main() {
     }
     assert(/differing: \[\]$/.test(quoted), `watchlist does not show /udf/quotes: ${quoted}`);
     log(`${step}: ${quoted}`);
+    // Clicking another symbol's row shows that symbol.
+    const shown = (await state(page)).symbol;
+    const pick = await page.$$eval('#watchlist tbody tr[data-status="ok"]',
+      (trs, cur) => trs.map((tr) => tr.dataset.symbol).find((s) => s !== cur), shown);
+    assert(pick, `no other symbol in the watchlist than ${shown}`);
+    const beforeClick = (await state(page)).loads;
+    await page.click(`#watchlist tbody tr[data-symbol="${pick}"]`);
+    await waitForReload(page, beforeClick, `reload for ${pick} clicked in the watchlist`, 'symbol', pick);
+    await assertBarsMatchApi(page);
+    assert(await page.inputValue('#symbol') === pick, `the symbol selector does not show ${pick}`);
+    log(`${step}: clicking ${pick} shows it`);
     checkProblems();
 
     // 9. progress table
