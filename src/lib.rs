@@ -22,8 +22,8 @@
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
 //! - [`cli`]: the `ohlcd` command line.
-//! - [`testkit`]: test and benchmark support (a throwaway `influxd`); not used
-//!   by the daemon.
+//! - `testkit` (cargo feature `testkit`): test and benchmark support (a
+//!   throwaway `influxd`, InfluxDB 3 and PostgreSQL); not part of the daemon.
 
 pub mod candle;
 pub mod chart;
@@ -39,5 +39,6 @@ pub mod ingest;
 pub mod progress;
 pub mod scheduler;
 pub mod server;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod times;

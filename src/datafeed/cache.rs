@@ -331,6 +331,9 @@ impl CandleCache {
         inner.raw_empty.insert(symbol.to_string(), (epoch, joined));
     }
 
+    /// The raw trades of `symbol` in `range` from the kept tail, or, where it
+    /// does not hold them (fresh enough, no post since), the post generation
+    /// to read them under and hand to [`CandleCache::put_tail`].
     pub fn tail(&self, symbol: &str, range: Range<i64>) -> Result<Vec<Trade>, u64> {
         let mut inner = self.lock();
         let posted = inner.posted_of(symbol);

@@ -19,7 +19,7 @@ use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub use ohlcd::testkit::{Influxd as TestInflux, Server};
+pub(crate) use ohlcd::testkit::{Influxd as TestInflux, Server};
 
 use ohlcd::testkit::postgres::TestPostgres;
 
@@ -90,7 +90,7 @@ pub(crate) use on_both_stores_and_servers;
 /// Runs `body` on a fresh app on `server` with its progress store on
 /// `backend`, after checking that ohlcd detected the server's generation.
 /// Returns at once when the server cannot be had ([`start_server`] said why).
-pub async fn run_on<F, Fut>(server: Server, backend: Backend, body: F)
+pub(crate) async fn run_on<F, Fut>(server: Server, backend: Backend, body: F)
 where
     F: FnOnce(TestApp) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -108,11 +108,11 @@ where
 
 /// A spawned process (an `ohlcd` daemon) killed when dropped, so a failing
 /// test leaks none.
-pub struct KillOnDrop(pub Child);
+pub(crate) struct KillOnDrop(pub Child);
 
 impl KillOnDrop {
     /// Spawns `cmd`.
-    pub fn spawn(cmd: &mut Command) -> KillOnDrop {
+    pub(crate) fn spawn(cmd: &mut Command) -> KillOnDrop {
         KillOnDrop(cmd.spawn().unwrap())
     }
 }
@@ -148,7 +148,7 @@ impl Drop for KillOnDrop {
 /// 2-core VM, which is why a 2 s timeout made the crash tests' `ohlcd
 /// backfill` exit before its failpoint there. Tests that time the timeout
 /// itself set their own.
-pub fn influx_timeout_secs(server: Server) -> u64 {
+pub(crate) fn influx_timeout_secs(server: Server) -> u64 {
     match server {
         Server::V1 => 2,
         Server::V3 => 30,
@@ -156,14 +156,14 @@ pub fn influx_timeout_secs(server: Server) -> u64 {
 }
 
 /// A port nobody listens on right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     ohlcd::testkit::free_port().unwrap()
 }
 
 /// Starts the given server; `None` (after saying why) only for a 3.x server
 /// that cannot be had outside CI. Under `CI=true` a missing 3.x server fails
 /// the test: this project's CI must run that suite.
-pub fn start_server(kind: Server) -> Option<TestInflux> {
+pub(crate) fn start_server(kind: Server) -> Option<TestInflux> {
     if kind == Server::V3
         && let Err(why) = ohlcd::testkit::influxdb3_binary()
     {
@@ -182,7 +182,7 @@ pub fn start_server(kind: Server) -> Option<TestInflux> {
 /// there should have password `pw`). Returns once every `(user, database)` of
 /// `readers` may read its database: influxd answers a GRANT before every query
 /// path sees it (seen in CI: `requires READ` right after `GRANT ALL`).
-pub async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) -> TestInflux {
+pub(crate) async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) -> TestInflux {
     let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
         .await
         .unwrap();
@@ -217,7 +217,7 @@ pub async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) ->
 }
 
 /// Everything a test needs: influxd, a database, a progress store, a clock.
-pub struct TestApp {
+pub(crate) struct TestApp {
     /// The server (kept alive for the test).
     pub server: TestInflux,
     /// Settings pointing at it.
@@ -236,25 +236,25 @@ pub struct TestApp {
 
 impl TestApp {
     /// Starts influxd, creates database `test`, opens a fresh SQLite file.
-    pub async fn spawn() -> TestApp {
+    pub(crate) async fn spawn() -> TestApp {
         Self::spawn_on(Server::V1).await.unwrap()
     }
 
     /// Like [`TestApp::spawn`] on the given server; `None` (after saying why)
     /// when it is a 3.x server that cannot be had outside CI.
-    pub async fn spawn_on(kind: Server) -> Option<TestApp> {
+    pub(crate) async fn spawn_on(kind: Server) -> Option<TestApp> {
         Self::spawn_on_with_store(kind, Backend::Sqlite).await
     }
 
     /// Starts influxd (1.x) with the progress store on `backend`.
-    pub async fn spawn_on_store(backend: Backend) -> TestApp {
+    pub(crate) async fn spawn_on_store(backend: Backend) -> TestApp {
         Self::spawn_on_with_store(Server::V1, backend)
             .await
             .unwrap()
     }
 
     /// Like [`TestApp::spawn_on`], the progress store on `backend`.
-    pub async fn spawn_on_with_store(kind: Server, backend: Backend) -> Option<TestApp> {
+    pub(crate) async fn spawn_on_with_store(kind: Server, backend: Backend) -> Option<TestApp> {
         let postgres = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(tokio::task::spawn_blocking(TestPostgres::start)),
@@ -270,7 +270,7 @@ impl TestApp {
     }
 
     /// Like [`TestApp::spawn`] on influxd 1.x started with `options`.
-    pub async fn spawn_with(options: ohlcd::testkit::InfluxdOptions) -> TestApp {
+    pub(crate) async fn spawn_with(options: ohlcd::testkit::InfluxdOptions) -> TestApp {
         let server = tokio::task::spawn_blocking(move || {
             TestInflux::launch(options).unwrap_or_else(|e| panic!("{e}"))
         })
@@ -318,7 +318,7 @@ impl TestApp {
     /// The `ohlcd` binary configured for this app's influxd, database and
     /// progress store (5 s leases, warnings only, InfluxDB timeouts of 2 s on
     /// 1.x and 30 s on 3.x: see [`influx_timeout_secs`]).
-    pub fn ohlcd(&self) -> Command {
+    pub(crate) fn ohlcd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohlcd"));
         cmd.env("OHLCD_INFLUX__URL", &self.server.url)
             .env("OHLCD_INFLUX__DATABASE", self.influx.database())
@@ -337,13 +337,13 @@ impl TestApp {
     }
 
     /// An engine on this app's clock with the given lease-holder id.
-    pub fn engine(&self, owner: &str) -> Engine {
+    pub(crate) fn engine(&self, owner: &str) -> Engine {
         self.engine_on(owner, self.clock.clone())
     }
 
     /// An engine on its own `clock` (a daemon on another host) with the given
     /// lease-holder id.
-    pub fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
+    pub(crate) fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
         Engine::new(
             self.influx.clone(),
             self.store.clone(),
@@ -355,12 +355,12 @@ impl TestApp {
     }
 
     /// Writes trades through the ingest path.
-    pub async fn write(&self, trades: &[NewTrade]) {
+    pub(crate) async fn write(&self, trades: &[NewTrade]) {
         write_trades(&self.influx, trades).await.unwrap();
     }
 
     /// Runs an InfluxQL query and returns the rows of its first series as maps.
-    pub async fn rows(&self, q: &str) -> Vec<BTreeMap<String, Value>> {
+    pub(crate) async fn rows(&self, q: &str) -> Vec<BTreeMap<String, Value>> {
         let v = self.influx.query_json(q).await.unwrap();
         let mut out = Vec::new();
         for series in v["series"].as_array().into_iter().flatten() {
@@ -383,7 +383,7 @@ impl TestApp {
     }
 
     /// Candles stored for `symbol` at `res`, read back over JSON.
-    pub async fn stored(&self, symbol: &str, res: Resolution) -> Vec<Candle> {
+    pub(crate) async fn stored(&self, symbol: &str, res: Resolution) -> Vec<Candle> {
         self.rows(&format!(
             "SELECT * FROM {} WHERE symbol = '{symbol}'",
             res.measurement()
@@ -408,7 +408,7 @@ impl TestApp {
 
     /// Starts the HTTP server on a free port (on this app's clock); returns its
     /// base URL and a sender that stops it.
-    pub async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
+    pub(crate) async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
         let mut settings = self.settings.clone();
         settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
         let state = ohlcd::server::AppState::new(
@@ -429,7 +429,11 @@ impl TestApp {
     /// Starts the HTTP server bound to `bind` (e.g. `0.0.0.0:0` to listen off
     /// loopback) with this app's settings changed by `configure`. The URL always
     /// goes through 127.0.0.1, so tests only ever connect locally.
-    pub async fn serve_with(&self, bind: &str, configure: impl FnOnce(&mut Settings)) -> Served {
+    pub(crate) async fn serve_with(
+        &self,
+        bind: &str,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Served {
         let mut settings = self.settings.clone();
         settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
         configure(&mut settings);
@@ -473,7 +477,7 @@ impl TestApp {
 
     /// Everything a request could change: point counts per measurement, the
     /// symbols that exist, the progress table with its dirty ranges.
-    pub async fn snapshot(&self) -> Vec<String> {
+    pub(crate) async fn snapshot(&self) -> Vec<String> {
         let mut out = Vec::new();
         let measurements = std::iter::once(("trades", "price"))
             .chain(Resolution::ALL.iter().map(|r| (r.measurement(), "open")));
@@ -507,7 +511,7 @@ impl TestApp {
 
     /// Candles computed independently (naively, in this file) from the raw trades
     /// of `symbol` read back over JSON, for windows starting before `until`.
-    pub async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
+    pub(crate) async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
         let len = res.nanos();
         self.expected_by(symbol, |t| t.div_euclid(len) * len)
             .await
@@ -517,13 +521,17 @@ impl TestApp {
     }
 
     /// Candles computed naively from the raw trades, grouped by `window_of`.
-    pub async fn expected_by(&self, symbol: &str, window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+    pub(crate) async fn expected_by(
+        &self,
+        symbol: &str,
+        window_of: impl Fn(i64) -> i64,
+    ) -> Vec<Candle> {
         naive_candles(&self.raw_trades(symbol).await, window_of)
     }
 
     /// Like [`TestApp::expected`] for every resolution ([`Resolution::ALL`]
     /// order), from one read of the raw trades.
-    pub async fn expected_all(&self, symbol: &str, until: i64) -> Vec<Vec<Candle>> {
+    pub(crate) async fn expected_all(&self, symbol: &str, until: i64) -> Vec<Vec<Candle>> {
         let raw = self.raw_trades(symbol).await;
         Resolution::ALL
             .iter()
@@ -538,7 +546,7 @@ impl TestApp {
     }
 
     /// The raw trades of `symbol` read back over JSON, by (time, id).
-    pub async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
+    pub(crate) async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
         let trades = self
             .rows(&format!(
                 "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
@@ -563,7 +571,7 @@ impl TestApp {
 
 /// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
 /// obvious way.
-pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+pub(crate) fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
     let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
     for t in raw {
         windows.entry(window_of(t.0)).or_default().push(*t);
@@ -585,7 +593,7 @@ pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Ca
 }
 
 /// A server started by [`TestApp::serve_with`]; stops when dropped.
-pub struct Served {
+pub(crate) struct Served {
     /// Base URL, through 127.0.0.1.
     pub url: String,
     /// The address the server is bound to (may be 0.0.0.0).
@@ -599,7 +607,7 @@ pub struct Served {
 }
 
 /// Resident memory of this process (server and test clients), in KiB.
-pub fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -622,7 +630,7 @@ impl TapSort for Vec<Candle> {
 }
 
 /// (time, id, price, amount, is_buy) as read back from InfluxDB.
-pub type RawTrade = (i64, i64, f64, f64, bool);
+pub(crate) type RawTrade = (i64, i64, f64, f64, bool);
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1e-12
@@ -630,7 +638,7 @@ fn close(a: f64, b: f64) -> bool {
 
 /// Asserts two candle lists are equal: prices and counts exactly, sums up to
 /// floating-point summation order.
-pub fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
+pub(crate) fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
     assert_eq!(
         actual.len(),
         expected.len(),
@@ -656,17 +664,17 @@ pub fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
 }
 
 /// Unix nanoseconds of an RFC 3339 time.
-pub fn t(s: &str) -> i64 {
+pub(crate) fn t(s: &str) -> i64 {
     ohlcd::times::from_rfc3339(s).unwrap()
 }
 
 /// Seconds to nanoseconds.
-pub fn secs(s: i64) -> i64 {
+pub(crate) fn secs(s: i64) -> i64 {
     s * NANOS_PER_SEC
 }
 
 /// Monday 00:00 UTC of the week containing `t` (independent of ohlcd's code).
-pub fn naive_week_start(t: i64) -> i64 {
+pub(crate) fn naive_week_start(t: i64) -> i64 {
     use chrono::{Datelike, TimeZone};
     let d = chrono::Utc.timestamp_nanos(t).date_naive();
     let monday = d - chrono::Duration::days(i64::from(d.weekday().num_days_from_monday()));
@@ -679,7 +687,7 @@ pub fn naive_week_start(t: i64) -> i64 {
 }
 
 /// The 1st of the month containing `t`, 00:00 UTC.
-pub fn naive_month_start(t: i64) -> i64 {
+pub(crate) fn naive_month_start(t: i64) -> i64 {
     use chrono::{Datelike, TimeZone};
     let d = chrono::Utc.timestamp_nanos(t).date_naive();
     d.with_day(1)
@@ -693,14 +701,14 @@ pub fn naive_month_start(t: i64) -> i64 {
 
 /// `ohlcd run` with extra environment, listening on `listen`, its stdout and
 /// stderr going to one file (a pipe nobody reads would fill up and block it).
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// The `ohlcd run` process.
     pub child: Child,
     /// Where it writes stdout and stderr.
     pub log: std::path::PathBuf,
 }
 
-pub fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
+pub(crate) fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
     let log = app
         .dir
         .path()
@@ -726,7 +734,7 @@ pub fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
 
 impl Daemon {
     /// Waits until its `/healthz` at `url` answers 200 (30 s at most).
-    pub async fn wait_healthy(&mut self, url: &str) {
+    pub(crate) async fn wait_healthy(&mut self, url: &str) {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -753,7 +761,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then everything the daemon printed.
-    pub async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
