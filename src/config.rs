@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::influx::PolicySpec;
+use crate::retention::PolicySpec;
 
 /// The defaults, compiled in so the binary works from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -88,7 +88,8 @@ pub struct RetentionSettings {
 }
 
 impl RetentionSettings {
-    /// The parsed values in [`crate::influx::Stored::all`] order; a policy
+    /// The parsed values (raw trades, then candles finest first, as
+    /// `crate::influx::Stored::all` orders them); a policy
     /// named twice must be given the same duration (or none) each time.
     pub fn specs(&self) -> Result<[Option<PolicySpec>; 7], String> {
         let values = [
@@ -450,17 +451,6 @@ fn default_tail_ttl_ms() -> u64 {
     1000
 }
 
-impl DatafeedSettings {
-    /// The serving cache these settings ask for.
-    pub fn cache(&self) -> crate::datafeed::CacheSettings {
-        crate::datafeed::CacheSettings {
-            max_bytes: usize::try_from(self.cache_max_bytes).unwrap_or(usize::MAX),
-            recheck: std::time::Duration::from_millis(self.cache_recheck_ms),
-            tail_ttl: std::time::Duration::from_millis(self.tail_ttl_ms),
-        }
-    }
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -797,7 +787,7 @@ mod tests {
         assert_eq!(specs[0].as_ref().unwrap().name, "raw_30d");
         assert_eq!(
             specs[0].as_ref().unwrap().keep,
-            Some(crate::influx::Keep::For(30 * 86_400 * 1_000_000_000))
+            Some(crate::retention::Keep::For(30 * 86_400 * 1_000_000_000))
         );
         assert_eq!(specs[6].as_ref().unwrap().name, "forever");
         assert!(specs[1].is_none());

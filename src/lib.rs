@@ -21,6 +21,7 @@
 //! - [`scheduler`]: cron trigger for the engine.
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
+//! - [`retention`]: how long data is kept (durations, configured policies).
 //! - [`cli`]: the `ohlcd` command line.
 //! - `testkit` (cargo feature `testkit`): test and benchmark support (a
 //!   throwaway `influxd`, InfluxDB 3 and PostgreSQL); not part of the daemon.
@@ -37,6 +38,7 @@ pub mod generate;
 pub mod influx;
 pub mod ingest;
 pub mod progress;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 #[cfg(feature = "testkit")]

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::candle::{Candle, Resolution, Trade};
+use crate::config::DatafeedSettings;
 use crate::progress::ServingState;
 
 /// Settings of the [`CandleCache`].
@@ -38,6 +39,16 @@ pub struct CacheSettings {
     pub recheck: Duration,
     /// How long the tail (raw trades past the 1m watermark) is reused at most.
     pub tail_ttl: Duration,
+}
+
+impl From<&DatafeedSettings> for CacheSettings {
+    fn from(s: &DatafeedSettings) -> CacheSettings {
+        CacheSettings {
+            max_bytes: usize::try_from(s.cache_max_bytes).unwrap_or(usize::MAX),
+            recheck: Duration::from_millis(s.cache_recheck_ms),
+            tail_ttl: Duration::from_millis(s.tail_ttl_ms),
+        }
+    }
 }
 
 impl CacheSettings {
