@@ -123,7 +123,7 @@ fn bench_ingest(c: &mut Criterion) {
         .iter()
         .take(10_000)
         .map(|t| ohlcd::ingest::NewTrade {
-            symbol: "BTCUSD".into(),
+            symbol: "BTCUSD".parse().unwrap(),
             side: t.side,
             price: t.price,
             amount: t.amount,

@@ -15,8 +15,9 @@ use crate::config::Settings;
 use crate::engine::{ChunkEvent, Engine, TaskFilter};
 use crate::generate::{GenerateSpec, Generator};
 use crate::influx::{InfluxClient, InfluxError};
-use crate::ingest::{INGEST_BATCH, NewTrade, validate_symbol, write_trades};
+use crate::ingest::{INGEST_BATCH, NewTrade, write_trades};
 use crate::progress::{ProgressEntry, ProgressStore};
+use crate::symbol::{BadSymbol, Symbol};
 use crate::times::{parse_time_arg, to_rfc3339};
 
 /// ohlcd: turns raw trades in InfluxDB into OHLC candles.
@@ -125,14 +126,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             symbols,
             resolutions,
         } => {
-            for s in &symbols {
-                validate_symbol(s).map_err(anyhow::Error::msg)?;
-            }
+            let symbols = parse_symbols(&symbols)?;
             if !resolutions.is_empty() {
                 tracing::info!(
                     "--resolution: all six resolutions advance together (one read yields them all)"
                 );
             }
+            let symbols = symbols.into_iter().map(Symbol::into_string).collect();
             cmd_backfill(settings, TaskFilter { symbols }).await
         }
         Command::Rebuild { symbol, from, to } => cmd_rebuild(settings, symbol, from, to).await,
@@ -154,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("generate needs --from, --to and --trades (or --live)");
             };
             let spec = GenerateSpec {
-                symbols,
+                symbols: parse_symbols(&symbols).map_err(|e| anyhow::anyhow!("--symbols: {e}"))?,
                 from,
                 to,
                 trades,
@@ -163,6 +163,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd_generate(settings, spec).await
         }
     }
+}
+
+/// Symbols given on the command line, parsed (the first bad one is the error).
+fn parse_symbols(symbols: &[String]) -> Result<Vec<Symbol>, BadSymbol> {
+    symbols.iter().map(|s| Symbol::parse(s)).collect()
 }
 
 /// Connects to InfluxDB and checks that it answers and the database exists;
@@ -403,7 +408,7 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
 }
 
 async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> anyhow::Result<()> {
-    validate_symbol(&symbol).map_err(anyhow::Error::msg)?;
+    let symbol = Symbol::parse(&symbol)?;
     if from >= to {
         bail!("--from must be before --to");
     }
@@ -527,12 +532,16 @@ async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<
 
 /// A list of symbols for a message: all of them when few, else how many and
 /// the first and last.
-fn symbol_list(symbols: &[String]) -> String {
+fn symbol_list(symbols: &[Symbol]) -> String {
     match symbols {
         [first, .., last] if symbols.len() > 5 => {
             format!("{} symbols ({first} … {last})", symbols.len())
         }
-        _ => symbols.join(","),
+        _ => symbols
+            .iter()
+            .map(Symbol::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }
 
@@ -546,9 +555,7 @@ async fn cmd_generate_live(
     seed: u64,
     url: Option<String>,
 ) -> anyhow::Result<()> {
-    for s in &symbols {
-        validate_symbol(s).map_err(anyhow::Error::msg)?;
-    }
+    let symbols = parse_symbols(&symbols)?;
     if !(rate > 0.0 && rate <= 100_000.0) {
         bail!("--rate must be between 0 and 100000 trades per second, got {rate}");
     }

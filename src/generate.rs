@@ -16,13 +16,14 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
 
 use crate::candle::{NANOS_PER_DAY, Side};
-use crate::ingest::{NewTrade, time_refusal, validate_symbol};
+use crate::ingest::{NewTrade, time_refusal};
+use crate::symbol::Symbol;
 
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateSpec {
     /// Symbols; trades are split evenly between them.
-    pub symbols: Vec<String>,
+    pub symbols: Vec<Symbol>,
     /// Start, Unix ns (inclusive).
     pub from: i64,
     /// End, Unix ns (exclusive).
@@ -39,9 +40,6 @@ impl GenerateSpec {
     pub fn validate(&self, now_ms: i64) -> Result<(), String> {
         if self.symbols.is_empty() {
             return Err("--symbols: give at least one symbol".into());
-        }
-        for s in &self.symbols {
-            validate_symbol(s).map_err(|e| format!("--symbols: {e}"))?;
         }
         if self.from >= self.to {
             return Err("--from must be before --to".into());
@@ -67,7 +65,7 @@ const MS_PER_DAY: f64 = (NANOS_PER_DAY / 1_000_000) as f64;
 /// An endless-until-`n` iterator of one symbol's trades, in time order.
 #[derive(Debug)]
 pub struct SymbolWalk {
-    symbol: String,
+    symbol: Symbol,
     n: u64,
     emitted: u64,
     gaps: ChaCha8Rng,
@@ -232,7 +230,7 @@ impl Iterator for Generator {
 /// Deterministic for a seed and the same sequence of `at` times.
 #[derive(Debug)]
 pub struct LiveWalk {
-    symbols: Vec<(String, f64, i32)>,
+    symbols: Vec<(Symbol, f64, i32)>,
     rng: ChaCha8Rng,
     amounts: LogNormal<f64>,
     last_ms: i64,
@@ -241,7 +239,7 @@ pub struct LiveWalk {
 
 impl LiveWalk {
     /// A walk over `symbols` (symbol, last price or `None` for a fresh start).
-    pub fn new(symbols: Vec<(String, Option<f64>)>, seed: u64) -> LiveWalk {
+    pub fn new(symbols: Vec<(Symbol, Option<f64>)>, seed: u64) -> LiveWalk {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let symbols = symbols
             .into_iter()
@@ -300,7 +298,9 @@ mod tests {
 
     fn spec(seed: u64) -> GenerateSpec {
         GenerateSpec {
-            symbols: vec!["BTCUSD".into(), "ETHUSD".into(), "SOLUSD".into()],
+            symbols: ["BTCUSD", "ETHUSD", "SOLUSD"]
+                .map(|s| s.parse().unwrap())
+                .to_vec(),
             from: 1_700_000_000_000_000_000,
             to: 1_700_000_000_000_000_000 + NANOS_PER_DAY,
             trades: 10_000,
@@ -366,7 +366,10 @@ mod tests {
     #[test]
     fn the_live_walk_continues_from_the_last_price_with_valid_unique_trades() {
         let mut walk = LiveWalk::new(
-            vec![("BTCUSD".into(), Some(41_000.0)), ("XYZ".into(), None)],
+            vec![
+                ("BTCUSD".parse().unwrap(), Some(41_000.0)),
+                ("XYZ".parse().unwrap(), None),
+            ],
             1,
         );
         let mut ids = std::collections::HashSet::new();

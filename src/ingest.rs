@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::candle::{MAX_TRADE_VALUE, Side, Trade, check_value};
 use crate::influx::encode::{push_float, push_tag_value};
 use crate::influx::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use crate::symbol::Symbol;
 
 /// Sub-millisecond slots used to keep same-millisecond trades apart.
 pub const SUB_MS_SLOTS: i64 = 1_000_000;
@@ -49,7 +50,7 @@ pub fn time_refusal(time_ms: i64, now_ms: i64) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTrade {
     /// Symbol, e.g. `BTCUSD`.
-    pub symbol: String,
+    pub symbol: Symbol,
     /// Taker side.
     pub side: Side,
     /// Price per unit, finite and > 0.
@@ -67,33 +68,15 @@ pub fn point_time(time_ms: i64, id: i64) -> i64 {
     time_ms * SUB_MS_SLOTS + id.rem_euclid(SUB_MS_SLOTS)
 }
 
-/// Checks a symbol: 1–32 characters of `A-Z a-z 0-9 . _ -`. Anything else could
-/// not be safely used as a tag, in InfluxQL or in a URL. `:` is not a symbol
-/// character: it separates the exchange from the symbol in a chart's
-/// `EXCHANGE:SYMBOL`, so a symbol holding one could be written but not read.
+/// Checks a symbol (old path of [`Symbol::parse`], the one symbol rule).
 pub fn validate_symbol(symbol: &str) -> Result<(), String> {
-    if symbol.is_empty() || symbol.len() > 32 {
-        return Err(format!(
-            "symbol must be 1 to 32 characters, got {}",
-            symbol.chars().count()
-        ));
-    }
-    if let Some(bad) = symbol
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "symbol {symbol:?} has character {bad:?}; allowed are letters, digits and . _ -"
-        ));
-    }
-    Ok(())
+    Symbol::parse(symbol).map(|_| ()).map_err(|e| e.to_string())
 }
 
 impl NewTrade {
-    /// Checks every field against the trade rules as of `now_ms`, naming the
-    /// first bad one.
+    /// Checks every value against the trade rules as of `now_ms`, naming the
+    /// first bad field (the symbol is checked by its type).
     pub fn validate(&self, now_ms: i64) -> Result<(), String> {
-        validate_symbol(&self.symbol).map_err(|e| format!("symbol: {e}"))?;
         for (name, value) in [("price", self.price), ("amount", self.amount)] {
             if check_value(value).is_err() {
                 return Err(format!(
@@ -167,7 +150,7 @@ mod tests {
 
     fn t(id: i64, time_ms: i64) -> NewTrade {
         NewTrade {
-            symbol: "BTCUSD".into(),
+            symbol: "BTCUSD".parse().unwrap(),
             side: Side::Buy,
             price: 100.5,
             amount: 0.25,
@@ -214,7 +197,7 @@ mod tests {
             .flat_map(|p| values.iter().map(move |a| (*p, *a)))
             .enumerate()
             .map(|(i, (price, amount))| NewTrade {
-                symbol: "BTC-USD:X.1_a".into(),
+                symbol: "BTC-USD.X_1a".parse().unwrap(),
                 side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
                 price,
                 amount,
@@ -263,16 +246,6 @@ mod tests {
         let mut bad = ok(now);
         bad.amount = 0.0;
         assert!(bad.validate(now).unwrap_err().starts_with("amount"));
-        let mut bad = ok(now);
-        bad.symbol = "BTC USD".into();
-        assert!(bad.validate(now).unwrap_err().starts_with("symbol"));
-        let mut bad = ok(now);
-        bad.symbol = "x'; DROP".into();
-        assert!(bad.validate(now).is_err());
-        let mut bad = ok(now);
-        bad.symbol = "ohlcd:FAKE".into();
-        let why = bad.validate(now).unwrap_err();
-        assert!(why.starts_with("symbol") && why.contains("':'"), "{why}");
         let mut bad = ok(now);
         bad.id = -1;
         assert!(bad.validate(now).unwrap_err().starts_with("id"));

@@ -4,6 +4,7 @@
 //!
 //! Map of the modules:
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
+//! - [`symbol`]: [`symbol::Symbol`], built only by parsing (the one symbol rule).
 //! - [`ingest`]: trade validation and encoding into the `trades` measurement.
 //! - [`generate`]: reproducible random-walk demo trades.
 //! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
@@ -41,6 +42,7 @@ pub mod progress;
 pub mod retention;
 pub mod scheduler;
 pub mod server;
+pub mod symbol;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod times;

@@ -41,7 +41,7 @@ fn nanos(rfc3339: &str) -> i64 {
 /// The trades stored before the corpus is sent.
 fn data_spec() -> GenerateSpec {
     GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: nanos(DATA_FROM),
         to: nanos(DATA_TO),
         trades: 400,

@@ -368,8 +368,11 @@ async fn ingest(
     let mut late: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for t in &trades {
         let time = t.stored().time;
-        if thresholds.get(&t.symbol).is_some_and(|th| time < *th) {
-            late.entry(&t.symbol)
+        if thresholds
+            .get(t.symbol.as_str())
+            .is_some_and(|th| time < *th)
+        {
+            late.entry(t.symbol.as_str())
                 .or_default()
                 .push(Resolution::M1.window_start(time));
         }

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
 use crate::datafeed::ChartResolution;
-use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
+use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade};
+use crate::symbol::Symbol;
 
 /// Query parameters as received.
 pub type Params = HashMap<String, String>;
@@ -25,11 +26,9 @@ pub fn required<'p>(p: &'p Params, name: &str) -> Result<&'p str, String> {
         .ok_or_else(|| format!("missing parameter {name}"))
 }
 
-/// A symbol parameter, validated.
-pub fn symbol_param(p: &Params, name: &str) -> Result<String, String> {
-    let s = required(p, name)?;
-    validate_symbol(s).map_err(|e| format!("{name}: {e}"))?;
-    Ok(s.to_string())
+/// A symbol parameter, parsed.
+pub fn symbol_param(p: &Params, name: &str) -> Result<Symbol, String> {
+    Symbol::parse(required(p, name)?).map_err(|e| format!("{name}: {e}"))
 }
 
 /// A Unix-seconds parameter, clamped to 1970..2200 (TradingView asks for history
@@ -197,7 +196,7 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         Some(other) => return Err(field_err(i, "id", format!("must be a number, got {other}"))),
     };
     let trade = NewTrade {
-        symbol,
+        symbol: Symbol::parse(&symbol).map_err(|e| field_err(i, "symbol", e))?,
         side,
         price,
         amount,
@@ -282,7 +281,7 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
                 WireTime::Text(s) => DateTime::parse_from_rfc3339(&s).ok()?.timestamp_millis(),
             };
             let trade = NewTrade {
-                symbol: w.symbol.into_owned(),
+                symbol: Symbol::parse(&w.symbol).ok()?,
                 side: w.side.parse::<Side>().ok()?,
                 price: w.price,
                 amount: w.amount,
@@ -366,7 +365,7 @@ mod fast_path_tests {
 
     fn trade(symbol: &str, side: Side, price: f64, amount: f64, time_ms: i64, id: i64) -> NewTrade {
         NewTrade {
-            symbol: symbol.into(),
+            symbol: symbol.parse().unwrap(),
             side,
             price,
             amount,
@@ -497,7 +496,7 @@ impl From<&Candle> for CandleJson {
 #[derive(Debug, Serialize)]
 pub struct OhlcResponse {
     /// Symbol.
-    pub symbol: String,
+    pub symbol: Symbol,
     /// What the client asked for.
     pub requested_resolution: ChartResolution,
     /// What was used (coarser for long ranges).

@@ -301,7 +301,7 @@ async fn ingest(
         .context("clock out of range")?;
     let from = now_ns + 120 * NS;
     let spec = GenerateSpec {
-        symbols: vec![API_SYMBOL.to_string()],
+        symbols: vec![API_SYMBOL.parse()?],
         from,
         to: from + 1_800 * NS,
         trades: n,
@@ -329,13 +329,14 @@ async fn ingest(
             serde_json::to_vec(&items).map(Bytes::from)
         })
         .collect::<Result<_, _>>()?;
+    let write_symbol: ohlcd::symbol::Symbol = WRITE_SYMBOL.parse()?;
     let lp_bodies: Vec<Bytes> = trades
         .chunks(batch)
         .map(|b| {
             let renamed: Vec<NewTrade> = b
                 .iter()
                 .map(|t| NewTrade {
-                    symbol: WRITE_SYMBOL.to_string(),
+                    symbol: write_symbol.clone(),
                     ..t.clone()
                 })
                 .collect();
