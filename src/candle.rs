@@ -20,6 +20,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::zone::Zoned;
+
 /// Nanoseconds in one second; all times in this module are Unix nanoseconds.
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
 /// Nanoseconds in one day; every materialized resolution divides it.
@@ -232,8 +234,9 @@ pub struct Trade {
     pub price: f64,
     /// Quantity traded.
     pub amount: f64,
-    /// Taker side.
-    pub side: Side,
+    /// Taker side; `None` where the trades carry none (`schema.side` empty),
+    /// which counts as no buy volume.
+    pub side: Option<Side>,
 }
 
 /// Largest price, and largest amount, a trade may carry. With both at most
@@ -443,7 +446,11 @@ impl Contribution {
             close: t.price,
             volume: t.amount,
             quote_volume: t.price * t.amount,
-            buy_volume: if t.side == Side::Buy { t.amount } else { 0.0 },
+            buy_volume: if t.side == Some(Side::Buy) {
+                t.amount
+            } else {
+                0.0
+            },
             trades: 1,
         }
     }
@@ -529,6 +536,8 @@ pub enum Bucketing {
     Weeks(u32),
     /// Windows of `n` calendar months (UTC), counted from January 1970.
     Months(u32),
+    /// Windows counted in a time zone other than UTC (see [`crate::zone`]).
+    Zoned(Zoned),
 }
 
 fn month_index(time: i64) -> i64 {
@@ -556,6 +565,7 @@ impl Bucketing {
                 FIRST_MONDAY + floor_to(time - FIRST_MONDAY, len)
             }
             Bucketing::Months(n) => month_start(floor_to(month_index(time), i64::from(n))),
+            Bucketing::Zoned(z) => z.window_start(time),
         }
     }
 
@@ -565,6 +575,18 @@ impl Bucketing {
             Bucketing::Fixed(len) => start.saturating_add(len),
             Bucketing::Weeks(n) => start.saturating_add(i64::from(n) * 7 * NANOS_PER_DAY),
             Bucketing::Months(n) => month_start(month_index(start) + i64::from(n)),
+            Bucketing::Zoned(z) => z.next_start(start),
+        }
+    }
+
+    /// The window containing `time`.
+    pub fn window(self, time: i64) -> std::ops::Range<i64> {
+        match self {
+            Bucketing::Zoned(z) => z.window(time),
+            _ => {
+                let start = self.window_start(time);
+                start..self.next_start(start)
+            }
         }
     }
 
@@ -584,18 +606,27 @@ impl Bucketing {
             Bucketing::Fixed(len) => len,
             Bucketing::Weeks(n) => i64::from(n) * 7 * NANOS_PER_DAY,
             Bucketing::Months(n) => i64::from(n) * 31 * NANOS_PER_DAY,
+            Bucketing::Zoned(z) => z.nominal_nanos(),
         }
     }
 
-    /// Materialized resolutions whose windows tile these windows exactly,
-    /// coarsest first; empty means only raw trades can produce them.
-    pub fn sources(self) -> Vec<Resolution> {
+    /// Materialized resolutions whose windows tile these windows in `range`
+    /// (window-aligned) exactly, coarsest first; empty means only raw trades
+    /// can produce them. In UTC the range does not matter; in another zone
+    /// it is the coarsest resolution dividing every window boundary there (a
+    /// DST change moves the boundaries by an hour).
+    pub fn sources(self, range: std::ops::Range<i64>) -> Vec<Resolution> {
+        let aligned = match self {
+            Bucketing::Zoned(z) => z.alignment(range),
+            _ => 0,
+        };
         let mut out: Vec<Resolution> = Resolution::ALL
             .into_iter()
             .filter(|r| match self {
                 Bucketing::Fixed(len) => len % r.nanos() == 0,
                 // Weeks and months start at midnight UTC: unions of days.
                 Bucketing::Weeks(_) | Bucketing::Months(_) => true,
+                Bucketing::Zoned(_) => aligned % r.nanos() == 0,
             })
             .collect();
         out.reverse();
@@ -617,6 +648,9 @@ impl From<Resolution> for Bucketing {
 #[derive(Debug)]
 pub struct Aggregator {
     bucketing: Bucketing,
+    /// The window last looked up: a zone's windows cost a time zone lookup,
+    /// and time-ordered input stays in one window for many items.
+    window: std::ops::Range<i64>,
     current: Option<(i64, Accumulator)>,
     done: BTreeMap<i64, Accumulator>,
 }
@@ -626,6 +660,7 @@ impl Aggregator {
     pub fn new(bucketing: impl Into<Bucketing>) -> Self {
         Aggregator {
             bucketing: bucketing.into(),
+            window: 0..0,
             current: None,
             done: BTreeMap::new(),
         }
@@ -642,7 +677,15 @@ impl Aggregator {
     }
 
     fn add(&mut self, time: i64, c: &Contribution) {
-        let start = self.bucketing.window_start(time);
+        let start = match self.bucketing {
+            Bucketing::Zoned(_) => {
+                if !self.window.contains(&time) {
+                    self.window = self.bucketing.window(time);
+                }
+                self.window.start
+            }
+            _ => self.bucketing.window_start(time),
+        };
         match &mut self.current {
             Some((s, acc)) if *s == start => acc.add(c),
             _ => {
@@ -739,7 +782,7 @@ mod tests {
             id,
             price,
             amount,
-            side,
+            side: Some(side),
         }
     }
 
@@ -897,17 +940,21 @@ mod tests {
     #[test]
     fn sources_are_the_resolutions_that_tile_the_windows_coarsest_first() {
         let min = |m: i64| Bucketing::Fixed(m * 60 * NANOS_PER_SEC);
-        assert_eq!(min(30).sources()[0], Resolution::M15);
-        assert_eq!(min(45).sources()[0], Resolution::M15);
-        assert_eq!(min(120).sources()[0], Resolution::H1);
-        assert_eq!(min(360).sources()[0], Resolution::H1);
-        assert_eq!(min(720).sources()[0], Resolution::H4);
-        assert_eq!(min(3).sources(), vec![Resolution::M1]);
-        assert_eq!(Bucketing::Weeks(1).sources()[0], Resolution::D1);
-        assert_eq!(Bucketing::Months(1).sources()[0], Resolution::D1);
-        assert!(Bucketing::Fixed(90 * NANOS_PER_SEC).sources().is_empty());
+        assert_eq!(min(30).sources(0..0)[0], Resolution::M15);
+        assert_eq!(min(45).sources(0..0)[0], Resolution::M15);
+        assert_eq!(min(120).sources(0..0)[0], Resolution::H1);
+        assert_eq!(min(360).sources(0..0)[0], Resolution::H1);
+        assert_eq!(min(720).sources(0..0)[0], Resolution::H4);
+        assert_eq!(min(3).sources(0..0), vec![Resolution::M1]);
+        assert_eq!(Bucketing::Weeks(1).sources(0..0)[0], Resolution::D1);
+        assert_eq!(Bucketing::Months(1).sources(0..0)[0], Resolution::D1);
+        assert!(
+            Bucketing::Fixed(90 * NANOS_PER_SEC)
+                .sources(0..0)
+                .is_empty()
+        );
         assert_eq!(
-            min(15).sources(),
+            min(15).sources(0..0),
             vec![Resolution::M15, Resolution::M5, Resolution::M1]
         );
     }

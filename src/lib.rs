@@ -13,7 +13,9 @@
 //!   retention policies per measurement ([`influx::retention`]).
 //! - [`progress`]: SQLite progress store (tasks, symbol leases, watermarks, run
 //!   history).
-//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution.
+//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution,
+//!   gap filling.
+//! - [`zone`]: time zones: local days, weeks, months and intraday windows.
 //! - [`datafeed`]: serving candles at any chart resolution.
 //! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step,
@@ -23,10 +25,12 @@
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
 //! - [`retention`]: how long data is kept (durations, configured policies).
+//! - [`build_info`]: version and git commit of the binary.
 //! - [`cli`]: the `ohlcd` command line.
 //! - `testkit` (cargo feature `testkit`): test and benchmark support (a
 //!   throwaway `influxd`, InfluxDB 3 and PostgreSQL); not part of the daemon.
 
+pub mod build_info;
 pub mod candle;
 pub mod chart;
 pub mod cli;
@@ -41,8 +45,10 @@ pub mod ingest;
 pub mod progress;
 pub mod retention;
 pub mod scheduler;
+pub mod schema;
 pub mod server;
 pub mod symbol;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod times;
+pub mod zone;

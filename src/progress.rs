@@ -78,6 +78,31 @@ pub enum ProgressError {
     Invalid(String),
 }
 
+impl ProgressError {
+    /// Worth trying again: the database could not be reached or was
+    /// restarting (connection refused or broken, a pool timeout, PostgreSQL's
+    /// "shutting down" / "starting up" and other connection errors, SQLSTATE
+    /// classes 08 and 57P). Not: a bad URL, credentials, a file that is not
+    /// a database, a lease lost.
+    pub fn is_transient(&self) -> bool {
+        let sql = match self {
+            ProgressError::Open { source, .. } | ProgressError::Db(source) => source,
+            ProgressError::Migrate {
+                source: sqlx::migrate::MigrateError::Execute(source),
+                ..
+            } => source,
+            _ => return false,
+        };
+        match sql {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -547,6 +572,34 @@ impl ProgressStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_reached_is_an_outage_and_a_bad_url_is_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let down = ProgressError::Open {
+            url: "postgres://db".into(),
+            source: sqlx::Error::Io(refused),
+        };
+        assert!(down.is_transient(), "{down}");
+        assert!(ProgressError::Db(sqlx::Error::PoolTimedOut).is_transient());
+        let bad = ProgressStore::connect("postgres://u@127.0.0.1:notaport/db")
+            .await
+            .unwrap_err();
+        assert!(!bad.is_transient(), "{bad}");
+        let lost = ProgressError::LeaseLost {
+            symbol: "BTCUSD".into(),
+            resolution: Resolution::M1,
+            owner: "a".into(),
+        };
+        assert!(!lost.is_transient());
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_db = dir.path().join("x.db");
+        std::fs::write(&not_a_db, "this is not SQLite").unwrap();
+        let junk = ProgressStore::connect(not_a_db.to_str().unwrap())
+            .await
+            .unwrap_err();
+        assert!(!junk.is_transient(), "{junk}");
+    }
 
     #[tokio::test]
     async fn the_task_stream_yields_the_rows_of_tasks_in_its_order_and_then_stays_ended() {

@@ -1,82 +1,130 @@
-//! The one symbol rule. A [`Symbol`] (an instrument's name, e.g. `BTCUSD`) is
-//! built only by parsing, so code that holds one never checks it again: every
-//! symbol that enters ohlcd (a query parameter, a posted trade, a
-//! command-line argument, a tag value found in InfluxDB) is parsed here.
+//! The one symbol rule. An instrument's name is a [`Symbol`], built only by
+//! parsing it against the [`NameForm`] of the trade schema, so code that
+//! holds one never checks it again: a symbol that enters ohlcd (a query
+//! parameter, a command-line argument) is parsed here, and a posted trade's
+//! symbol is checked by the same rule ([`NameForm::check`]).
 //!
-//! A symbol is 1 to 32 characters of `A-Z a-z 0-9 . _ -`. Anything else could
-//! not be used safely as a tag, in InfluxQL or in a URL. `:` is not a symbol
-//! character: it joins the parts of a symbol named by several tags
-//! ([`Symbol::parse_parts`], e.g. `binance:BTCUSDT`), and it separates the
-//! exchange from the symbol in a chart's `EXCHANGE:SYMBOL`.
+//! Each part of a name is 1 to 32 characters of `A-Z a-z 0-9 . _ -`, so a
+//! name is safe as a tag value, in InfluxQL, in SQL and in a URL. `:` is
+//! never part of one: it joins the parts of a name whose instrument several
+//! tags identify (`binance:BTCUSDT` for tags `exchange`, `symbol`), and it
+//! separates the exchange from the symbol in a chart's `EXCHANGE:SYMBOL`.
+//!
+//! Pure: nothing of the project below it.
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// Most characters of a symbol, or of one part of it.
-pub const MAX_SYMBOL_LEN: usize = 32;
+/// Most characters of one part of a name.
+pub const MAX_PART_LEN: usize = 32;
 
-/// What joins the parts of a symbol named by several tags.
-pub const PART_SEPARATOR: char = ':';
+/// What joins the parts of an instrument's name.
+pub const NAME_SEPARATOR: char = ':';
 
-/// An instrument's name, checked: see the module docs for the rule.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Symbol(String);
-
-/// Why a text is not a symbol; the message names the rule broken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadSymbol {
-    /// Empty, or longer than [`MAX_SYMBOL_LEN`].
-    #[error("symbol must be 1 to {MAX_SYMBOL_LEN} characters, got {0}")]
-    Length(usize),
-    /// A character outside `A-Z a-z 0-9 . _ -`.
-    #[error("symbol {text:?} has character {bad:?}; allowed are letters, digits and . _ -")]
-    Character {
-        /// The text given.
-        text: String,
-        /// Its first character that is not allowed.
-        bad: char,
-    },
-    /// Not as many `:`-separated parts as the symbol's tags.
-    #[error("symbol {text:?} has {got} parts separated by ':', expected {expected}")]
-    Parts {
-        /// The text given.
-        text: String,
-        /// Parts expected (the tags that name an instrument).
-        expected: usize,
-        /// Parts found.
-        got: usize,
-    },
+/// How instruments are named: the parts of a name, joined with `:` (`symbol`;
+/// `exchange:symbol` for two symbol tags; `EXCHANGE:symbol` where the
+/// exchange comes from the measurement name). It holds the symbol rule (see
+/// the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameForm {
+    parts: Vec<String>,
 }
 
-impl Symbol {
-    /// Parses a symbol named by one tag: the rule of the module docs.
-    pub fn parse(text: &str) -> Result<Symbol, BadSymbol> {
-        check_part(text)?;
-        Ok(Symbol(text.to_string()))
+impl Default for NameForm {
+    /// ohlcd's own schema: one part, the `symbol` tag.
+    fn default() -> NameForm {
+        NameForm::new(vec!["symbol".into()])
+    }
+}
+
+impl NameForm {
+    /// A form of these parts, labelled as messages name them (`exchange`,
+    /// `symbol`); at least one.
+    pub fn new(parts: Vec<String>) -> NameForm {
+        assert!(!parts.is_empty(), "a name has at least one part");
+        NameForm { parts }
     }
 
-    /// Parses a symbol named by `parts` tags, their values joined by
-    /// [`PART_SEPARATOR`] (`binance:BTCUSDT` for two); each part follows the
-    /// one-tag rule. With one part this is [`Symbol::parse`].
-    pub fn parse_parts(text: &str, parts: usize) -> Result<Symbol, BadSymbol> {
-        if parts <= 1 {
-            return Symbol::parse(text);
+    /// How many parts a name has.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Checks a name against the symbol rule and this form, naming what is
+    /// wrong.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        if self.parts.len() == 1 {
+            return check_part("symbol", name);
         }
-        let got = text.split(PART_SEPARATOR).count();
-        if got != parts {
-            return Err(BadSymbol::Parts {
-                text: text.to_string(),
-                expected: parts,
-                got,
-            });
+        let given = name.split(NAME_SEPARATOR).count();
+        if given != self.parts.len() {
+            return Err(format!(
+                "symbol {name:?} is not of the form {self}: instruments here are named by {} parts joined by ':', got {given}",
+                self.parts.len()
+            ));
         }
-        text.split(PART_SEPARATOR).try_for_each(check_part)?;
-        Ok(Symbol(text.to_string()))
+        for (part, label) in name.split(NAME_SEPARATOR).zip(&self.parts) {
+            check_part(&format!("symbol {name:?}: {label}"), part)?;
+        }
+        Ok(())
+    }
+
+    /// `name` as a [`Symbol`] of this form, or why it is not one.
+    pub fn parse(&self, name: &str) -> Result<Symbol, BadSymbol> {
+        self.check(name).map_err(BadSymbol)?;
+        Ok(Symbol(name.to_string()))
+    }
+}
+
+impl fmt::Display for NameForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.parts.join(":"))
+    }
+}
+
+/// One part of a name: 1 to [`MAX_PART_LEN`] characters of `A-Z a-z 0-9 . _ -`.
+fn check_part(what: &str, part: &str) -> Result<(), String> {
+    if part.is_empty() || part.len() > MAX_PART_LEN {
+        return Err(format!(
+            "{what} must be 1 to {MAX_PART_LEN} characters, got {}",
+            part.chars().count()
+        ));
+    }
+    if let Some(bad) = part
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{what} {part:?} has character {bad:?}; allowed are letters, digits and . _ -"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `part` follows the symbol rule (see [`NameForm`]).
+pub fn is_name_part(part: &str) -> bool {
+    check_part("", part).is_ok()
+}
+
+/// An instrument's name, checked against a [`NameForm`]: see the module docs.
+/// It hashes and compares as its text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct Symbol(String);
+
+/// Why a text is not a symbol of the form asked; the message names the rule
+/// broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSymbol(String);
+
+impl Symbol {
+    /// Parses `name` as a symbol of `form` (see [`NameForm::parse`]).
+    pub fn parse(name: &str, form: &NameForm) -> Result<Symbol, BadSymbol> {
+        form.parse(name)
     }
 
     /// The symbol's text.
@@ -84,48 +132,14 @@ impl Symbol {
         &self.0
     }
 
-    /// The tag values it is made of, in order (one for a one-tag symbol).
+    /// The tag values it is made of, in order (one for a one-part name).
     pub fn parts(&self) -> impl Iterator<Item = &str> {
-        self.0.split(PART_SEPARATOR)
+        self.0.split(NAME_SEPARATOR)
     }
 
     /// The symbol's text, owned.
     pub fn into_string(self) -> String {
         self.0
-    }
-}
-
-/// The one-tag rule: 1 to [`MAX_SYMBOL_LEN`] characters of `A-Z a-z 0-9 . _ -`.
-fn check_part(text: &str) -> Result<(), BadSymbol> {
-    if text.is_empty() || text.len() > MAX_SYMBOL_LEN {
-        return Err(BadSymbol::Length(text.chars().count()));
-    }
-    match text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        Some(bad) => Err(BadSymbol::Character {
-            text: text.to_string(),
-            bad,
-        }),
-        None => Ok(()),
-    }
-}
-
-impl FromStr for Symbol {
-    type Err = BadSymbol;
-
-    fn from_str(s: &str) -> Result<Symbol, BadSymbol> {
-        Symbol::parse(s)
-    }
-}
-
-impl TryFrom<String> for Symbol {
-    type Error = BadSymbol;
-
-    fn try_from(s: String) -> Result<Symbol, BadSymbol> {
-        check_part(&s)?;
-        Ok(Symbol(s))
     }
 }
 
@@ -149,8 +163,7 @@ impl AsRef<str> for Symbol {
     }
 }
 
-/// A symbol hashes and compares as its text, so maps keyed by symbols are
-/// looked up by `&str`.
+/// Maps keyed by symbols are looked up by `&str`.
 impl Borrow<str> for Symbol {
     fn borrow(&self) -> &str {
         &self.0
@@ -179,16 +192,27 @@ impl PartialEq<&str> for Symbol {
 mod tests {
     use super::*;
 
+    fn two() -> NameForm {
+        NameForm::new(vec!["exchange".into(), "symbol".into()])
+    }
+
     #[test]
     fn letters_digits_dot_underscore_and_dash_make_a_symbol() {
         for ok in ["BTCUSD", "btc-usd", "X.1_a", "A", &"Z".repeat(32)] {
-            assert_eq!(Symbol::parse(ok).unwrap().as_str(), ok);
+            assert_eq!(
+                Symbol::parse(ok, &NameForm::default()).unwrap().as_str(),
+                ok
+            );
         }
     }
 
     #[test]
     fn anything_else_is_refused_with_the_rule_it_breaks() {
-        let err = |s: &str| Symbol::parse(s).unwrap_err().to_string();
+        let err = |s: &str| {
+            Symbol::parse(s, &NameForm::default())
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(err(""), "symbol must be 1 to 32 characters, got 0");
         assert_eq!(
             err(&"Z".repeat(33)),
@@ -199,38 +223,35 @@ mod tests {
             "symbol \"BTC USD\" has character ' '; allowed are letters, digits and . _ -"
         );
         for bad in ["x'; DROP", "a\"b", "a/b", "a,b", "a=b", "é", "a\nb"] {
-            assert!(Symbol::parse(bad).is_err(), "{bad:?}");
+            assert!(Symbol::parse(bad, &NameForm::default()).is_err(), "{bad:?}");
         }
-        // ':' joins the parts of a multi-tag symbol, never one part.
+        // ':' joins the parts of a multi-part name, never one part.
         assert!(err("ohlcd:FAKE").contains("':'"), "{}", err("ohlcd:FAKE"));
     }
 
     #[test]
-    fn a_symbol_of_several_tags_has_exactly_that_many_valid_parts() {
-        let two = Symbol::parse_parts("binance:BTCUSDT", 2).unwrap();
-        assert_eq!(two.parts().collect::<Vec<_>>(), ["binance", "BTCUSDT"]);
-        assert_eq!(
-            Symbol::parse_parts("BTCUSDT", 2).unwrap_err(),
-            BadSymbol::Parts {
-                text: "BTCUSDT".into(),
-                expected: 2,
-                got: 1
-            }
+    fn a_name_of_several_tags_has_exactly_that_many_valid_parts() {
+        let s = Symbol::parse("binance:BTCUSDT", &two()).unwrap();
+        assert_eq!(s.parts().collect::<Vec<_>>(), ["binance", "BTCUSDT"]);
+        let why = Symbol::parse("BTCUSDT", &two()).unwrap_err().to_string();
+        assert!(
+            why.contains("exchange:symbol") && why.contains("got 1"),
+            "{why}"
         );
-        assert!(Symbol::parse_parts("a:b:c", 2).is_err());
-        assert!(Symbol::parse_parts("binance:BTC USDT", 2).is_err());
-        assert!(Symbol::parse_parts(":BTCUSDT", 2).is_err());
-        assert_eq!(
-            Symbol::parse_parts("BTCUSD", 1),
-            Symbol::parse("BTCUSD"),
-            "one part is the one-tag rule"
+        assert!(Symbol::parse("a:b:c", &two()).is_err());
+        let why = Symbol::parse("binance:BTC USDT", &two())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains(": symbol \"BTC USDT\" has character ' '"),
+            "{why}"
         );
+        assert!(Symbol::parse(":BTCUSDT", &two()).is_err());
     }
 
     #[test]
-    fn a_symbol_is_read_back_from_json_only_if_it_parses() {
-        let s: Symbol = serde_json::from_str("\"BTCUSD\"").unwrap();
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"BTCUSD\"");
-        assert!(serde_json::from_str::<Symbol>("\"BTC USD\"").is_err());
+    fn a_symbol_is_written_to_json_as_its_text() {
+        let s = Symbol::parse("binance:BTCUSDT", &two()).unwrap();
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"binance:BTCUSDT\"");
     }
 }

@@ -256,6 +256,12 @@ impl Influxd {
     /// Starts influxd again on the same ports and data; panics if it does not
     /// come up (test convenience).
     pub fn restart(&mut self) {
+        self.relaunch().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`Influxd::restart`] that says why instead of panicking: stops influxd
+    /// if it runs, starts it on the same ports and data, waits for `/ping`.
+    pub fn relaunch(&mut self) -> io::Result<()> {
         self.stop();
         let port = self
             .url
@@ -263,9 +269,9 @@ impl Influxd {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("the URL ends in a port");
-        self.child = spawn(self.dir.path(), self.options, port).unwrap_or_else(|e| panic!("{e}"));
+        self.child = spawn(self.dir.path(), self.options, port)?;
         let log = self.dir.path().join("influxd.log");
-        wait_ready(&mut self.child, &self.url, &log).unwrap_or_else(|e| panic!("{e}"));
+        wait_ready(&mut self.child, &self.url, &log)
     }
 }
 

@@ -664,10 +664,15 @@ fn get_corpus() -> Vec<Req> {
             400,
         ));
         c.push(get(with_param(path, &valid, "symbol", ""), 400));
-        // Well-formed but unknown (symbols are case-sensitive).
-        for s in ["NOPE", "btcusd", "ohlcd:NOPE", "BTCUSD:"] {
+        // Well-formed but unknown (symbols are case-sensitive); the UDF
+        // endpoints take the chart's EXCHANGE:SYMBOL.
+        for s in ["NOPE", "btcusd"] {
             c.push(get(with_param(path, &valid, "symbol", s), 404));
         }
+        let udf = if path.starts_with("/udf/") { 404 } else { 400 };
+        c.push(get(with_param(path, &valid, "symbol", "ohlcd:NOPE"), udf));
+        // No symbol holds ':', so this one can never exist.
+        c.push(get(with_param(path, &valid, "symbol", "BTCUSD:"), 400));
     }
     // Missing parameters.
     for p in [

@@ -320,11 +320,11 @@ impl Walk {
             id,
             price: 100.0 + (self.next() % 1000) as f64 / 10.0,
             amount: 0.5 + (self.next() % 100) as f64 / 100.0,
-            side: if self.next().is_multiple_of(2) {
+            side: Some(if self.next().is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell
-            },
+            }),
         }
     }
 }
@@ -508,7 +508,7 @@ async fn a_late_trade_repairs_only_the_windows_it_touches_at_every_resolution() 
             id: 999_999,
             price: 1_000.0,
             amount: 2.0,
-            side: Side::Buy,
+            side: Some(Side::Buy),
         },
     );
     s.store
@@ -704,7 +704,7 @@ async fn a_candle_that_is_not_finite_fails_its_own_symbol_before_anything_of_it_
             id: 1,
             price: 1e308,
             amount: 1e308,
-            side: Side::Buy,
+            side: Some(Side::Buy),
         },
     );
     s.clock.set(T0 + DAY + 6 * SEC);

@@ -479,7 +479,7 @@ mod tests {
             id,
             price,
             amount: 1.0 + (id % 3) as f64,
-            side: if id % 2 == 0 { Side::Buy } else { Side::Sell },
+            side: Some(if id % 2 == 0 { Side::Buy } else { Side::Sell }),
         }
     }
 

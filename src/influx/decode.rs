@@ -82,16 +82,42 @@ impl Row<'_> {
             }
             Row::Pack(vals) => match vals.get(i) {
                 None | Some(Val::Nil) => None,
+                // Text fields (old collectors wrote numbers as strings) parse.
+                Some(Val::Str(b)) => Some(
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(()),
+                ),
                 Some(v) => Some(v.as_f64().ok_or(())),
             },
         }
     }
 
-    /// Column `i` as an integer, `None` when it is missing or not one.
-    pub(super) fn opt_i64(&self, i: usize) -> Option<i64> {
+    /// Column `i` as text: a tag or string field, or a boolean spelled
+    /// `true` / `false` (as CSV spells it); `None` when missing.
+    pub(super) fn text(&self, i: usize) -> Option<&[u8]> {
         match self {
-            Row::Csv(rec) => std::str::from_utf8(rec.get(i)?).ok()?.parse().ok(),
-            Row::Pack(vals) => vals.get(i)?.as_i64(),
+            Row::Csv(rec) => rec.get(i).filter(|b| !b.is_empty()),
+            Row::Pack(vals) => match vals.get(i) {
+                Some(Val::Str(s)) => Some(s),
+                Some(Val::Bool(true)) => Some(b"true"),
+                Some(Val::Bool(false)) => Some(b"false"),
+                _ => None,
+            },
+        }
+    }
+
+    /// Column `i` as a trade's order key: an integer, or text that is one
+    /// (string ids); 0 for anything else.
+    pub(super) fn order_key(&self, i: usize) -> i64 {
+        match self {
+            Row::Pack(vals) => match vals.get(i) {
+                Some(Val::Int(n)) => *n,
+                Some(Val::Str(b)) => parse_key(b),
+                _ => 0,
+            },
+            Row::Csv(rec) => rec.get(i).map_or(0, parse_key),
         }
     }
 
@@ -102,6 +128,15 @@ impl Row<'_> {
     pub(super) fn i64(&self, i: usize, name: &str) -> Result<i64, InfluxError> {
         self.value(i, name, "an integer", |v| v.as_i64())
     }
+}
+
+/// Text holding a whole number (an id stored as a string) as that number; 0
+/// otherwise.
+fn parse_key(b: &[u8]) -> i64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl InfluxClient {

@@ -8,7 +8,9 @@
 
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
-//! [`query`] the InfluxQL sent, [`decode`] and [`msgpack`] the streaming
+//! [`query`] the InfluxQL sent, [`layout`] the names, conditions and columns
+//! it takes from the user's schema ([`crate::schema::Layout`], found on the
+//! server at start by [`discover`]), [`decode`] and [`msgpack`] the streaming
 //! result decoders, [`encode`] candle writes, [`retention`] where each
 //! measurement lives and how long it is kept, [`overwrite`] checked
 //! overwrites on InfluxDB 3.
@@ -23,17 +25,20 @@ use serde_json::Value;
 use crate::config::InfluxSettings;
 
 pub mod decode;
+pub mod discover;
 pub mod encode;
+pub mod layout;
 pub mod msgpack;
 pub mod overwrite;
 pub mod query;
 pub mod retention;
 
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
-pub use query::{quote_ident, quote_literal, symbol_set_condition};
+pub use query::{quote_ident, quote_literal};
 pub use retention::{Keep, Placement, PolicySpec, Stored};
 
-/// Measurement holding raw trades.
+/// Measurement holding raw trades in ohlcd's own schema (the default of
+/// `schema.trades_measurement`).
 pub const TRADES_MEASUREMENT: &str = "trades";
 
 /// Everything that can go wrong talking to InfluxDB, with the context to act on it.
@@ -126,6 +131,10 @@ pub enum InfluxError {
     /// The configured retention policies cannot be used as configured.
     #[error("{0}")]
     Retention(String),
+    /// The configured `[schema]` does not match what the server holds, or
+    /// cannot be written as the server holds it.
+    #[error("{0}")]
+    Schema(String),
     /// Overwritten candles still read an older version after every rewrite
     /// (InfluxDB 3 does not promise that the last write of a point wins).
     #[error(
@@ -297,6 +306,37 @@ pub struct InfluxClient {
     read_format_auto: bool,
     generation: Generation,
     no_sync: bool,
+    /// Where the trades are and what they hold (`[schema]` matched against
+    /// the server); ohlcd's own schema until [`InfluxClient::set_layout`].
+    layout: std::sync::Arc<crate::schema::Layout>,
+    /// Tag values outside the symbol rule already warned about.
+    warned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The last write that failed, shared by every clone of this client.
+    write_failure: std::sync::Arc<WriteFailure>,
+}
+
+/// How long a failed write keeps [`InfluxClient::recent_write_failure`]
+/// reporting it when no write has been tried since.
+pub const WRITE_FAILURE_HOLD: Duration = Duration::from_secs(120);
+
+/// The newest write failure of a client and its clones; a write that
+/// succeeds clears it. Reads can succeed while writes fail (a full disk:
+/// InfluxDB answers queries and refuses every write), so health needs both.
+#[derive(Debug, Default)]
+struct WriteFailure(std::sync::Mutex<Option<(std::time::Instant, String)>>);
+
+impl WriteFailure {
+    fn record<T>(&self, outcome: &Result<T, InfluxError>) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(_) => *last = None,
+            // A 4xx is about the data written, not about the server.
+            Err(e) if e.is_transient() => {
+                *last = Some((std::time::Instant::now(), e.to_string()));
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// How query results are read from InfluxDB.
@@ -353,7 +393,36 @@ impl InfluxClient {
             // Until `detect`: the v1 API as 1.x serves it.
             generation: Generation::V1,
             no_sync: s.no_sync,
+            layout: Default::default(),
+            warned: Default::default(),
+            write_failure: Default::default(),
         })
+    }
+
+    /// Where the trades are and how a row of them reads (ohlcd's own schema
+    /// until [`InfluxClient::set_layout`]).
+    pub fn layout(&self) -> &crate::schema::Layout {
+        &self.layout
+    }
+
+    /// Reads and writes trades and candles as `layout` says from now on
+    /// (normally found by [`InfluxClient::resolve_schema`]).
+    pub fn set_layout(&mut self, layout: crate::schema::Layout) {
+        self.layout = std::sync::Arc::new(layout);
+    }
+
+    /// Why the last write failed, if it did (after its retries, with a
+    /// server or connection error) less than [`WRITE_FAILURE_HOLD`] ago and
+    /// no write of this client or a clone has succeeded since.
+    pub fn recent_write_failure(&self) -> Option<String> {
+        let last = self
+            .write_failure
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < WRITE_FAILURE_HOLD)
+            .map(|(_, why)| why.clone())
     }
 
     /// Base URL of the server.
@@ -602,13 +671,16 @@ impl InfluxClient {
     /// `POST /write` of a line-protocol body (nanosecond timestamps), with retries.
     pub async fn write_lines(&self, body: Bytes) -> Result<(), InfluxError> {
         let params = self.db_params();
-        self.send("write", || {
-            self.request(reqwest::Method::POST, "/write")
-                .query(&params)
-                .body(body.clone())
-        })
-        .await
-        .map(|_| ())
+        let written = self
+            .send("write", || {
+                self.request(reqwest::Method::POST, "/write")
+                    .query(&params)
+                    .body(body.clone())
+            })
+            .await
+            .map(|_| ());
+        self.write_failure.record(&written);
+        written
     }
 
     /// True if candle writes are acknowledged before the server's WAL flush
@@ -629,13 +701,16 @@ impl InfluxClient {
             ("precision", "nanosecond"),
             ("no_sync", "true"),
         ];
-        self.send("write", || {
-            self.request(reqwest::Method::POST, "/api/v3/write_lp")
-                .query(&params)
-                .body(body.clone())
-        })
-        .await
-        .map(|_| ())
+        let written = self
+            .send("write", || {
+                self.request(reqwest::Method::POST, "/api/v3/write_lp")
+                    .query(&params)
+                    .body(body.clone())
+            })
+            .await
+            .map(|_| ());
+        self.write_failure.record(&written);
+        written
     }
 
     /// This client with synced writes: for writes that are read back at once.
@@ -795,6 +870,30 @@ mod tests {
             !v2.contains("CREATE DATABASE") && v2.contains("dbrp"),
             "{v2}"
         );
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_by_every_clone_until_a_write_succeeds() {
+        let settings = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
+        let client = InfluxClient::new(&settings.influx).unwrap();
+        let serving = client.fail_fast(2, 0);
+        assert_eq!(serving.recent_write_failure(), None);
+        client
+            .write_failure
+            .record::<()>(&Err(status(500, "no space left on device")));
+        let said = serving.recent_write_failure().unwrap();
+        assert!(said.contains("no space left on device"), "{said}");
+        // Refused data says nothing about the server.
+        client
+            .write_failure
+            .record::<()>(&Err(status(400, "bad line")));
+        assert!(serving.recent_write_failure().is_some());
+        client.write_failure.record(&Ok(()));
+        assert_eq!(serving.recent_write_failure(), None);
+        client
+            .write_failure
+            .record::<()>(&Err(status(400, "bad line")));
+        assert_eq!(serving.recent_write_failure(), None);
     }
 
     #[test]

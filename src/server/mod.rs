@@ -60,6 +60,8 @@ pub struct AppState {
     pub limits: QueryLimits,
     /// Live bars for `GET /api/live`.
     pub push: PushHub,
+    /// The zone each symbol's bars are counted in.
+    pub zones: crate::zone::Zones,
 }
 
 impl AppState {
@@ -97,6 +99,8 @@ impl AppState {
             settings: settings.datafeed.clone(),
             limits,
             push,
+            // Checked when the settings were loaded.
+            zones: settings.datafeed.zones().unwrap_or_default(),
         }
     }
 }
@@ -447,6 +451,12 @@ pub fn routes(
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_history);
+    let udf_quotes = warp::path!("udf" / "quotes")
+        .and(warp::get())
+        .and(read.clone())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_quotes);
     let udf_time = warp::path!("udf" / "time")
         .and(warp::get())
         .and(read.clone())
@@ -518,6 +528,7 @@ pub fn routes(
         .or(udf_symbols)
         .or(udf_search)
         .or(udf_history)
+        .or(udf_quotes)
         .or(udf_time)
         .or(api_ohlc)
         .or(api_trades_get)

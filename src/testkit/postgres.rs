@@ -24,7 +24,8 @@ static CLUSTER: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
 
 #[derive(Debug)]
 struct Cluster {
-    postmaster: Child,
+    /// Replaced by [`TestPostgres::restart`].
+    postmaster: Mutex<Child>,
     bin: PathBuf,
     port: u16,
     next_db: AtomicU32,
@@ -37,7 +38,7 @@ struct Cluster {
 pub struct TestPostgres {
     /// `postgres://postgres@127.0.0.1:PORT/DB`.
     pub url: String,
-    _cluster: Arc<Cluster>,
+    cluster: Arc<Cluster>,
 }
 
 impl TestPostgres {
@@ -68,7 +69,36 @@ impl TestPostgres {
         );
         TestPostgres {
             url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
-            _cluster: cluster,
+            cluster,
+        }
+    }
+
+    /// Stops the whole cluster in `mode` (`pg_ctl stop -m fast|immediate`)
+    /// and starts it again on the same data and port, as `pg_ctl restart`
+    /// does, but with the new postmaster a child of this process, so it is
+    /// stopped on drop like the first. An immediate stop skips the shutdown
+    /// checkpoint: the start runs crash recovery. Every database of the
+    /// cluster goes down with it. Blocking.
+    pub fn restart(&self, mode: StopMode) -> Result<(), String> {
+        self.cluster.restart(mode)
+    }
+}
+
+/// How [`TestPostgres::restart`] stops the server (`pg_ctl stop -m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Disconnects clients, rolls back their transactions, checkpoints.
+    Fast,
+    /// Kills every server process at once, no checkpoint (like a crash).
+    Immediate,
+}
+
+impl StopMode {
+    /// The `pg_ctl -m` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
         }
     }
 }
@@ -173,38 +203,27 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port().unwrap();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
+        let log = dir.path().join("postgres.log");
+        std::fs::File::create(&log).unwrap();
         if root {
             let _ = Command::new("chown")
                 .arg(format!("{PG_USER}:{PG_USER}"))
-                .arg(dir.path().join("postgres.log"))
+                .arg(&log)
                 .status();
         }
-        let postmaster = as_pg_user(&bin.join("postgres"))
-            .current_dir(dir.path())
-            .args(["-D", data.to_str().unwrap()])
-            .args(["-p", &port.to_string()])
-            .args(["-k", dir.path().to_str().unwrap()])
-            // Throwaway data: durability off, for speed.
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut cluster = Cluster {
-            postmaster,
+        let postmaster = spawn_postmaster(&bin, dir.path(), port).unwrap();
+        let cluster = Cluster {
+            postmaster: Mutex::new(postmaster),
             bin,
             port,
             next_db: AtomicU32::new(0),
             dir,
         };
-        cluster.wait_ready();
+        cluster.wait_ready().unwrap_or_else(|e| panic!("{e}"));
         cluster
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = Command::new(self.bin.join("pg_isready"))
@@ -212,36 +231,88 @@ impl Cluster {
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
-                return;
+                return Ok(());
             }
             let log = || std::fs::read_to_string(self.dir.path().join("postgres.log"));
-            if let Ok(Some(status)) = self.postmaster.try_wait() {
-                panic!("postgres exited with {status}: {:?}", log());
+            if let Ok(Some(status)) = self.postmaster().try_wait() {
+                return Err(format!("postgres exited with {status}: {:?}", log()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "postgres not ready in 60 s: {:?}",
-                log()
-            );
+            if Instant::now() > deadline {
+                return Err(format!("postgres not ready in 60 s: {:?}", log()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    fn postmaster(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.postmaster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn restart(&self, mode: StopMode) -> Result<(), String> {
+        let data = self.dir.path().join("data");
+        let out = as_pg_user(&self.bin.join("pg_ctl"))
+            .current_dir(self.dir.path())
+            .args(["stop", "-w", "-t", "60", "-m", mode.as_str(), "-D"])
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("pg_ctl stop: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl stop -m {}: {}{}",
+                mode.as_str(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        {
+            let mut postmaster = self.postmaster();
+            // pg_ctl returns once the pid file is gone; reap the old postmaster.
+            let _ = postmaster.wait();
+            *postmaster = spawn_postmaster(&self.bin, self.dir.path(), self.port)
+                .map_err(|e| format!("cannot start postgres again: {e}"))?;
+        }
+        self.wait_ready()
+    }
+}
+
+/// Starts `postgres` on the cluster in `dir` (data in `dir/data`, socket in
+/// `dir`, log appended to `dir/postgres.log`).
+fn spawn_postmaster(bin: &Path, dir: &Path, port: u16) -> std::io::Result<Child> {
+    let log = std::fs::File::options()
+        .append(true)
+        .open(dir.join("postgres.log"))?;
+    as_pg_user(&bin.join("postgres"))
+        .current_dir(dir)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string()])
+        .arg("-k")
+        .arg(dir)
+        // Throwaway data: durability off, for speed. A database that must
+        // survive TestPostgres::restart sets synchronous_commit back on.
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        let postmaster = self.postmaster.get_mut().unwrap_or_else(|e| e.into_inner());
         // Immediate shutdown: the data is thrown away anyway.
         let _ = Command::new("kill")
-            .args(["-QUIT", &self.postmaster.id().to_string()])
+            .args(["-QUIT", &postmaster.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.postmaster.try_wait() {
+            if let Ok(Some(_)) = postmaster.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.postmaster.kill();
-        let _ = self.postmaster.wait();
+        let _ = postmaster.kill();
+        let _ = postmaster.wait();
     }
 }

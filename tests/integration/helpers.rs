@@ -4,16 +4,17 @@
 //! independent reference computation of candles from the raw trades read back
 //! over JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
+use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution, Skip, Trade};
 use ohlcd::clock::ManualClock;
 use ohlcd::config::Settings;
-use ohlcd::engine::Engine;
-use ohlcd::influx::InfluxClient;
+use ohlcd::engine::{Engine, Warehouse};
+use ohlcd::influx::{CandleSet, InfluxClient, InfluxError};
 use ohlcd::ingest::{NewTrade, write_trades};
 use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
@@ -341,6 +342,19 @@ impl TestApp {
         self.engine_on(owner, self.clock.clone())
     }
 
+    /// An engine on this app's clock reading and writing through `warehouse`
+    /// (a [`Spy`]) with the given lease-holder id.
+    pub(crate) fn engine_through<W: Warehouse>(&self, owner: &str, warehouse: W) -> Engine<W> {
+        Engine::new(
+            warehouse,
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            self.settings.engine.clone(),
+            Duration::from_secs(self.settings.progress.lease_secs),
+        )
+        .with_owner(owner)
+    }
+
     /// An engine on its own `clock` (a daemon on another host) with the given
     /// lease-holder id.
     pub(crate) fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
@@ -592,6 +606,126 @@ pub(crate) fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) ->
         .collect()
 }
 
+/// The app's InfluxDB as the engine sees it ([`Warehouse`]), with what a test
+/// needs to watch or stall one daemon: a gate that holds the next count of
+/// trades (the engine counts a lagging round's symbols after planning the
+/// round and before claiming them).
+#[derive(Clone)]
+pub(crate) struct Spy {
+    influx: InfluxClient,
+    gate: Arc<std::sync::Mutex<Option<Gate>>>,
+}
+
+/// See [`Spy::hold_next_count`].
+struct Gate {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Spy {
+    /// A spy on `influx`, holding nothing.
+    pub(crate) fn new(influx: InfluxClient) -> Spy {
+        Spy {
+            influx,
+            gate: Arc::default(),
+        }
+    }
+
+    /// Makes the next count of trades wait: the first receiver resolves when
+    /// the count is reached, and the count goes on once the sender is used
+    /// or dropped.
+    pub(crate) fn hold_next_count(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, on_reach) = tokio::sync::oneshot::channel();
+        let (go, release) = tokio::sync::oneshot::channel();
+        *self.gate.lock().unwrap() = Some(Gate { reached, release });
+        (on_reach, go)
+    }
+}
+
+impl Warehouse for Spy {
+    async fn check(&self) -> Result<(), InfluxError> {
+        Warehouse::check(&self.influx).await
+    }
+
+    async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
+        Warehouse::symbols(&self.influx).await
+    }
+
+    async fn first_trades(
+        &self,
+        symbols: &[String],
+        from: i64,
+    ) -> Result<HashMap<String, i64>, InfluxError> {
+        Warehouse::first_trades(&self.influx, symbols, from).await
+    }
+
+    async fn count_trades(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, u64>, InfluxError> {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            let _ = gate.reached.send(());
+            let _ = gate.release.await;
+        }
+        Warehouse::count_trades(&self.influx, symbols, range).await
+    }
+
+    async fn count_minutes(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, Vec<(i64, u64)>>, InfluxError> {
+        Warehouse::count_minutes(&self.influx, symbols, range).await
+    }
+
+    async fn read_trades(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+        on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
+    ) -> Result<u64, InfluxError> {
+        Warehouse::read_trades(&self.influx, symbols, range, on_row).await
+    }
+
+    async fn read_candles(
+        &self,
+        res: Resolution,
+        symbols: &[String],
+        range: Range<i64>,
+        on_candle: impl FnMut(&str, Candle) + Send,
+    ) -> Result<u64, InfluxError> {
+        Warehouse::read_candles(&self.influx, res, symbols, range, on_candle).await
+    }
+
+    async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        Warehouse::write_candles(&self.influx, sets).await
+    }
+
+    fn raw_retention(&self) -> Option<i64> {
+        Warehouse::raw_retention(&self.influx)
+    }
+
+    async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        Warehouse::overwrite_candles(&self.influx, sets).await
+    }
+
+    async fn delete_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<(), InfluxError> {
+        Warehouse::delete_candles(&self.influx, res, symbol, range).await
+    }
+}
+
 /// A server started by [`TestApp::serve_with`]; stops when dropped.
 pub(crate) struct Served {
     /// Base URL, through 127.0.0.1.
@@ -606,9 +740,9 @@ pub(crate) struct Served {
     ),
 }
 
-/// Resident memory of this process (server and test clients), in KiB.
-pub(crate) fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of process `pid` (an `ohlcd` the test started), in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -767,14 +901,24 @@ impl Daemon {
             .status()
             .unwrap();
         assert!(ok.success());
-        let status = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (status, self.log)
-        })
-        .await
-        .unwrap();
-        let log = std::fs::read_to_string(&status.1).unwrap();
-        assert!(status.0.unwrap().success(), "ohlcd run failed: {log}");
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "ohlcd run failed: {log}");
         log
+    }
+}
+
+/// A daemon a failing test leaves behind is killed, not left running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

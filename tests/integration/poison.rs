@@ -305,7 +305,12 @@ async fn one_poisoned_symbol_among_fifty_is_skipped_and_counted_while_two_daemon
             .await
             .unwrap(),
     ];
-    let mut expected: BTreeMap<String, f64> = BTreeMap::new();
+    // Every reason is exported from the start, at zero when no row had it,
+    // so an alert on one reason has a series to watch before the first skip.
+    let mut expected: BTreeMap<String, f64> = ohlcd::candle::SkipReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), 0.0))
+        .collect();
     for (_, _, _, reason) in &bad {
         *expected.entry(reason.to_string()).or_default() += 1.0;
     }

@@ -26,6 +26,8 @@ pub(crate) enum Shape {
     Live,
     /// Chart requests at rising concurrency (`--serve`).
     Serve,
+    /// The same trades in two `[schema]`s, backfilled side by side (`--schemas`).
+    Schemas,
 }
 
 /// Everything a phase needs.
@@ -258,13 +260,26 @@ impl Bench {
         n: u64,
         symbols: &[String],
     ) -> Result<Measured> {
+        self.generate_with(db, n, symbols, &[], "trades").await
+    }
+
+    /// [`Bench::generate`] with extra environment (a `[schema]`), counting
+    /// the trades in `measurement`.
+    pub(crate) async fn generate_with(
+        &mut self,
+        db: &str,
+        n: u64,
+        symbols: &[String],
+        env: &[(&str, &str)],
+        measurement: &str,
+    ) -> Result<Measured> {
         say!(
             "generating {n} trades of {} symbol(s) into database {db} (ohlcd generate) ...",
             symbols.len()
         );
         let symbols = symbols.join(",");
         let (from, to, trades) = (secs_str(self.from), secs_str(self.to), n.to_string());
-        let cmd = self.ohlcd_cmd(
+        let mut cmd = self.ohlcd_cmd(
             db,
             &self.scratch.join(format!("{db}-generate.db")),
             &[
@@ -281,6 +296,7 @@ impl Bench {
                 "42",
             ],
         );
+        cmd.envs(env.iter().copied());
         self.created.push(db.to_string());
         let mut proc = Proc::spawn(&format!("generate-{db}"), cmd, &self.scratch)?;
         let m = proc.wait_measured(Self::timeout_for(n)).await?;
@@ -312,8 +328,10 @@ impl Bench {
             .scalar(
                 db,
                 &format!(
-                    "SELECT count(price) FROM trades WHERE time >= {} AND time < {}",
-                    self.from, self.to
+                    "SELECT count(price) FROM {} WHERE time >= {} AND time < {}",
+                    ohlcd::influx::quote_ident(measurement),
+                    self.from,
+                    self.to
                 ),
             )
             .await? as u64;

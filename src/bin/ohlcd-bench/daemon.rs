@@ -301,13 +301,13 @@ async fn ingest(
         .context("clock out of range")?;
     let from = now_ns + 120 * NS;
     let spec = GenerateSpec {
-        symbols: vec![API_SYMBOL.parse()?],
+        symbols: vec![API_SYMBOL.to_string()],
         from,
         to: from + 1_800 * NS,
         trades: n,
         seed: 7,
     };
-    spec.validate(now_ns / 1_000_000)
+    spec.validate(now_ns / 1_000_000, &ohlcd::schema::NameForm::default())
         .map_err(|e| anyhow!("ingest trades the API would refuse: {e}"))?;
     let trades: Vec<NewTrade> = Generator::new(&spec).collect();
     let api_bodies: Vec<Bytes> = trades
@@ -329,14 +329,13 @@ async fn ingest(
             serde_json::to_vec(&items).map(Bytes::from)
         })
         .collect::<Result<_, _>>()?;
-    let write_symbol: ohlcd::symbol::Symbol = WRITE_SYMBOL.parse()?;
     let lp_bodies: Vec<Bytes> = trades
         .chunks(batch)
         .map(|b| {
             let renamed: Vec<NewTrade> = b
                 .iter()
                 .map(|t| NewTrade {
-                    symbol: write_symbol.clone(),
+                    symbol: WRITE_SYMBOL.to_string(),
                     ..t.clone()
                 })
                 .collect();

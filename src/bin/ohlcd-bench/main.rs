@@ -21,7 +21,10 @@
 //! - *serve* (`--serve`, e.g. 50M trades over 50 symbols): chart requests
 //!   (`/udf/history`, countback 300, mixed resolutions) at rising concurrency
 //!   against `ohlcd run`, side by side with InfluxDB aggregating the same bars
-//!   on the fly.
+//!   on the fly;
+//! - *chaos* (`--chaos`): three daemons on one PostgreSQL and one influxd
+//!   under faults at random while trades and chart requests flow, then every
+//!   trade, candle and chart bar checked against an oracle ([`chaos`]).
 //!
 //! With `--server 3` the throwaway server is InfluxDB 3 Core (from
 //! `../shared/influxdb3`, or `OHLCD_INFLUXDB3`) and the raw pull is taken
@@ -43,10 +46,12 @@
 //! [`reference`] InfluxDB's own answers and the candle check; [`daemon`]
 //! chart latency and ingest of `ohlcd run`; [`live`] the live shape;
 //! [`serve`] the serving shape; [`push`] the push shape (`--push N`: N
-//! live-bar streams, memory and push latency); [`report`] the table; [`v3`]
-//! what `--server 3` (InfluxDB 3 Core) adds.
+//! live-bar streams, memory and push latency); [`schemas`] the same trades in
+//! two `[schema]`s backfilled side by side (`--schemas own,poc`); [`report`]
+//! the table; [`v3`] what `--server 3` (InfluxDB 3 Core) adds.
 
 mod bench;
+mod chaos;
 mod daemon;
 mod live;
 mod procs;
@@ -54,6 +59,7 @@ mod push;
 mod raw;
 mod reference;
 mod report;
+mod schemas;
 mod serve;
 mod v3;
 
@@ -87,6 +93,9 @@ const RESOLUTIONS: [(&str, &str, i64); 6] = [
 /// Symbols of the ingest comparison: new series, never part of the data set.
 const API_SYMBOL: &str = "BENCH_API";
 const WRITE_SYMBOL: &str = "BENCH_WRITE";
+
+/// Where the report goes unless `--out` says otherwise.
+const DEFAULT_OUT: &str = "target/bench/results.md";
 
 /// Sizes above this need `--allow-large`.
 const LARGE_SIZE: u64 = 20_000_000;
@@ -141,7 +150,7 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     influx_url: Option<String>,
     /// Markdown copy of the results.
-    #[arg(long, default_value = "target/bench/results.md")]
+    #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
     /// Timed /udf/history requests per resolution (after 20 warm-up requests).
     #[arg(long, default_value_t = 200)]
@@ -195,6 +204,20 @@ pub struct Args {
     /// Concurrency levels (workers) of the serving shape.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     serve_concurrency: Vec<usize>,
+    /// Resolutions of the serving shape's mix (UDF notation: seconds `1S`,
+    /// minutes, days `1D`).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,15,60,240,1D,30,120")]
+    serve_mix: Vec<String>,
+    /// Serving shape: load each resolution of the mix alone, side by side.
+    #[arg(long)]
+    serve_split: bool,
+    /// Serving shape: then the same loads on a daemon counting bars in this
+    /// IANA zone (`datafeed.timezone`).
+    #[arg(long, value_name = "ZONE")]
+    serve_tz: Option<String>,
+    /// Serving shape: ask for the bars before the data's end instead of now.
+    #[arg(long)]
+    serve_at_end: bool,
     /// Push shape: `ohlcd run` holding N live-bar streams (GET /api/live) open
     /// while trades flow; ohlcd's memory and the push latency.
     #[arg(long, value_name = "N", conflicts_with_all = ["live", "serve"])]
@@ -205,6 +228,14 @@ pub struct Args {
     /// Trades per second posted in the push shape.
     #[arg(long, default_value_t = 500)]
     push_rate: u64,
+    /// Schemas shape: the same trades written in two `[schema]`s (own, poc,
+    /// two-tags), each backfilled from scratch, alternating, for
+    /// --schema-rounds rounds; e.g. `--schemas own,poc`.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["live", "serve", "push"])]
+    schemas: Vec<String>,
+    /// Backfills of each schema in the schemas shape.
+    #[arg(long, default_value_t = 5)]
+    schema_rounds: usize,
     /// Keep the benchmark databases on an external InfluxDB (--influx-url);
     /// by default they are dropped at the end.
     #[arg(long)]
@@ -213,6 +244,37 @@ pub struct Args {
     /// afterwards; its path is printed.
     #[arg(long)]
     keep_scratch: bool,
+    /// Chaos run: three `ohlcd run` daemons on one PostgreSQL and one
+    /// influxd under faults at random every few seconds, while trades and
+    /// chart requests flow; then every trade, candle and chart bar is
+    /// checked. Exits non-zero on any mismatch. Report in --out (default
+    /// target/bench/chaos.md).
+    #[arg(long, conflicts_with_all = ["live", "serve", "push"])]
+    chaos: bool,
+    /// Seconds of faults and load in the chaos run.
+    #[arg(long, default_value_t = 1_800, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    chaos_secs: u64,
+    /// Symbols of the chaos run.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=999))]
+    chaos_symbols: u64,
+    /// Trades POSTed per second in the chaos run (all ingest clients).
+    #[arg(long, default_value_t = 40.0)]
+    chaos_rate: f64,
+    /// Days of history (and how old late trades get) in the chaos run.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    chaos_history_days: u32,
+    /// Trades of that history, all symbols together.
+    #[arg(long, default_value_t = 100_000)]
+    chaos_history_trades: u64,
+    /// Bound on each chaos daemon's peak RSS, MB.
+    #[arg(long, default_value_t = 256)]
+    chaos_rss_mb: u64,
+    /// How long the system may take to settle after the faults, seconds.
+    #[arg(long, default_value_t = 600)]
+    chaos_settle_secs: u64,
+    /// Seed of the chaos run's faults and load (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 impl Args {
@@ -283,7 +345,20 @@ fn numbered_symbols(n: usize) -> Vec<String> {
 
 /// Everything that can be checked before anything is started.
 fn preflight(args: &mut Args) -> Result<Shape> {
-    let shape = if args.live {
+    let shape = if !args.schemas.is_empty() {
+        ensure!(
+            args.schemas.len() == 2,
+            "--schemas: name two schemas to compare, e.g. own,poc"
+        );
+        for s in &args.schemas {
+            schemas::Kind::parse(s)?;
+        }
+        ensure!(
+            (1..=50).contains(&args.schema_rounds),
+            "--schema-rounds must be between 1 and 50"
+        );
+        Shape::Schemas
+    } else if args.live {
         Shape::Live
     } else if args.serve {
         Shape::Serve
@@ -309,7 +384,8 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         "--symbols: give at least one symbol"
     );
     for s in &args.symbols {
-        validate_symbol(s).map_err(|e| anyhow!("--symbols: {e}"))?;
+        validate_symbol(s, &ohlcd::schema::NameForm::default())
+            .map_err(|e| anyhow!("--symbols: {e}"))?;
         ensure!(
             s != API_SYMBOL && s != WRITE_SYMBOL,
             "--symbols: {s} is reserved for the ingest comparison"
@@ -395,6 +471,31 @@ async fn run(mut args: Args) -> Result<bool> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    if args.chaos {
+        ensure!(
+            args.chaos_rate > 0.0 && args.chaos_rate <= 2_000.0,
+            "--chaos-rate must be above 0 and at most 2000 trades/s"
+        );
+        let default_out = args.out == std::path::Path::new(DEFAULT_OUT);
+        let opts = chaos::Options {
+            secs: args.chaos_secs,
+            symbols: args.chaos_symbols as usize,
+            seed: args.seed.unwrap_or_else(rand::random),
+            rate: args.chaos_rate,
+            history_days: args.chaos_history_days,
+            history_trades: args.chaos_history_trades.max(args.chaos_symbols),
+            rss_mb: args.chaos_rss_mb,
+            settle_secs: args.chaos_settle_secs,
+            out: if default_out {
+                PathBuf::from("target/bench/chaos.md")
+            } else {
+                args.out.clone()
+            },
+            keep_scratch: args.keep_scratch,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        return chaos::run(opts, ohlcd, ohlcd_version).await;
+    }
 
     let load_start = procs::loadavg();
     let scratch = ScratchDir::new("ohlcd-bench").context("cannot create a scratch directory")?;
@@ -469,6 +570,17 @@ async fn run(mut args: Args) -> Result<bool> {
         }
         (None, Shape::Serve) => {
             serve_shape(&mut b, &mut r).await;
+            None
+        }
+        (None, Shape::Schemas) => {
+            let kinds = [
+                schemas::Kind::parse(&args.schemas[0])?,
+                schemas::Kind::parse(&args.schemas[1])?,
+            ];
+            match schemas::run(&mut b, kinds, args.schema_rounds).await {
+                Ok(x) => r.schemas = Some(x),
+                Err(e) => b.fail("schemas", e),
+            }
             None
         }
         (None, Shape::FewSymbols | Shape::ManySymbols) => {
