@@ -160,6 +160,15 @@ impl From<InfluxError> for ApiError {
     }
 }
 
+impl From<crate::ingest::late::IngestError> for ApiError {
+    fn from(e: crate::ingest::late::IngestError) -> Self {
+        match e {
+            crate::ingest::late::IngestError::Influx(e) => e.into(),
+            crate::ingest::late::IngestError::Progress(e) => e.into(),
+        }
+    }
+}
+
 impl From<ProgressError> for ApiError {
     fn from(e: ProgressError) -> Self {
         ApiError {
