@@ -4,8 +4,12 @@
 //!
 //! Map of the modules:
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
-//! - [`symbol`]: [`symbol::Symbol`], built only by parsing (the one symbol rule).
-//! - [`ingest`]: trade validation and encoding into the `trades` measurement.
+//! - [`symbol`]: the one symbol rule: [`symbol::NameForm`] (how many parts a
+//!   name has) and [`symbol::Symbol`], built only by parsing against it.
+//! - [`schema`]: the user's trade schema (`[schema]`) and the [`schema::Layout`]
+//!   found on the server; every query, decode and write takes its names from it.
+//! - [`ingest`]: trade validation and encoding into the configured schema;
+//!   [`ingest::late`], the late-trade rule.
 //! - [`generate`]: reproducible random-walk demo trades.
 //! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
 //!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
