@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,19 @@ impl Resolution {
         floor_to(time, self.nanos())
     }
 
+    /// Its position in [`Resolution::ALL`], which orders every
+    /// per-resolution array (e.g. [`Watermarks`]).
+    pub fn index(self) -> usize {
+        match self {
+            Resolution::M1 => 0,
+            Resolution::M5 => 1,
+            Resolution::M15 => 2,
+            Resolution::H1 => 3,
+            Resolution::H4 => 4,
+            Resolution::D1 => 5,
+        }
+    }
+
     /// This resolution and every resolution it is computed from, source first.
     pub fn with_sources(self) -> Vec<Resolution> {
         Resolution::ALL.into_iter().filter(|r| *r <= self).collect()
@@ -146,6 +160,11 @@ impl FromStr for Resolution {
     }
 }
 
+/// The watermarks of one symbol's six tasks, in [`Resolution::ALL`] order:
+/// everything before a resolution's watermark is materialized; `None` before
+/// its first step.
+pub type Watermarks = [Option<i64>; 6];
+
 /// Floor `time` to a multiple of `len` (works for negative times too).
 pub fn floor_to(time: i64, len: i64) -> i64 {
     time.div_euclid(len) * len
@@ -155,6 +174,21 @@ pub fn floor_to(time: i64, len: i64) -> i64 {
 pub fn ceil_to(time: i64, len: i64) -> i64 {
     let floor = floor_to(time, len);
     if floor == time { time } else { floor + len }
+}
+
+/// Merges ranges that overlap or touch; the result is sorted and disjoint
+/// (empty ranges are dropped).
+pub fn merge_ranges(mut ranges: Vec<Range<i64>>) -> Vec<Range<i64>> {
+    ranges.retain(|r| r.start < r.end);
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<i64>> = Vec::new();
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// Which side of the book took liquidity.
@@ -719,6 +753,26 @@ pub fn candles_from_candles<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resolution_indexes_its_place_in_all() {
+        for (i, res) in Resolution::ALL.iter().enumerate() {
+            assert_eq!(res.index(), i, "{res}");
+        }
+    }
+
+    #[test]
+    fn ranges_that_overlap_or_touch_merge_and_empty_ones_go() {
+        assert_eq!(
+            merge_ranges(vec![50..60, 0..10, 10..20, 5..8, 30..30, 40..45, 44..50]),
+            vec![0..20, 40..60]
+        );
+        let backwards = Range { start: 7, end: 3 };
+        assert_eq!(
+            merge_ranges(vec![backwards, 9..9]),
+            Vec::<Range<i64>>::new()
+        );
+    }
 
     const MIN: i64 = 60 * NANOS_PER_SEC;
 

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::engine::{ChunkEvent, Engine, TaskFilter};
 use crate::generate::{GenerateSpec, Generator};
 use crate::influx::{InfluxClient, InfluxError};
-use crate::ingest::{INGEST_BATCH, NewTrade, TradeWriter, validate_symbol, write_trades};
+use crate::ingest::{INGEST_BATCH, NewTrade, TradeWriter, write_trades};
 use crate::progress::{ProgressEntry, ProgressStore};
 use crate::schema::{NameForm, TradeSchema};
 use crate::times::{parse_time_arg, to_rfc3339};
@@ -135,9 +135,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             resolutions,
         } => {
             let form = name_form(&settings)?;
-            for s in &symbols {
-                validate_symbol(s, &form).map_err(anyhow::Error::msg)?;
-            }
+            let symbols = symbols
+                .iter()
+                .map(|s| Ok(form.parse(s)?.into_string()))
+                .collect::<anyhow::Result<_>>()?;
             if !resolutions.is_empty() {
                 tracing::info!(
                     "--resolution: all six resolutions advance together (one read yields them all)"
@@ -480,7 +481,7 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
 }
 
 async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> anyhow::Result<()> {
-    validate_symbol(&symbol, &name_form(&settings)?).map_err(anyhow::Error::msg)?;
+    let symbol = name_form(&settings)?.parse(&symbol)?;
     if from >= to {
         bail!("--from must be before --to");
     }
@@ -738,7 +739,7 @@ async fn cmd_generate_live(
 ) -> anyhow::Result<()> {
     let form = name_form(&settings)?;
     for s in &symbols {
-        validate_symbol(s, &form).map_err(anyhow::Error::msg)?;
+        form.parse(s)?;
     }
     if let Some(rate) = rate
         && !(rate > 0.0 && rate <= 100_000.0)

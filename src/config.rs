@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::influx::PolicySpec;
+use crate::retention::PolicySpec;
 pub use crate::schema::SchemaSettings;
 
 /// The defaults, compiled in so the binary works from any directory.
@@ -91,7 +91,8 @@ pub struct RetentionSettings {
 }
 
 impl RetentionSettings {
-    /// The parsed values in [`crate::influx::Stored::all`] order; a policy
+    /// The parsed values (raw trades, then candles finest first, as
+    /// `crate::influx::Stored::all` orders them); a policy
     /// named twice must be given the same duration (or none) each time.
     pub fn specs(&self) -> Result<[Option<PolicySpec>; 7], String> {
         let values = [
@@ -505,15 +506,6 @@ impl DatafeedSettings {
     pub fn zones(&self) -> Result<crate::zone::Zones, String> {
         crate::zone::Zones::parse(&self.timezone, &self.symbol_timezones.0)
     }
-
-    /// The serving cache these settings ask for.
-    pub fn cache(&self) -> crate::datafeed::CacheSettings {
-        crate::datafeed::CacheSettings {
-            max_bytes: usize::try_from(self.cache_max_bytes).unwrap_or(usize::MAX),
-            recheck: std::time::Duration::from_millis(self.cache_recheck_ms),
-            tail_ttl: std::time::Duration::from_millis(self.tail_ttl_ms),
-        }
-    }
 }
 
 /// Why the configuration could not be loaded.
@@ -925,7 +917,7 @@ mod tests {
         assert_eq!(specs[0].as_ref().unwrap().name, "raw_30d");
         assert_eq!(
             specs[0].as_ref().unwrap().keep,
-            Some(crate::influx::Keep::For(30 * 86_400 * 1_000_000_000))
+            Some(crate::retention::Keep::For(30 * 86_400 * 1_000_000_000))
         );
         assert_eq!(specs[6].as_ref().unwrap().name, "forever");
         assert!(specs[1].is_none());

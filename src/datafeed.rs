@@ -13,7 +13,7 @@
 //! raw trades.
 //!
 //! Retention: a resolution kept in a retention policy with a duration reaches
-//! back to `now - duration` (plus a margin of [`crate::engine::plan::RETENTION_MARGIN`]),
+//! back to `now - duration` (plus a margin of [`RETENTION_MARGIN`]),
 //! and raw trades likewise. A range older than every source that gives exact
 //! bars of the requested resolution reaches is answered from the coarser
 //! resolutions still kept whose windows are whole numbers of requested bars:
@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use crate::candle::{Aggregator, Bucketing, Candle, Resolution, Trade};
 pub use crate::chart::{BadResolution, ChartResolution, ZonedResolution, adaptive_resolution};
 use crate::clock::{Clock, SystemClock};
-use crate::engine::plan::RETENTION_MARGIN;
-use crate::influx::{InfluxClient, InfluxError, Keep, Stored};
+use crate::influx::{InfluxClient, InfluxError, Stored};
 use crate::progress::{ProgressError, ProgressStore, ServingState};
+use crate::retention::{Keep, RETENTION_MARGIN};
 
 mod cache;
 mod quote;
@@ -473,9 +473,7 @@ impl Datafeed {
         reach: &[Option<i64>; 6],
         Range { start, end }: Range<i64>,
     ) -> Result<Vec<Candle>, DatafeedError> {
-        let reaches = |r: &Resolution, t: i64| {
-            reach[crate::engine::plan::index(*r)].is_none_or(|since| since <= t)
-        };
+        let reaches = |r: &Resolution, t: i64| reach[r.index()].is_none_or(|since| since <= t);
         // Plan: the coarsest source up to its watermark, then each finer one up to
         // its own, then raw trades for the rest (the live tail).
         let ServingState { watermarks, epoch } = self.serving_state(symbol).await?;
@@ -710,7 +708,7 @@ pub fn reach_plan(
     let exact_from = bucketing
         .sources(range.clone())
         .iter()
-        .map(|s| since(reach[crate::engine::plan::index(*s)]))
+        .map(|s| since(reach[s.index()]))
         .chain([since(raw_reach)])
         .min()
         .unwrap_or(i64::MIN);

@@ -4,7 +4,12 @@
 //!
 //! Map of the modules:
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
-//! - [`ingest`]: trade validation and encoding into the `trades` measurement.
+//! - [`symbol`]: the one symbol rule: [`symbol::NameForm`] (how many parts a
+//!   name has) and [`symbol::Symbol`], built only by parsing against it.
+//! - [`schema`]: the user's trade schema (`[schema]`) and the [`schema::Layout`]
+//!   found on the server; every query, decode and write takes its names from it.
+//! - [`ingest`]: trade validation and encoding into the configured schema;
+//!   [`ingest::late`], the late-trade rule.
 //! - [`generate`]: reproducible random-walk demo trades.
 //! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
 //!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
@@ -23,10 +28,11 @@
 //! - [`scheduler`]: cron trigger for the engine.
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
+//! - [`retention`]: how long data is kept (durations, configured policies).
 //! - [`build_info`]: version and git commit of the binary.
 //! - [`cli`]: the `ohlcd` command line.
-//! - [`testkit`]: test and benchmark support (a throwaway `influxd`); not used
-//!   by the daemon.
+//! - `testkit` (cargo feature `testkit`): test and benchmark support (a
+//!   throwaway `influxd`, InfluxDB 3 and PostgreSQL); not part of the daemon.
 
 pub mod build_info;
 pub mod candle;
@@ -41,9 +47,12 @@ pub mod generate;
 pub mod influx;
 pub mod ingest;
 pub mod progress;
+pub mod retention;
 pub mod scheduler;
 pub mod schema;
 pub mod server;
+pub mod symbol;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod times;
 pub mod zone;

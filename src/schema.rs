@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::candle::{Resolution, Side, SkipReason};
+pub use crate::symbol::{NAME_SEPARATOR, NameForm, is_name_part};
 use serde::Deserialize;
 
 /// `[schema]`: the measurement, tag and field names of the user's trades, and
@@ -83,8 +84,6 @@ pub const EXCHANGE_PLACEHOLDER: &str = "{exchange}";
 pub const RESOLUTION_PLACEHOLDER: &str = "{res}";
 /// The tag candles carry for an exchange taken from a measurement name.
 pub const EXCHANGE_TAG: &str = "exchange";
-/// What joins the parts of an instrument's name.
-pub const NAME_SEPARATOR: char = ':';
 
 /// One entry of `schema.trades_measurement`: a name, or a pattern with
 /// `{exchange}` standing for any non-empty run of characters.
@@ -555,26 +554,6 @@ impl TradeSchema {
     }
 }
 
-/// How instruments are named: the parts of a name, joined with `:` (`symbol`;
-/// `exchange:symbol` for two symbol tags; `EXCHANGE:symbol` where the
-/// exchange comes from the measurement name). It holds the symbol rule: each
-/// part is 1 to 32 characters of `A-Z a-z 0-9 . _ -`, so a name is safe as a
-/// tag value, in InfluxQL, in SQL and in a URL, and `:` only ever separates
-/// parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NameForm {
-    parts: Vec<String>,
-}
-
-impl Default for NameForm {
-    /// ohlcd's own schema: one part, the `symbol` tag.
-    fn default() -> NameForm {
-        NameForm {
-            parts: vec!["symbol".into()],
-        }
-    }
-}
-
 impl NameForm {
     /// The form of `schema`'s names.
     pub fn of(schema: &TradeSchema) -> NameForm {
@@ -583,61 +562,7 @@ impl NameForm {
             parts.push(EXCHANGE_TAG.to_ascii_uppercase());
         }
         parts.extend(schema.symbol_tags.iter().cloned());
-        NameForm { parts }
-    }
-
-    /// How many parts a name has.
-    pub fn parts(&self) -> usize {
-        self.parts.len()
-    }
-
-    /// Checks a name against the symbol rule and this form, naming what is
-    /// wrong.
-    pub fn check(&self, name: &str) -> Result<(), String> {
-        if self.parts.len() == 1 {
-            return check_part("symbol", name);
-        }
-        let given = name.split(NAME_SEPARATOR).count();
-        if given != self.parts.len() {
-            return Err(format!(
-                "symbol {name:?} is not of the form {self}: instruments here are named by {} parts joined by ':', got {given}",
-                self.parts.len()
-            ));
-        }
-        for (part, label) in name.split(NAME_SEPARATOR).zip(&self.parts) {
-            check_part(&format!("symbol {name:?}: {label}"), part)?;
-        }
-        Ok(())
-    }
-}
-
-/// One part of a name: 1 to 32 characters of `A-Z a-z 0-9 . _ -`.
-fn check_part(what: &str, part: &str) -> Result<(), String> {
-    if part.is_empty() || part.len() > 32 {
-        return Err(format!(
-            "{what} must be 1 to 32 characters, got {}",
-            part.chars().count()
-        ));
-    }
-    if let Some(bad) = part
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{what} {part:?} has character {bad:?}; allowed are letters, digits and . _ -"
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `part` follows the symbol rule (see [`NameForm`]).
-pub fn is_name_part(part: &str) -> bool {
-    check_part("", part).is_ok()
-}
-
-impl fmt::Display for NameForm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.parts.join(":"))
+        NameForm::new(parts)
     }
 }
 
@@ -914,7 +839,7 @@ pub(crate) mod samples {
 
     /// The original POC: measurement `trade`, tags `side`, `source`,
     /// `symbol`, fields `price`, `amount`, no id.
-    pub fn poc() -> Layout {
+    pub(crate) fn poc() -> Layout {
         layout_for(
             &[
                 ("trades_measurement", "trade"),
@@ -930,7 +855,7 @@ pub(crate) mod samples {
     }
 
     /// cryptofeed: one measurement per exchange, side and id string fields.
-    pub fn cryptofeed() -> Layout {
+    pub(crate) fn cryptofeed() -> Layout {
         let fields: &[(&str, FieldType)] = &[
             ("price", FieldType::Float),
             ("amount", FieldType::Float),
@@ -951,7 +876,7 @@ pub(crate) mod samples {
 
     /// A collector keyed by exchange and symbol with Binance's
     /// `is_buyer_maker` and an integer `trade_id`.
-    pub fn binance() -> Layout {
+    pub(crate) fn binance() -> Layout {
         layout_for(
             &[
                 ("symbol_tags", "exchange,symbol"),

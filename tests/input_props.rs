@@ -1047,7 +1047,7 @@ proptest! {
         let p = params(&[("symbol", &symbol), ("resolution", &resolution)]);
         match symbol_param(&p, "symbol", &NameForm::default()) {
             Ok(s) => {
-                prop_assert_eq!(Some(&s), symbol.as_ref());
+                prop_assert_eq!(Some(s.as_str()), symbol.as_deref());
                 prop_assert!(symbol_ok(&s), "{:?}", s);
             }
             Err(m) => {

@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::candle::{Candle, Resolution, Trade};
+use crate::config::DatafeedSettings;
 use crate::progress::ServingState;
 
 /// Settings of the [`CandleCache`].
@@ -41,6 +42,16 @@ pub struct CacheSettings {
     pub recheck: Duration,
     /// How long the tail (raw trades past the 1m watermark) is reused at most.
     pub tail_ttl: Duration,
+}
+
+impl From<&DatafeedSettings> for CacheSettings {
+    fn from(s: &DatafeedSettings) -> CacheSettings {
+        CacheSettings {
+            max_bytes: usize::try_from(s.cache_max_bytes).unwrap_or(usize::MAX),
+            recheck: Duration::from_millis(s.cache_recheck_ms),
+            tail_ttl: Duration::from_millis(s.tail_ttl_ms),
+        }
+    }
 }
 
 impl CacheSettings {
@@ -357,6 +368,9 @@ impl CandleCache {
         inner.raw_empty.insert(symbol.to_string(), (epoch, joined));
     }
 
+    /// The raw trades of `symbol` in `range` from the kept tail, or, where it
+    /// does not hold them (fresh enough, no post since), the post generation
+    /// to read them under and hand to [`CandleCache::put_tail`].
     pub fn tail(&self, symbol: &str, range: Range<i64>) -> Result<Vec<Trade>, u64> {
         let mut inner = self.lock();
         let posted = inner.posted_of(symbol);

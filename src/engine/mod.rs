@@ -36,14 +36,15 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc::{Receiver, Sender};
 
-use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Skip, floor_to};
+use crate::candle::{
+    Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Skip, Watermarks, floor_to,
+};
 use crate::clock::Clock;
 use crate::config::EngineSettings;
 use crate::influx::{CandleSet, InfluxClient, InfluxError};
 use crate::progress::{FailedRun, Failure, ProgressError, ProgressStore, StepCommit, TaskStatus};
 use crate::times::to_rfc3339;
 pub use plan::RebuildReport;
-use plan::Watermarks;
 pub use warehouse::Warehouse;
 
 /// Errors of one engine step.
@@ -1045,7 +1046,7 @@ impl<W: Warehouse> Engine<W> {
                 .filter_map(|w| {
                     let day = days.remove(name(w))?;
                     let mut by_res: [Vec<Candle>; 6] = Default::default();
-                    by_res[plan::index(Resolution::D1)] = plan::closed_days(day, w.end);
+                    by_res[Resolution::D1.index()] = plan::closed_days(day, w.end);
                     Some((name(w), by_res))
                 })
                 .collect();
@@ -1760,7 +1761,7 @@ impl<W: Warehouse> Engine<W> {
                 expired: limit.expired_at(now),
                 raw_kept_since: limit
                     .raw_retention
-                    .map(|d| now - d + plan::RETENTION_MARGIN),
+                    .map(|d| now - d + crate::retention::RETENTION_MARGIN),
             };
             for (i, res) in Resolution::ALL.iter().enumerate() {
                 let kept = range.start..report.floors[i].min(range.end);

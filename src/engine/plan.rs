@@ -14,18 +14,15 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, Resolution, floor_to};
+pub use crate::retention::RETENTION_MARGIN;
 use crate::times::to_rfc3339;
 
-/// Index of a resolution in [`Resolution::ALL`].
-pub fn index(res: Resolution) -> usize {
-    Resolution::ALL
-        .iter()
-        .position(|r| *r == res)
-        .expect("every resolution is in ALL")
-}
+pub use crate::candle::{Watermarks, merge_ranges};
 
-/// The watermarks of one symbol's six tasks, in [`Resolution::ALL`] order.
-pub type Watermarks = [Option<i64>; 6];
+/// Index of a resolution in [`Resolution::ALL`] (old path of [`Resolution::index`]).
+pub fn index(res: Resolution) -> usize {
+    res.index()
+}
 
 /// Where a symbol's next step starts: the latest minute `t` at or before the 1m
 /// watermark such that every coarser resolution has materialized all its windows
@@ -79,10 +76,10 @@ pub fn pieces(from: i64, end: i64) -> Vec<(Resolution, Range<i64>)> {
     let Some(top) = coarsest_closing(from, end) else {
         return Vec::new();
     };
-    Resolution::ALL[..index(top)]
+    Resolution::ALL[..top.index()]
         .iter()
         .map(|&s| {
-            let coarser = Resolution::ALL[index(s) + 1];
+            let coarser = Resolution::ALL[s.index() + 1];
             (s, coarser.window_start(from)..s.window_start(from))
         })
         .filter(|(_, r)| r.start < r.end)
@@ -117,7 +114,7 @@ pub fn step_candles(
         for c in fresh.iter().filter(|c| c.start < closed_until) {
             agg.add_candle(c);
         }
-        out[index(res)] = agg
+        out[res.index()] = agg
             .finish()
             .into_iter()
             .filter(|c| c.start >= open && c.start < closed_until)
@@ -155,8 +152,8 @@ pub fn part_candles(
     debug_assert_eq!(part.start, Resolution::H4.window_start(part.start));
     let mut out = step_candles(part.start, part.end, &[], fresh);
     // The part covers only some of its day: that day's candle comes later.
-    out[index(Resolution::D1)].clear();
-    for c in &out[index(Resolution::H4)] {
+    out[Resolution::D1.index()].clear();
+    for c in &out[Resolution::H4.index()] {
         days.add_candle(c);
     }
     out
@@ -203,20 +200,6 @@ pub fn pack_batches<T>(
         batches.push(current);
     }
     batches
-}
-
-/// Merges ranges that overlap or touch; the result is sorted and disjoint.
-pub fn merge_ranges(mut ranges: Vec<Range<i64>>) -> Vec<Range<i64>> {
-    ranges.retain(|r| r.start < r.end);
-    ranges.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<i64>> = Vec::new();
-    for r in ranges {
-        match merged.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => merged.push(r),
-        }
-    }
-    merged
 }
 
 /// A repair of one symbol within one UTC day: the 1m-aligned `ranges` whose
@@ -342,10 +325,6 @@ pub fn retry_at(failures: u32, failed_at: i64) -> i64 {
     let wait = RETRY_FIRST.saturating_mul(1 << (failures - 1).min(20));
     failed_at.saturating_add(wait.min(RETRY_LONGEST))
 }
-
-/// How much later than `now - duration` a rebuild takes the raw trades to be
-/// complete: room for a clock difference between ohlcd's and InfluxDB's hosts.
-pub const RETENTION_MARGIN: i64 = 5 * 60 * crate::candle::NANOS_PER_SEC;
 
 /// Per resolution, in [`Resolution::ALL`] order, the first window start a
 /// rebuild may recompute (and so delete when it has no trades). A window is
@@ -516,15 +495,15 @@ mod tests {
         let t = 3 * NANOS_PER_DAY + 7 * 3_600 * 1_000_000_000 + 13 * MIN;
         let mut w = all_at(t);
         // 1h is one window behind: its window starting at 06:00 is not written.
-        w[index(Resolution::H1)] = Some(3 * NANOS_PER_DAY + 6 * 3_600 * 1_000_000_000);
+        w[Resolution::H1.index()] = Some(3 * NANOS_PER_DAY + 6 * 3_600 * 1_000_000_000);
         let r = resume_at(&w).unwrap();
         assert_eq!(r, 3 * NANOS_PER_DAY + 7 * 3_600 * 1_000_000_000 - MIN);
         assert_eq!(
             Resolution::H1.window_start(r),
-            w[index(Resolution::H1)].unwrap()
+            w[Resolution::H1.index()].unwrap()
         );
         // A task that never ran restarts the symbol.
-        w[index(Resolution::D1)] = None;
+        w[Resolution::D1.index()] = None;
         assert_eq!(resume_at(&w), None);
     }
 
@@ -578,7 +557,7 @@ mod tests {
             let piece_candles: Vec<(Resolution, Candle)> = pieces(from, end)
                 .into_iter()
                 .flat_map(|(s, r)| {
-                    stored[index(s)]
+                    stored[s.index()]
                         .range(r)
                         .map(move |(_, c)| (s, *c))
                         .collect::<Vec<_>>()
@@ -606,7 +585,7 @@ mod tests {
         }
         for res in Resolution::ALL {
             let expected = candles_from_trades(res, &trades);
-            let got: Vec<Candle> = stored[index(res)].values().copied().collect();
+            let got: Vec<Candle> = stored[res.index()].values().copied().collect();
             assert_eq!(got.len(), expected.len(), "{res}");
             for (g, e) in got.iter().zip(&expected) {
                 assert_eq!(
@@ -655,7 +634,7 @@ mod tests {
             }
         }
         for c in closed_days(days, end) {
-            assert!(stored[index(Resolution::D1)].insert(c.start, c).is_none());
+            assert!(stored[Resolution::D1.index()].insert(c.start, c).is_none());
         }
         let before_end: Vec<Trade> = trades.iter().filter(|x| x.time < end).copied().collect();
         for res in Resolution::ALL {
@@ -665,7 +644,7 @@ mod tests {
                 .into_iter()
                 .filter(|c| c.start < closed_until)
                 .collect();
-            let got: Vec<Candle> = stored[index(res)].values().copied().collect();
+            let got: Vec<Candle> = stored[res.index()].values().copied().collect();
             assert_eq!(got.len(), expected.len(), "{res}");
             for (g, e) in got.iter().zip(&expected) {
                 assert_eq!(
@@ -737,13 +716,13 @@ mod tests {
         // Raw trades guaranteed from 10:37:30; the symbol traded long before.
         let kept = day + 10 * hour + 37 * MIN + 30_000_000_000;
         let f = rebuild_floors(Some(kept), Some(0));
-        assert_eq!(f[index(Resolution::M1)], day + 10 * hour + 38 * MIN);
-        assert_eq!(f[index(Resolution::M5)], day + 10 * hour + 40 * MIN);
-        assert_eq!(f[index(Resolution::M15)], day + 10 * hour + 45 * MIN);
-        assert_eq!(f[index(Resolution::H1)], day + 11 * hour);
-        assert_eq!(f[index(Resolution::H4)], day + 12 * hour);
+        assert_eq!(f[Resolution::M1.index()], day + 10 * hour + 38 * MIN);
+        assert_eq!(f[Resolution::M5.index()], day + 10 * hour + 40 * MIN);
+        assert_eq!(f[Resolution::M15.index()], day + 10 * hour + 45 * MIN);
+        assert_eq!(f[Resolution::H1.index()], day + 11 * hour);
+        assert_eq!(f[Resolution::H4.index()], day + 12 * hour);
         // The whole day 7 is not covered: the first rebuildable 1d is day 8.
-        assert_eq!(f[index(Resolution::D1)], day + NANOS_PER_DAY);
+        assert_eq!(f[Resolution::D1.index()], day + NANOS_PER_DAY);
         // A bound on a window start includes that window.
         assert_eq!(rebuild_floors(Some(day), Some(0)), [day; 6]);
     }
@@ -756,13 +735,13 @@ mod tests {
         // the window holding that trade is recomputed, earlier ones are not.
         let first = day + 10 * hour + 37 * MIN + 30_000_000_000;
         let f = rebuild_floors(None, Some(first));
-        assert_eq!(f[index(Resolution::M1)], day + 10 * hour + 37 * MIN);
-        assert_eq!(f[index(Resolution::H1)], day + 10 * hour);
-        assert_eq!(f[index(Resolution::D1)], day);
+        assert_eq!(f[Resolution::M1.index()], day + 10 * hour + 37 * MIN);
+        assert_eq!(f[Resolution::H1.index()], day + 10 * hour);
+        assert_eq!(f[Resolution::D1.index()], day);
         // The later bound wins.
         let f = rebuild_floors(Some(day + 12 * hour), Some(first));
-        assert_eq!(f[index(Resolution::M1)], day + 12 * hour);
-        assert_eq!(f[index(Resolution::D1)], day + NANOS_PER_DAY);
+        assert_eq!(f[Resolution::M1.index()], day + 12 * hour);
+        assert_eq!(f[Resolution::D1.index()], day + NANOS_PER_DAY);
         // No raw trade at all: nothing is rebuildable.
         assert_eq!(rebuild_floors(None, None), [i64::MAX; 6]);
         assert_eq!(rebuild_floors(Some(0), None), [i64::MAX; 6]);

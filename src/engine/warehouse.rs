@@ -9,7 +9,8 @@ use std::future::Future;
 use std::ops::Range;
 
 use crate::candle::{Candle, Resolution, Skip, Trade};
-use crate::influx::{CandleSet, InfluxClient, InfluxError, Keep, Stored};
+use crate::influx::{CandleSet, InfluxClient, InfluxError, Stored};
+use crate::retention::Keep;
 
 /// Where trades come from and candles go.
 pub trait Warehouse: Send + Sync + 'static {

@@ -55,7 +55,9 @@ pub type OnRow<'f> = dyn FnMut(&SeriesColumns, &[Val]) -> Result<(), String> + '
 /// not at every row.
 #[derive(Debug, Default)]
 pub struct SeriesColumns {
+    /// The column names, in row order.
     pub names: Vec<String>,
+    /// How many times column names were read (a new series' header).
     pub read: u64,
 }
 

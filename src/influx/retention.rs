@@ -20,6 +20,7 @@ use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{Candle, NANOS_PER_SEC, Resolution};
 use crate::influx::CandleSet;
 use crate::influx::query::quote_ident;
+pub use crate::retention::{Keep, PolicySpec};
 
 /// One of the measurements ohlcd stores: raw trades or one candle resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,146 +58,60 @@ impl Stored {
     fn index(self) -> usize {
         match self {
             Stored::Trades => 0,
-            Stored::Candles(r) => 1 + crate::engine::plan::index(r),
+            Stored::Candles(r) => 1 + r.index(),
         }
     }
 }
 
-/// How long a retention policy keeps data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// Never drops anything (`INF`).
-    Forever,
-    /// Drops data older than this many nanoseconds.
-    For(i64),
-}
-
-impl Keep {
-    /// Parses a configured duration: `INF`, or a whole number of hours, days or
-    /// weeks (`12h`, `30d`, `52w`); InfluxDB 1.x accepts nothing under an hour.
-    pub fn parse(s: &str) -> Result<Keep, String> {
-        if s.eq_ignore_ascii_case("inf") {
-            return Ok(Keep::Forever);
-        }
-        let (n, unit) = s.split_at(s.len().saturating_sub(1));
-        let hours = match unit {
-            "h" => 1,
-            "d" => 24,
-            "w" => 24 * 7,
-            _ => return Err(format!("{s:?}: expected INF or a number of h, d or w")),
-        };
-        match n.parse::<i64>() {
-            Ok(n) if n > 0 && n < 1_000_000 => Ok(Keep::For(n * hours * 3600 * NANOS_PER_SEC)),
-            _ => Err(format!(
-                "{s:?}: expected INF or a positive whole number of h, d or w"
-            )),
-        }
-    }
-
-    /// A Go duration as `SHOW RETENTION POLICIES` prints it (`720h0m0s`; `0s`
-    /// means forever).
-    pub fn from_go(s: &str) -> Option<Keep> {
-        let mut total: i64 = 0;
-        let mut number = String::new();
-        for ch in s.chars() {
-            match ch {
-                '0'..='9' | '.' => number.push(ch),
-                'h' | 'm' | 's' => {
-                    let n: f64 = number.parse().ok()?;
-                    let unit = match ch {
-                        'h' => 3600.0,
-                        'm' => 60.0,
-                        _ => 1.0,
-                    };
-                    total += (n * unit * NANOS_PER_SEC as f64) as i64;
-                    number.clear();
-                }
-                _ => return None,
+/// A Go duration as `SHOW RETENTION POLICIES` prints it (`720h0m0s`; `0s`
+/// means forever).
+fn keep_from_go(s: &str) -> Option<Keep> {
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    for ch in s.chars() {
+        match ch {
+            '0'..='9' | '.' => number.push(ch),
+            'h' | 'm' | 's' => {
+                let n: f64 = number.parse().ok()?;
+                let unit = match ch {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                total += (n * unit * NANOS_PER_SEC as f64) as i64;
+                number.clear();
             }
-        }
-        if !number.is_empty() {
-            return None;
-        }
-        Some(if total == 0 {
-            Keep::Forever
-        } else {
-            Keep::For(total)
-        })
-    }
-
-    /// The InfluxQL duration literal.
-    pub fn influxql(self) -> String {
-        match self {
-            Keep::Forever => "INF".into(),
-            Keep::For(ns) => format!("{}h", ns / (3600 * NANOS_PER_SEC)),
+            _ => return None,
         }
     }
-
-    /// The shard group duration InfluxDB 1.x picks for a policy this long.
-    /// Stated when creating or altering, because a shard group longer than the
-    /// policy is refused ("duration must be greater than the shard duration").
-    pub fn shard_duration(self) -> &'static str {
-        const DAY: i64 = 24 * 3600 * NANOS_PER_SEC;
-        match self {
-            Keep::For(ns) if ns < 2 * DAY => "1h",
-            Keep::For(ns) if ns <= 180 * DAY => "1d",
-            _ => "7d",
-        }
+    if !number.is_empty() {
+        return None;
     }
+    Some(if total == 0 {
+        Keep::Forever
+    } else {
+        Keep::For(total)
+    })
+}
 
-    /// The oldest time the policy still guarantees at `now`: InfluxDB drops a
-    /// shard group only once its end is older than `now - duration`, so every
-    /// point at or after that is still stored. `None` for forever.
-    pub fn kept_since(self, now: i64) -> Option<i64> {
-        match self {
-            Keep::Forever => None,
-            Keep::For(ns) => Some(now.saturating_sub(ns)),
-        }
+/// The InfluxQL duration literal of `keep`.
+fn influxql_duration(keep: Keep) -> String {
+    match keep {
+        Keep::Forever => "INF".into(),
+        Keep::For(ns) => format!("{}h", ns / (3600 * NANOS_PER_SEC)),
     }
 }
 
-impl std::fmt::Display for Keep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const DAY: i64 = 24 * 3600 * NANOS_PER_SEC;
-        match *self {
-            Keep::Forever => f.write_str("forever"),
-            Keep::For(ns) if ns % DAY == 0 => write!(f, "{}d", ns / DAY),
-            Keep::For(ns) => write!(f, "{}h", ns / (3600 * NANOS_PER_SEC)),
-        }
-    }
-}
-
-/// One measurement's configured place: `NAME` (an existing retention policy,
-/// used as it is) or `NAME:DURATION` (ohlcd creates the policy, or sets its
-/// duration, at start).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicySpec {
-    /// The retention policy's name.
-    pub name: String,
-    /// The duration ohlcd keeps the policy at; `None`: not managed by ohlcd.
-    pub keep: Option<Keep>,
-}
-
-impl PolicySpec {
-    /// Parses a `[retention]` value; empty means "not configured".
-    pub fn parse(s: &str) -> Result<Option<PolicySpec>, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Ok(None);
-        }
-        let (name, keep) = match s.rsplit_once(':') {
-            Some((name, d)) => (name.trim(), Some(Keep::parse(d.trim())?)),
-            None => (s, None),
-        };
-        if name.is_empty() || name.contains(':') || name.chars().any(char::is_control) {
-            return Err(format!(
-                "{s:?}: expected NAME or NAME:DURATION (e.g. raw_30d:30d, forever:INF)"
-            ));
-        }
-        Ok(Some(PolicySpec {
-            name: name.to_string(),
-            keep,
-        }))
+/// The shard group duration InfluxDB 1.x picks for a policy that keeps
+/// data this long. Stated when creating or altering, because a shard group
+/// longer than the policy is refused ("duration must be greater than the
+/// shard duration").
+fn shard_duration(keep: Keep) -> &'static str {
+    const DAY: i64 = 24 * 3600 * NANOS_PER_SEC;
+    match keep {
+        Keep::For(ns) if ns < 2 * DAY => "1h",
+        Keep::For(ns) if ns <= 180 * DAY => "1d",
+        _ => "7d",
     }
 }
 
@@ -411,8 +326,8 @@ impl InfluxClient {
                         "CREATE RETENTION POLICY {} ON {} DURATION {} REPLICATION 1 SHARD DURATION {}",
                         quote_ident(&spec.name),
                         quote_ident(&self.database),
-                        keep.influxql(),
-                        keep.shard_duration()
+                        influxql_duration(keep),
+                        shard_duration(keep)
                     );
                     if let Err(e) = self.query_json(&q).await {
                         return Err(InfluxError::Retention(format!(
@@ -434,8 +349,8 @@ impl InfluxClient {
                         "ALTER RETENTION POLICY {} ON {} DURATION {} SHARD DURATION {}",
                         quote_ident(&spec.name),
                         quote_ident(&self.database),
-                        keep.influxql(),
-                        keep.shard_duration()
+                        influxql_duration(keep),
+                        shard_duration(keep)
                     );
                     let have_text = have.map_or("unknown".into(), |k| k.to_string());
                     match self.query_json(&q).await {
@@ -522,7 +437,7 @@ impl InfluxClient {
                 out.insert(
                     name.to_string(),
                     ServerPolicy {
-                        keep: row.get(d).and_then(Value::as_str).and_then(Keep::from_go),
+                        keep: row.get(d).and_then(Value::as_str).and_then(keep_from_go),
                         default: def
                             .and_then(|i| row.get(i))
                             .and_then(Value::as_bool)
@@ -575,57 +490,27 @@ mod tests {
     const HOUR: i64 = 3600 * NANOS_PER_SEC;
 
     #[test]
-    fn configured_durations_parse_to_hours_days_weeks_or_forever() {
-        assert_eq!(Keep::parse("INF"), Ok(Keep::Forever));
-        assert_eq!(Keep::parse("inf"), Ok(Keep::Forever));
-        assert_eq!(Keep::parse("12h"), Ok(Keep::For(12 * HOUR)));
-        assert_eq!(Keep::parse("30d"), Ok(Keep::For(720 * HOUR)));
-        assert_eq!(Keep::parse("52w"), Ok(Keep::For(52 * 168 * HOUR)));
-        for bad in ["", "30", "0d", "-1d", "30m", "1.5d", "d", "30 days"] {
-            assert!(Keep::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(Keep::For(720 * HOUR).influxql(), "720h");
-        assert_eq!(Keep::For(720 * HOUR).to_string(), "30d");
+    fn durations_are_written_as_influxql_hours() {
+        assert_eq!(influxql_duration(Keep::For(720 * HOUR)), "720h");
+        assert_eq!(influxql_duration(Keep::Forever), "INF");
     }
 
     #[test]
     fn server_durations_are_go_durations_and_zero_is_forever() {
-        assert_eq!(Keep::from_go("0s"), Some(Keep::Forever));
-        assert_eq!(Keep::from_go("1h0m0s"), Some(Keep::For(HOUR)));
-        assert_eq!(Keep::from_go("720h0m0s"), Some(Keep::For(720 * HOUR)));
-        assert_eq!(Keep::from_go("1h30m0s"), Some(Keep::For(HOUR * 3 / 2)));
-        assert_eq!(Keep::from_go("soon"), None);
+        assert_eq!(keep_from_go("0s"), Some(Keep::Forever));
+        assert_eq!(keep_from_go("1h0m0s"), Some(Keep::For(HOUR)));
+        assert_eq!(keep_from_go("720h0m0s"), Some(Keep::For(720 * HOUR)));
+        assert_eq!(keep_from_go("1h30m0s"), Some(Keep::For(HOUR * 3 / 2)));
+        assert_eq!(keep_from_go("soon"), None);
     }
 
     #[test]
     fn shard_groups_are_never_longer_than_their_policy() {
-        assert_eq!(Keep::For(HOUR).shard_duration(), "1h");
-        assert_eq!(Keep::For(24 * HOUR).shard_duration(), "1h");
-        assert_eq!(Keep::For(30 * 24 * HOUR).shard_duration(), "1d");
-        assert_eq!(Keep::For(365 * 24 * HOUR).shard_duration(), "7d");
-        assert_eq!(Keep::Forever.shard_duration(), "7d");
-    }
-
-    #[test]
-    fn a_policy_is_a_name_with_an_optional_duration() {
-        assert_eq!(PolicySpec::parse(" "), Ok(None));
-        assert_eq!(
-            PolicySpec::parse("raw_30d:30d"),
-            Ok(Some(PolicySpec {
-                name: "raw_30d".into(),
-                keep: Some(Keep::For(720 * HOUR))
-            }))
-        );
-        assert_eq!(
-            PolicySpec::parse("autogen"),
-            Ok(Some(PolicySpec {
-                name: "autogen".into(),
-                keep: None
-            }))
-        );
-        assert!(PolicySpec::parse(":30d").is_err());
-        assert!(PolicySpec::parse("raw:30x").is_err());
-        assert!(PolicySpec::parse("a:b:30d").is_err());
+        assert_eq!(shard_duration(Keep::For(HOUR)), "1h");
+        assert_eq!(shard_duration(Keep::For(24 * HOUR)), "1h");
+        assert_eq!(shard_duration(Keep::For(30 * 24 * HOUR)), "1d");
+        assert_eq!(shard_duration(Keep::For(365 * 24 * HOUR)), "7d");
+        assert_eq!(shard_duration(Keep::Forever), "7d");
     }
 
     #[test]
@@ -634,11 +519,5 @@ mod tests {
         assert!(shorter(Keep::For(HOUR), Keep::Forever));
         assert!(!shorter(Keep::Forever, Keep::For(HOUR)));
         assert!(!shorter(Keep::For(HOUR), Keep::For(HOUR)));
-    }
-
-    #[test]
-    fn what_a_policy_keeps_starts_its_duration_before_now() {
-        assert_eq!(Keep::Forever.kept_since(10 * HOUR), None);
-        assert_eq!(Keep::For(HOUR).kept_since(10 * HOUR), Some(9 * HOUR));
     }
 }

@@ -81,7 +81,7 @@ pub(crate) enum DbRow {
 
 impl DbRow {
     /// A text column.
-    pub fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+    pub(super) fn text(&self, col: &str) -> Result<String, sqlx::Error> {
         match self {
             DbRow::Sqlite(r) => r.try_get(col),
             DbRow::Postgres(r) => r.try_get(col),
@@ -89,7 +89,7 @@ impl DbRow {
     }
 
     /// A nullable text column.
-    pub fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+    pub(super) fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
         match self {
             DbRow::Sqlite(r) => r.try_get(col),
             DbRow::Postgres(r) => r.try_get(col),
@@ -97,7 +97,7 @@ impl DbRow {
     }
 
     /// An integer column.
-    pub fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+    pub(super) fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
         match self {
             DbRow::Sqlite(r) => r.try_get(col),
             DbRow::Postgres(r) => r.try_get(col),
@@ -153,7 +153,7 @@ pub(crate) enum Db {
 
 impl Db {
     /// Runs `sql`; the number of rows it changed.
-    pub async fn execute(&self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
+    pub(super) async fn execute(&self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => sqlite_query(sql, args).execute(p).await?.rows_affected(),
             Db::Postgres(p) => pg_query(sql, args).execute(p).await?.rows_affected(),
@@ -161,7 +161,11 @@ impl Db {
     }
 
     /// Runs `sql`; every row it returned.
-    pub async fn fetch_all(&self, sql: Sql, args: &[Arg]) -> Result<Vec<DbRow>, sqlx::Error> {
+    pub(super) async fn fetch_all(
+        &self,
+        sql: Sql,
+        args: &[Arg],
+    ) -> Result<Vec<DbRow>, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => sqlite_query(sql, args)
                 .fetch_all(p)
@@ -181,7 +185,7 @@ impl Db {
     /// Runs `sql` and hands every row to `f` as it arrives: the rows
     /// themselves are never held all at once (30,000 progress rows of 5,000
     /// symbols took tens of MB as `Vec<SqliteRow>`, every value duplicated).
-    pub async fn for_each_row<E: From<sqlx::Error>>(
+    pub(super) async fn for_each_row<E: From<sqlx::Error>>(
         &self,
         sql: Sql,
         args: &[Arg],
@@ -212,7 +216,7 @@ impl Db {
     /// dropped, or until the consumer has taken nothing for
     /// [`STALLED_CONSUMER`]; the stream then ends with
     /// [`ProgressError::Invalid`] instead of looking complete.
-    pub fn stream_map<T, F>(
+    pub(super) fn stream_map<T, F>(
         &self,
         sql: Sql,
         args: Vec<Arg>,
@@ -262,7 +266,7 @@ impl Db {
     }
 
     /// Runs `sql` and maps every row as it arrives ([`Db::for_each_row`]).
-    pub async fn fetch_map<T, E: From<sqlx::Error>>(
+    pub(super) async fn fetch_map<T, E: From<sqlx::Error>>(
         &self,
         sql: Sql,
         args: &[Arg],
@@ -278,7 +282,7 @@ impl Db {
     }
 
     /// Runs `sql`; its first row, if any.
-    pub async fn fetch_optional(
+    pub(super) async fn fetch_optional(
         &self,
         sql: Sql,
         args: &[Arg],
@@ -296,7 +300,7 @@ impl Db {
     }
 
     /// Starts a transaction (rolled back if dropped uncommitted).
-    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+    pub(super) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
@@ -304,7 +308,7 @@ impl Db {
     }
 
     /// Closes the pool (waits for connections to finish).
-    pub async fn close(&self) {
+    pub(super) async fn close(&self) {
         match self {
             Db::Sqlite(p) => p.close().await,
             Db::Postgres(p) => p.close().await,
@@ -320,7 +324,7 @@ pub(crate) enum Tx {
 
 impl Tx {
     /// Runs `sql` in the transaction; the number of rows it changed.
-    pub async fn execute(&mut self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
+    pub(super) async fn execute(&mut self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(tx) => sqlite_query(sql, args)
                 .execute(&mut **tx)
@@ -334,7 +338,11 @@ impl Tx {
     }
 
     /// Runs `sql` in the transaction; every row it returned.
-    pub async fn fetch_all(&mut self, sql: Sql, args: &[Arg]) -> Result<Vec<DbRow>, sqlx::Error> {
+    pub(super) async fn fetch_all(
+        &mut self,
+        sql: Sql,
+        args: &[Arg],
+    ) -> Result<Vec<DbRow>, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(tx) => sqlite_query(sql, args)
                 .fetch_all(&mut **tx)
@@ -352,7 +360,7 @@ impl Tx {
     }
 
     /// Commits.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await,
             Tx::Postgres(tx) => tx.commit().await,

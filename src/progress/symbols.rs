@@ -18,7 +18,7 @@ use serde_json::json;
 use super::db::{Arg, Sql, json as json_arg};
 use super::{ProgressError, ProgressStore, TaskStatus, opt_time, parse_resolution};
 use crate::candle::Resolution;
-use crate::engine::plan::{Watermarks, index};
+use crate::candle::Watermarks;
 use crate::times::{from_rfc3339, to_rfc3339};
 
 /// Whose fault a failed run was, which decides when the symbol is retried.
@@ -411,7 +411,7 @@ impl ProgressStore {
                     leased_by: None,
                     failing: None,
                 });
-                state.watermarks[index(res)] = opt_time(row, "watermark")?;
+                state.watermarks[res.index()] = opt_time(row, "watermark")?;
                 // A symbol fails and recovers as a whole: its 1m row tells.
                 if res == Resolution::M1 && row.text("status")? == TaskStatus::Failed.as_str() {
                     let failures = u32::try_from(row.int("failures")?).unwrap_or(u32::MAX);

@@ -69,6 +69,7 @@ pub struct BodyTimeout(pub Duration);
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body that fails with [`BodyTimeout`] once its deadline has passed.
+#[derive(Debug)]
 pub struct DeadlineBody {
     inner: Incoming,
     deadline: Pin<Box<Sleep>>,
@@ -122,6 +123,7 @@ const LINGER_BYTES: u64 = 256 * 1024 * 1024;
 /// discards until the client closes too, [`LINGER_TIME`] has passed or
 /// [`LINGER_BYTES`] were read. Closing with unread data instead makes the
 /// kernel send a reset, which can destroy the answer before the client read it.
+#[derive(Debug)]
 pub struct LingeringIo {
     /// `None` only once dropped (see [`LingeringIo::handing_over`]).
     stream: Option<tokio::net::TcpStream>,

@@ -1,7 +1,5 @@
 //! One handler per route; each states its route in its doc line.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::Serialize;
 use serde_json::json;
 use warp::http::StatusCode;
@@ -12,11 +10,10 @@ use super::models::{
     range_params, required, resolution_param, seconds_param, symbol_param, zone_param,
 };
 use super::{ApiError, AppState};
-use crate::candle::{NANOS_PER_SEC, Resolution};
+use crate::candle::NANOS_PER_SEC;
 use crate::datafeed::{
     ChartResolution, DatafeedError, History, ZonedResolution, adaptive_resolution,
 };
-use crate::ingest::write_trades;
 use crate::progress::ProgressEntry;
 use crate::schema::NameForm;
 use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
@@ -127,9 +124,9 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
     // name the ticker every later request sends.
     let exchange = exchange_of(&symbol, form, &state.settings.exchange);
     let (name, full_name) = if form.parts() > 1 {
-        (symbol[exchange.len() + 1..].to_string(), symbol.clone())
+        (symbol[exchange.len() + 1..].to_string(), symbol.to_string())
     } else {
-        (symbol.clone(), format!("{exchange}:{symbol}"))
+        (symbol.to_string(), format!("{exchange}:{symbol}"))
     };
     Ok(warp::reply::json(&json!({
         "name": name,
@@ -430,7 +427,7 @@ pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejectio
         bars.iter().map(CandleJson::from).collect()
     };
     Ok(warp::reply::json(&OhlcResponse {
-        symbol,
+        symbol: symbol.into_string(),
         requested_resolution: requested,
         resolution: res,
         from,
@@ -528,96 +525,35 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
     Ok(warp::reply::json(&accepted))
 }
 
-/// Writes validated trades and records those behind the 1m watermark as
-/// late, before the write and again after it.
-///
-/// Before: a trade InfluxDB stored must never go uncounted, and the write
-/// can store it without this request getting to record it afterwards (the
-/// daemon dies in between, the progress store fails, InfluxDB answers an
-/// error or never answers yet keeps the points). A range recorded for a
-/// trade that was not stored costs one recompute. After, once InfluxDB
-/// acknowledged the write, all of them again: a repair may have run on the
-/// first record before the trades landed, and a chunk that read the source
-/// in between has announced itself in `inflight_until`, so what it missed
-/// is late now.
+/// Writes validated trades and records the late ones
+/// ([`crate::ingest::late`]); live subscribers see them once InfluxDB has them.
 async fn ingest(
     trades: Vec<crate::ingest::NewTrade>,
     state: AppState,
 ) -> Result<Accepted, Rejection> {
-    let symbols: Vec<String> = trades
-        .iter()
-        .map(|t| t.symbol.as_str())
-        .collect::<BTreeSet<&str>>()
-        .into_iter()
-        .map(String::from)
-        .collect();
-    record_late(&trades, &symbols, &state).await?;
-    write_trades(&state.influx, &trades).await.map_err(reject)?;
-    crate::failpoint::hit("trades_written").await;
-    // History requests read them from now on (the cached tail goes).
-    symbols.iter().for_each(|s| state.datafeed.trades_posted(s));
-    // InfluxDB has them: live subscribers of these symbols see them now.
-    state
-        .push
-        .trades_written(trades.iter().map(|t| t.symbol.as_str()));
-    let late = record_late(&trades, &symbols, &state).await?;
-    if late.known_symbols < symbols.len() {
+    let ingested = crate::ingest::late::write_recording_late(
+        &state.influx,
+        &state.store,
+        state.clock.as_ref(),
+        &trades,
+        |symbols| {
+            // History requests read them from now on (the cached tail goes).
+            symbols.iter().for_each(|s| state.datafeed.trades_posted(s));
+            state
+                .push
+                .trades_written(trades.iter().map(|t| t.symbol.as_str()));
+        },
+    )
+    .await
+    .map_err(reject)?;
+    if ingested.new_symbols {
         state.datafeed.invalidate_symbols().await;
     }
     ::metrics::counter!("ohlcd_trades_ingested_total").increment(trades.len() as u64);
-    ::metrics::counter!("ohlcd_late_trades_total").increment(late.trades as u64);
+    ::metrics::counter!("ohlcd_late_trades_total").increment(ingested.late as u64);
     Ok(Accepted {
         accepted: trades.len(),
-        late: late.trades,
-    })
-}
-
-/// What [`record_late`] found.
-struct Late {
-    /// Trades behind their symbol's threshold.
-    trades: usize,
-    /// Symbols that already have tasks.
-    known_symbols: usize,
-}
-
-/// Records the minutes of the trades behind their symbol's late threshold
-/// as dirty ranges (adjacent minutes as one range).
-async fn record_late(
-    trades: &[crate::ingest::NewTrade],
-    symbols: &[String],
-    state: &AppState,
-) -> Result<Late, Rejection> {
-    let thresholds = state.store.late_before(symbols).await.map_err(reject)?;
-    let mut count = 0;
-    let mut minutes: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
-    for t in trades {
-        let time = t.stored().time;
-        if thresholds.get(&t.symbol).is_some_and(|th| time < *th) {
-            count += 1;
-            minutes
-                .entry(&t.symbol)
-                .or_default()
-                .insert(Resolution::M1.window_start(time));
-        }
-    }
-    for (symbol, minutes) in minutes {
-        let mut ranges: Vec<std::ops::Range<i64>> = Vec::new();
-        for m in minutes {
-            let end = m + Resolution::M1.nanos();
-            match ranges.last_mut() {
-                Some(r) if r.end == m => r.end = end,
-                _ => ranges.push(m..end),
-            }
-        }
-        state
-            .store
-            .add_dirty(symbol, &ranges, state.clock.now())
-            .await
-            .map_err(reject)?;
-    }
-    Ok(Late {
-        trades: count,
-        known_symbols: thresholds.len(),
+        late: ingested.late,
     })
 }
 

@@ -37,7 +37,7 @@ use self::push::PushHub;
 
 use crate::clock::Clock;
 use crate::config::{DatafeedSettings, ServerSettings};
-use crate::datafeed::{Datafeed, DatafeedError};
+use crate::datafeed::{CacheSettings, Datafeed, DatafeedError};
 use crate::influx::{InfluxClient, InfluxError};
 use crate::progress::{ProgressError, ProgressStore};
 
@@ -80,7 +80,7 @@ impl AppState {
             settings.datafeed.max_bars,
             std::time::Duration::from_secs(settings.datafeed.symbols_cache_secs),
         )
-        .with_cache(settings.datafeed.cache());
+        .with_cache(CacheSettings::from(&settings.datafeed));
         let datafeed = Arc::new(datafeed);
         let limits = QueryLimits::new(&settings.server);
         let push = PushHub::new(
@@ -156,6 +156,15 @@ impl From<InfluxError> for ApiError {
             status,
             message: e.to_string(),
             udf: false,
+        }
+    }
+}
+
+impl From<crate::ingest::late::IngestError> for ApiError {
+    fn from(e: crate::ingest::late::IngestError) -> Self {
+        match e {
+            crate::ingest::late::IngestError::Influx(e) => e.into(),
+            crate::ingest::late::IngestError::Progress(e) => e.into(),
         }
     }
 }

@@ -9,8 +9,9 @@ use serde_json::{Map, Value};
 
 use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
 use crate::datafeed::ChartResolution;
-use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
+use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade};
 use crate::schema::NameForm;
+use crate::symbol::Symbol;
 use crate::zone::{Tz, parse_zone};
 
 /// Query parameters as received.
@@ -27,12 +28,11 @@ pub fn required<'p>(p: &'p Params, name: &str) -> Result<&'p str, String> {
         .ok_or_else(|| format!("missing parameter {name}"))
 }
 
-/// A symbol parameter, validated against the symbol rule and the schema's
+/// A symbol parameter, parsed against the symbol rule and the schema's
 /// name `form`.
-pub fn symbol_param(p: &Params, name: &str, form: &NameForm) -> Result<String, String> {
-    let s = required(p, name)?;
-    validate_symbol(s, form).map_err(|e| format!("{name}: {e}"))?;
-    Ok(s.to_string())
+pub fn symbol_param(p: &Params, name: &str, form: &NameForm) -> Result<Symbol, String> {
+    form.parse(required(p, name)?)
+        .map_err(|e| format!("{name}: {e}"))
 }
 
 /// A Unix-seconds parameter, clamped to 1970..2200 (TradingView asks for history

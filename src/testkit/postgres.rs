@@ -22,6 +22,7 @@ const PG_USER: &str = "ohlcd-test-pg";
 /// The running cluster shared by the tests that hold a [`TestPostgres`].
 static CLUSTER: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
 
+#[derive(Debug)]
 struct Cluster {
     /// Replaced by [`TestPostgres::restart`].
     postmaster: Mutex<Child>,
@@ -33,6 +34,7 @@ struct Cluster {
 }
 
 /// A fresh database on the shared throwaway cluster.
+#[derive(Debug)]
 pub struct TestPostgres {
     /// `postgres://postgres@127.0.0.1:PORT/DB`.
     pub url: String,

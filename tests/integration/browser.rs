@@ -73,7 +73,7 @@ async fn the_chart_page_draws_the_candles_the_api_serves_in_headless_chromium() 
     let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
     app.clock.set(now);
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: now - 10 * 86_400 * NANOS_PER_SEC,
         to: now - 30 * NANOS_PER_SEC,
         trades: 30_000,
@@ -93,7 +93,7 @@ async fn with_historical_data_the_chart_opens_on_the_symbols_newest_bars() {
     let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
     app.clock.set(now);
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: crate::helpers::t("2024-03-01T00:00:00Z"),
         to: crate::helpers::t("2024-03-20T12:00:00Z"),
         trades: 20_000,
@@ -117,7 +117,7 @@ async fn the_binary_copied_alone_into_an_empty_directory_serves_a_working_chart(
     let app = TestApp::spawn().await;
     let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: now - 5 * 86_400 * NANOS_PER_SEC,
         to: now - 30 * NANOS_PER_SEC,
         trades: 10_000,
@@ -181,7 +181,7 @@ async fn with_the_live_stream_refused_a_posted_trade_reaches_the_drawn_bar_by_po
     let now = ohlcd::clock::Clock::now(&ohlcd::clock::SystemClock);
     app.clock.set(now);
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: now - 3 * 86_400 * NANOS_PER_SEC,
         to: now - 30 * NANOS_PER_SEC,
         trades: 10_000,

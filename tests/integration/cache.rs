@@ -31,7 +31,7 @@ const MINUTE: &str = "2024-06-01T09:17:00Z";
 async fn app_with_candles(backend: Backend) -> TestApp {
     let app = TestApp::spawn_on_store(backend).await;
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap()],
         from: t(FROM),
         to: t(TO),
         trades: 3_000,
@@ -192,7 +192,7 @@ async fn a_rebuild_run_as_another_process_drops_the_cached_candles_it_rewrote() 
     let time = row["time"].as_i64().unwrap();
     assert_eq!(ohlcd::ingest::point_time(time / 1_000_000, id), time);
     let replaced = NewTrade {
-        symbol: "BTCUSD".into(),
+        symbol: "BTCUSD".parse().unwrap(),
         side: if row["side"] == "buy" {
             Side::Buy
         } else {
@@ -259,7 +259,7 @@ async fn a_range_known_empty_stays_exact_after_a_late_trade_lands_in_it() {
     // answer this trade's bar; one that learnt the range is empty does not.
     let minute = t("2024-06-01T12:10:00Z");
     let behind = NewTrade {
-        symbol: "BTCUSD".into(),
+        symbol: "BTCUSD".parse().unwrap(),
         side: Side::Sell,
         price: 555.25,
         amount: 2.0,

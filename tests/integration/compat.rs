@@ -175,7 +175,7 @@ on_both_servers!(late_trades_that_rewrite_existing_candles_leave_every_candle_ex
 /// stored candle equals the naive one.
 async fn late_trades_that_rewrite_existing_candles_leave_every_candle_exact(app: TestApp) {
     let spec = GenerateSpec {
-        symbols: (0..40).map(|i| format!("S{i}")).collect(),
+        symbols: (0..40).map(|i| format!("S{i}").parse().unwrap()).collect(),
         from: t("2024-03-01T00:00:00Z"),
         to: t("2024-03-01T00:30:00Z"),
         trades: 12_000,

@@ -27,7 +27,7 @@ async fn app_with_generated_trades_on(backend: Backend, trades: u64) -> (TestApp
 /// Two symbols over 2.5 days written into `app` through the ingest path.
 pub(crate) async fn generated(app: &TestApp, trades: u64) -> GenerateSpec {
     let spec = GenerateSpec {
-        symbols: SYMBOLS.iter().map(|s| s.to_string()).collect(),
+        symbols: SYMBOLS.iter().map(|s| s.parse().unwrap()).collect(),
         from: t("2024-03-01T00:00:00Z"),
         // Not day-aligned, so the last day is partial for every resolution.
         to: t("2024-03-03T13:37:00Z"),
@@ -232,7 +232,7 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones(ba
 
 fn trade(symbol: &str, time: &str, id: i64, price: f64, amount: f64, side: Side) -> NewTrade {
     NewTrade {
-        symbol: symbol.into(),
+        symbol: symbol.parse().unwrap(),
         side,
         price,
         amount,

@@ -26,7 +26,7 @@ use crate::helpers::{
 pub(crate) async fn with_trades(app: &TestApp, symbols: &[&str], days: i64, trades: u64) {
     let from = t("2024-01-01T00:00:00Z");
     let spec = GenerateSpec {
-        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        symbols: symbols.iter().map(|s| s.parse().unwrap()).collect(),
         from,
         to: from + days * NANOS_PER_DAY,
         trades,
@@ -670,7 +670,7 @@ async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_
     let engine = app.engine("a");
     engine.tick(&TaskFilter::default()).await.unwrap();
     let direct = |time: &str, id: i64| NewTrade {
-        symbol: "BTCUSD".into(),
+        symbol: "BTCUSD".parse().unwrap(),
         side: Side::Buy,
         price: 12345.5,
         amount: 7.0,

@@ -20,7 +20,7 @@ use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
 use tempfile::TempDir;
 
-pub use ohlcd::testkit::{Influxd as TestInflux, Server};
+pub(crate) use ohlcd::testkit::{Influxd as TestInflux, Server};
 
 use ohlcd::testkit::postgres::TestPostgres;
 
@@ -92,7 +92,7 @@ pub(crate) use on_both_stores_and_servers;
 /// `backend`, after checking that ohlcd detected the server's generation.
 /// Returns at once when a 3.x server cannot be had and the run opted out of
 /// those tests ([`start_server`]).
-pub async fn run_on<F, Fut>(server: Server, backend: Backend, body: F)
+pub(crate) async fn run_on<F, Fut>(server: Server, backend: Backend, body: F)
 where
     F: FnOnce(TestApp) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -110,11 +110,11 @@ where
 
 /// A spawned process (an `ohlcd` daemon) killed when dropped, so a failing
 /// test leaks none.
-pub struct KillOnDrop(pub Child);
+pub(crate) struct KillOnDrop(pub Child);
 
 impl KillOnDrop {
     /// Spawns `cmd`.
-    pub fn spawn(cmd: &mut Command) -> KillOnDrop {
+    pub(crate) fn spawn(cmd: &mut Command) -> KillOnDrop {
         KillOnDrop(cmd.spawn().unwrap())
     }
 }
@@ -150,7 +150,7 @@ impl Drop for KillOnDrop {
 /// 2-core VM, which is why a 2 s timeout made the crash tests' `ohlcd
 /// backfill` exit before its failpoint there. Tests that time the timeout
 /// itself set their own.
-pub fn influx_timeout_secs(server: Server) -> u64 {
+pub(crate) fn influx_timeout_secs(server: Server) -> u64 {
     match server {
         Server::V1 => 2,
         Server::V3 => 30,
@@ -158,7 +158,7 @@ pub fn influx_timeout_secs(server: Server) -> u64 {
 }
 
 /// A port nobody listens on right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     ohlcd::testkit::free_port().unwrap()
 }
 
@@ -166,7 +166,7 @@ pub fn free_port() -> u16 {
 /// unless `OHLCD_TEST_SKIP_V3=1` says to do without (then `None`, after
 /// saying why; `scripts/test` leaves those tests out instead of counting them
 /// as passed). Under `CI=true` there is no opting out: CI runs that suite.
-pub fn start_server(kind: Server) -> Option<TestInflux> {
+pub(crate) fn start_server(kind: Server) -> Option<TestInflux> {
     if kind == Server::V3
         && let Err(why) = ohlcd::testkit::influxdb3_binary()
     {
@@ -188,7 +188,7 @@ pub fn start_server(kind: Server) -> Option<TestInflux> {
 /// there should have password `pw`). Returns once every `(user, database)` of
 /// `readers` may read its database: influxd answers a GRANT before every query
 /// path sees it (seen in CI: `requires READ` right after `GRANT ALL`).
-pub async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) -> TestInflux {
+pub(crate) async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) -> TestInflux {
     let influx = tokio::task::spawn_blocking(TestInflux::start_with_auth)
         .await
         .unwrap();
@@ -223,7 +223,7 @@ pub async fn influx_with_users(statements: &[&str], readers: &[(&str, &str)]) ->
 }
 
 /// Everything a test needs: influxd, a database, a progress store, a clock.
-pub struct TestApp {
+pub(crate) struct TestApp {
     /// The server (kept alive for the test).
     pub server: TestInflux,
     /// Settings pointing at it.
@@ -242,26 +242,26 @@ pub struct TestApp {
 
 impl TestApp {
     /// Starts influxd, creates database `test`, opens a fresh SQLite file.
-    pub async fn spawn() -> TestApp {
+    pub(crate) async fn spawn() -> TestApp {
         Self::spawn_on(Server::V1).await.unwrap()
     }
 
     /// Like [`TestApp::spawn`] on the given server; `None` (after saying why)
     /// when it is a 3.x server that cannot be had and the run opted out of
     /// those tests ([`start_server`]).
-    pub async fn spawn_on(kind: Server) -> Option<TestApp> {
+    pub(crate) async fn spawn_on(kind: Server) -> Option<TestApp> {
         Self::spawn_on_with_store(kind, Backend::Sqlite).await
     }
 
     /// Starts influxd (1.x) with the progress store on `backend`.
-    pub async fn spawn_on_store(backend: Backend) -> TestApp {
+    pub(crate) async fn spawn_on_store(backend: Backend) -> TestApp {
         Self::spawn_on_with_store(Server::V1, backend)
             .await
             .unwrap()
     }
 
     /// Like [`TestApp::spawn_on`], the progress store on `backend`.
-    pub async fn spawn_on_with_store(kind: Server, backend: Backend) -> Option<TestApp> {
+    pub(crate) async fn spawn_on_with_store(kind: Server, backend: Backend) -> Option<TestApp> {
         let postgres = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(tokio::task::spawn_blocking(TestPostgres::start)),
@@ -277,7 +277,7 @@ impl TestApp {
     }
 
     /// Like [`TestApp::spawn`] on influxd 1.x started with `options`.
-    pub async fn spawn_with(options: ohlcd::testkit::InfluxdOptions) -> TestApp {
+    pub(crate) async fn spawn_with(options: ohlcd::testkit::InfluxdOptions) -> TestApp {
         let server = tokio::task::spawn_blocking(move || {
             TestInflux::launch(options).unwrap_or_else(|e| panic!("{e}"))
         })
@@ -325,7 +325,7 @@ impl TestApp {
     /// The `ohlcd` binary configured for this app's influxd, database and
     /// progress store (5 s leases, warnings only, InfluxDB timeouts of 2 s on
     /// 1.x and 30 s on 3.x: see [`influx_timeout_secs`]).
-    pub fn ohlcd(&self) -> Command {
+    pub(crate) fn ohlcd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohlcd"));
         cmd.env("OHLCD_INFLUX__URL", &self.server.url)
             .env("OHLCD_INFLUX__DATABASE", self.influx.database())
@@ -344,13 +344,13 @@ impl TestApp {
     }
 
     /// An engine on this app's clock with the given lease-holder id.
-    pub fn engine(&self, owner: &str) -> Engine {
+    pub(crate) fn engine(&self, owner: &str) -> Engine {
         self.engine_on(owner, self.clock.clone())
     }
 
     /// An engine on this app's clock reading and writing through `warehouse`
     /// (a [`Spy`]) with the given lease-holder id.
-    pub fn engine_through<W: Warehouse>(&self, owner: &str, warehouse: W) -> Engine<W> {
+    pub(crate) fn engine_through<W: Warehouse>(&self, owner: &str, warehouse: W) -> Engine<W> {
         Engine::new(
             warehouse,
             self.store.clone(),
@@ -363,7 +363,7 @@ impl TestApp {
 
     /// An engine on its own `clock` (a daemon on another host) with the given
     /// lease-holder id.
-    pub fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
+    pub(crate) fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
         Engine::new(
             self.influx.clone(),
             self.store.clone(),
@@ -375,12 +375,12 @@ impl TestApp {
     }
 
     /// Writes trades through the ingest path.
-    pub async fn write(&self, trades: &[NewTrade]) {
+    pub(crate) async fn write(&self, trades: &[NewTrade]) {
         write_trades(&self.influx, trades).await.unwrap();
     }
 
     /// Runs an InfluxQL query and returns the rows of its first series as maps.
-    pub async fn rows(&self, q: &str) -> Vec<BTreeMap<String, Value>> {
+    pub(crate) async fn rows(&self, q: &str) -> Vec<BTreeMap<String, Value>> {
         let v = self.influx.query_json(q).await.unwrap();
         let mut out = Vec::new();
         for series in v["series"].as_array().into_iter().flatten() {
@@ -403,7 +403,7 @@ impl TestApp {
     }
 
     /// Candles stored for `symbol` at `res`, read back over JSON.
-    pub async fn stored(&self, symbol: &str, res: Resolution) -> Vec<Candle> {
+    pub(crate) async fn stored(&self, symbol: &str, res: Resolution) -> Vec<Candle> {
         self.rows(&format!(
             "SELECT * FROM {} WHERE symbol = '{symbol}'",
             res.measurement()
@@ -428,7 +428,7 @@ impl TestApp {
 
     /// Starts the HTTP server on a free port (on this app's clock); returns its
     /// base URL and a sender that stops it.
-    pub async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
+    pub(crate) async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
         let mut settings = self.settings.clone();
         settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
         let state = ohlcd::server::AppState::new(
@@ -449,7 +449,11 @@ impl TestApp {
     /// Starts the HTTP server bound to `bind` (e.g. `0.0.0.0:0` to listen off
     /// loopback) with this app's settings changed by `configure`. The URL always
     /// goes through 127.0.0.1, so tests only ever connect locally.
-    pub async fn serve_with(&self, bind: &str, configure: impl FnOnce(&mut Settings)) -> Served {
+    pub(crate) async fn serve_with(
+        &self,
+        bind: &str,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Served {
         let mut settings = self.settings.clone();
         settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
         configure(&mut settings);
@@ -493,7 +497,7 @@ impl TestApp {
 
     /// Everything a request could change: point counts per measurement, the
     /// symbols that exist, the progress table with its dirty ranges.
-    pub async fn snapshot(&self) -> Vec<String> {
+    pub(crate) async fn snapshot(&self) -> Vec<String> {
         let mut out = Vec::new();
         let measurements = std::iter::once(("trades", "price"))
             .chain(Resolution::ALL.iter().map(|r| (r.measurement(), "open")));
@@ -527,7 +531,7 @@ impl TestApp {
 
     /// Candles computed independently (naively, in this file) from the raw trades
     /// of `symbol` read back over JSON, for windows starting before `until`.
-    pub async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
+    pub(crate) async fn expected(&self, symbol: &str, res: Resolution, until: i64) -> Vec<Candle> {
         let len = res.nanos();
         self.expected_by(symbol, |t| t.div_euclid(len) * len)
             .await
@@ -537,13 +541,17 @@ impl TestApp {
     }
 
     /// Candles computed naively from the raw trades, grouped by `window_of`.
-    pub async fn expected_by(&self, symbol: &str, window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+    pub(crate) async fn expected_by(
+        &self,
+        symbol: &str,
+        window_of: impl Fn(i64) -> i64,
+    ) -> Vec<Candle> {
         naive_candles(&self.raw_trades(symbol).await, window_of)
     }
 
     /// Like [`TestApp::expected`] for every resolution ([`Resolution::ALL`]
     /// order), from one read of the raw trades.
-    pub async fn expected_all(&self, symbol: &str, until: i64) -> Vec<Vec<Candle>> {
+    pub(crate) async fn expected_all(&self, symbol: &str, until: i64) -> Vec<Vec<Candle>> {
         let raw = self.raw_trades(symbol).await;
         Resolution::ALL
             .iter()
@@ -558,7 +566,7 @@ impl TestApp {
     }
 
     /// The raw trades of `symbol` read back over JSON, by (time, id).
-    pub async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
+    pub(crate) async fn raw_trades(&self, symbol: &str) -> Vec<RawTrade> {
         let trades = self
             .rows(&format!(
                 "SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'"
@@ -583,7 +591,7 @@ impl TestApp {
 
 /// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
 /// obvious way.
-pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+pub(crate) fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
     let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
     for t in raw {
         windows.entry(window_of(t.0)).or_default().push(*t);
@@ -610,7 +618,7 @@ pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Ca
 /// round and before claiming them), and a record of every candle written
 /// over stored ones (repairs and rebuilds).
 #[derive(Clone)]
-pub struct Spy {
+pub(crate) struct Spy {
     influx: InfluxClient,
     gate: Arc<std::sync::Mutex<Option<Gate>>>,
     overwritten: Arc<std::sync::Mutex<Vec<Overwrite>>>,
@@ -627,7 +635,7 @@ struct Gate {
 
 impl Spy {
     /// A spy on `influx`, holding nothing.
-    pub fn new(influx: InfluxClient) -> Spy {
+    pub(crate) fn new(influx: InfluxClient) -> Spy {
         Spy {
             influx,
             gate: Arc::default(),
@@ -638,7 +646,7 @@ impl Spy {
     /// Makes the next count of trades wait: the first receiver resolves when
     /// the count is reached, and the count goes on once the sender is used
     /// or dropped.
-    pub fn hold_next_count(
+    pub(crate) fn hold_next_count(
         &self,
     ) -> (
         tokio::sync::oneshot::Receiver<()>,
@@ -746,7 +754,7 @@ impl Warehouse for Spy {
 }
 
 /// A server started by [`TestApp::serve_with`]; stops when dropped.
-pub struct Served {
+pub(crate) struct Served {
     /// Base URL, through 127.0.0.1.
     pub url: String,
     /// The address the server is bound to (may be 0.0.0.0).
@@ -760,7 +768,7 @@ pub struct Served {
 }
 
 /// Resident memory of process `pid` (an `ohlcd` the test started), in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -783,7 +791,7 @@ impl TapSort for Vec<Candle> {
 }
 
 /// (time, id, price, amount, is_buy) as read back from InfluxDB.
-pub type RawTrade = (i64, i64, f64, f64, bool);
+pub(crate) type RawTrade = (i64, i64, f64, f64, bool);
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1e-12
@@ -791,7 +799,7 @@ fn close(a: f64, b: f64) -> bool {
 
 /// Asserts two candle lists are equal: prices and counts exactly, sums up to
 /// floating-point summation order.
-pub fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
+pub(crate) fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
     assert_eq!(
         actual.len(),
         expected.len(),
@@ -817,17 +825,17 @@ pub fn assert_candles_eq(actual: &[Candle], expected: &[Candle], what: &str) {
 }
 
 /// Unix nanoseconds of an RFC 3339 time.
-pub fn t(s: &str) -> i64 {
+pub(crate) fn t(s: &str) -> i64 {
     ohlcd::times::from_rfc3339(s).unwrap()
 }
 
 /// Seconds to nanoseconds.
-pub fn secs(s: i64) -> i64 {
+pub(crate) fn secs(s: i64) -> i64 {
     s * NANOS_PER_SEC
 }
 
 /// Monday 00:00 UTC of the week containing `t` (independent of ohlcd's code).
-pub fn naive_week_start(t: i64) -> i64 {
+pub(crate) fn naive_week_start(t: i64) -> i64 {
     use chrono::{Datelike, TimeZone};
     let d = chrono::Utc.timestamp_nanos(t).date_naive();
     let monday = d - chrono::Duration::days(i64::from(d.weekday().num_days_from_monday()));
@@ -840,7 +848,7 @@ pub fn naive_week_start(t: i64) -> i64 {
 }
 
 /// The 1st of the month containing `t`, 00:00 UTC.
-pub fn naive_month_start(t: i64) -> i64 {
+pub(crate) fn naive_month_start(t: i64) -> i64 {
     use chrono::{Datelike, TimeZone};
     let d = chrono::Utc.timestamp_nanos(t).date_naive();
     d.with_day(1)
@@ -854,14 +862,14 @@ pub fn naive_month_start(t: i64) -> i64 {
 
 /// `ohlcd run` with extra environment, listening on `listen`, its stdout and
 /// stderr going to one file (a pipe nobody reads would fill up and block it).
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// The `ohlcd run` process.
     pub child: Child,
     /// Where it writes stdout and stderr.
     pub log: std::path::PathBuf,
 }
 
-pub fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
+pub(crate) fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
     let log = app
         .dir
         .path()
@@ -887,7 +895,7 @@ pub fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
 
 impl Daemon {
     /// Waits until its `/healthz` at `url` answers 200 (30 s at most).
-    pub async fn wait_healthy(&mut self, url: &str) {
+    pub(crate) async fn wait_healthy(&mut self, url: &str) {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -914,7 +922,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then everything the daemon printed.
-    pub async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

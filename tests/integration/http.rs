@@ -31,7 +31,7 @@ async fn with_history(app: TestApp, materialize: bool) -> TestApp {
     // installed first, so the tick below is counted whichever test runs first.
     ohlcd::server::metrics::handle();
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: t(FROM),
         to: t(TO),
         trades: 40_000,

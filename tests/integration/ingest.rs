@@ -18,7 +18,7 @@ on_both_servers!(a_late_trade_is_recorded_even_when_its_client_hangs_up_mid_requ
 async fn a_late_trade_is_recorded_even_when_its_client_hangs_up_mid_request(app: TestApp) {
     let day = t("2024-05-01T00:00:00Z");
     let trade = |ms: i64, id: i64| NewTrade {
-        symbol: "BTCUSD".into(),
+        symbol: "BTCUSD".parse().unwrap(),
         side: Side::Buy,
         price: 100.0,
         amount: 1.0,

@@ -1,6 +1,7 @@
 //! Integration tests against a real influxd and a real SQLite file or PostgreSQL.
 //! One test binary (faster to link); each module is one area.
 
+mod bad_input;
 mod bars;
 mod browser;
 mod cache;

@@ -112,7 +112,7 @@ async fn one_poisoned_symbol_among_fifty_is_skipped_and_counted_while_two_daemon
     let mut symbols: Vec<String> = (0..49).map(|i| format!("S{i:02}USD")).collect();
     symbols.push("POISON".into());
     let spec = GenerateSpec {
-        symbols: symbols.clone(),
+        symbols: symbols.iter().map(|s| s.parse().unwrap()).collect(),
         from,
         to: now - 2 * minute,
         trades: 25_000,
@@ -387,7 +387,7 @@ async fn a_write_influxdb_refuses_for_one_symbol_fails_it_alone_and_it_recovers_
     let from = crate::helpers::t("2024-03-01T00:00:00Z");
     let healthy = ["AAAUSD", "BBBUSD", "CCCUSD"];
     let spec = |symbols: &[&str], seed| GenerateSpec {
-        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        symbols: symbols.iter().map(|s| s.parse().unwrap()).collect(),
         from,
         to: from + 2 * day,
         trades: 6_000,

@@ -158,7 +158,7 @@ async fn serve_on(
 
 fn trade(symbol: &str, time: i64, price: f64, amount: f64, id: i64) -> NewTrade {
     NewTrade {
-        symbol: symbol.into(),
+        symbol: symbol.parse().unwrap(),
         side: if id % 2 == 0 {
             ohlcd::candle::Side::Buy
         } else {

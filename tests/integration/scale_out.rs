@@ -26,7 +26,9 @@ async fn three_daemons_on_one_postgres_do_all_work_once_and_finish_a_killed_ones
     let app = TestApp::spawn_on_store(Backend::Postgres).await;
     let from = t("2024-01-01T00:00:00Z");
     let spec = GenerateSpec {
-        symbols: (0..SYMBOLS).map(|i| format!("S{i:03}USD")).collect(),
+        symbols: (0..SYMBOLS)
+            .map(|i| format!("S{i:03}USD").parse().unwrap())
+            .collect(),
         from,
         to: from + DAYS * NANOS_PER_DAY,
         trades: 60_000,

@@ -74,7 +74,7 @@ async fn seeded_app(trades: u64) -> TestApp {
 
 async fn write_trades(app: &TestApp, trades: u64, seed: u64) {
     let spec = GenerateSpec {
-        symbols: vec!["BTCUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap()],
         from: t(FROM),
         to: t(TO),
         trades,

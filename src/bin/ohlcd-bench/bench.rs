@@ -17,7 +17,7 @@ use crate::{Args, LARGE_SIZE, NS, RESOLUTIONS, say};
 
 /// Which comparison a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// A few dense symbols (`--symbols`).
     FewSymbols,
     /// Many thin symbols (`--symbols-count`).
@@ -31,7 +31,7 @@ pub enum Shape {
 }
 
 /// Everything a phase needs.
-pub struct Bench {
+pub(crate) struct Bench {
     pub args: Args,
     pub shape: Shape,
     pub ohlcd: PathBuf,
@@ -57,7 +57,7 @@ pub struct Bench {
 }
 
 /// A finished `ohlcd backfill`.
-pub struct Backfill {
+pub(crate) struct Backfill {
     pub elapsed: Duration,
     pub peak_kb: u64,
     /// CPU seconds of ohlcd and, when the bench runs its own, of influxd.
@@ -67,13 +67,13 @@ pub struct Backfill {
     pub chunks: Option<u64>,
 }
 
-pub fn secs_str(ns: i64) -> String {
+pub(crate) fn secs_str(ns: i64) -> String {
     (ns / NS).to_string()
 }
 
 /// A client of `db` at `url` for the bench: long timeout (whole-range
 /// queries), no retries (a failure should show, not be hidden).
-pub fn influx_client(url: &str, db: &str) -> Result<InfluxClient> {
+pub(crate) fn influx_client(url: &str, db: &str) -> Result<InfluxClient> {
     let env = [
         ("OHLCD_INFLUX__URL", url),
         ("OHLCD_INFLUX__DATABASE", db),
@@ -94,7 +94,7 @@ fn number_before(text: &str, marker: &str) -> Option<u64> {
 
 impl Bench {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         args: Args,
         shape: Shape,
         ohlcd: PathBuf,
@@ -126,43 +126,43 @@ impl Bench {
     /// Midnight at or before the data's start: candle windows that hold the
     /// first trades may start before it (a 4h window at 16:00 holds trades
     /// from 18:00), so candles are read from here.
-    pub fn candles_from(&self) -> i64 {
+    pub(crate) fn candles_from(&self) -> i64 {
         self.from.div_euclid(crate::DAY_NS) * crate::DAY_NS
     }
 
     /// The symbols of the main data set.
-    pub fn symbols(&self) -> &[String] {
+    pub(crate) fn symbols(&self) -> &[String] {
         &self.args.symbols
     }
 
-    pub fn issue(&mut self, msg: impl Into<String>) {
+    pub(crate) fn issue(&mut self, msg: impl Into<String>) {
         let msg = msg.into();
         say!("OHLCD ISSUE: {msg}");
         self.issues.push(msg);
     }
 
-    pub fn fail(&mut self, phase: &str, e: anyhow::Error) {
+    pub(crate) fn fail(&mut self, phase: &str, e: anyhow::Error) {
         let msg = format!("{phase}: {e:#}");
         say!("FAILED {msg}");
         self.failures.push(msg);
     }
 
     /// A client of database `db` on the bench's server (its generation known).
-    pub fn client_of(&self, db: &str) -> Result<InfluxClient> {
+    pub(crate) fn client_of(&self, db: &str) -> Result<InfluxClient> {
         let mut client = influx_client(self.influx.url(), db)?;
         client.set_generation(self.influx.generation());
         Ok(client)
     }
 
     /// First value of the first series (e.g. of a `count` or `sum`), 0 if none.
-    pub async fn scalar(&self, db: &str, q: &str) -> Result<f64> {
+    pub(crate) async fn scalar(&self, db: &str, q: &str) -> Result<f64> {
         let v = self.client_of(db)?.query_json(q).await?;
         Ok(v["series"][0]["values"][0][1].as_f64().unwrap_or(0.0))
     }
 
     /// Drops `db`: `DROP DATABASE`, or on InfluxDB 3 (which does not
     /// implement it) `DELETE /api/v3/configure/database`.
-    pub async fn drop_database(&self, db: &str) -> Result<()> {
+    pub(crate) async fn drop_database(&self, db: &str) -> Result<()> {
         if self.influx.generation() == ohlcd::influx::Generation::V3 {
             let url = format!("{}/api/v3/configure/database", self.influx.url());
             let resp = reqwest::Client::new()
@@ -182,7 +182,7 @@ impl Bench {
     }
 
     /// The `ohlcd` binary with `args`, configured for `db` and a SQLite file.
-    pub fn ohlcd_cmd(&self, db: &str, sqlite: &Path, args: &[&str]) -> Command {
+    pub(crate) fn ohlcd_cmd(&self, db: &str, sqlite: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ohlcd);
         cmd.args(args)
             .env("OHLCD_INFLUX__URL", self.influx.url())
@@ -196,7 +196,7 @@ impl Bench {
     }
 
     /// Warnings and errors in an ohlcd log, reported as issues.
-    pub fn scan_log(&mut self, proc: &Proc) {
+    pub(crate) fn scan_log(&mut self, proc: &Proc) {
         let text = strip_ansi(&proc.stderr_text());
         let bad: Vec<&str> = text
             .lines()
@@ -219,7 +219,7 @@ impl Bench {
     /// Waits until our influxd has been nearly idle (< 10 % of a core) for a
     /// second, so background compaction after a big write does not land in the
     /// next measurement; bounded at 90 s.
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         let Some(pid) = self.influxd_pid else {
             tokio::time::sleep(Duration::from_secs(2)).await;
             return;
@@ -254,13 +254,18 @@ impl Bench {
 
     /// `ohlcd generate` of `n` trades of `symbols` over the data range into
     /// `db`, timed; checks the count.
-    pub async fn generate(&mut self, db: &str, n: u64, symbols: &[String]) -> Result<Measured> {
+    pub(crate) async fn generate(
+        &mut self,
+        db: &str,
+        n: u64,
+        symbols: &[String],
+    ) -> Result<Measured> {
         self.generate_with(db, n, symbols, &[], "trades").await
     }
 
     /// [`Bench::generate`] with extra environment (a `[schema]`), counting
     /// the trades in `measurement`.
-    pub async fn generate_with(
+    pub(crate) async fn generate_with(
         &mut self,
         db: &str,
         n: u64,
@@ -339,14 +344,14 @@ impl Bench {
     }
 
     /// CPU seconds the bench's own influxd has used so far.
-    pub fn influxd_cpu_secs(&self) -> Option<f64> {
+    pub(crate) fn influxd_cpu_secs(&self) -> Option<f64> {
         self.influxd_pid
             .and_then(cpu_ticks)
             .map(|t| t as f64 / crate::procs::TICKS_PER_SEC)
     }
 
     /// CPU seconds the bench's influxd used since it had used `before`.
-    pub fn influxd_cpu_since(&self, before: Option<f64>) -> Option<f64> {
+    pub(crate) fn influxd_cpu_since(&self, before: Option<f64>) -> Option<f64> {
         before.zip(self.influxd_cpu_secs()).map(|(a, z)| z - a)
     }
 
@@ -405,12 +410,12 @@ impl Bench {
 
     /// `ohlcd backfill` from a fresh SQLite file, timed, peak RSS sampled; then
     /// checks that every resolution counts exactly `n` trades.
-    pub async fn backfill(&mut self, db: &str, n: u64) -> Result<Backfill> {
+    pub(crate) async fn backfill(&mut self, db: &str, n: u64) -> Result<Backfill> {
         self.backfill_with(db, n, &[]).await
     }
 
     /// [`Bench::backfill`] with extra environment (configuration) variables.
-    pub async fn backfill_with(
+    pub(crate) async fn backfill_with(
         &mut self,
         db: &str,
         n: u64,
@@ -455,7 +460,11 @@ impl Bench {
     /// `times` more `ohlcd backfill` runs on the caught-up progress file of
     /// `db` with nothing new: what a tick with nothing to do costs, start-up
     /// of the process included.
-    pub async fn caught_up_passes(&mut self, db: &str, times: usize) -> Result<Vec<Backfill>> {
+    pub(crate) async fn caught_up_passes(
+        &mut self,
+        db: &str,
+        times: usize,
+    ) -> Result<Vec<Backfill>> {
         let mut passes = Vec::new();
         for i in 1..=times {
             let bf = self
@@ -479,7 +488,7 @@ impl Bench {
     }
 
     /// Peak RSS of backfill at the `--rss-sizes`, each in its own database.
-    pub async fn rss_sizes(&mut self, r: &mut Results) {
+    pub(crate) async fn rss_sizes(&mut self, r: &mut Results) {
         let mut sizes = self.args.rss_sizes.clone();
         sizes.sort_unstable();
         sizes.dedup();
@@ -495,7 +504,7 @@ impl Bench {
 
     /// Peak RSS of backfill at the `--rss-symbols` counts, each with the main
     /// set's trades per symbol, in its own database.
-    pub async fn rss_symbols(&mut self, r: &mut Results) {
+    pub(crate) async fn rss_symbols(&mut self, r: &mut Results) {
         let mut counts = self.args.rss_symbols.clone();
         counts.sort_unstable();
         counts.dedup();

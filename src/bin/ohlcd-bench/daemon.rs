@@ -27,7 +27,7 @@ const INFLUX_SERIES_BUDGET: Duration = Duration::from_secs(20);
 
 /// Starts `ohlcd run` on a free port with `db`'s progress file; waits until
 /// `/healthz` answers 200.
-pub async fn start_daemon(
+pub(crate) async fn start_daemon(
     b: &mut Bench,
     db: &str,
     extra_env: &[(&str, String)],
@@ -78,7 +78,7 @@ pub async fn start_daemon(
 
 /// `ohlcd run` on the main data set: caught up, then chart latency and
 /// ingest; stops the daemon with SIGTERM and checks that it exits cleanly.
-pub async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
+pub(crate) async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
     let started = Instant::now();
     let db = b.db.clone();
     let (mut proc, base, client) = start_daemon(b, &db, &[]).await?;

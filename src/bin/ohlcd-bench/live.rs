@@ -41,7 +41,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(10);
 const MINUTE_NS: i64 = 60 * NS;
 
 /// Explains the live table in the Markdown copy.
-pub const EXPLANATION: &str = "\nA watermark check passes when every symbol's 1m watermark is at \
+pub(crate) const EXPLANATION: &str = "\nA watermark check passes when every symbol's 1m watermark is at \
 least `floor_to_minute(now − settle − 2 × tick)`: at most two ticks behind the horizon a perfect \
 engine would have reached (the watermark moves in whole closed minutes, so its distance from `now` \
 itself swings by a minute). ohlcd's CPU time covers everything the daemon did during the load: \
@@ -50,7 +50,7 @@ the bench process on the same machine.\n";
 
 /// One read of the progress table during the load.
 #[derive(Debug, Clone)]
-pub struct WatermarkCheck {
+pub(crate) struct WatermarkCheck {
     /// Seconds since the load started.
     pub at: f64,
     /// Symbols with a 1m watermark.
@@ -69,7 +69,7 @@ pub struct WatermarkCheck {
 
 /// What the live shape measured.
 #[derive(Debug, Default)]
-pub struct LiveResult {
+pub(crate) struct LiveResult {
     pub symbols: usize,
     /// From daemon start until every watermark was within bounds.
     pub catch_up: Option<Duration>,
@@ -211,7 +211,7 @@ async fn post_load(
 }
 
 /// Samples of a Prometheus text page: `name{labels}` → value.
-pub type Metrics = std::collections::HashMap<String, f64>;
+pub(crate) type Metrics = std::collections::HashMap<String, f64>;
 
 /// Parses `GET /metrics` (Prometheus text format; comments skipped).
 fn parse_metrics(text: &str) -> Metrics {
@@ -276,7 +276,7 @@ fn tick_secs(log: &str, from_ns: i64, to_ns: i64) -> Vec<f64> {
 }
 
 /// Runs the live shape; findings go to `b`, figures to `r.live`.
-pub async fn run(b: &mut Bench, r: &mut Results) {
+pub(crate) async fn run(b: &mut Bench, r: &mut Results) {
     let mut live = LiveResult {
         symbols: b.symbols().len(),
         ..LiveResult::default()
@@ -452,7 +452,7 @@ async fn check_candles(b: &mut Bench, db: &str, to: i64) -> Result<(bool, String
 }
 
 /// The live shape's rows of the table.
-pub fn rows(b: &Bench, live: &LiveResult, rows: &mut Vec<Row>) {
+pub(crate) fn rows(b: &Bench, live: &LiveResult, rows: &mut Vec<Row>) {
     let secs = b.args.live_secs;
     push_row(
         rows,

@@ -25,7 +25,7 @@ const SIGTERM: c_int = 15;
 
 /// Asks for `cmd`'s process to be SIGKILLed when its parent thread dies. The
 /// bench runs a single-threaded runtime, so that thread is the bench itself.
-pub fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
@@ -36,7 +36,7 @@ pub fn die_with_parent(cmd: &mut Command) {
 }
 
 /// A child process with stdout and stderr in files; killed on drop.
-pub struct Proc {
+pub(crate) struct Proc {
     /// Name used in messages and file names.
     pub name: String,
     child: Child,
@@ -47,7 +47,7 @@ pub struct Proc {
 }
 
 /// How a measured child ended.
-pub struct Measured {
+pub(crate) struct Measured {
     pub status: ExitStatus,
     pub elapsed: Duration,
     /// Largest VmHWM seen, kB.
@@ -59,7 +59,7 @@ pub struct Measured {
 
 impl Proc {
     /// Spawns `cmd` with stdout/stderr in `dir/<name>.stdout|stderr`.
-    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc> {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc> {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         cmd.stdin(Stdio::null())
@@ -91,12 +91,12 @@ impl Proc {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The exit status, if it has exited.
-    pub fn poll(&mut self) -> Result<Option<ExitStatus>> {
+    pub(crate) fn poll(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = self
                 .child
@@ -106,16 +106,16 @@ impl Proc {
         Ok(self.status)
     }
 
-    pub fn stdout_text(&self) -> String {
+    pub(crate) fn stdout_text(&self) -> String {
         read_lossy(&self.stdout)
     }
 
-    pub fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         read_lossy(&self.stderr)
     }
 
     /// The last `n` lines of stderr, indented, for error messages.
-    pub fn stderr_tail(&self, n: usize) -> String {
+    pub(crate) fn stderr_tail(&self, n: usize) -> String {
         let text = self.stderr_text();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(n)..];
@@ -131,7 +131,7 @@ impl Proc {
 
     /// Waits for the exit, sampling VmHWM and CPU time every 20 ms (the last
     /// CPU sample is the exited process's total); kills after `timeout`.
-    pub async fn wait_measured(&mut self, timeout: Duration) -> Result<Measured> {
+    pub(crate) async fn wait_measured(&mut self, timeout: Duration) -> Result<Measured> {
         let mut peak_kb = 0;
         let mut ticks = 0;
         loop {
@@ -161,7 +161,7 @@ impl Proc {
     }
 
     /// SIGTERM, then SIGKILL after `grace`; the error says it had to be killed.
-    pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+    pub(crate) async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
         if let Some(s) = self.poll()? {
             return Ok(s);
         }
@@ -184,7 +184,7 @@ impl Proc {
         )
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if self.status.is_none() {
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
@@ -207,7 +207,7 @@ fn read_lossy(path: &Path) -> String {
 }
 
 /// `text` without ANSI colour sequences (`ESC [ … m`).
-pub fn strip_ansi(text: &str) -> String {
+pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -235,21 +235,21 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// VmHWM (peak resident set) of a live process, kB.
-pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
+pub(crate) fn vm_hwm_kb(pid: u32) -> Option<u64> {
     status_kb(pid, "VmHWM")
 }
 
 /// VmRSS (current resident set) of a live process, kB.
-pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+pub(crate) fn vm_rss_kb(pid: u32) -> Option<u64> {
     status_kb(pid, "VmRSS")
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ: 100 on
 /// every Linux architecture we run on).
-pub const TICKS_PER_SEC: f64 = 100.0;
+pub(crate) const TICKS_PER_SEC: f64 = 100.0;
 
 /// User + system CPU time of a process, clock ticks ([`TICKS_PER_SEC`]).
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -260,7 +260,7 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// `/proc/loadavg`'s three load averages.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()

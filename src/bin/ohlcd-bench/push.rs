@@ -37,10 +37,10 @@ const PROBES: usize = 20;
 const POSTS_PER_SEC: u64 = 10;
 
 /// Trades written over the two hours before the daemon starts.
-pub const SEED_TRADES: u64 = 200 * (SYMBOLS as u64 + 1);
+pub(crate) const SEED_TRADES: u64 = 200 * (SYMBOLS as u64 + 1);
 
 /// The load's symbols, then the probe.
-pub fn symbols() -> Vec<String> {
+pub(crate) fn symbols() -> Vec<String> {
     let mut symbols = crate::numbered_symbols(SYMBOLS);
     symbols.push(PROBE.to_string());
     symbols
@@ -48,7 +48,7 @@ pub fn symbols() -> Vec<String> {
 
 /// What the push shape measured.
 #[derive(Debug, Default)]
-pub struct PushResult {
+pub(crate) struct PushResult {
     pub streams: usize,
     pub opened_in: Duration,
     pub rss_idle_kb: u64,
@@ -80,7 +80,7 @@ struct Shared {
 }
 
 /// Runs the push shape with `n` streams; findings go to `b`.
-pub async fn run(b: &mut Bench, n: usize) -> PushResult {
+pub(crate) async fn run(b: &mut Bench, n: usize) -> PushResult {
     let mut r = PushResult {
         streams: n,
         ..PushResult::default()
@@ -372,7 +372,7 @@ fn ms(d: Option<Duration>) -> String {
 }
 
 /// The push shape's table.
-pub fn rows(r: &PushResult, rows: &mut Vec<Row>) {
+pub(crate) fn rows(r: &PushResult, rows: &mut Vec<Row>) {
     push_row(
         rows,
         "live streams open at once",

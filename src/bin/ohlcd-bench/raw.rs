@@ -17,13 +17,13 @@ const CHUNK_SIZE: &str = "10000";
 
 /// Reads query answers as bytes.
 #[derive(Clone)]
-pub struct RawReader {
+pub(crate) struct RawReader {
     pub(crate) http: reqwest::Client,
     pub(crate) url: String,
 }
 
 /// A query answer read to the end.
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub elapsed: Duration,
     pub bytes: u64,
     /// Newlines (CSV: header + rows).
@@ -35,7 +35,7 @@ pub struct Fetched {
 
 impl Fetched {
     /// CSV data rows: lines that are not a header.
-    pub fn csv_rows(&self) -> u64 {
+    pub(crate) fn csv_rows(&self) -> u64 {
         let headers = self
             .body
             .split(|&b| b == b'\n')
@@ -46,7 +46,7 @@ impl Fetched {
 }
 
 impl RawReader {
-    pub fn new(url: &str) -> Result<RawReader> {
+    pub(crate) fn new(url: &str) -> Result<RawReader> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(900))
@@ -61,7 +61,13 @@ impl RawReader {
     /// A query streamed chunked in format `accept` (`application/csv` or
     /// `application/x-msgpack`), read to the end and timed; the body is kept
     /// only if `keep`.
-    pub async fn fetch(&self, db: &str, q: &str, accept: &str, keep: bool) -> Result<Fetched> {
+    pub(crate) async fn fetch(
+        &self,
+        db: &str,
+        q: &str,
+        accept: &str,
+        keep: bool,
+    ) -> Result<Fetched> {
         let started = Instant::now();
         let resp = self
             .http

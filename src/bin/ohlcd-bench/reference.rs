@@ -12,18 +12,18 @@ use crate::report::{RawPull, Results, thousands};
 use crate::{RESOLUTIONS, say};
 
 /// Shape of the raw pull that reads series by series.
-pub const GROUPED: &str = "one query, GROUP BY symbol";
+pub(crate) const GROUPED: &str = "one query, GROUP BY symbol";
 
 /// Up to this many symbols the raw pull is also timed per symbol (summed).
-pub const PER_SYMBOL_PULL_MAX: usize = 16;
+pub(crate) const PER_SYMBOL_PULL_MAX: usize = 16;
 
 /// The shape of the raw pull whose per-symbol queries run concurrently: shown
 /// beside the goal's reference, which reads one query at a time.
-pub const AT_ONCE: &str = "per symbol, at once";
+pub(crate) const AT_ONCE: &str = "per symbol, at once";
 
 /// A bare raw pull of the trades, CSV and msgpack: one query over all of them,
 /// and (few symbols) one query per symbol, summed and (msgpack) at once.
-pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
+pub(crate) async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
     let n = b.args.trades;
     let range = format!("time >= {} AND time < {}", b.from, b.to);
     let per_symbol = b.shape == Shape::FewSymbols && b.symbols().len() <= PER_SYMBOL_PULL_MAX;
@@ -148,7 +148,7 @@ fn check_content_type(format: &str, accept: &str, content_type: &str) -> Result<
 /// The backfill's candles, read back into memory and written into an empty
 /// database by ohlcd's own writer (same batch size and requests in flight),
 /// timed alone: what storing them costs InfluxDB without any reading.
-pub async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
+pub(crate) async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
     let symbols = b.symbols().to_vec();
     let range = b.candles_from()..b.to + crate::DAY_NS;
     let mut candles: Vec<(
@@ -194,7 +194,7 @@ pub async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
     Ok(())
 }
 
-pub async fn group_by(b: &mut Bench, r: &mut Results) -> Result<()> {
+pub(crate) async fn group_by(b: &mut Bench, r: &mut Results) -> Result<()> {
     let mut answers = Vec::new();
     for (res, _, _) in RESOLUTIONS {
         let q = format!(
@@ -249,10 +249,10 @@ pub async fn group_by(b: &mut Bench, r: &mut Results) -> Result<()> {
 }
 
 /// `(symbol, window start ns)` → `[open, high, low, close, volume, trades]`.
-pub type CandleMap = HashMap<(String, i64), [f64; 6]>;
+pub(crate) type CandleMap = HashMap<(String, i64), [f64; 6]>;
 
 /// Candles from CSV `name,tags,time,<6 values>` with tags `symbol=…`.
-pub fn parse_candle_csv(body: &[u8]) -> Result<CandleMap> {
+pub(crate) fn parse_candle_csv(body: &[u8]) -> Result<CandleMap> {
     let text = std::str::from_utf8(body).context("CSV answer is not UTF-8")?;
     let mut out = HashMap::new();
     for line in text.lines() {
@@ -281,7 +281,7 @@ fn close_enough(a: f64, b: f64) -> bool {
 }
 
 /// Prices and counts exactly, volume up to summation order.
-pub fn same_candle(a: &[f64; 6], b: &[f64; 6]) -> bool {
+pub(crate) fn same_candle(a: &[f64; 6], b: &[f64; 6]) -> bool {
     a[0] == b[0]
         && a[1] == b[1]
         && a[2] == b[2]
@@ -291,7 +291,7 @@ pub fn same_candle(a: &[f64; 6], b: &[f64; 6]) -> bool {
 }
 
 /// `None` if equal, else a summary with a few examples.
-pub fn compare_candles(expected: &CandleMap, stored: &CandleMap) -> Option<String> {
+pub(crate) fn compare_candles(expected: &CandleMap, stored: &CandleMap) -> Option<String> {
     let mut missing = 0;
     let mut differ = 0;
     let mut examples = Vec::new();

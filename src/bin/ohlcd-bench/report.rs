@@ -10,15 +10,15 @@ use crate::live::LiveResult;
 use crate::procs::{Measured, loadavg};
 
 /// Peak RSS target of backfill and of the daemon.
-pub const RSS_TARGET_MB: f64 = 64.0;
+pub(crate) const RSS_TARGET_MB: f64 = 64.0;
 /// Most a caught-up pass with nothing new may take.
-pub const CAUGHT_UP_TARGET_SECS: f64 = 0.5;
+pub(crate) const CAUGHT_UP_TARGET_SECS: f64 = 0.5;
 /// Trades per symbol and day from which data counts as dense (ratio goal 0.75).
 const DENSE_PER_SYMBOL_DAY: f64 = 200_000.0;
 
 /// Everything measured in one run.
 #[derive(Default)]
-pub struct Results {
+pub(crate) struct Results {
     pub generate: Option<Measured>,
     pub backfill: Option<Backfill>,
     /// InfluxDB 3: the backfill with `influx.no_sync` (best of two).
@@ -42,7 +42,7 @@ pub struct Results {
 
 impl Results {
     /// Keeps the best of the rounds of each raw pull.
-    pub fn keep_best_raw_pulls(&mut self) {
+    pub(crate) fn keep_best_raw_pulls(&mut self) {
         let mut best: Vec<RawPull> = Vec::new();
         for pull in self.raw.drain(..) {
             match best
@@ -58,7 +58,7 @@ impl Results {
     }
 }
 
-pub struct RawPull {
+pub(crate) struct RawPull {
     pub format: &'static str,
     pub shape: &'static str,
     pub elapsed: Duration,
@@ -67,7 +67,7 @@ pub struct RawPull {
     pub influxd_cpu_secs: Option<f64>,
 }
 
-pub struct Latency {
+pub(crate) struct Latency {
     pub udf: &'static str,
     pub bars: usize,
     pub p50: Duration,
@@ -78,7 +78,7 @@ pub struct Latency {
     pub influx_n: usize,
 }
 
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub trades: u64,
     pub batch: usize,
     pub api: Duration,
@@ -86,7 +86,7 @@ pub struct Ingest {
 }
 
 /// Nearest-rank percentile.
-pub fn percentile(v: &mut [Duration], q: f64) -> Duration {
+pub(crate) fn percentile(v: &mut [Duration], q: f64) -> Duration {
     if v.is_empty() {
         return Duration::ZERO;
     }
@@ -95,17 +95,17 @@ pub fn percentile(v: &mut [Duration], q: f64) -> Duration {
     v[rank - 1]
 }
 
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// kB (as in /proc) to MB (10^6 bytes).
-pub fn mb(kb: u64) -> f64 {
+pub(crate) fn mb(kb: u64) -> f64 {
     kb as f64 * 1024.0 / 1e6
 }
 
 /// `1234567.8` → `1,234,568`.
-pub fn thousands(x: f64) -> String {
+pub(crate) fn thousands(x: f64) -> String {
     let s = format!("{:.0}", x.max(0.0));
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
@@ -126,7 +126,7 @@ fn times_str(x: f64) -> String {
     }
 }
 
-pub fn machine_header(
+pub(crate) fn machine_header(
     b: &Bench,
     influx_version: &str,
     ohlcd_version: &str,
@@ -229,13 +229,13 @@ pub fn machine_header(
 }
 
 #[derive(Clone, Copy, PartialEq)]
-pub enum Status {
+pub(crate) enum Status {
     Info,
     Met,
     NotMet,
 }
 
-pub struct Row {
+pub(crate) struct Row {
     metric: String,
     value: String,
     target: String,
@@ -282,7 +282,7 @@ fn ratio_goal(b: &Bench) -> (f64, &'static str) {
     }
 }
 
-pub fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
+pub(crate) fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
     let mut rows = Vec::new();
     if let Some(schemas) = &r.schemas {
         crate::schemas::rows(schemas, &mut rows);
@@ -307,12 +307,12 @@ pub fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
 }
 
 /// Pushes an informational row (for the live shape's table).
-pub fn push_row(rows: &mut Vec<Row>, metric: impl Into<String>, value: impl Into<String>) {
+pub(crate) fn push_row(rows: &mut Vec<Row>, metric: impl Into<String>, value: impl Into<String>) {
     rows.push(row(metric, value));
 }
 
 /// Pushes a row with a target.
-pub fn push_check(
+pub(crate) fn push_check(
     rows: &mut Vec<Row>,
     metric: impl Into<String>,
     value: impl Into<String>,
@@ -663,7 +663,7 @@ fn status_text(s: Status) -> &'static str {
     }
 }
 
-pub fn print_table(rows: &[Row]) {
+pub(crate) fn print_table(rows: &[Row]) {
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(["metric", "value", "target", "status"]);
@@ -678,7 +678,7 @@ pub fn print_table(rows: &[Row]) {
     println!("{table}");
 }
 
-pub fn markdown(header: &str, rows: &[Row], b: &Bench) -> String {
+pub(crate) fn markdown(header: &str, rows: &[Row], b: &Bench) -> String {
     let esc = |s: &str| s.replace('|', "\\|");
     let mut md = String::from(header);
     md.push_str("\n| metric | value | target | status |\n| --- | --- | --- | --- |\n");

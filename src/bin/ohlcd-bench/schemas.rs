@@ -22,7 +22,7 @@ const EXCHANGES: usize = 10;
 
 /// A schema the bench can write and read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Own,
     Poc,
     TwoTags,
@@ -30,7 +30,7 @@ pub enum Kind {
 
 impl Kind {
     /// From its `--schemas` name.
-    pub fn parse(s: &str) -> Result<Kind> {
+    pub(crate) fn parse(s: &str) -> Result<Kind> {
         Ok(match s {
             "own" => Kind::Own,
             "poc" => Kind::Poc,
@@ -39,7 +39,7 @@ impl Kind {
         })
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Own => "own",
             Kind::Poc => "poc",
@@ -89,7 +89,7 @@ impl Kind {
 }
 
 /// What the comparison measured.
-pub struct SchemaResult {
+pub(crate) struct SchemaResult {
     /// Per schema: its kind and its backfills, in the order they ran.
     pub runs: Vec<(Kind, Vec<Backfill>)>,
 }
@@ -104,7 +104,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Generates the trades in both schemas, then backfills them side by side.
-pub async fn run(b: &mut Bench, kinds: [Kind; 2], rounds: usize) -> Result<SchemaResult> {
+pub(crate) async fn run(b: &mut Bench, kinds: [Kind; 2], rounds: usize) -> Result<SchemaResult> {
     let n = b.args.trades;
     let symbols = b.symbols().to_vec();
     let mut dbs = Vec::new();
@@ -142,7 +142,7 @@ pub async fn run(b: &mut Bench, kinds: [Kind; 2], rounds: usize) -> Result<Schem
 }
 
 /// The table rows: each schema's backfills, and B against A.
-pub fn rows(r: &SchemaResult, rows: &mut Vec<Row>) {
+pub(crate) fn rows(r: &SchemaResult, rows: &mut Vec<Row>) {
     let secs =
         |v: &[Backfill], f: fn(&Backfill) -> Option<f64>| median(v.iter().filter_map(f).collect());
     let wall = |x: &Backfill| Some(x.elapsed.as_secs_f64());

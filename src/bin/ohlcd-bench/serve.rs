@@ -36,14 +36,14 @@ use crate::report::{Results, Row, mb, ms, percentile, push_check, push_row, thou
 use crate::{NS, say};
 
 /// Bars per request, as a chart opening asks.
-pub const COUNTBACK: i64 = 300;
+pub(crate) const COUNTBACK: i64 = 300;
 /// One resolution of the mix: UDF notation, InfluxQL interval, bar seconds.
-pub type MixEntry = (String, String, i64);
+pub(crate) type MixEntry = (String, String, i64);
 
 /// The mix of `--serve-mix` (UDF notation; by default the six stored
 /// resolutions and two that ohlcd re-aggregates). Weeks and months have no
 /// InfluxQL interval to check them against.
-pub fn parse_mix(list: &[String]) -> Result<Vec<MixEntry>> {
+pub(crate) fn parse_mix(list: &[String]) -> Result<Vec<MixEntry>> {
     use ohlcd::chart::ChartResolution;
     list.iter()
         .map(|udf| {
@@ -58,14 +58,14 @@ pub fn parse_mix(list: &[String]) -> Result<Vec<MixEntry>> {
         .collect()
 }
 /// Most workers one level may use.
-pub const MAX_CONCURRENCY: usize = 256;
+pub(crate) const MAX_CONCURRENCY: usize = 256;
 /// Goals of the issue: requests/s at a p99 no higher than this.
 const GOAL_RPS: f64 = 2_000.0;
 const GOAL_P99: Duration = Duration::from_millis(50);
 
 /// One side (ohlcd or InfluxDB) at one concurrency.
 #[derive(Debug, Clone)]
-pub struct LoadStats {
+pub(crate) struct LoadStats {
     pub ok: usize,
     pub errors: usize,
     pub first_error: Option<String>,
@@ -97,7 +97,7 @@ impl LoadStats {
 
 /// One concurrency level, both sides.
 #[derive(Debug, Clone)]
-pub struct Level {
+pub(crate) struct Level {
     pub concurrency: usize,
     /// What was asked: `mix` (the whole mix in UTC), or one resolution and
     /// zone.
@@ -108,7 +108,7 @@ pub struct Level {
 
 /// What the serving shape measured.
 #[derive(Debug, Clone, Default)]
-pub struct ServeResult {
+pub(crate) struct ServeResult {
     pub symbols: usize,
     pub levels: Vec<Level>,
     /// Bars of the checked symbol that differed from InfluxDB's, per resolution.
@@ -141,7 +141,7 @@ fn influx_query(symbol: &str, interval: &str, len: i64, to_ns: i64) -> String {
 }
 
 /// Runs the serving shape (data and backfill are done by the caller).
-pub async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
+pub(crate) async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
     let db = b.db.clone();
     let mut result = ServeResult {
         symbols: b.symbols().len(),
@@ -399,7 +399,7 @@ async fn check_bars(
 }
 
 /// The serving shape's rows of the table.
-pub fn rows(b: &Bench, s: &ServeResult, rows: &mut Vec<Row>) {
+pub(crate) fn rows(b: &Bench, s: &ServeResult, rows: &mut Vec<Row>) {
     push_row(
         rows,
         "data set",

@@ -76,7 +76,7 @@ fn statement(endpoint: &str, symbol: Option<&str>, from: i64, to: i64) -> String
 
 /// The raw pulls of InfluxDB 3: v1 `/query` CSV chunked and every native
 /// endpoint and format, per symbol (few symbols) and in one query.
-pub async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
+pub(crate) async fn raw_pull(b: &mut Bench, r: &mut Results) -> Result<()> {
     let n = b.args.trades;
     let (from, to) = (b.from, b.to);
     let per_symbol = b.shape == Shape::FewSymbols && b.symbols().len() <= PER_SYMBOL_PULL_MAX;

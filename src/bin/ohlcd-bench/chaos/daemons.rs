@@ -14,7 +14,7 @@ use crate::procs::{Proc, strip_ansi, vm_hwm_kb};
 use crate::say;
 
 /// One daemon's place: its port stays, its process comes and goes.
-pub struct Slot {
+pub(super) struct Slot {
     /// `a`, `b`, `c`.
     pub name: String,
     /// `http://127.0.0.1:PORT`.
@@ -39,7 +39,7 @@ struct SlotState {
 }
 
 /// Every daemon of the run.
-pub struct Daemons {
+pub(super) struct Daemons {
     pub slots: Vec<Slot>,
     ohlcd: PathBuf,
     env: Vec<(String, String)>,
@@ -48,7 +48,7 @@ pub struct Daemons {
 
 /// What the daemons did over the run.
 #[derive(Debug, Default)]
-pub struct DaemonReport {
+pub(super) struct DaemonReport {
     /// (slot, processes started, peak RSS kB).
     pub slots: Vec<(String, u32, u64)>,
     /// Exits the harness did not cause.
@@ -61,7 +61,7 @@ pub struct DaemonReport {
 
 impl Daemons {
     /// `n` slots on free ports; nothing started yet.
-    pub fn new(
+    pub(super) fn new(
         n: usize,
         ohlcd: PathBuf,
         env: Vec<(String, String)>,
@@ -88,12 +88,12 @@ impl Daemons {
     }
 
     /// The base URLs, one per slot.
-    pub fn urls(&self) -> Vec<String> {
+    pub(super) fn urls(&self) -> Vec<String> {
         self.slots.iter().map(|s| s.url.clone()).collect()
     }
 
     /// Starts slot `i`'s daemon (if none runs there).
-    pub async fn start(&self, i: usize) -> Result<()> {
+    pub(super) async fn start(&self, i: usize) -> Result<()> {
         let slot = &self.slots[i];
         let mut state = slot.state.lock().await;
         if state.proc.is_some() {
@@ -115,7 +115,7 @@ impl Daemons {
     }
 
     /// SIGKILLs slot `i`'s daemon; false if none was running.
-    pub async fn kill(&self, i: usize) -> bool {
+    pub(super) async fn kill(&self, i: usize) -> bool {
         let mut state = self.slots[i].state.lock().await;
         let Some(mut proc) = state.proc.take() else {
             return false;
@@ -140,7 +140,7 @@ impl Daemons {
 
     /// One look at every daemon: peak RSS sampled; a daemon that exited
     /// without the harness's hand is recorded and started again.
-    pub async fn watch_once(&self) {
+    pub(super) async fn watch_once(&self) {
         for (i, slot) in self.slots.iter().enumerate() {
             let died = {
                 let mut state = slot.state.lock().await;
@@ -168,7 +168,7 @@ impl Daemons {
     }
 
     /// Waits until every daemon answers `/healthz` with 200, at most `limit`.
-    pub async fn wait_healthy(&self, http: &reqwest::Client, limit: Duration) -> Result<()> {
+    pub(super) async fn wait_healthy(&self, http: &reqwest::Client, limit: Duration) -> Result<()> {
         let started = Instant::now();
         for slot in &self.slots {
             loop {
@@ -196,7 +196,7 @@ impl Daemons {
 
     /// SIGTERM to every daemon; each must exit 0 within `grace`. Then the
     /// report of the whole run.
-    pub async fn stop_all(&self, grace: Duration) -> DaemonReport {
+    pub(super) async fn stop_all(&self, grace: Duration) -> DaemonReport {
         let mut report = DaemonReport::default();
         for slot in &self.slots {
             let mut state = slot.state.lock().await;

@@ -22,7 +22,7 @@ use crate::say;
 
 /// Kinds of fault, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     /// SIGKILL of a daemon, started again after `hold`.
     DaemonKill,
     /// SIGSTOP of influxd, SIGCONT after `hold`.
@@ -40,7 +40,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub(super) const ALL: [Kind; 7] = [
         Kind::DaemonKill,
         Kind::InfluxFreeze,
         Kind::InfluxKill,
@@ -51,7 +51,7 @@ impl Kind {
     ];
 
     /// How the report names it.
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Kind::DaemonKill => "daemon SIGKILL + restart",
             Kind::InfluxFreeze => "influxd SIGSTOP / SIGCONT",
@@ -66,7 +66,7 @@ impl Kind {
 
 /// One fault of the schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fault {
+pub(super) struct Fault {
     /// When, from the start of the load.
     pub at: Duration,
     pub kind: Kind,
@@ -79,7 +79,7 @@ pub struct Fault {
 }
 
 /// Faults every 2–6 s over `span`, drawn from `seed`.
-pub fn schedule(seed: u64, span: Duration, daemons: usize) -> Vec<Fault> {
+pub(super) fn schedule(seed: u64, span: Duration, daemons: usize) -> Vec<Fault> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut at = Duration::ZERO;
     let mut faults = Vec::new();
@@ -107,7 +107,7 @@ pub fn schedule(seed: u64, span: Duration, daemons: usize) -> Vec<Fault> {
 }
 
 /// What the faults act on.
-pub struct Targets {
+pub(super) struct Targets {
     pub influxd: Keeper<Influxd>,
     pub postgres: Keeper<TestPostgres>,
     pub proxy: Proxy,
@@ -134,7 +134,7 @@ impl Targets {
     }
 
     /// Applies one fault and heals it after its hold.
-    pub async fn inject(self: &Arc<Self>, f: Fault) {
+    pub(super) async fn inject(self: &Arc<Self>, f: Fault) {
         match f.kind {
             Kind::DaemonKill => {
                 let slot = &self.daemons.slots[f.target];
@@ -202,7 +202,7 @@ impl Targets {
     }
 
     /// Faults injected per kind.
-    pub fn counts(&self) -> Vec<(Kind, u64)> {
+    pub(super) fn counts(&self) -> Vec<(Kind, u64)> {
         Kind::ALL
             .iter()
             .zip(&self.done)
@@ -213,7 +213,7 @@ impl Targets {
 
 /// Injects `plan` from now on (each fault at its time, on a task of its
 /// own), and returns once every fault has been applied and healed.
-pub async fn run(targets: Arc<Targets>, plan: Vec<Fault>) {
+pub(super) async fn run(targets: Arc<Targets>, plan: Vec<Fault>) {
     let start = tokio::time::Instant::now();
     let mut running = Vec::new();
     for f in plan {

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 
 /// Owns a `T` on a dedicated thread; [`Keeper::run`] runs a closure on it.
-pub struct Keeper<T> {
+pub(super) struct Keeper<T> {
     jobs: Option<mpsc::Sender<Job<T>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -25,7 +25,7 @@ pub struct Keeper<T> {
 impl<T: 'static> Keeper<T> {
     /// Starts the thread and builds the value on it with `make` (blocking
     /// until it is built); the error of `make` is returned as is.
-    pub fn start(
+    pub(super) fn start(
         name: &str,
         make: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<Keeper<T>> {
@@ -62,7 +62,7 @@ impl<T: 'static> Keeper<T> {
     }
 
     /// Runs `job` on the owned value and waits (asynchronously) for its result.
-    pub async fn run<R: Send + 'static>(
+    pub(super) async fn run<R: Send + 'static>(
         &self,
         job: impl FnOnce(&mut T) -> R + Send + 'static,
     ) -> Result<R> {

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// How a trade was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Path {
+pub(super) enum Path {
     /// Written straight into InfluxDB before the daemons started.
     Seed,
     /// `POST /api/trades` through a daemon.
@@ -28,7 +28,7 @@ pub enum Path {
 
 /// One trade sent.
 #[derive(Debug, Clone)]
-pub struct Sent {
+pub(super) struct Sent {
     pub trade: NewTrade,
     pub path: Path,
     /// Stamped well behind now (minutes to days).
@@ -39,7 +39,7 @@ pub struct Sent {
 }
 
 /// The trades sent so far.
-pub struct Ledger {
+pub(super) struct Ledger {
     pub symbols: Vec<String>,
     next_id: Vec<AtomicI64>,
     sent: Mutex<HashMap<(String, i64), Sent>>,
@@ -49,7 +49,7 @@ pub struct Ledger {
 const MAX_IDS: i64 = 1_000_000;
 
 impl Ledger {
-    pub fn new(symbols: Vec<String>) -> Ledger {
+    pub(super) fn new(symbols: Vec<String>) -> Ledger {
         let next_id = symbols.iter().map(|_| AtomicI64::new(1)).collect();
         Ledger {
             symbols,
@@ -60,7 +60,7 @@ impl Ledger {
 
     /// A new trade of symbol `s` at `time_ms`, with a fresh id, a price
     /// around the symbol's level and a random amount and side.
-    pub fn make(&self, rng: &mut ChaCha8Rng, s: usize, time_ms: i64) -> NewTrade {
+    pub(super) fn make(&self, rng: &mut ChaCha8Rng, s: usize, time_ms: i64) -> NewTrade {
         let id = self.next_id[s].fetch_add(1, Ordering::Relaxed);
         assert!(id < MAX_IDS, "more than {MAX_IDS} trades of one symbol");
         let level = 10.0 + s as f64 * 7.25;
@@ -85,7 +85,7 @@ impl Ledger {
     }
 
     /// Records trades about to be sent (not yet acknowledged).
-    pub fn record(&self, trades: &[NewTrade], path: Path, late: &[bool]) {
+    pub(super) fn record(&self, trades: &[NewTrade], path: Path, late: &[bool]) {
         let mut sent = self.sent.lock().expect("not poisoned");
         for (t, late) in trades.iter().zip(late) {
             sent.insert(
@@ -101,7 +101,7 @@ impl Ledger {
     }
 
     /// Marks trades as acknowledged.
-    pub fn ack(&self, trades: &[NewTrade]) {
+    pub(super) fn ack(&self, trades: &[NewTrade]) {
         let mut sent = self.sent.lock().expect("not poisoned");
         for t in trades {
             if let Some(s) = sent.get_mut(&(t.symbol.clone(), t.id)) {
@@ -111,7 +111,7 @@ impl Ledger {
     }
 
     /// Every trade sent, by symbol and id.
-    pub fn by_symbol(&self) -> HashMap<String, HashMap<i64, Sent>> {
+    pub(super) fn by_symbol(&self) -> HashMap<String, HashMap<i64, Sent>> {
         let sent = self.sent.lock().expect("not poisoned");
         let mut out: HashMap<String, HashMap<i64, Sent>> = HashMap::new();
         for ((symbol, id), s) in sent.iter() {
@@ -123,7 +123,7 @@ impl Ledger {
     }
 
     /// The newest trade time sent, Unix ms.
-    pub fn newest_ms(&self) -> Option<i64> {
+    pub(super) fn newest_ms(&self) -> Option<i64> {
         let sent = self.sent.lock().expect("not poisoned");
         sent.values().map(|s| s.trade.time_ms).max()
     }

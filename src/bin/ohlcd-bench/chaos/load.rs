@@ -25,7 +25,7 @@ const NS: i64 = 1_000_000_000;
 
 /// Counters of the load, shared by every client.
 #[derive(Debug, Default)]
-pub struct LoadStats {
+pub(super) struct LoadStats {
     pub api_batches: AtomicU64,
     pub api_acked: AtomicU64,
     /// Trades the harness stamped minutes to days back, acknowledged.
@@ -69,7 +69,7 @@ impl LoadStats {
 }
 
 /// What every client shares.
-pub struct Load {
+pub(super) struct Load {
     pub ledger: Arc<Ledger>,
     pub stats: LoadStats,
     /// The daemons' base URLs.
@@ -87,7 +87,7 @@ pub struct Load {
     pub api_rate: f64,
 }
 
-pub fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -124,7 +124,7 @@ fn trade_json(t: &NewTrade) -> Value {
 /// daemon until one acknowledges it, retrying 5xx and connection errors
 /// with the very same body. One batch in ten is impatient: sent once, and
 /// left as it is if that fails.
-pub async fn api_client(load: Arc<Load>, clients: usize, seed: u64) {
+pub(super) async fn api_client(load: Arc<Load>, clients: usize, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -222,7 +222,7 @@ pub async fn api_client(load: Arc<Load>, clients: usize, seed: u64) {
 /// Writes live trades straight into InfluxDB (not through ohlcd, nor the
 /// proxy), a few every 100–300 ms; a failed write is not retried (its
 /// trades may or may not be stored).
-pub async fn direct_writer(load: Arc<Load>, seed: u64) {
+pub(super) async fn direct_writer(load: Arc<Load>, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -268,7 +268,7 @@ const CHART_RESOLUTIONS: [&str; 10] = ["1", "3", "5", "15", "30", "60", "120", "
 /// One chart client: `/udf/history` of a random symbol and resolution at a
 /// random daemon, as TradingView asks (a range, or the last bars with
 /// `countback`), every 100–500 ms.
-pub async fn chart_client(load: Arc<Load>, seed: u64) {
+pub(super) async fn chart_client(load: Arc<Load>, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -312,7 +312,12 @@ pub async fn chart_client(load: Arc<Load>, seed: u64) {
 
 /// Checks the shape of a 200 answer of `/udf/history`: `Ok(true)` for bars,
 /// `Ok(false)` for no_data, `Err` for anything malformed.
-pub fn check_history(v: &Value, res: &str, from: Option<i64>, to: i64) -> Result<bool, String> {
+pub(super) fn check_history(
+    v: &Value,
+    res: &str,
+    from: Option<i64>,
+    to: i64,
+) -> Result<bool, String> {
     match v["s"].as_str() {
         Some("no_data") => return Ok(false),
         Some("ok") => {}
@@ -367,7 +372,7 @@ const LIVE_RESOLUTIONS: [&str; 4] = ["1", "5", "60", "1D"];
 
 /// One live client: a `/api/live` stream of a random symbol and resolution
 /// at a random daemon, held 5–40 s (or until it breaks), then another.
-pub async fn live_client(load: Arc<Load>, seed: u64) {
+pub(super) async fn live_client(load: Arc<Load>, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -455,7 +460,7 @@ async fn follow(load: &Load, http: &reqwest::Client, url: &str, res: &str, hold:
 }
 
 /// A live bar's JSON is a well-formed, aligned candle.
-pub fn check_live_bar(data: &str, window: Window) -> Result<(), String> {
+pub(super) fn check_live_bar(data: &str, window: Window) -> Result<(), String> {
     let v: Value = serde_json::from_str(data).map_err(|e| format!("bar {data:?}: {e}"))?;
     let f = |k: &str| {
         v[k].as_f64()

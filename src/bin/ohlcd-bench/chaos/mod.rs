@@ -53,7 +53,7 @@ const DATABASE: &str = "chaos";
 
 /// What a chaos run is asked to do.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Seconds of faults and load.
     pub secs: u64,
     /// Symbols.
@@ -86,7 +86,7 @@ const CHART_CLIENTS: usize = 3;
 const LIVE_CLIENTS: usize = 6;
 
 /// Runs the whole chaos scenario; `Ok(true)` if every check passed.
-pub async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) -> Result<bool> {
+pub(crate) async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) -> Result<bool> {
     say!(
         "chaos seed {} (replay the same faults and load: --chaos --seed {} --chaos-secs {})",
         opts.seed,

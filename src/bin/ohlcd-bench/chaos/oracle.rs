@@ -9,7 +9,7 @@ const DAY: i64 = 86_400 * NS;
 
 /// A trade as read back from InfluxDB.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Raw {
+pub(super) struct Raw {
     /// Stored timestamp, Unix ns.
     pub time: i64,
     /// Trade id.
@@ -22,7 +22,7 @@ pub struct Raw {
 
 /// One window's candle.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bar {
+pub(super) struct Bar {
     pub open: f64,
     pub high: f64,
     pub low: f64,
@@ -35,7 +35,7 @@ pub struct Bar {
 
 /// Window lengths the harness checks, by how windows are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
+pub(super) enum Window {
     /// Fixed length aligned to the Unix epoch (minutes, hours, days in UTC).
     Fixed(i64),
     /// Calendar weeks starting Monday 00:00 UTC.
@@ -44,7 +44,7 @@ pub enum Window {
 
 impl Window {
     /// Start of the window holding `t` (ns).
-    pub fn start(self, t: i64) -> i64 {
+    pub(super) fn start(self, t: i64) -> i64 {
         match self {
             Window::Fixed(len) => t.div_euclid(len) * len,
             // 1970-01-01 was a Thursday: Mondays are 4 days after epoch
@@ -57,7 +57,7 @@ impl Window {
     }
 
     /// The window of a TradingView resolution (`1`, `60`, `1D`, `1W`).
-    pub fn of_udf(res: &str) -> Option<Window> {
+    pub(super) fn of_udf(res: &str) -> Option<Window> {
         match res {
             "1D" | "D" => Some(Window::Fixed(DAY)),
             "1W" | "W" => Some(Window::Week),
@@ -72,7 +72,7 @@ impl Window {
 
 /// Candles of `trades` per window start; open and close are the first and
 /// last trade by (time, id).
-pub fn fold(trades: &[Raw], window: Window) -> BTreeMap<i64, Bar> {
+pub(super) fn fold(trades: &[Raw], window: Window) -> BTreeMap<i64, Bar> {
     let mut sorted: Vec<Raw> = trades.to_vec();
     sorted.sort_by_key(|t| (t.time, t.id));
     let mut bars: BTreeMap<i64, Bar> = BTreeMap::new();
@@ -101,13 +101,13 @@ pub fn fold(trades: &[Raw], window: Window) -> BTreeMap<i64, Bar> {
 }
 
 /// Equal up to floating-point summation order.
-pub fn close(a: f64, b: f64) -> bool {
+pub(super) fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1e-12
 }
 
 /// `None` if a stored candle equals the oracle's: prices and counts exactly,
 /// sums up to summation order; else what differs.
-pub fn differs(stored: &Bar, want: &Bar) -> Option<String> {
+pub(super) fn differs(stored: &Bar, want: &Bar) -> Option<String> {
     let exact = stored.open == want.open
         && stored.high == want.high
         && stored.low == want.low

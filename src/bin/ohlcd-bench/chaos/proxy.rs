@@ -50,7 +50,7 @@ impl Control {
 
 /// The running proxy; stops accepting when dropped (open pipes end with
 /// their connections).
-pub struct Proxy {
+pub(super) struct Proxy {
     /// `http://127.0.0.1:PORT`, what the daemons use as `influx.url`.
     pub url: String,
     control: Arc<Control>,
@@ -60,7 +60,7 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards every connection to
     /// `upstream` (`host:port`).
-    pub async fn start(upstream: String, seed: u64) -> Result<Proxy> {
+    pub(super) async fn start(upstream: String, seed: u64) -> Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("proxy: cannot bind")?;
@@ -92,7 +92,7 @@ impl Proxy {
 
     /// Holds every byte, both ways, on every connection for `d` (from now;
     /// a longer stall already running is kept).
-    pub fn stall(&self, d: Duration) {
+    pub(super) fn stall(&self, d: Duration) {
         let mut until = self.control.stall_until.lock().expect("not poisoned");
         let new = Instant::now() + d;
         if until.is_none_or(|u| u < new) {
@@ -101,23 +101,23 @@ impl Proxy {
     }
 
     /// Cuts the next `n` responses halfway with a reset.
-    pub fn arm_resets(&self, n: u64) {
+    pub(super) fn arm_resets(&self, n: u64) {
         self.control.resets_armed.fetch_add(n, Ordering::SeqCst);
     }
 
     /// Ends any stall and disarms resets not yet done.
-    pub fn heal(&self) {
+    pub(super) fn heal(&self) {
         *self.control.stall_until.lock().expect("not poisoned") = None;
         self.control.resets_armed.store(0, Ordering::SeqCst);
     }
 
     /// Responses cut so far.
-    pub fn resets_done(&self) -> u64 {
+    pub(super) fn resets_done(&self) -> u64 {
         self.control.resets_done.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.
-    pub fn connections(&self) -> u64 {
+    pub(super) fn connections(&self) -> u64 {
         self.control.connections.load(Ordering::Relaxed)
     }
 }
@@ -204,7 +204,7 @@ async fn pipe(mut client: TcpStream, upstream: String, ctl: Arc<Control>, n: u64
 }
 
 /// `host:port` of an `http://host:port` URL.
-pub fn authority(url: &str) -> Result<String> {
+pub(super) fn authority(url: &str) -> Result<String> {
     let rest = url
         .strip_prefix("http://")
         .with_context(|| format!("not an http:// URL: {url}"))?;

@@ -13,7 +13,7 @@ use crate::report::{mb, thousands};
 
 /// How settling went.
 #[derive(Debug)]
-pub struct Settle {
+pub(super) struct Settle {
     /// Seconds from the end of the load to the verdict.
     pub secs: f64,
     /// Rounds of the data check (a mismatch is checked again after the next
@@ -41,7 +41,7 @@ impl Default for Settle {
 }
 
 /// One line of the report: a check (with a result) or a figure.
-pub struct Row {
+pub(super) struct Row {
     pub name: String,
     pub value: String,
     /// `Some(passed)` for a check.
@@ -49,7 +49,7 @@ pub struct Row {
 }
 
 /// Everything the report is made of.
-pub struct Verdict<'a> {
+pub(super) struct Verdict<'a> {
     pub opts: &'a Options,
     pub ohlcd_version: &'a str,
     pub symbols: usize,
@@ -88,7 +88,7 @@ fn finding(f: &Finding, what: &str) -> String {
 
 impl Verdict<'_> {
     /// The rows, and whether every check passed.
-    pub fn rows(&self) -> (Vec<Row>, bool) {
+    pub(super) fn rows(&self) -> (Vec<Row>, bool) {
         let mut rows = Vec::new();
         let check = |rows: &mut Vec<Row>, name: &str, ok: bool, value: String| {
             rows.push(Row {
@@ -390,7 +390,7 @@ impl Verdict<'_> {
     }
 
     /// The report as Markdown: what ran, then the table.
-    pub fn markdown(&self, rows: &[Row], passed: bool) -> String {
+    pub(super) fn markdown(&self, rows: &[Row], passed: bool) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "# ohlcd chaos run\n");
         let _ = writeln!(md, "- command: `{}`", self.opts.command);
@@ -442,7 +442,7 @@ fn machine() -> String {
 }
 
 /// The report on stdout.
-pub fn print(rows: &[Row]) {
+pub(super) fn print(rows: &[Row]) {
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(["", "result"]);

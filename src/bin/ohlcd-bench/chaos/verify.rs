@@ -19,7 +19,7 @@ const NS: i64 = 1_000_000_000;
 const DAY: i64 = 86_400 * NS;
 
 /// Materialized resolutions: (task name and measurement suffix, window length).
-pub const STORED: [(&str, i64); 6] = [
+pub(super) const STORED: [(&str, i64); 6] = [
     ("1m", 60 * NS),
     ("5m", 300 * NS),
     ("15m", 900 * NS),
@@ -30,11 +30,11 @@ pub const STORED: [(&str, i64); 6] = [
 
 /// Resolutions `/udf/history` is checked at: the six stored ones and some it
 /// re-aggregates.
-pub const HISTORY: [&str; 10] = ["1", "3", "5", "15", "30", "60", "120", "240", "1D", "1W"];
+pub(super) const HISTORY: [&str; 10] = ["1", "3", "5", "15", "30", "60", "120", "240", "1D", "1W"];
 
 /// Findings of one kind: how many things were checked, what was wrong.
 #[derive(Debug, Default, Clone)]
-pub struct Finding {
+pub(super) struct Finding {
     pub checked: u64,
     pub wrong: u64,
     /// The first few differences, for the report.
@@ -52,7 +52,7 @@ impl Finding {
 
 /// What the data checks found.
 #[derive(Debug, Default, Clone)]
-pub struct DataFindings {
+pub(super) struct DataFindings {
     /// Acknowledged trades stored exactly once, with what was sent.
     pub acked: Finding,
     /// Trades never acknowledged: stored at most once (`checked`: how many
@@ -69,7 +69,7 @@ pub struct DataFindings {
 }
 
 impl DataFindings {
-    pub fn mismatches(&self) -> u64 {
+    pub(super) fn mismatches(&self) -> u64 {
         self.acked.wrong
             + self.unacked.wrong
             + self.phantoms.wrong
@@ -79,7 +79,7 @@ impl DataFindings {
 }
 
 /// Reads InfluxDB directly (never through the proxy).
-pub struct Reader {
+pub(super) struct Reader {
     pub http: reqwest::Client,
     pub influx_url: String,
     pub database: String,
@@ -88,7 +88,7 @@ pub struct Reader {
 impl Reader {
     /// Rows (`[time, …]`) of an InfluxQL query's single series, chunked
     /// answers merged.
-    pub async fn rows(&self, q: &str) -> Result<Vec<Vec<Value>>> {
+    pub(super) async fn rows(&self, q: &str) -> Result<Vec<Vec<Value>>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -135,7 +135,7 @@ impl Reader {
 
     /// Every raw trade of `symbol`: (trade, side tag as stored). Rows with a
     /// field missing are returned as errors in the second list.
-    pub async fn raw(&self, symbol: &str) -> Result<(Vec<(Raw, String)>, Vec<String>)> {
+    pub(super) async fn raw(&self, symbol: &str) -> Result<(Vec<(Raw, String)>, Vec<String>)> {
         let q = format!("SELECT price, amount, id, side FROM trades WHERE symbol = '{symbol}'");
         let mut trades = Vec::new();
         let mut broken = Vec::new();
@@ -161,7 +161,7 @@ impl Reader {
     }
 
     /// Stored candles of `symbol` in `ohlc_<res>`, by window start.
-    pub async fn candles(&self, res: &str, symbol: &str) -> Result<BTreeMap<i64, Bar>> {
+    pub(super) async fn candles(&self, res: &str, symbol: &str) -> Result<BTreeMap<i64, Bar>> {
         let q = format!(
             "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume \
              FROM ohlc_{res} WHERE symbol = '{symbol}'"
@@ -192,7 +192,7 @@ impl Reader {
 }
 
 /// Everything the data checks need.
-pub struct DataCheck<'a> {
+pub(super) struct DataCheck<'a> {
     pub reader: &'a Reader,
     pub http: &'a reqwest::Client,
     pub daemons: &'a [String],
@@ -355,7 +355,7 @@ async fn check_symbol(c: &DataCheck<'_>, i: usize) -> Result<DataFindings> {
 
 impl DataCheck<'_> {
     /// Every symbol, a few at a time.
-    pub async fn run(&self) -> Result<DataFindings> {
+    pub(super) async fn run(&self) -> Result<DataFindings> {
         let per_symbol: Vec<DataFindings> = futures_util::stream::iter(0..self.symbols.len())
             .map(|i| check_symbol(self, i))
             .buffer_unordered(2)
@@ -432,7 +432,7 @@ fn udf_bars(v: &Value) -> Result<Vec<(i64, [f64; 5])>, String> {
 
 /// What the progress table says after settling.
 #[derive(Debug, Default, Clone)]
-pub struct TableFindings {
+pub(super) struct TableFindings {
     pub tasks: u64,
     /// Tasks left running or failed.
     pub stuck: Finding,
@@ -445,7 +445,7 @@ pub struct TableFindings {
 /// Checks every task: not running or failed, and its `chunk` runs tile
 /// `[midnight before its first trade, watermark)` with no gap or overlap
 /// (`first_trade`: each symbol's first trade when the daemons started).
-pub async fn check_table(
+pub(super) async fn check_table(
     store: &ProgressStore,
     first_trade: &HashMap<String, i64>,
 ) -> Result<TableFindings> {
@@ -500,7 +500,7 @@ pub async fn check_table(
 
 /// Settled: every task there, completed, unleased, its 1m watermark at
 /// least `until`, no late range pending. `Err` says what is not yet so.
-pub async fn settled(
+pub(super) async fn settled(
     store: &ProgressStore,
     symbols: &[String],
     until: i64,

@@ -2,34 +2,27 @@
 //! trades and candles: every malformed request gets a 4xx with a JSON `error`,
 //! nothing is written or dropped, and the server stays up.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ohlcd::candle::{NANOS_PER_SEC, Resolution};
-use ohlcd::clock::ManualClock;
-use ohlcd::config::Settings;
-use ohlcd::engine::{Engine, TaskFilter};
+use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
-use ohlcd::influx::InfluxClient;
-use ohlcd::ingest::{NewTrade, write_trades};
-use ohlcd::progress::ProgressStore;
-use ohlcd::testkit::Influxd;
+use ohlcd::ingest::NewTrade;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tempfile::TempDir;
+
+use crate::helpers::TestApp;
 
 const DATA_FROM: &str = "2024-01-01T00:00:00Z";
 const DATA_TO: &str = "2024-01-03T00:00:00Z";
 /// A valid trade time inside the data, Unix ms.
 const T_MS: i64 = 1_704_196_800_000;
 
-/// influxd with a few hundred trades, the engine run once, and the HTTP server.
+/// A [`TestApp`] with a few hundred trades, the engine run once, and the
+/// HTTP server.
 struct App {
-    _influxd: Influxd,
-    _dir: TempDir,
-    influx: InfluxClient,
-    store: ProgressStore,
+    app: TestApp,
     url: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -41,7 +34,7 @@ fn nanos(rfc3339: &str) -> i64 {
 /// The trades stored before the corpus is sent.
 fn data_spec() -> GenerateSpec {
     GenerateSpec {
-        symbols: vec!["BTCUSD".into(), "ETHUSD".into()],
+        symbols: vec!["BTCUSD".parse().unwrap(), "ETHUSD".parse().unwrap()],
         from: nanos(DATA_FROM),
         to: nanos(DATA_TO),
         trades: 400,
@@ -54,50 +47,15 @@ const CORPUS_LEN: usize = 592;
 
 impl App {
     async fn start() -> App {
-        let influxd = tokio::task::spawn_blocking(Influxd::start).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let env = [
-            ("OHLCD_INFLUX__URL", influxd.url.clone()),
-            ("OHLCD_INFLUX__DATABASE", "test".into()),
-            ("OHLCD_INFLUX__RETRIES", "1".into()),
-            (
-                "OHLCD_PROGRESS__DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("progress.db").display()),
-            ),
-        ];
-        let mut settings =
-            Settings::load_with_env(None, env.map(|(k, v)| (k.to_string(), v))).unwrap();
-        settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").into();
-        let influx = InfluxClient::new(&settings.influx).unwrap();
-        influx.create_database().await.unwrap();
-        let store = ProgressStore::connect(&settings.progress.database_url)
-            .await
-            .unwrap();
+        let app = TestApp::spawn().await;
         let trades: Vec<NewTrade> = Generator::new(&data_spec()).collect();
-        write_trades(&influx, &trades).await.unwrap();
-        let clock = ManualClock::new(nanos(DATA_TO) + 3600 * NANOS_PER_SEC);
-        let engine = Engine::new(
-            influx.clone(),
-            store.clone(),
-            Arc::new(clock.clone()),
-            settings.engine.clone(),
-            Duration::from_secs(settings.progress.lease_secs),
-        );
-        let report = engine.tick(&TaskFilter::default()).await.unwrap();
+        app.write(&trades).await;
+        app.clock.set(nanos(DATA_TO) + 3600 * NANOS_PER_SEC);
+        let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
         assert!(report.failures.is_empty(), "{:?}", report.failures);
-        let state =
-            ohlcd::server::AppState::new(influx.clone(), store.clone(), Arc::new(clock), &settings);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(ohlcd::server::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+        let (url, stop) = app.serve().await;
         App {
-            _influxd: influxd,
-            _dir: dir,
-            influx,
-            store,
+            app,
             url,
             _stop: stop,
         }
@@ -112,6 +70,7 @@ impl App {
             .chain(Resolution::ALL.iter().map(|r| (r.measurement(), "open")));
         for (m, field) in measurements {
             let v = self
+                .app
                 .influx
                 .query_json(&format!("SELECT count(\"{field}\") FROM \"{m}\""))
                 .await
@@ -119,6 +78,7 @@ impl App {
             let n = v["series"][0]["values"][0][1].as_i64().unwrap_or(0);
             out.push(format!("{m}: {n} points"));
             let all = self
+                .app
                 .influx
                 .query_json(&format!("SELECT * FROM \"{m}\" GROUP BY *"))
                 .await
@@ -129,12 +89,13 @@ impl App {
             "SHOW MEASUREMENTS",
             "SHOW TAG VALUES FROM \"trades\" WITH KEY = \"symbol\"",
         ] {
-            let v = self.influx.query_json(q).await.unwrap();
+            let v = self.app.influx.query_json(q).await.unwrap();
             out.push(format!("{q}: {}", v["series"]));
         }
-        for t in self.store.tasks().await.unwrap() {
-            let dirty = self.store.dirty(&t.symbol, t.resolution).await.unwrap();
+        for t in self.app.store.tasks().await.unwrap() {
+            let dirty = self.app.store.dirty(&t.symbol, t.resolution).await.unwrap();
             let runs = self
+                .app
                 .store
                 .runs(&t.symbol, t.resolution, 100_000)
                 .await

@@ -1,6 +1,6 @@
 //! The trade ingest path: validation and line-protocol encoding of raw trades
 //! into the configured schema (measurement `trades` in ohlcd's own), shared by
-//! `ohlcd generate` and the HTTP API.
+//! `ohlcd generate` and the HTTP API; [`late`], the late-trade rule.
 //!
 //! InfluxDB keeps one point per (measurement, tag set, timestamp): a second write
 //! overwrites the first. Trades carry millisecond times, so two trades of one symbol
@@ -20,6 +20,8 @@ use crate::influx::TRADES_MEASUREMENT;
 use crate::influx::encode::{push_float, push_tag_value};
 use crate::influx::{InfluxClient, InfluxError};
 use crate::schema::{Column, FieldType, Layout, NameForm};
+
+pub mod late;
 
 /// Sub-millisecond slots used to keep same-millisecond trades apart.
 pub const SUB_MS_SLOTS: i64 = 1_000_000;
