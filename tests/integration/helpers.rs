@@ -660,7 +660,7 @@ impl Spy {
 
     /// Every candle written over stored ones so far, per (resolution, symbol),
     /// by start; a window written twice holds its last value.
-    pub fn overwritten(&self) -> BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> {
+    pub(crate) fn overwritten(&self) -> BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> {
         let mut out: BTreeMap<(Resolution, String), BTreeMap<i64, Candle>> = BTreeMap::new();
         for (res, symbol, candles) in self.overwritten.lock().unwrap().iter() {
             let by_start = out.entry((*res, symbol.clone())).or_default();
