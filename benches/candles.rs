@@ -56,11 +56,11 @@ fn one_day_of_trades(seed: u64) -> Vec<Trade> {
                 id: 1_000_000_000 + i as i64,
                 price: (price * 100.0).round() / 100.0,
                 amount: (rng.random_range(-4.0f64..1.0)).exp2().max(0.0001),
-                side: if rng.random::<bool>() {
+                side: Some(if rng.random::<bool>() {
                     Side::Buy
                 } else {
                     Side::Sell
-                },
+                }),
             }
         })
         .collect()
@@ -124,7 +124,7 @@ fn bench_ingest(c: &mut Criterion) {
         .take(10_000)
         .map(|t| ohlcd::ingest::NewTrade {
             symbol: "BTCUSD".into(),
-            side: t.side,
+            side: t.side.unwrap_or(Side::Sell),
             price: t.price,
             amount: t.amount,
             time_ms: t.time / 1_000_000,
@@ -145,7 +145,14 @@ fn bench_ingest(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_10k");
     g.throughput(Throughput::Elements(trades.len() as u64));
     g.bench_function("parse_json", |b| {
-        b.iter(|| ohlcd::server::models::parse_trades(black_box(&body), now_ms).unwrap())
+        b.iter(|| {
+            ohlcd::server::models::parse_trades(
+                black_box(&body),
+                now_ms,
+                &ohlcd::schema::NameForm::default(),
+            )
+            .unwrap()
+        })
     });
     g.bench_function("encode_line_protocol", |b| {
         b.iter(|| ohlcd::ingest::encode_trades(black_box(&trades)))

@@ -69,3 +69,17 @@ ensure_web_deps() {
         (cd web && npm ci --no-audit --no-fund --loglevel=error)
     fi
 }
+
+# Prometheus and promtool (Debian's package), for the alert rules' tests. On a
+# host that runs systemd the package also starts a Prometheus service.
+ensure_prometheus() {
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || ensure_packages prometheus
+}
+
+# cargo-deb, which builds the Debian package (scripts/package).
+ensure_cargo_deb() {
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo "==> cargo install cargo-deb"
+        cargo install cargo-deb --locked --quiet
+    fi
+}

@@ -19,6 +19,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::zone::Zoned;
+
 /// Nanoseconds in one second; all times in this module are Unix nanoseconds.
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
 /// Nanoseconds in one day; every materialized resolution divides it.
@@ -198,8 +200,109 @@ pub struct Trade {
     pub price: f64,
     /// Quantity traded.
     pub amount: f64,
-    /// Taker side.
-    pub side: Side,
+    /// Taker side; `None` where the trades carry none (`schema.side` empty),
+    /// which counts as no buy volume.
+    pub side: Option<Side>,
+}
+
+/// Largest price, and largest amount, a trade may carry. With both at most
+/// 1e15, one trade's `price × amount` is at most 1e30, and no window can hold
+/// more than 8.64e13 trades a day (a million per millisecond), so no sum over
+/// any window of any resolution, a month included, comes near `f64::MAX`
+/// (1.8e308): every candle stays finite.
+pub const MAX_TRADE_VALUE: f64 = 1e15;
+
+/// Why a stored row cannot make a trade. Such a row is skipped and counted,
+/// never aggregated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// The row has no price.
+    MissingPrice,
+    /// The row has no amount.
+    MissingAmount,
+    /// Price or amount is text (or another type) where a number belongs.
+    NotANumber,
+    /// Price or amount is NaN or infinite.
+    NotFinite,
+    /// Price or amount is zero or negative.
+    NotPositive,
+    /// Price or amount is above [`MAX_TRADE_VALUE`]: its sums could overflow.
+    TooLarge,
+    /// The side is missing or none of the configured buy/sell values.
+    UnknownSide,
+}
+
+impl SkipReason {
+    /// Every reason, in a stable order (metrics, tables).
+    pub const ALL: [SkipReason; 7] = [
+        SkipReason::MissingPrice,
+        SkipReason::MissingAmount,
+        SkipReason::NotANumber,
+        SkipReason::NotFinite,
+        SkipReason::NotPositive,
+        SkipReason::TooLarge,
+        SkipReason::UnknownSide,
+    ];
+
+    /// The label used in metrics and logs, e.g. `missing_price`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::MissingPrice => "missing_price",
+            SkipReason::MissingAmount => "missing_amount",
+            SkipReason::NotANumber => "not_a_number",
+            SkipReason::NotFinite => "not_finite",
+            SkipReason::NotPositive => "not_positive",
+            SkipReason::TooLarge => "too_large",
+            SkipReason::UnknownSide => "unknown_side",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a price or an amount: finite, above zero and at most
+/// [`MAX_TRADE_VALUE`]. The one value rule of ingest and of reading.
+pub fn check_value(x: f64) -> Result<f64, SkipReason> {
+    if !x.is_finite() {
+        Err(SkipReason::NotFinite)
+    } else if x <= 0.0 {
+        Err(SkipReason::NotPositive)
+    } else if x > MAX_TRADE_VALUE {
+        Err(SkipReason::TooLarge)
+    } else {
+        Ok(x)
+    }
+}
+
+/// A stored row that could not make a trade: when, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skip {
+    /// The row's timestamp, Unix nanoseconds.
+    pub time: i64,
+    /// Why it was skipped.
+    pub reason: SkipReason,
+}
+
+impl Candle {
+    /// The first field that is not finite, if any: `(name, value)`. InfluxDB
+    /// refuses such a line, so a candle is checked before it is written.
+    pub fn non_finite(&self) -> Option<(&'static str, f64)> {
+        [
+            ("open", self.open),
+            ("high", self.high),
+            ("low", self.low),
+            ("close", self.close),
+            ("volume", self.volume),
+            ("quote_volume", self.quote_volume),
+            ("buy_volume", self.buy_volume),
+        ]
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+    }
 }
 
 /// One OHLC candle of one symbol at one resolution.
@@ -309,7 +412,11 @@ impl Contribution {
             close: t.price,
             volume: t.amount,
             quote_volume: t.price * t.amount,
-            buy_volume: if t.side == Side::Buy { t.amount } else { 0.0 },
+            buy_volume: if t.side == Some(Side::Buy) {
+                t.amount
+            } else {
+                0.0
+            },
             trades: 1,
         }
     }
@@ -395,6 +502,8 @@ pub enum Bucketing {
     Weeks(u32),
     /// Windows of `n` calendar months (UTC), counted from January 1970.
     Months(u32),
+    /// Windows counted in a time zone other than UTC (see [`crate::zone`]).
+    Zoned(Zoned),
 }
 
 fn month_index(time: i64) -> i64 {
@@ -422,6 +531,7 @@ impl Bucketing {
                 FIRST_MONDAY + floor_to(time - FIRST_MONDAY, len)
             }
             Bucketing::Months(n) => month_start(floor_to(month_index(time), i64::from(n))),
+            Bucketing::Zoned(z) => z.window_start(time),
         }
     }
 
@@ -431,6 +541,18 @@ impl Bucketing {
             Bucketing::Fixed(len) => start.saturating_add(len),
             Bucketing::Weeks(n) => start.saturating_add(i64::from(n) * 7 * NANOS_PER_DAY),
             Bucketing::Months(n) => month_start(month_index(start) + i64::from(n)),
+            Bucketing::Zoned(z) => z.next_start(start),
+        }
+    }
+
+    /// The window containing `time`.
+    pub fn window(self, time: i64) -> std::ops::Range<i64> {
+        match self {
+            Bucketing::Zoned(z) => z.window(time),
+            _ => {
+                let start = self.window_start(time);
+                start..self.next_start(start)
+            }
         }
     }
 
@@ -450,18 +572,27 @@ impl Bucketing {
             Bucketing::Fixed(len) => len,
             Bucketing::Weeks(n) => i64::from(n) * 7 * NANOS_PER_DAY,
             Bucketing::Months(n) => i64::from(n) * 31 * NANOS_PER_DAY,
+            Bucketing::Zoned(z) => z.nominal_nanos(),
         }
     }
 
-    /// Materialized resolutions whose windows tile these windows exactly,
-    /// coarsest first; empty means only raw trades can produce them.
-    pub fn sources(self) -> Vec<Resolution> {
+    /// Materialized resolutions whose windows tile these windows in `range`
+    /// (window-aligned) exactly, coarsest first; empty means only raw trades
+    /// can produce them. In UTC the range does not matter; in another zone
+    /// it is the coarsest resolution dividing every window boundary there (a
+    /// DST change moves the boundaries by an hour).
+    pub fn sources(self, range: std::ops::Range<i64>) -> Vec<Resolution> {
+        let aligned = match self {
+            Bucketing::Zoned(z) => z.alignment(range),
+            _ => 0,
+        };
         let mut out: Vec<Resolution> = Resolution::ALL
             .into_iter()
             .filter(|r| match self {
                 Bucketing::Fixed(len) => len % r.nanos() == 0,
                 // Weeks and months start at midnight UTC: unions of days.
                 Bucketing::Weeks(_) | Bucketing::Months(_) => true,
+                Bucketing::Zoned(_) => aligned % r.nanos() == 0,
             })
             .collect();
         out.reverse();
@@ -483,6 +614,9 @@ impl From<Resolution> for Bucketing {
 #[derive(Debug)]
 pub struct Aggregator {
     bucketing: Bucketing,
+    /// The window last looked up: a zone's windows cost a time zone lookup,
+    /// and time-ordered input stays in one window for many items.
+    window: std::ops::Range<i64>,
     current: Option<(i64, Accumulator)>,
     done: BTreeMap<i64, Accumulator>,
 }
@@ -492,6 +626,7 @@ impl Aggregator {
     pub fn new(bucketing: impl Into<Bucketing>) -> Self {
         Aggregator {
             bucketing: bucketing.into(),
+            window: 0..0,
             current: None,
             done: BTreeMap::new(),
         }
@@ -508,7 +643,15 @@ impl Aggregator {
     }
 
     fn add(&mut self, time: i64, c: &Contribution) {
-        let start = self.bucketing.window_start(time);
+        let start = match self.bucketing {
+            Bucketing::Zoned(_) => {
+                if !self.window.contains(&time) {
+                    self.window = self.bucketing.window(time);
+                }
+                self.window.start
+            }
+            _ => self.bucketing.window_start(time),
+        };
         match &mut self.current {
             Some((s, acc)) if *s == start => acc.add(c),
             _ => {
@@ -585,7 +728,7 @@ mod tests {
             id,
             price,
             amount,
-            side,
+            side: Some(side),
         }
     }
 
@@ -743,17 +886,21 @@ mod tests {
     #[test]
     fn sources_are_the_resolutions_that_tile_the_windows_coarsest_first() {
         let min = |m: i64| Bucketing::Fixed(m * 60 * NANOS_PER_SEC);
-        assert_eq!(min(30).sources()[0], Resolution::M15);
-        assert_eq!(min(45).sources()[0], Resolution::M15);
-        assert_eq!(min(120).sources()[0], Resolution::H1);
-        assert_eq!(min(360).sources()[0], Resolution::H1);
-        assert_eq!(min(720).sources()[0], Resolution::H4);
-        assert_eq!(min(3).sources(), vec![Resolution::M1]);
-        assert_eq!(Bucketing::Weeks(1).sources()[0], Resolution::D1);
-        assert_eq!(Bucketing::Months(1).sources()[0], Resolution::D1);
-        assert!(Bucketing::Fixed(90 * NANOS_PER_SEC).sources().is_empty());
+        assert_eq!(min(30).sources(0..0)[0], Resolution::M15);
+        assert_eq!(min(45).sources(0..0)[0], Resolution::M15);
+        assert_eq!(min(120).sources(0..0)[0], Resolution::H1);
+        assert_eq!(min(360).sources(0..0)[0], Resolution::H1);
+        assert_eq!(min(720).sources(0..0)[0], Resolution::H4);
+        assert_eq!(min(3).sources(0..0), vec![Resolution::M1]);
+        assert_eq!(Bucketing::Weeks(1).sources(0..0)[0], Resolution::D1);
+        assert_eq!(Bucketing::Months(1).sources(0..0)[0], Resolution::D1);
+        assert!(
+            Bucketing::Fixed(90 * NANOS_PER_SEC)
+                .sources(0..0)
+                .is_empty()
+        );
         assert_eq!(
-            min(15).sources(),
+            min(15).sources(0..0),
             vec![Resolution::M15, Resolution::M5, Resolution::M1]
         );
     }
@@ -782,5 +929,52 @@ mod tests {
         assert_eq!(ceil_to(120, 60), 120);
         assert_eq!(ceil_to(121, 60), 180);
         assert_eq!(floor_to(-1, 60), -60);
+    }
+
+    #[test]
+    fn a_value_is_a_price_or_amount_only_if_finite_positive_and_at_most_the_bound() {
+        assert_eq!(check_value(42_000.5), Ok(42_000.5));
+        assert_eq!(check_value(MAX_TRADE_VALUE), Ok(MAX_TRADE_VALUE));
+        assert_eq!(check_value(1e-12), Ok(1e-12));
+        assert_eq!(check_value(f64::NAN), Err(SkipReason::NotFinite));
+        assert_eq!(check_value(f64::INFINITY), Err(SkipReason::NotFinite));
+        assert_eq!(check_value(0.0), Err(SkipReason::NotPositive));
+        assert_eq!(check_value(-1.0), Err(SkipReason::NotPositive));
+        assert_eq!(
+            check_value(MAX_TRADE_VALUE * 1.000_001),
+            Err(SkipReason::TooLarge)
+        );
+        assert_eq!(check_value(1e308), Err(SkipReason::TooLarge));
+    }
+
+    #[test]
+    fn a_month_of_trades_at_the_bound_keeps_every_sum_finite() {
+        // The densest month the store can hold: a trade per nanosecond slot
+        // of a millisecond, a million per millisecond, at the largest price
+        // and amount. Summed as the aggregator sums, candle by candle.
+        let per_day = 86_400_000.0 * 1e6;
+        let worst = MAX_TRADE_VALUE * MAX_TRADE_VALUE * per_day * 31.0;
+        assert!(worst.is_finite() && worst < f64::MAX / 1e200);
+        let big = trade(0, 1, MAX_TRADE_VALUE, MAX_TRADE_VALUE, Side::Buy);
+        let c = candles_from_trades(Resolution::D1, &[big, Trade { id: 2, ..big }])[0];
+        assert_eq!(c.non_finite(), None);
+        assert_eq!(c.quote_volume, 2e30);
+    }
+
+    #[test]
+    fn a_candle_names_its_first_field_that_is_not_finite() {
+        let t = trade(0, 1, 10.0, 1.0, Side::Sell);
+        let mut c = candles_from_trades(Resolution::M1, &[t])[0];
+        assert_eq!(c.non_finite(), None);
+        c.quote_volume = f64::INFINITY;
+        c.buy_volume = f64::NAN;
+        assert_eq!(c.non_finite().map(|(name, _)| name), Some("quote_volume"));
+    }
+
+    #[test]
+    fn every_skip_reason_has_its_own_label() {
+        let labels: std::collections::BTreeSet<&str> =
+            SkipReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), SkipReason::ALL.len());
     }
 }

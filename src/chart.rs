@@ -1,17 +1,22 @@
-//! Chart resolutions as TradingView writes them (`1`, `45`, `1D`, `1W`, `1M`),
-//! how their bars are bucketed, and the adaptive choice `/api/ohlc` makes for
-//! long ranges. Pure values: no I/O.
+//! Chart resolutions as TradingView writes them (`1S`, `1`, `45`, `1D`, `1W`,
+//! `1M`), how their bars are bucketed in a time zone, the adaptive choice
+//! `/api/ohlc` makes for long ranges, and gap filling. Pure values: no I/O.
 
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use crate::candle::{Bucketing, NANOS_PER_DAY, NANOS_PER_SEC};
+use crate::candle::{Bucketing, Candle, NANOS_PER_DAY, NANOS_PER_SEC};
+use crate::zone::{LocalUnit, Tz, UTC, Zoned, is_utc};
 
-/// A chart resolution as TradingView writes it: minutes (`1`, `45`, `240`), days
-/// (`D`, `1D`, `3D`), weeks (`W`, `1W`) or months (`M`, `1M`).
+/// A chart resolution as TradingView writes it: seconds (`1S`, `30S`),
+/// minutes (`1`, `45`, `240`), days (`D`, `1D`, `3D`), weeks (`W`, `1W`) or
+/// months (`M`, `1M`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChartResolution {
+    /// `n` seconds, `n` a divisor of 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30):
+    /// every minute boundary is a bar boundary.
+    Seconds(u32),
     /// `n` minutes, 1 ≤ n ≤ 1440.
     Minutes(u32),
     /// `n` days, 1 ≤ n ≤ 365.
@@ -25,7 +30,7 @@ pub enum ChartResolution {
 /// Error for a resolution string that is not a chart resolution.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown resolution {0:?}: use minutes (1 to 1440), nD (1D to 365D), nW (1W to 52W) or nM (1M to 12M)"
+    "unknown resolution {0:?}: use nS (n dividing 60: 1S, 5S, 15S, 30S, ...), minutes (1 to 1440), nD (1D to 365D), nW (1W to 52W) or nM (1M to 12M)"
 )]
 pub struct BadResolution(pub String);
 
@@ -44,6 +49,9 @@ impl FromStr for ChartResolution {
             digits.parse().map_err(|_| bad())?
         };
         let (res, max) = match unit {
+            "S" if !digits.is_empty() && n > 0 && 60 % n == 0 && n < 60 => {
+                (ChartResolution::Seconds(n), 30)
+            }
             "" if !digits.is_empty() => (ChartResolution::Minutes(n), 1440),
             "D" => (ChartResolution::Days(n), 365),
             "W" => (ChartResolution::Weeks(n), 52),
@@ -60,6 +68,7 @@ impl FromStr for ChartResolution {
 impl fmt::Display for ChartResolution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ChartResolution::Seconds(n) => write!(f, "{n}S"),
             ChartResolution::Minutes(n) => write!(f, "{n}"),
             ChartResolution::Days(n) => write!(f, "{n}D"),
             ChartResolution::Weeks(n) => write!(f, "{n}W"),
@@ -75,9 +84,10 @@ impl serde::Serialize for ChartResolution {
 }
 
 impl ChartResolution {
-    /// How timestamps are grouped into this resolution's bars.
+    /// How timestamps are grouped into this resolution's bars in UTC.
     pub fn bucketing(self) -> Bucketing {
         match self {
+            ChartResolution::Seconds(n) => Bucketing::Fixed(i64::from(n) * NANOS_PER_SEC),
             ChartResolution::Minutes(n) => Bucketing::Fixed(i64::from(n) * 60 * NANOS_PER_SEC),
             ChartResolution::Days(n) => Bucketing::Fixed(i64::from(n) * NANOS_PER_DAY),
             ChartResolution::Weeks(n) => Bucketing::Weeks(n),
@@ -85,10 +95,147 @@ impl ChartResolution {
         }
     }
 
+    /// How timestamps are grouped into this resolution's bars in `zone`.
+    /// UTC keeps the epoch-aligned windows; seconds bars are the same in
+    /// every zone (every local midnight since 1972 is a whole minute).
+    pub fn bucketing_in(self, zone: Tz) -> Bucketing {
+        if is_utc(zone) {
+            return self.bucketing();
+        }
+        let unit = match self {
+            ChartResolution::Seconds(_) => return self.bucketing(),
+            ChartResolution::Minutes(n) => LocalUnit::Intraday(i64::from(n) * 60 * NANOS_PER_SEC),
+            ChartResolution::Days(n) => LocalUnit::Days(n),
+            ChartResolution::Weeks(n) => LocalUnit::Weeks(n),
+            ChartResolution::Months(n) => LocalUnit::Months(n),
+        };
+        Bucketing::Zoned(Zoned { zone, unit })
+    }
+
     /// A typical bar length in nanoseconds (months count as 31 days).
     pub fn nominal_nanos(self) -> i64 {
         self.bucketing().nominal_nanos()
     }
+
+    /// Daily, weekly or monthly: stamped on `/udf/history` with its trading
+    /// date rather than the instant it starts.
+    pub fn is_dwm(self) -> bool {
+        matches!(
+            self,
+            ChartResolution::Days(_) | ChartResolution::Weeks(_) | ChartResolution::Months(_)
+        )
+    }
+}
+
+/// A chart resolution counted in a time zone: what a request for bars asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ZonedResolution {
+    /// The resolution.
+    pub resolution: ChartResolution,
+    /// The zone whose midnights the bars count from.
+    pub zone: Tz,
+}
+
+impl ZonedResolution {
+    /// `resolution` in `zone`.
+    pub fn new(resolution: ChartResolution, zone: Tz) -> Self {
+        ZonedResolution { resolution, zone }
+    }
+
+    /// How timestamps are grouped into these bars.
+    pub fn bucketing(self) -> Bucketing {
+        self.resolution.bucketing_in(self.zone)
+    }
+
+    /// A typical bar length in nanoseconds (months count as 31 days).
+    pub fn nominal_nanos(self) -> i64 {
+        self.resolution.nominal_nanos()
+    }
+}
+
+impl From<ChartResolution> for ZonedResolution {
+    fn from(resolution: ChartResolution) -> Self {
+        ZonedResolution {
+            resolution,
+            zone: UTC,
+        }
+    }
+}
+
+impl fmt::Display for ZonedResolution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if is_utc(self.zone) {
+            write!(f, "{}", self.resolution)
+        } else {
+            write!(f, "{} in {}", self.resolution, self.zone.name())
+        }
+    }
+}
+
+/// A bar of a gap-filled series: a real bar, or one made for a window
+/// without trades.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FilledBar {
+    /// The bar.
+    pub bar: Candle,
+    /// No trade fell in its window: flat at the previous close, volume 0.
+    pub filled: bool,
+}
+
+/// `bars` (window starts of `bucketing`, in time order) with every window in
+/// `range` that starts before `until` and has no bar made flat at the
+/// previous close, with volume and trade count 0. `before` is the close of the
+/// last trade before `range`; windows before the first bar stay empty when
+/// there is none.
+pub fn fill_previous(
+    bars: &[Candle],
+    bucketing: Bucketing,
+    range: Range<i64>,
+    before: Option<f64>,
+    until: i64,
+) -> Vec<FilledBar> {
+    let flat = |start: i64, price: f64| FilledBar {
+        bar: Candle {
+            start,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: 0.0,
+            quote_volume: 0.0,
+            trades: 0,
+            buy_volume: 0.0,
+        },
+        filled: true,
+    };
+    let mut out = Vec::with_capacity(bars.len());
+    let mut close = before;
+    let mut next = bars.iter().peekable();
+    let mut start = bucketing.ceil(range.start);
+    while start < range.end && start <= until {
+        match next.peek() {
+            Some(bar) if bar.start == start => {
+                out.push(FilledBar {
+                    bar: **bar,
+                    filled: false,
+                });
+                close = Some(bar.close);
+                next.next();
+            }
+            _ => out.extend(close.map(|c| flat(start, c))),
+        }
+        let following = bucketing.next_start(start);
+        if following <= start {
+            break;
+        }
+        start = following;
+    }
+    // Bars past `until` (a clock behind the data) are kept as they are.
+    out.extend(next.map(|bar| FilledBar {
+        bar: *bar,
+        filled: false,
+    }));
+    out
 }
 
 /// The resolutions `/api/ohlc` may coarsen to, finest first.
@@ -159,6 +306,8 @@ mod tests {
         assert_eq!(r("3D"), ChartResolution::Days(3));
         assert_eq!(r("W"), ChartResolution::Weeks(1));
         assert_eq!(r("1M"), ChartResolution::Months(1));
+        assert_eq!(r("1S"), ChartResolution::Seconds(1));
+        assert_eq!(r("30S").to_string(), "30S");
         assert_eq!(r("D").to_string(), "1D");
         assert_eq!(r("240").to_string(), "240");
         for bad in [
@@ -174,6 +323,11 @@ mod tests {
             "13M",
             "abc",
             "99999999999",
+            "S",
+            "0S",
+            "7S",
+            "60S",
+            "1s",
         ] {
             assert!(bad.parse::<ChartResolution>().is_err(), "{bad:?} accepted");
         }
@@ -196,5 +350,58 @@ mod tests {
         assert_eq!(adaptive_resolution(r("1"), 0..day, 1000), r("5"));
         assert_eq!(adaptive_resolution(r("1"), 0..3 * day, 1000), r("5"));
         assert_eq!(adaptive_resolution(r("1"), 0..4 * day, 1000), r("15"));
+    }
+
+    #[test]
+    fn fill_previous_makes_every_missing_window_flat_at_the_last_close() {
+        let m = 60 * NANOS_PER_SEC;
+        let bar = |minute: i64, close: f64| Candle {
+            start: minute * m,
+            open: close - 1.0,
+            high: close + 1.0,
+            low: close - 2.0,
+            close,
+            volume: 2.0,
+            quote_volume: 2.0 * close,
+            trades: 3,
+            buy_volume: 1.0,
+        };
+        let bars = [bar(2, 10.0), bar(5, 20.0)];
+        let one = r("1").bucketing();
+        let filled = fill_previous(&bars, one, 0..8 * m, Some(7.0), 6 * m);
+        let summary: Vec<(i64, f64, bool)> = filled
+            .iter()
+            .map(|f| (f.bar.start / m, f.bar.close, f.filled))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, 7.0, true),
+                (1, 7.0, true),
+                (2, 10.0, false),
+                (3, 10.0, true),
+                (4, 10.0, true),
+                (5, 20.0, false),
+                (6, 20.0, true),
+            ]
+        );
+        let flat = filled[3].bar;
+        assert_eq!(
+            (flat.open, flat.high, flat.low, flat.volume, flat.trades),
+            (10.0, 10.0, 10.0, 0.0, 0)
+        );
+        // Nothing before the range: no bar until the first trade.
+        let filled = fill_previous(&bars[..1], one, 0..4 * m, None, 10 * m);
+        assert_eq!(filled.first().map(|f| f.bar.start), Some(2 * m));
+        assert_eq!(filled.len(), 2);
+    }
+
+    #[test]
+    fn seconds_are_utc_in_every_zone_and_utc_keeps_the_epoch_windows() {
+        let hk: Tz = "Asia/Hong_Kong".parse().unwrap();
+        assert_eq!(r("5S").bucketing_in(hk), r("5S").bucketing());
+        assert_eq!(r("1D").bucketing_in(UTC), r("1D").bucketing());
+        assert!(matches!(r("1D").bucketing_in(hk), Bucketing::Zoned(_)));
+        assert!(matches!(r("240").bucketing_in(hk), Bucketing::Zoned(_)));
     }
 }

@@ -15,13 +15,14 @@ use crate::config::Settings;
 use crate::engine::{ChunkEvent, Engine, TaskFilter};
 use crate::generate::{GenerateSpec, Generator};
 use crate::influx::{InfluxClient, InfluxError};
-use crate::ingest::{INGEST_BATCH, NewTrade, validate_symbol, write_trades};
+use crate::ingest::{INGEST_BATCH, NewTrade, TradeWriter, validate_symbol, write_trades};
 use crate::progress::{ProgressEntry, ProgressStore};
+use crate::schema::{NameForm, TradeSchema};
 use crate::times::{parse_time_arg, to_rfc3339};
 
 /// ohlcd: turns raw trades in InfluxDB into OHLC candles.
 #[derive(Debug, Parser)]
-#[command(name = "ohlcd", version, about)]
+#[command(name = "ohlcd", version = crate::build_info::VERSION_LINE, about)]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
@@ -59,6 +60,11 @@ pub enum Command {
         #[arg(long, value_parser = parse_time_arg)]
         to: i64,
     },
+    /// Show what ohlcd finds in InfluxDB for the configured `[schema]`:
+    /// measurements, tags and fields with their types, how each configured
+    /// name was found, the symbols, the first and last trade, and five
+    /// trades as ohlcd reads them.
+    Schema,
     /// Print the progress table.
     Progress {
         /// JSON instead of a table.
@@ -88,9 +94,12 @@ pub enum Command {
         /// (with `server.ingest_token` as the Bearer token when set).
         #[arg(long, conflicts_with_all = ["from", "to", "trades"])]
         live: bool,
-        /// Live trades per second over all symbols.
-        #[arg(long, default_value_t = 50.0, requires = "live")]
-        rate: f64,
+        /// Live trades per second over all symbols. Default: the density of
+        /// the stored history (the trades of the day before each symbol's
+        /// last trade), so live bars look like the bars before them; 1 per
+        /// second when there is no history.
+        #[arg(long, requires = "live")]
+        rate: Option<f64>,
         /// The daemon to post to (default: http:// + server.listen).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
@@ -125,8 +134,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             symbols,
             resolutions,
         } => {
+            let form = name_form(&settings)?;
             for s in &symbols {
-                validate_symbol(s).map_err(anyhow::Error::msg)?;
+                validate_symbol(s, &form).map_err(anyhow::Error::msg)?;
             }
             if !resolutions.is_empty() {
                 tracing::info!(
@@ -137,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rebuild { symbol, from, to } => cmd_rebuild(settings, symbol, from, to).await,
         Command::Progress { json } => cmd_progress(settings, json).await,
+        Command::Schema => cmd_schema(settings).await,
         Command::Generate {
             symbols,
             from,
@@ -163,6 +174,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd_generate(settings, spec).await
         }
     }
+}
+
+/// The configured `[schema]`, parsed (validated when the settings loaded).
+fn trade_schema(settings: &Settings) -> anyhow::Result<TradeSchema> {
+    TradeSchema::from_settings(&settings.schema).map_err(anyhow::Error::msg)
+}
+
+/// How instruments are named under the configured `[schema]`: known from the
+/// settings alone, so a bad `--symbol` is refused before connecting.
+fn name_form(settings: &Settings) -> anyhow::Result<NameForm> {
+    Ok(NameForm::of(&trade_schema(settings)?))
 }
 
 /// Connects to InfluxDB and checks that it answers and the database exists;
@@ -192,6 +214,9 @@ async fn connect_influx(
     }
     influx.check_writable().await?;
     influx.prepare_retention(manage_retention).await?;
+    // Every command reads (and `generate` writes) trades by the schema as
+    // the server holds it; a name that is not there stops here, in one line.
+    influx.resolve_schema(&trade_schema(settings)?).await?;
     tracing::debug!(version, generation = ?influx.generation(), format = ?influx.read_format(), "connected to InfluxDB");
     Ok(influx)
 }
@@ -280,6 +305,17 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         &settings,
     );
     crate::server::metrics::handle();
+    // What the alert rules read besides the counters, and the log's
+    // request summary (each request alone is logged at debug).
+    let mut watchers = vec![tokio::spawn(crate::server::metrics::watch_dependencies(
+        state.influx.clone(),
+        state.store.clone(),
+    ))];
+    if settings.server.request_summary_secs > 0 {
+        watchers.push(tokio::spawn(crate::server::metrics::log_request_summaries(
+            Duration::from_secs(settings.server.request_summary_secs),
+        )));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_server = if settings.server.metrics_listen.is_empty() {
         None
@@ -336,6 +372,9 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
     let _ = server.await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
+    }
+    for watcher in watchers {
+        watcher.abort();
     }
     engine.store().close().await;
     tracing::info!("stopped");
@@ -441,7 +480,7 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
 }
 
 async fn cmd_rebuild(settings: Settings, symbol: String, from: i64, to: i64) -> anyhow::Result<()> {
-    validate_symbol(&symbol).map_err(anyhow::Error::msg)?;
+    validate_symbol(&symbol, &name_form(&settings)?).map_err(anyhow::Error::msg)?;
     if from >= to {
         bail!("--from must be before --to");
     }
@@ -475,6 +514,25 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if entries.is_empty() {
+        // "No tasks" must not blame the user while trades sit in InfluxDB
+        // under names the configuration does not know: check the schema
+        // where InfluxDB can be reached.
+        match connect_influx(&settings, false, false).await {
+            Err(e) => match e.downcast_ref::<InfluxError>() {
+                Some(InfluxError::Schema(_)) => return Err(e),
+                _ => tracing::debug!(error = %e, "InfluxDB not checked for trades"),
+            },
+            Ok(influx) => {
+                let symbols = influx.symbols().await?;
+                if !symbols.is_empty() {
+                    println!(
+                        "no tasks yet, and InfluxDB has trades of {}: run `ohlcd backfill` or `ohlcd run`",
+                        symbol_list(&symbols)
+                    );
+                    return Ok(());
+                }
+            }
+        }
         println!("no tasks yet: run `ohlcd backfill` or `ohlcd run` once trades are in InfluxDB");
         return Ok(());
     }
@@ -489,6 +547,7 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
         "last run",
         "duration",
         "owner",
+        "skipped",
         "last error",
     ]);
     let dash = || "-".to_string();
@@ -504,7 +563,11 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
                 .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
                 .unwrap_or_else(dash),
             e.last_owner.clone().unwrap_or_else(dash),
-            e.last_error.clone().unwrap_or_default(),
+            e.rows_skipped.to_string(),
+            match (e.failures, &e.last_error) {
+                (n, Some(err)) if n > 1 => format!("({n} in a row) {err}"),
+                (_, err) => err.clone().unwrap_or_default(),
+            },
         ]);
     }
     println!("{table}");
@@ -512,13 +575,21 @@ async fn cmd_progress(settings: Settings, json: bool) -> anyhow::Result<()> {
 }
 
 async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<()> {
-    spec.validate(SystemClock.now() / 1_000_000)
+    let schema = trade_schema(&settings)?;
+    spec.validate(SystemClock.now() / 1_000_000, &NameForm::of(&schema))
         .map_err(anyhow::Error::msg)?;
     let mut influx = InfluxClient::new(&settings.influx)?;
     influx.detect().await?;
     // Demo data: creating the database is what the user wants here.
     influx.create_database().await?;
     influx.prepare_retention(true).await?;
+    // Written in the configured schema, with the types the server holds;
+    // refused up front where that cannot be done faithfully.
+    influx.resolve_schema(&schema).await?;
+    let writer = TradeWriter::new(influx.layout()).map_err(anyhow::Error::msg)?;
+    for s in &spec.symbols {
+        writer.measurement_of(s).map_err(anyhow::Error::msg)?;
+    }
     let pb = bar(
         spec.trades,
         "{spinner} generate [{bar:40}] {pos}/{len} trades ({per_sec}, eta {eta})",
@@ -558,6 +629,92 @@ async fn cmd_generate(settings: Settings, spec: GenerateSpec) -> anyhow::Result<
     Ok(())
 }
 
+/// `ohlcd schema`: what the configured `[schema]` finds in InfluxDB and how
+/// ohlcd reads it, ending with five trades as they are parsed.
+async fn cmd_schema(settings: Settings) -> anyhow::Result<()> {
+    let influx = connect_influx(&settings, false, false).await?;
+    let layout = influx.layout().clone();
+    let columns = influx.server_columns().await?;
+    println!(
+        "InfluxDB {} database {:?} ({:?})",
+        influx.url(),
+        influx.database(),
+        influx.generation()
+    );
+    let measurements = influx.trade_measurements().await?;
+    println!("trades:");
+    if measurements.is_empty() {
+        println!("  no measurement yet: a first install");
+    }
+    for (m, _) in &measurements {
+        let cols = columns.get(m).cloned().unwrap_or_default();
+        println!("  measurement {m:?}");
+        println!(
+            "    tags: {}",
+            cols.tags.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "    fields: {}",
+            cols.fields
+                .iter()
+                .map(|(f, t)| format!("{f} ({})", crate::schema::Column::Field(*t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("read as:");
+    for (key, how) in crate::influx::discover::describe(&layout) {
+        println!("  {key}: {how}");
+    }
+    let symbols = influx.symbols().await?;
+    println!("symbols: {} ({})", symbols.len(), symbol_list(&symbols));
+    if symbols.is_empty() {
+        return Ok(());
+    }
+    let first = influx.first_trades_of(&symbols, 0).await?;
+    let last = influx.last_trades_of(&symbols).await?;
+    if let (Some(first), Some(last)) = (first.values().min(), last.values().max()) {
+        println!("first trade: {}", to_rfc3339(*first));
+        println!("last trade: {}", to_rfc3339(*last));
+    }
+    let Some((symbol, from)) = symbols
+        .iter()
+        .find_map(|s| first.get(s).map(|t| (s.clone(), *t)))
+    else {
+        return Ok(());
+    };
+    println!("first five rows of {symbol}, as ohlcd reads them:");
+    let mut rows = Vec::new();
+    influx
+        .stream_trade_rows_of(&symbol, from..i64::MAX, Some(5), |row| rows.push(row))
+        .await?;
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["time", "price", "amount", "side", "id", "read as"]);
+    for row in rows {
+        match row {
+            Ok(t) => table.add_row([
+                to_rfc3339(t.time),
+                t.price.to_string(),
+                t.amount.to_string(),
+                t.side.map_or("-".to_string(), |s| s.as_str().to_string()),
+                t.id.to_string(),
+                "trade".to_string(),
+            ]),
+            Err(skip) => table.add_row([
+                to_rfc3339(skip.time),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("skipped: {}", skip.reason),
+            ]),
+        };
+    }
+    println!("{table}");
+    Ok(())
+}
+
 /// A list of symbols for a message: all of them when few, else how many and
 /// the first and last.
 fn symbol_list(symbols: &[String]) -> String {
@@ -575,24 +732,47 @@ fn symbol_list(symbols: &[String]) -> String {
 async fn cmd_generate_live(
     settings: Settings,
     symbols: Vec<String>,
-    rate: f64,
+    rate: Option<f64>,
     seed: u64,
     url: Option<String>,
 ) -> anyhow::Result<()> {
+    let form = name_form(&settings)?;
     for s in &symbols {
-        validate_symbol(s).map_err(anyhow::Error::msg)?;
+        validate_symbol(s, &form).map_err(anyhow::Error::msg)?;
     }
-    if !(rate > 0.0 && rate <= 100_000.0) {
+    if let Some(rate) = rate
+        && !(rate > 0.0 && rate <= 100_000.0)
+    {
         bail!("--rate must be between 0 and 100000 trades per second, got {rate}");
     }
-    let influx = InfluxClient::new(&settings.influx)?;
+    let mut influx = InfluxClient::new(&settings.influx)?;
+    // Where the stored walk is: the schema as the server holds it (an
+    // unreachable InfluxDB leaves every symbol to start anew).
+    if influx.detect().await.is_ok() {
+        let _ = influx.resolve_schema(&trade_schema(&settings)?).await;
+    }
     let now = SystemClock.now();
     let mut start = Vec::new();
+    let mut day_counts = Vec::new();
     for s in &symbols {
         // Continue the stored walk; a fresh symbol (or an unreachable InfluxDB) starts anew.
         let last = influx.last_trade_before(s, now).await.ok().flatten();
         start.push((s.clone(), last.map(|(_, price)| price)));
+        if rate.is_none()
+            && let Some((at, _)) = last
+        {
+            let day = at + 1 - crate::candle::NANOS_PER_DAY..at + 1;
+            let counts = influx.count_trades_of(std::slice::from_ref(s), day).await;
+            day_counts.push(counts.ok().and_then(|c| c.get(s).copied()).unwrap_or(0));
+        }
     }
+    let (rate, why) = match rate {
+        Some(rate) => (rate, "--rate"),
+        None => match crate::generate::history_rate(&day_counts) {
+            Some(rate) => (rate.min(100_000.0), "the stored history's density"),
+            None => (1.0, "no stored history"),
+        },
+    };
     let mut walk = crate::generate::LiveWalk::new(start, seed);
     let base = url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
     let endpoint = format!("{}/api/trades", base.trim_end_matches('/'));
@@ -603,7 +783,7 @@ async fn cmd_generate_live(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    eprintln!("posting about {rate} trades/s to {endpoint} until Ctrl-C");
+    eprintln!("posting about {rate:.3} trades/s ({why}) to {endpoint} until Ctrl-C");
     let (mut due, mut posted, mut failures) = (0.0f64, 0u64, 0u64);
     loop {
         tokio::select! {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::influx::PolicySpec;
+pub use crate::schema::SchemaSettings;
 
 /// The defaults, compiled in so the binary works from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -26,10 +27,12 @@ pub struct Settings {
     pub datafeed: DatafeedSettings,
     /// Retention policy per measurement.
     pub retention: RetentionSettings,
+    /// Where the raw trades are and what they hold.
+    pub schema: SchemaSettings,
 }
 
-/// InfluxDB connection settings.
-#[derive(Debug, Clone, Deserialize)]
+/// InfluxDB connection settings. `Debug` shows the URL without its password.
+#[derive(Clone, Deserialize)]
 pub struct InfluxSettings {
     /// Base URL, e.g. `http://127.0.0.1:8086`.
     pub url: String,
@@ -40,9 +43,9 @@ pub struct InfluxSettings {
     /// 1.x user name (basic auth); empty for none.
     pub username: String,
     /// 1.x password.
-    pub password: String,
+    pub password: Secret,
     /// 2.x/3.x API token; takes priority over username/password.
-    pub token: String,
+    pub token: Secret,
     /// Whole-request timeout in seconds.
     pub timeout_secs: u64,
     /// TCP connect timeout in seconds.
@@ -130,8 +133,8 @@ impl InfluxSettings {
     }
 }
 
-/// Progress store settings.
-#[derive(Debug, Clone, Deserialize)]
+/// Progress store settings. `Debug` shows the URL without its password.
+#[derive(Clone, Deserialize)]
 pub struct ProgressSettings {
     /// Progress database: a SQLite URL or path (`sqlite://ohlcd.db`) or a
     /// PostgreSQL URL (`postgres://user:pass@host/db`) shared by several hosts.
@@ -206,6 +209,27 @@ pub struct ServerSettings {
     pub queue_timeout_secs: u64,
     /// Most live-bar streams (`GET /api/live`) open at once.
     pub max_streams: usize,
+    /// Seconds between the INFO lines summing up the requests served
+    /// (count, errors, p99); 0: none. Each request is logged at debug.
+    pub request_summary_secs: u64,
+}
+
+/// `url` with the password of its userinfo, if any, replaced by `***`: the
+/// one way a configured URL is printed (messages, logs, `Debug`).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL we can take apart: show only up to its host's start.
+        Err(_) if url.contains('@') => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***"),
+            None => "***".to_string(),
+        },
+        Err(_) => url.to_string(),
+    }
 }
 
 /// A credential: compared, never printed. `Debug` says only whether it is set.
@@ -237,6 +261,36 @@ impl std::fmt::Debug for Secret {
         } else {
             "Secret(<unset>)"
         })
+    }
+}
+
+impl std::fmt::Debug for InfluxSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxSettings")
+            .field("url", &redact_url(&self.url))
+            .field("database", &self.database)
+            .field("retention_policy", &self.retention_policy)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("token", &self.token)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("retries", &self.retries)
+            .field("query_chunk_size", &self.query_chunk_size)
+            .field("write_batch", &self.write_batch)
+            .field("read_format", &self.read_format)
+            .field("no_sync", &self.no_sync)
+            .field("retention", &self.retention)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ProgressSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressSettings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("lease_secs", &self.lease_secs)
+            .finish()
     }
 }
 
@@ -388,6 +442,50 @@ pub struct DatafeedSettings {
     /// How long the cached raw tail (the open bar) is reused at most, ms.
     #[serde(default = "default_tail_ttl_ms")]
     pub tail_ttl_ms: u64,
+    /// IANA zone the bars of every symbol are counted in (local midnights).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Per-symbol zones: a table `symbol = "zone"`, or in the environment
+    /// `BTCUSD=Asia/Hong_Kong,ETHUSD=Europe/London`.
+    #[serde(default)]
+    pub symbol_timezones: SymbolZones,
+}
+
+fn default_timezone() -> String {
+    "Etc/UTC".to_string()
+}
+
+/// `datafeed.symbol_timezones`: a TOML table, or `SYMBOL=ZONE,...` text (the
+/// environment's form: config keys are lowercased, symbols are not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SymbolZones(pub std::collections::BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for SymbolZones {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Table(std::collections::BTreeMap<String, String>),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Table(t) => Ok(SymbolZones(t)),
+            Form::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((symbol, zone)) if !symbol.trim().is_empty() => {
+                        Ok((symbol.trim().to_string(), zone.trim().to_string()))
+                    }
+                    _ => Err(serde::de::Error::custom(format!(
+                        "datafeed.symbol_timezones: {pair:?} is not SYMBOL=ZONE"
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(SymbolZones),
+        }
+    }
 }
 
 fn default_cache_max_bytes() -> u64 {
@@ -403,6 +501,11 @@ fn default_tail_ttl_ms() -> u64 {
 }
 
 impl DatafeedSettings {
+    /// The zones bars are counted in (checked at load).
+    pub fn zones(&self) -> Result<crate::zone::Zones, String> {
+        crate::zone::Zones::parse(&self.timezone, &self.symbol_timezones.0)
+    }
+
     /// The serving cache these settings ask for.
     pub fn cache(&self) -> crate::datafeed::CacheSettings {
         crate::datafeed::CacheSettings {
@@ -471,6 +574,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("server.cors_origins")
+                .with_list_parse_key("schema.trades_measurement")
+                .with_list_parse_key("schema.symbol_tags")
                 .source(Some(env)),
         );
         for (key, value) in raw_tokens {
@@ -489,10 +594,11 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError::Value(m));
+        crate::schema::TradeSchema::from_settings(&self.schema).map_err(SettingsError::Value)?;
         if !(self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
             return bad(format!(
                 "influx.url must start with http:// or https://, got {:?}",
-                self.influx.url
+                redact_url(&self.influx.url)
             ));
         }
         if !["auto", "msgpack", "csv"].contains(&self.influx.read_format.as_str()) {
@@ -531,6 +637,7 @@ impl Settings {
         if self.datafeed.max_bars == 0 || self.datafeed.ohlc_max_bars == 0 {
             return bad("datafeed.max_bars and datafeed.ohlc_max_bars must be > 0".into());
         }
+        self.datafeed.zones().map_err(SettingsError::Value)?;
         self.server.validate()?;
         self.retention.specs().map_err(SettingsError::Value)?;
         Ok(())
@@ -585,6 +692,46 @@ mod tests {
     }
 
     #[test]
+    fn zones_come_from_a_table_or_the_environment_and_bad_names_stop_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[datafeed]\ntimezone = \"Asia/Kolkata\"\n[datafeed.symbol_timezones]\nBTCUSD = \"Asia/Hong_Kong\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[])).unwrap();
+        let zones = s.datafeed.zones().unwrap();
+        assert_eq!(zones.for_symbol("BTCUSD").name(), "Asia/Hong_Kong");
+        assert_eq!(zones.for_symbol("ETHUSD").name(), "Asia/Kolkata");
+        let s = Settings::load_with_env(
+            None,
+            env(&[(
+                "OHLCD_DATAFEED__SYMBOL_TIMEZONES",
+                "BTCUSD=Asia/Hong_Kong, ethUSD=America/New_York",
+            )]),
+        )
+        .unwrap();
+        let zones = s.datafeed.zones().unwrap();
+        assert_eq!(zones.for_symbol("ethUSD").name(), "America/New_York");
+        assert_eq!(zones.for_symbol("XRPUSD").name(), "Etc/UTC");
+        for (key, value, named) in [
+            ("OHLCD_DATAFEED__TIMEZONE", "Hong Kong", "datafeed.timezone"),
+            (
+                "OHLCD_DATAFEED__SYMBOL_TIMEZONES",
+                "BTCUSD=Mars/Base",
+                "symbol_timezones.BTCUSD",
+            ),
+            ("OHLCD_DATAFEED__SYMBOL_TIMEZONES", "BTCUSD", "SYMBOL=ZONE"),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{value}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_the_key_named() {
         let err = Settings::load_with_env(None, env(&[("OHLCD_INFLUX__URL", "localhost:8086")]))
             .unwrap_err()
@@ -596,6 +743,35 @@ mod tests {
         assert!(err.contains("retries"), "{err}");
         let missing = Settings::load_with_env(Some(Path::new("/nope/x.toml")), env(&[]));
         assert!(missing.unwrap_err().to_string().contains("/nope/x.toml"));
+    }
+
+    #[test]
+    fn schema_lists_come_as_lists_or_comma_separated_from_a_file_or_the_environment() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.schema, SchemaSettings::default());
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OHLCD_SCHEMA__SYMBOL_TAGS", "exchange,symbol"),
+                ("OHLCD_SCHEMA__TRADES_MEASUREMENT", "trade"),
+                ("OHLCD_SCHEMA__ID_FIELD", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.schema.symbol_tags, ["exchange", "symbol"]);
+        assert_eq!(s.schema.trades_measurement, ["trade"]);
+        assert_eq!(s.schema.id_field, "");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("poc.toml");
+        std::fs::write(
+            &file,
+            "[schema]\ntrades_measurement = \"trade\"\nsymbol_tags = [\"exchange\", \"symbol\"]\ncandles_measurement = \"trade_ohlc_{res}\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.schema.trades_measurement, ["trade"]);
+        assert_eq!(s.schema.symbol_tags, ["exchange", "symbol"]);
+        assert_eq!(s.schema.candles_measurement, "trade_ohlc_{res}");
     }
 
     #[test]
@@ -617,8 +793,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                s.influx.password.as_str(),
-                s.influx.token.as_str(),
+                s.influx.password.expose(),
+                s.influx.token.expose(),
                 s.influx.username.as_str()
             ),
             ("00123", numeric, "007")

@@ -1,7 +1,11 @@
 //! Serving candles at any chart resolution.
 //!
 //! A request is answered from the coarsest materialized resolution whose windows
-//! tile the requested ones (30 → 15m, 120 → 1h, W/M → 1d), re-aggregated in Rust.
+//! tile the requested ones (30 → 15m, 120 → 1h, W/M → 1d; in a time zone, the
+//! coarsest that divides every bar boundary of the range: Hong Kong days → 4h,
+//! New York days → 1h, Kolkata days → 15m), re-aggregated in Rust. Seconds
+//! bars, which no resolution tiles, come from raw trades: below the 1m
+//! watermark they are closed and cached like stored candles.
 //! Where that source's watermark ends, finer materialized resolutions continue,
 //! and raw trades cover whatever no resolution has materialized yet (the open
 //! minute, or an engine that is behind), so the newest bar is live. A source whose
@@ -20,14 +24,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::candle::{Aggregator, Bucketing, Candle, Resolution, Trade};
-pub use crate::chart::{BadResolution, ChartResolution, adaptive_resolution};
+pub use crate::chart::{BadResolution, ChartResolution, ZonedResolution, adaptive_resolution};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::plan::RETENTION_MARGIN;
 use crate::influx::{InfluxClient, InfluxError, Keep, Stored};
 use crate::progress::{ProgressError, ProgressStore, ServingState};
 
 mod cache;
-pub use cache::{CacheSettings, CandleCache, Lookup};
+mod quote;
+pub use cache::{CacheSettings, CandleCache, Lookup, Series};
+pub use quote::Quote;
 
 /// Errors while serving candles.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +244,41 @@ impl Datafeed {
         Ok(all)
     }
 
+    /// Bars of `bucketing` (epoch-aligned and dividing a minute: seconds) in
+    /// `range` below the 1m watermark, from raw trades, cached under `epoch`
+    /// like stored candles: below the watermark raw trades change only
+    /// through a repair, which moves the epoch.
+    async fn closed_raw_bars(
+        &self,
+        symbol: &str,
+        bucketing: Bucketing,
+        range: Range<i64>,
+        epoch: i64,
+    ) -> Result<Vec<Candle>, InfluxError> {
+        let series = Series::Raw(bucketing.nominal_nanos());
+        let read = match self.cache.candles(symbol, series, range.clone(), epoch) {
+            Lookup::Hit(bars) => return Ok(bars),
+            Lookup::Miss(read) => read,
+        };
+        let fetch = |read: Range<i64>| async move {
+            let mut agg = Aggregator::new(bucketing);
+            self.influx
+                .stream_trades(symbol, read, |t| agg.add_trade(&t))
+                .await?;
+            Ok::<_, InfluxError>(agg.finish())
+        };
+        let fetched = fetch(read.clone()).await?;
+        self.cache
+            .put_candles(symbol, series, read.clone(), &fetched, epoch);
+        if read == range {
+            return Ok(fetched);
+        }
+        if let Lookup::Hit(bars) = self.cache.candles(symbol, series, range.clone(), epoch) {
+            return Ok(bars);
+        }
+        fetch(range).await
+    }
+
     /// Raw trades of `symbol` in `range` past the 1m watermark, from the
     /// cached tail while it holds them.
     async fn tail_trades(
@@ -388,9 +429,10 @@ impl Datafeed {
     pub async fn bars(
         &self,
         symbol: &str,
-        res: ChartResolution,
+        res: impl Into<ZonedResolution>,
         range: Range<i64>,
     ) -> Result<Vec<Candle>, DatafeedError> {
+        let res = res.into();
         let bucketing = res.bucketing();
         let start = bucketing.ceil(range.start);
         if start >= range.end {
@@ -437,9 +479,19 @@ impl Datafeed {
         // Plan: the coarsest source up to its watermark, then each finer one up to
         // its own, then raw trades for the rest (the live tail).
         let ServingState { watermarks, epoch } = self.serving_state(symbol).await?;
-        let sources = bucketing.sources();
+        let sources = bucketing.sources(start..end);
         let mut plan: Vec<(usize, Range<i64>)> = Vec::new();
         let mut cursor = start;
+        // Seconds: no resolution tiles them, but below the 1m watermark their
+        // raw trades are as final as candles.
+        let mut closed_raw = None;
+        if sources.is_empty()
+            && let Some(&w) = watermarks.get(&Resolution::M1)
+            && cursor < w.min(end)
+        {
+            closed_raw = Some(cursor..w.min(end));
+            cursor = w.min(end);
+        }
         for (i, source) in sources.iter().enumerate() {
             if let Some(&w) = watermarks.get(source)
                 && cursor < w.min(end)
@@ -454,7 +506,13 @@ impl Datafeed {
         }
         // Segments are independent: fetch them concurrently, so a request costs
         // about one InfluxDB round trip rather than one per source.
-        let fetched = futures_util::future::join_all(plan.iter().map(|(i, seg)| {
+        let closed = async {
+            match closed_raw {
+                Some(range) => self.closed_raw_bars(symbol, bucketing, range, epoch).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let segments = futures_util::future::join_all(plan.iter().map(|(i, seg)| {
             // Fallbacks must have materialized the whole segment.
             let usable: Vec<Resolution> = sources[*i..]
                 .iter()
@@ -465,9 +523,9 @@ impl Datafeed {
             // The last segment, past every watermark, is the tail.
             let tail = *i == sources.len();
             self.segment(symbol, bucketing, usable, seg.clone(), epoch, tail)
-        }))
-        .await;
-        let mut bars: Vec<Candle> = Vec::new();
+        }));
+        let (closed, fetched) = futures_util::future::join(closed, segments).await;
+        let mut bars: Vec<Candle> = closed?;
         for segment in fetched {
             for c in segment? {
                 // A bar straddling two segments arrives in two parts, in time order.
@@ -559,11 +617,12 @@ impl Datafeed {
     pub async fn history(
         &self,
         symbol: &str,
-        res: ChartResolution,
+        res: impl Into<ZonedResolution>,
         from: i64,
         to: i64,
         countback: Option<u64>,
     ) -> Result<History, DatafeedError> {
+        let res = res.into();
         self.require_symbol(symbol).await?;
         let bars = match countback {
             None => self.bars(symbol, res, from..to).await?,
@@ -597,7 +656,7 @@ impl Datafeed {
     async fn last_bars(
         &self,
         symbol: &str,
-        res: ChartResolution,
+        res: ZonedResolution,
         to: i64,
         n: u64,
     ) -> Result<Vec<Candle>, DatafeedError> {
@@ -649,7 +708,7 @@ pub fn reach_plan(
 ) -> Vec<(Option<Resolution>, Range<i64>)> {
     let since = |r: Option<i64>| r.unwrap_or(i64::MIN);
     let exact_from = bucketing
-        .sources()
+        .sources(range.clone())
         .iter()
         .map(|s| since(reach[crate::engine::plan::index(*s)]))
         .chain([since(raw_reach)])

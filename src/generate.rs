@@ -17,6 +17,7 @@ use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
 
 use crate::candle::{NANOS_PER_DAY, Side};
 use crate::ingest::{NewTrade, time_refusal, validate_symbol};
+use crate::schema::NameForm;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -35,13 +36,14 @@ pub struct GenerateSpec {
 
 impl GenerateSpec {
     /// Checks that every trade of the spec will follow the trade rules as of
-    /// `now_ms` (the API would refuse them otherwise), naming the flag at fault.
-    pub fn validate(&self, now_ms: i64) -> Result<(), String> {
+    /// `now_ms`, its symbols the schema's name `form` (the API would refuse
+    /// them otherwise), naming the flag at fault.
+    pub fn validate(&self, now_ms: i64, form: &NameForm) -> Result<(), String> {
         if self.symbols.is_empty() {
             return Err("--symbols: give at least one symbol".into());
         }
         for s in &self.symbols {
-            validate_symbol(s).map_err(|e| format!("--symbols: {e}"))?;
+            validate_symbol(s, form).map_err(|e| format!("--symbols: {e}"))?;
         }
         if self.from >= self.to {
             return Err("--from must be before --to".into());
@@ -62,6 +64,20 @@ impl GenerateSpec {
 }
 
 const DAILY_VOLATILITY: f64 = 0.03;
+
+/// Trade sizes, history and live alike (median 0.05): a live bar's volume
+/// then matches the history's bars when the live rate matches its density.
+fn trade_amounts() -> LogNormal<f64> {
+    LogNormal::new((0.05f64).ln(), 1.2).expect("valid log-normal")
+}
+
+/// The live rate, trades per second over all symbols, that continues a
+/// history at its density: `day_counts` holds each symbol's trades in the
+/// day before its last trade. `None` when no symbol has any.
+pub fn history_rate(day_counts: &[u64]) -> Option<f64> {
+    let total: u64 = day_counts.iter().sum();
+    (total > 0).then(|| total as f64 / (NANOS_PER_DAY / 1_000_000_000) as f64)
+}
 const MS_PER_DAY: f64 = (NANOS_PER_DAY / 1_000_000) as f64;
 
 /// An endless-until-`n` iterator of one symbol's trades, in time order.
@@ -128,7 +144,7 @@ impl SymbolWalk {
             decimals,
             last_price: price,
             last_ms: from_ms,
-            amounts: LogNormal::new((0.05f64).ln(), 1.2).expect("valid log-normal"),
+            amounts: trade_amounts(),
         }
     }
 
@@ -254,7 +270,7 @@ impl LiveWalk {
         LiveWalk {
             symbols,
             rng,
-            amounts: LogNormal::new(-1.0, 1.0).expect("valid parameters"),
+            amounts: trade_amounts(),
             last_ms: 0,
             seq: 0,
         }
@@ -316,8 +332,12 @@ mod tests {
         assert!(trades.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
         let (from_ms, to_ms) = (s.from / 1_000_000, s.to / 1_000_000);
         assert!(trades.iter().all(|t| (from_ms..to_ms).contains(&t.time_ms)));
-        assert_eq!(s.validate(to_ms), Ok(()));
-        assert!(trades.iter().all(|t| t.validate(to_ms).is_ok()));
+        assert_eq!(s.validate(to_ms, &NameForm::default()), Ok(()));
+        assert!(
+            trades
+                .iter()
+                .all(|t| t.validate(to_ms, &NameForm::default()).is_ok())
+        );
         // Spread over the whole range, not bunched at the start.
         assert!(trades.last().unwrap().time_ms > to_ms - 3_600_000);
         for sym in &s.symbols {
@@ -332,18 +352,21 @@ mod tests {
         // 1999-12-31T23:59:59.999Z, then 2000-01-01T00:00:00Z.
         s.from = 946_684_799_999 * 1_000_000;
         assert!(
-            s.validate(s.to / 1_000_000)
+            s.validate(s.to / 1_000_000, &NameForm::default())
                 .unwrap_err()
                 .starts_with("--from: ")
         );
         s.from = 946_684_800_000 * 1_000_000;
-        assert_eq!(s.validate(s.to / 1_000_000), Ok(()));
+        assert_eq!(s.validate(s.to / 1_000_000, &NameForm::default()), Ok(()));
         // The last trade may be stamped at most an hour after now.
         let s = spec(1);
         let last_ms = s.to / 1_000_000 - 1;
-        assert_eq!(s.validate(last_ms - 3_600_000), Ok(()));
+        assert_eq!(
+            s.validate(last_ms - 3_600_000, &NameForm::default()),
+            Ok(())
+        );
         assert!(
-            s.validate(last_ms - 3_600_001)
+            s.validate(last_ms - 3_600_001, &NameForm::default())
                 .unwrap_err()
                 .starts_with("--to: ")
         );
@@ -351,7 +374,7 @@ mod tests {
             trades: 0,
             ..spec(1)
         };
-        assert!(no_trades.validate(last_ms).is_err());
+        assert!(no_trades.validate(last_ms, &NameForm::default()).is_err());
     }
 
     #[test]
@@ -374,7 +397,10 @@ mod tests {
             let at = 1_700_000_000_000 + k * 200;
             for t in walk.trades(at, 10) {
                 assert_eq!(t.time_ms, at);
-                assert!(t.validate(at + 1_000).is_ok(), "{t:?}");
+                assert!(
+                    t.validate(at + 1_000, &NameForm::default()).is_ok(),
+                    "{t:?}"
+                );
                 assert!(ids.insert((t.symbol.clone(), t.id)), "duplicate id");
                 if t.symbol == "BTCUSD" {
                     assert!((t.price / 41_000.0 - 1.0).abs() < 0.01, "{}", t.price);
@@ -416,5 +442,38 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), trades.len());
+    }
+
+    #[test]
+    fn live_trades_are_the_size_of_history_trades() {
+        // Mean amount per trade, history against live, 20,000 trades each:
+        // at equal rates a live bar then holds the volume of a history bar.
+        let s = GenerateSpec {
+            trades: 20_000,
+            ..spec(9)
+        };
+        let history: Vec<f64> = Generator::new(&s).map(|t| t.amount).collect();
+        let mut walk = LiveWalk::new(vec![("BTCUSD".into(), Some(41_000.0))], 9);
+        let live: Vec<f64> = (0..200)
+            .flat_map(|k| walk.trades(1_700_000_000_000 + k * 200, 100))
+            .map(|t| t.amount)
+            .collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let ratio = mean(&live) / mean(&history);
+        assert!(
+            (0.9..1.1).contains(&ratio),
+            "live/history mean amount {ratio}"
+        );
+    }
+
+    #[test]
+    fn the_history_rate_is_a_days_trades_per_second() {
+        assert_eq!(history_rate(&[]), None);
+        assert_eq!(history_rate(&[0, 0]), None);
+        assert_eq!(history_rate(&[86_400]), Some(1.0));
+        assert_eq!(
+            history_rate(&[11_111, 11_111, 11_112]),
+            Some(33_334.0 / 86_400.0)
+        );
     }
 }

@@ -12,7 +12,9 @@
 //!   retention policies per measurement ([`influx::retention`]).
 //! - [`progress`]: SQLite progress store (tasks, symbol leases, watermarks, run
 //!   history).
-//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution.
+//! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution,
+//!   gap filling.
+//! - [`zone`]: time zones: local days, weeks, months and intraday windows.
 //! - [`datafeed`]: serving candles at any chart resolution.
 //! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`engine`]: the downsampling job; [`engine::Engine::tick`] is one step,
@@ -21,10 +23,12 @@
 //! - [`scheduler`]: cron trigger for the engine.
 //! - [`server`]: HTTP server.
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
+//! - [`build_info`]: version and git commit of the binary.
 //! - [`cli`]: the `ohlcd` command line.
 //! - [`testkit`]: test and benchmark support (a throwaway `influxd`); not used
 //!   by the daemon.
 
+pub mod build_info;
 pub mod candle;
 pub mod chart;
 pub mod cli;
@@ -38,6 +42,8 @@ pub mod influx;
 pub mod ingest;
 pub mod progress;
 pub mod scheduler;
+pub mod schema;
 pub mod server;
 pub mod testkit;
 pub mod times;
+pub mod zone;

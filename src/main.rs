@@ -42,19 +42,57 @@ fn limit_malloc_arenas() {
 
 async fn run() -> std::process::ExitCode {
     let cli = ohlcd::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("OHLCD_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("ohlcd=info,warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let json = match init_logging() {
+        Ok(json) => json,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match ohlcd::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line that says what is wrong and, where we know, what to do.
-            eprintln!("error: {}", ohlcd::cli::error_line(&e));
+            let line = ohlcd::cli::error_line(&e);
+            if json {
+                tracing::error!(error = %line, "stopped on an error");
+            } else {
+                eprintln!("error: {line}");
+            }
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `OHLCD_LOG` (default `ohlcd=info,warn`), as
+/// plain text or, with `OHLCD_LOG_FORMAT=json`, one JSON object per line
+/// with the event's fields at the top level next to `timestamp`, `level`,
+/// `target` and `message` (what a log shipper indexes). Returns whether the
+/// format is JSON.
+fn init_logging() -> Result<bool, String> {
+    let filter =
+        EnvFilter::try_from_env("OHLCD_LOG").unwrap_or_else(|_| EnvFilter::new("ohlcd=info,warn"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("OHLCD_LOG_FORMAT").as_deref() {
+        Ok("json") => {
+            log.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .init();
+            Ok(true)
+        }
+        Ok("plain" | "") | Err(std::env::VarError::NotPresent) => {
+            log.init();
+            Ok(false)
+        }
+        Ok(other) => Err(format!(
+            "OHLCD_LOG_FORMAT is {other:?}; it must be `plain` (the default) or `json`"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("OHLCD_LOG_FORMAT must be `plain` (the default) or `json`".to_string())
         }
     }
 }

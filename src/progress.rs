@@ -28,7 +28,7 @@ mod sqlite;
 mod symbols;
 use db::{Arg, Db, DbRow, Sql};
 pub use epochs::ServingState;
-pub use symbols::{StepCommit, SymbolState};
+pub use symbols::{FailedRun, Failure, StepCommit, SymbolState};
 
 /// Errors of the progress store.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +172,10 @@ pub struct Task {
     pub chunks: i64,
     /// Source rows read (trades or finer candles).
     pub rows_read: i64,
+    /// Rows read that could not make a trade (1m tasks; see `SkipReason`).
+    pub rows_skipped: i64,
+    /// Failed runs in a row (0 after a run that succeeds).
+    pub failures: i64,
     /// Candles written.
     pub candles_written: i64,
 }
@@ -240,6 +244,11 @@ pub struct ProgressEntry {
     pub chunks: i64,
     /// Source rows read.
     pub rows_read: i64,
+    /// Rows that could not make a trade, skipped (counted on the 1m task).
+    pub rows_skipped: i64,
+    /// Failed runs in a row; a failed task is retried after a backoff that
+    /// grows with it.
+    pub failures: i64,
     /// Candles written.
     pub candles_written: i64,
 }
@@ -268,6 +277,8 @@ impl ProgressEntry {
             runs: task.runs,
             chunks: task.chunks,
             rows_read: task.rows_read,
+            rows_skipped: task.rows_skipped,
+            failures: task.failures,
             candles_written: task.candles_written,
         }
     }
@@ -300,16 +311,7 @@ impl Backend {
     }
 }
 
-/// `url` with its password, if any, replaced by `***` (for messages).
-pub(crate) fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+pub(crate) use crate::config::redact_url as redact;
 
 fn opt_time(row: &DbRow, col: &str) -> Result<Option<i64>, ProgressError> {
     row.opt_text(col)?
@@ -337,6 +339,8 @@ fn task_from_row(row: &DbRow) -> Result<Task, ProgressError> {
         runs: row.int("runs")?,
         chunks: row.int("chunks")?,
         rows_read: row.int("rows_read")?,
+        rows_skipped: row.int("rows_skipped")?,
+        failures: row.int("failures")?,
         candles_written: row.int("candles_written")?,
     })
 }
@@ -387,6 +391,11 @@ const PING: Sql = Sql {
     postgres: "SELECT 1",
 };
 
+const FAILING: Sql = Sql {
+    sqlite: "SELECT count(*) AS n FROM progress WHERE resolution = '1m' AND status = 'failed'",
+    postgres: "SELECT count(*) AS n FROM progress WHERE resolution = '1m' AND status = 'failed'",
+};
+
 impl ProgressStore {
     /// Opens (creating if missing) the progress database at `url` and migrates it.
     ///
@@ -423,6 +432,15 @@ impl ProgressStore {
     pub async fn ping(&self) -> Result<(), ProgressError> {
         self.db.execute(PING, &[]).await?;
         Ok(())
+    }
+
+    /// How many symbols failed their last run (one query, for `/healthz`).
+    pub async fn failing_symbols(&self) -> Result<u64, ProgressError> {
+        let row = self.db.fetch_optional(FAILING, &[]).await?;
+        Ok(match row {
+            Some(row) => u64::try_from(row.int("n")?).unwrap_or(0),
+            None => 0,
+        })
     }
 
     /// All tasks, ordered by symbol then resolution (cascade order).

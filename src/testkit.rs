@@ -97,6 +97,10 @@ pub struct InfluxdOptions {
     /// minutes). The bench sets it so freshly generated trades are read from
     /// TSM files, as history is.
     pub cache_snapshot_cold_secs: Option<u32>,
+    /// Most values a tag key may have per measurement (1.x only; `None`:
+    /// influxd's default, 100,000). A write that would add one more is
+    /// refused: a real server refusing the points of one new symbol.
+    pub max_values_per_tag: Option<u32>,
     /// Called on the `influxd` command before every spawn (start and restart),
     /// e.g. to ask for a parent-death signal.
     pub configure: Option<fn(&mut Command)>,
@@ -228,6 +232,27 @@ impl Influxd {
         let _ = self.child.wait();
     }
 
+    /// [`Influxd::restart`] with other options (its generation stays).
+    pub fn restart_with(&mut self, options: InfluxdOptions) {
+        self.options = InfluxdOptions {
+            server: self.options.server,
+            ..options
+        };
+        let http_port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the URL ends in a port");
+        let rpc_port = free_port().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            self.dir.path().join("influxdb.conf"),
+            config(self.dir.path(), http_port, rpc_port, &self.options),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.restart();
+    }
+
     /// Starts influxd again on the same ports and data; panics if it does not
     /// come up (test convenience).
     pub fn restart(&mut self) {
@@ -308,6 +333,10 @@ fn config(dir: &Path, http_port: u16, rpc_port: u16, options: &InfluxdOptions) -
         .cache_snapshot_cold_secs
         .map(|s| format!("  cache-snapshot-write-cold-duration = \"{s}s\"\n"))
         .unwrap_or_default();
+    let values = options
+        .max_values_per_tag
+        .map(|n| format!("  max-values-per-tag = {n}\n"))
+        .unwrap_or_default();
     format!(
         r#"reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -317,7 +346,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   dir = "{d}/data"
   wal-dir = "{d}/wal"
   query-log-enabled = false
-{snapshot}[monitor]
+{snapshot}{values}[monitor]
   store-enabled = false
 [http]
   bind-address = "127.0.0.1:{http_port}"

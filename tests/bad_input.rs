@@ -543,9 +543,10 @@ fn post_corpus() -> Vec<Req> {
         ),
         ("text/plain", "BTCUSD,42000.5,0.25,buy,1704196800000".into()),
     ] {
+        // Anything but JSON is refused before its body is read.
         c.push(Req {
             content_type: Some(ct),
-            ..post_json(body, 400)
+            ..post_json(body, 415)
         });
     }
     let utf16: Vec<u8> = whole.encode_utf16().flat_map(u16::to_le_bytes).collect();
@@ -663,10 +664,15 @@ fn get_corpus() -> Vec<Req> {
             400,
         ));
         c.push(get(with_param(path, &valid, "symbol", ""), 400));
-        // Well-formed but unknown (symbols are case-sensitive).
-        for s in ["NOPE", "btcusd", "ohlcd:NOPE", "BTCUSD:"] {
+        // Well-formed but unknown (symbols are case-sensitive); the UDF
+        // endpoints take the chart's EXCHANGE:SYMBOL.
+        for s in ["NOPE", "btcusd"] {
             c.push(get(with_param(path, &valid, "symbol", s), 404));
         }
+        let udf = if path.starts_with("/udf/") { 404 } else { 400 };
+        c.push(get(with_param(path, &valid, "symbol", "ohlcd:NOPE"), udf));
+        // No symbol holds ':', so this one can never exist.
+        c.push(get(with_param(path, &valid, "symbol", "BTCUSD:"), 400));
     }
     // Missing parameters.
     for p in [

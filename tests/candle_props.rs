@@ -48,7 +48,12 @@ fn naive_candles(trades: &[Trade], len: i64) -> Vec<Candle> {
     let mut out: Vec<Candle> = Vec::new();
     for t in &sorted {
         let start = t.time.div_euclid(len) * len;
-        let buy = if t.side == Side::Buy { t.amount } else { 0.0 };
+        // No side: not known to be a buy, so no buy volume.
+        let buy = if t.side == Some(Side::Buy) {
+            t.amount
+        } else {
+            0.0
+        };
         match out.last_mut() {
             Some(c) if c.start == start => {
                 c.high = c.high.max(t.price);
@@ -229,8 +234,9 @@ fn magnitude() -> impl Strategy<Value = f64> {
     ]
 }
 
-fn side() -> impl Strategy<Value = Side> {
-    prop_oneof![Just(Side::Buy), Just(Side::Sell)]
+/// A taker side, or none (trades of a schema without a side).
+fn side() -> impl Strategy<Value = Option<Side>> {
+    prop_oneof![4 => Just(Some(Side::Buy)), 4 => Just(Some(Side::Sell)), 1 => Just(None)]
 }
 
 /// Trades spanning several days around `era`, in random order, clustered around a
@@ -452,10 +458,10 @@ fn naive_reference_orders_by_time_then_id_and_floors_negative_times() {
         side,
     };
     let trades = [
-        t(-1, 9, 3.0, 1.0, Side::Buy),
-        t(-1, 2, 2.0, 1.0, Side::Sell),
-        t(-MIN, 5, 4.0, 2.0, Side::Buy),
-        t(0, 1, 5.0, 1.0, Side::Sell),
+        t(-1, 9, 3.0, 1.0, Some(Side::Buy)),
+        t(-1, 2, 2.0, 1.0, Some(Side::Sell)),
+        t(-MIN, 5, 4.0, 2.0, Some(Side::Buy)),
+        t(0, 1, 5.0, 1.0, Some(Side::Sell)),
     ];
     let c = naive_candles(&trades, MIN);
     assert_eq!(c.len(), 2);

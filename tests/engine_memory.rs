@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ohlcd::candle::{Candle, Resolution, Side, Trade};
+use ohlcd::candle::{Candle, Resolution, Side, Skip, Trade};
 use ohlcd::clock::ManualClock;
 use ohlcd::config::Settings;
 use ohlcd::engine::{ChunkEvent, Engine, TaskFilter, Warehouse};
@@ -174,7 +174,7 @@ impl Warehouse for Memory {
         &self,
         symbols: &[String],
         range: Range<i64>,
-        mut on_trade: impl FnMut(&str, Trade) + Send,
+        mut on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
     ) -> Result<u64, InfluxError> {
         if symbols.is_empty() {
             return Ok(0);
@@ -193,7 +193,7 @@ impl Warehouse for Memory {
                 .collect()
         };
         for (s, t) in &rows {
-            on_trade(s, *t);
+            on_row(s, Ok(*t));
         }
         Ok(rows.len() as u64)
     }
@@ -320,11 +320,11 @@ impl Walk {
             id,
             price: 100.0 + (self.next() % 1000) as f64 / 10.0,
             amount: 0.5 + (self.next() % 100) as f64 / 100.0,
-            side: if self.next().is_multiple_of(2) {
+            side: Some(if self.next().is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell
-            },
+            }),
         }
     }
 }
@@ -508,7 +508,7 @@ async fn a_late_trade_repairs_only_the_windows_it_touches_at_every_resolution() 
             id: 999_999,
             price: 1_000.0,
             amount: 2.0,
-            side: Side::Buy,
+            side: Some(Side::Buy),
         },
     );
     s.store
@@ -681,4 +681,47 @@ async fn a_backfill_asks_for_symbols_and_first_trades_once() {
     // Only the tick right after pending_span is primed: the next one looks again.
     engine.tick(&all).await.unwrap();
     assert_eq!(calls(&s.mem.calls.symbols), 2);
+}
+
+#[tokio::test]
+async fn a_candle_that_is_not_finite_fails_its_own_symbol_before_anything_of_it_is_written() {
+    // This warehouse hands over every trade as it is, so an overflowing one
+    // reaches the aggregation: the engine's last defence must catch it.
+    let s = setup(&[]).await;
+    let mut walk = Walk(5);
+    let symbols: Vec<String> = (0..4).map(symbol).collect();
+    for (i, sym) in symbols.iter().enumerate() {
+        for k in 0..200 {
+            let t = T0 + (walk.next() % DAY as u64) as i64;
+            s.mem.add(sym, walk.trade(t, (i * 1000 + k) as i64));
+        }
+    }
+    let poisoned_at = T0 + 3_600 * SEC + 7;
+    s.mem.add(
+        &symbols[2],
+        Trade {
+            time: poisoned_at,
+            id: 1,
+            price: 1e308,
+            amount: 1e308,
+            side: Some(Side::Buy),
+        },
+    );
+    s.clock.set(T0 + DAY + 6 * SEC);
+    let report = s.engine("a").tick(&TaskFilter::default()).await.unwrap();
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    let (failed, why) = &report.failures[0];
+    assert_eq!(failed, &symbols[2]);
+    assert!(
+        why.contains(&symbols[2])
+            && why.contains("2024-01-01T01:00:00")
+            && why.contains("quote_volume = "),
+        "{why}"
+    );
+    for res in Resolution::ALL {
+        assert!(s.mem.stored(res, &symbols[2]).is_empty(), "{res}: written");
+    }
+    for sym in symbols.iter().filter(|s| *s != &symbols[2]) {
+        assert_exact(&s.mem, sym, T0 + DAY);
+    }
 }

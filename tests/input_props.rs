@@ -3,7 +3,8 @@
 //! they accept encodes to line protocol and InfluxQL that mean what was sent.
 //!
 //! The trade rules are checked against an oracle written here from the README
-//! (`symbol` 1–32 of `A-Za-z0-9._:-`, `price`/`amount` finite > 0, `side`
+//! (`symbol` 1–32 of `A-Za-z0-9._-`, `price`/`amount` finite, > 0 and at most
+//! 1e15, `side`
 //! `buy`|`sell`, `timestamp` integer ms or RFC 3339 in 2000..2200 and at most an
 //! hour ahead, `id` integer ≥ 0, no other fields); serde_json only tokenizes.
 
@@ -15,6 +16,7 @@ use ohlcd::candle::{Candle, Resolution, Side};
 use ohlcd::datafeed::ChartResolution;
 use ohlcd::influx::{encode_candles, quote_ident, quote_literal};
 use ohlcd::ingest::{NewTrade, encode_trades, point_time, validate_symbol};
+use ohlcd::schema::{NameForm, SchemaSettings, TradeSchema};
 use ohlcd::server::models::{
     Params, TradesError, count_param, parse_trades, range_params, resolution_param, seconds_param,
     symbol_param,
@@ -141,9 +143,9 @@ fn json_str(s: &str) -> String {
 /// A JSON string token: valid symbols, nasty strings, arbitrary unicode.
 fn string_token() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => "[A-Za-z0-9._:-]{1,32}",
+        3 => "[A-Za-z0-9._-]{1,32}",
         3 => prop::sample::select(NASTY).prop_map(str::to_string),
-        1 => "[A-Za-z0-9._:-]{28,36}",
+        1 => "[A-Za-z0-9._-]{28,36}",
         2 => any::<String>(),
         2 => "[a-zA-Z0-9 ,=\"'\\\\\n\t:._-]{0,12}",
     ]
@@ -202,7 +204,8 @@ fn rfc3339_token() -> impl Strategy<Value = String> {
 
 fn symbol_value() -> impl Strategy<Value = String> {
     prop_oneof![
-        8 => "[A-Za-z0-9._:-]{1,32}".prop_map(|s| json_str(&s)),
+        8 => "[A-Za-z0-9._-]{1,32}".prop_map(|s| json_str(&s)),
+        1 => "[A-Za-z0-9._:-]{1,32}".prop_map(|s| json_str(&s)),
         2 => string_token(),
         1 => number_token(),
         1 => other_token(),
@@ -357,15 +360,35 @@ fn trades_body() -> impl Strategy<Value = String> {
     ]
 }
 
-/// The README's symbol rule, written independently of `validate_symbol`.
-fn symbol_ok(s: &str) -> bool {
-    (1..=32).contains(&s.chars().count())
-        && s.chars().all(|c| {
-            c.is_ascii_uppercase()
-                || c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || ".:_-".contains(c)
+/// The documented symbol rule, written independently of `validate_symbol`:
+/// `parts` parts joined by `:`, each 1 to 32 of `A-Z a-z 0-9 . _ -`.
+fn symbol_ok_for(s: &str, parts: usize) -> bool {
+    let split: Vec<&str> = s.split(':').collect();
+    split.len() == parts
+        && split.iter().all(|p| {
+            (1..=32).contains(&p.chars().count())
+                && p.chars().all(|c| {
+                    c.is_ascii_uppercase()
+                        || c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || "._-".contains(c)
+                })
         })
+}
+
+/// The rule in ohlcd's own schema: one part.
+fn symbol_ok(s: &str) -> bool {
+    symbol_ok_for(s, 1)
+}
+
+/// Names of a schema whose instruments are keyed by two tags
+/// (`exchange:symbol`).
+fn two_part_form() -> NameForm {
+    let settings = SchemaSettings {
+        symbol_tags: vec!["exchange".into(), "symbol".into()],
+        ..SchemaSettings::default()
+    };
+    NameForm::of(&TradeSchema::from_settings(&settings).unwrap())
 }
 
 /// What the README says a body should give.
@@ -386,7 +409,7 @@ fn time_ok(ms: i64) -> Option<i64> {
 
 fn positive(v: Option<&Value>) -> Option<f64> {
     v.and_then(Value::as_f64)
-        .filter(|x| x.is_finite() && *x > 0.0)
+        .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1e15)
 }
 
 /// A valid trade as the oracle reads it: (symbol, side, price, amount, time_ms,
@@ -476,17 +499,17 @@ fn oracle(body: &[u8]) -> Expect {
 /// `parse_trades` agrees with the oracle: accepted trades are the ones sent and
 /// valid, rejections name the first bad trade and one of its bad fields.
 fn check_parse(body: &[u8]) -> Result<(), TestCaseError> {
-    let got = parse_trades(body, NOW_MS);
+    let got = parse_trades(body, NOW_MS, &NameForm::default());
     let shown = String::from_utf8_lossy(body);
     match (oracle(body), got) {
         (Expect::Trades(expected), Ok(trades)) => {
             prop_assert_eq!(trades.len(), expected.len());
             for (t, (symbol, side, price, amount, time_ms, id)) in trades.iter().zip(&expected) {
                 prop_assert!(
-                    t.validate(NOW_MS).is_ok(),
+                    t.validate(NOW_MS, &NameForm::default()).is_ok(),
                     "{:?}: {:?}",
                     t,
-                    t.validate(NOW_MS)
+                    t.validate(NOW_MS, &NameForm::default())
                 );
                 prop_assert_eq!(&t.symbol, symbol);
                 prop_assert_eq!(t.side, *side);
@@ -579,7 +602,7 @@ fn check_derived_ids_ignore_other_trades(
         Some(items) => format!("[{other},{items}"),
         None => format!("[{other},{text}]"),
     };
-    let again = parse_trades(padded.as_bytes(), NOW_MS)
+    let again = parse_trades(padded.as_bytes(), NOW_MS, &NameForm::default())
         .map_err(|e| TestCaseError::fail(format!("{padded}: {e:?}")))?;
     prop_assert_eq!(again.len(), trades.len() + 1);
     for ((t, e), a) in trades.iter().zip(expected).zip(&again[1..]) {
@@ -648,10 +671,12 @@ fn check_trades_round_trip(trades: &[NewTrade]) -> Result<(), TestCaseError> {
 
 fn valid_trade() -> impl Strategy<Value = NewTrade> {
     (
-        "[A-Za-z0-9._:-]{1,32}",
+        "[A-Za-z0-9._-]{1,32}",
         prop::bool::ANY,
-        prop::num::f64::POSITIVE | prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL,
-        prop::num::f64::POSITIVE | prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL,
+        (prop::num::f64::POSITIVE | prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL)
+            .prop_filter("at most 1e15", |x| *x <= 1e15),
+        (prop::num::f64::POSITIVE | prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL)
+            .prop_filter("at most 1e15", |x| *x <= 1e15),
         MIN_MS..=LATEST_MS,
         0..=i64::MAX,
     )
@@ -898,7 +923,7 @@ proptest! {
         let truncated = &body.as_bytes()[..cut.index(body.len())];
         let padded = format!("{body}{junk}");
         for b in [truncated, padded.as_bytes()] {
-            match parse_trades(b, NOW_MS) {
+            match parse_trades(b, NOW_MS, &NameForm::default()) {
                 Err(TradesError::Invalid(m)) => prop_assert!(m.starts_with("body is not valid JSON"), "{}", m),
                 other => {
                     return Err(TestCaseError::fail(format!("{:?} gave {other:?}", String::from_utf8_lossy(b))));
@@ -927,7 +952,7 @@ proptest! {
                 v
             })
             .collect();
-        let parsed = parse_trades(Value::Array(items).to_string().as_bytes(), NOW_MS)
+        let parsed = parse_trades(Value::Array(items).to_string().as_bytes(), NOW_MS, &NameForm::default())
             .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         for (p, (t, with_id, _)) in parsed.iter().zip(&batch) {
             let expected = NewTrade { id: if *with_id { t.id } else { p.id }, ..t.clone() };
@@ -944,7 +969,7 @@ proptest! {
     ) {
         for (t, ms) in batch.iter_mut().zip(times) {
             t.time_ms = ms;
-            prop_assert!(t.validate(MAX_MS).is_ok());
+            prop_assert!(t.validate(MAX_MS, &NameForm::default()).is_ok());
         }
         check_trades_round_trip(&batch)?;
     }
@@ -952,7 +977,7 @@ proptest! {
     #[test]
     fn finite_candles_encode_to_one_parsable_line_each_with_every_field_exact(
         res in prop::sample::select(Resolution::ALL.to_vec()),
-        symbol in "[A-Za-z0-9._:-]{1,32}",
+        symbol in "[A-Za-z0-9._-]{1,32}",
         candles in prop::collection::vec(any_candle(), 1..6),
     ) {
         let lp = String::from_utf8(encode_candles(res, &symbol, &candles)).expect("UTF-8");
@@ -986,10 +1011,12 @@ proptest! {
     }
 
     #[test]
-    fn validate_symbol_accepts_every_symbol_of_the_allowed_alphabet(
-        s in "[A-Za-z0-9._:-]{1,32}"
+    fn validate_symbol_accepts_every_name_of_the_allowed_alphabet_and_form(
+        s in "[A-Za-z0-9._-]{1,32}",
+        t in "[A-Za-z0-9._-]{1,32}",
     ) {
-        prop_assert_eq!(validate_symbol(&s), Ok(()));
+        prop_assert_eq!(validate_symbol(&s, &NameForm::default()), Ok(()));
+        prop_assert_eq!(validate_symbol(&format!("{s}:{t}"), &two_part_form()), Ok(()));
     }
 
     #[test]
@@ -1002,8 +1029,10 @@ proptest! {
             prop::sample::select(NASTY).prop_map(str::to_string),
         ]
     ) {
-        let got = validate_symbol(&s);
+        let got = validate_symbol(&s, &NameForm::default());
         prop_assert_eq!(got.is_ok(), symbol_ok(&s), "{:?}: {:?}", s, got);
+        let got = validate_symbol(&s, &two_part_form());
+        prop_assert_eq!(got.is_ok(), symbol_ok_for(&s, 2), "{:?}: {:?}", s, got);
     }
 
     #[test]
@@ -1012,7 +1041,7 @@ proptest! {
         resolution in prop::option::weighted(0.9, param_value()),
     ) {
         let p = params(&[("symbol", &symbol), ("resolution", &resolution)]);
-        match symbol_param(&p, "symbol") {
+        match symbol_param(&p, "symbol", &NameForm::default()) {
             Ok(s) => {
                 prop_assert_eq!(Some(&s), symbol.as_ref());
                 prop_assert!(symbol_ok(&s), "{:?}", s);

@@ -25,6 +25,8 @@ const ohlcd = {
   streamUpdates: 0,      // bars applied from the stream
   error: null,           // last error message (null when the last action succeeded)
   progressRows: 0,
+  timezone: 'Etc/UTC',   // zone the shown bars are counted in (the response's `timezone`)
+  quotes: 0,             // watchlist refreshes applied
 };
 window.ohlcd = ohlcd;
 // What the chart actually holds (lightweight-charts' own copy of the data), so a
@@ -37,8 +39,13 @@ window.ohlcdDrawn = () => ({
 const POLL_MS = 5000;
 const DAY = 86400;
 
-// Timeframe buttons → default window (days, ending today) giving a sensible bar count.
+// Timeframe buttons → default window (days, ending today) giving a sensible bar
+// count; seconds show the last `span` seconds of the range instead.
 const TIMEFRAMES = {
+  '1S': { label: '1s', days: 0, span: 15 * 60 },
+  '5S': { label: '5s', days: 0, span: 3600 },
+  '15S': { label: '15s', days: 0, span: 3 * 3600 },
+  '30S': { label: '30s', days: 0, span: 6 * 3600 },
   '1': { label: '1m', days: 1 },
   '5': { label: '5m', days: 3 },
   '15': { label: '15m', days: 7 },
@@ -67,6 +74,9 @@ const COLORS = {
 const $ = (sel) => document.querySelector(sel);
 const els = {
   symbol: $('#symbol'),
+  tz: $('#tz'),
+  watchBody: $('#watchlist tbody'),
+  watchStatus: $('#watchlist-status'),
   timeframes: $('#timeframes'),
   rangeForm: $('#range-form'),
   fromDate: $('#from-date'),
@@ -88,11 +98,11 @@ function resolutionSeconds(res) {
   const s = String(res).trim();
   let m = /^(\d+)$/.exec(s);
   if (m) return Number(m[1]) * 60;
-  m = /^(\d*)([smhDdWwM])$/.exec(s);
+  m = /^(\d*)([sSmhDdWwM])$/.exec(s);
   if (!m) return 60;
   const n = m[1] === '' ? 1 : Number(m[1]);
   switch (m[2]) {
-    case 's': return n;
+    case 's': case 'S': return n;
     case 'm': return n * 60;
     case 'h': return n * 3600;
     case 'D': case 'd': return n * DAY;
@@ -111,6 +121,7 @@ function resolutionLabel(res) {
     if (min >= 60 && min % 60 === 0) return `${min / 60}h`;
     return `${min}m`;
   }
+  if (/^\d+S$/.test(s)) return s.toLowerCase();
   return s;
 }
 
@@ -167,8 +178,62 @@ async function getJSON(url) {
 
 function ohlcUrl(symbol, resolution, from, to) {
   const q = new URLSearchParams({ symbol, resolution, from: String(from), to: String(to) });
+  if (state.tz) q.set('tz', state.tz);
   return `/api/ohlc?${q}`;
 }
+
+// ---------------------------------------------------------------------------
+// Time in the zone the bars are counted in: the axis, the crosshair and the
+// legend show local time there, and a daily bar lands on its local date.
+// ---------------------------------------------------------------------------
+let zoneFormats = null;
+
+function formatsFor(zone) {
+  if (zoneFormats && zoneFormats.zone === zone) return zoneFormats;
+  const f = (o) => new Intl.DateTimeFormat('en-GB', { timeZone: zone, hourCycle: 'h23', ...o });
+  zoneFormats = {
+    zone,
+    parts: f({ year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' }),
+    month: f({ month: 'short' }),
+  };
+  return zoneFormats;
+}
+
+/** {y, mo, d, h, mi, s} of Unix seconds `t` in the shown zone, as strings. */
+function localParts(t) {
+  const out = {};
+  for (const p of formatsFor(ohlcd.timezone).parts.formatToParts(new Date(t * 1000))) out[p.type] = p.value;
+  return { y: out.year, mo: out.month, d: out.day, h: out.hour, mi: out.minute, s: out.second };
+}
+
+function formatTime(t, res) {
+  const p = localParts(t);
+  const date = `${p.y}-${p.mo}-${p.d}`;
+  const secs = resolutionSeconds(res);
+  if (secs >= DAY) return date;
+  return secs < 60 ? `${date} ${p.h}:${p.mi}:${p.s}` : `${date} ${p.h}:${p.mi}`;
+}
+
+/** The crosshair's time label (lightweight-charts `localization.timeFormatter`). */
+function chartTimeLabel(time) {
+  return formatTime(Number(time), ohlcd.resolution);
+}
+
+/** The time axis' labels (lightweight-charts `timeScale.tickMarkFormatter`):
+ *  0 year, 1 month, 2 day of month, 3 time, 4 time with seconds. */
+function tickLabel(time, type) {
+  const t = Number(time);
+  const p = localParts(t);
+  switch (type) {
+    case 0: return p.y;
+    case 1: return formatsFor(ohlcd.timezone).month.format(new Date(t * 1000));
+    case 2: return String(Number(p.d));
+    case 4: return `${p.h}:${p.mi}:${p.s}`;
+    default: return `${p.h}:${p.mi}`;
+  }
+}
+window.ohlcdTimeLabel = chartTimeLabel;
+window.ohlcdTickLabel = tickLabel;
 
 /** Sorted, de-duplicated candles (lightweight-charts rejects unordered data). */
 function normalizeCandles(candles) {
@@ -220,10 +285,6 @@ function formatVolume(v) {
   if (a >= 1e3) return `${(v / 1e3).toFixed(2)}K`;
   return v.toLocaleString('en-US', { maximumFractionDigits: 4 });
 }
-function formatTime(t, res) {
-  const iso = new Date(t * 1000).toISOString();
-  return resolutionSeconds(res) >= DAY ? iso.slice(0, 10) : `${iso.slice(0, 10)} ${iso.slice(11, 16)}`;
-}
 
 // ---------------------------------------------------------------------------
 // Chart
@@ -249,7 +310,11 @@ function createChart() {
       horzLines: { color: COLORS.grid },
     },
     rightPriceScale: { borderColor: COLORS.border },
-    timeScale: { borderColor: COLORS.border, timeVisible: true, secondsVisible: false, rightOffset: 4 },
+    timeScale: {
+      borderColor: COLORS.border, timeVisible: true, secondsVisible: false, rightOffset: 4,
+      tickMarkFormatter: tickLabel,
+    },
+    localization: { timeFormatter: chartTimeLabel },
     crosshair: {
       vertLine: { color: '#4c5566', labelBackgroundColor: '#2a3242' },
       horzLine: { color: '#4c5566', labelBackgroundColor: '#2a3242' },
@@ -346,6 +411,7 @@ const state = {
   resolution: DEFAULT_RESOLUTION,
   fromDate: null,
   toDate: null,
+  tz: '',            // zone asked for ('' = the symbol's zone, as the server has it)
   followToday: true, // the to-date was "today" when chosen: roll it forward at midnight UTC
   autoRange: true,   // the range was not chosen by the user: it follows the symbol's data
 };
@@ -391,6 +457,7 @@ async function anchorToLatest() {
 
 function syncControls() {
   if (state.symbol && els.symbol.value !== state.symbol) els.symbol.value = state.symbol;
+  if (els.tz.value !== state.tz) els.tz.value = state.tz;
   for (const b of els.timeframes.querySelectorAll('button[data-resolution]')) {
     const active = b.dataset.resolution === state.resolution;
     b.classList.toggle('active', active);
@@ -404,6 +471,7 @@ function syncControls() {
 
 function writeHash() {
   const q = new URLSearchParams({ symbol: state.symbol || '', resolution: state.resolution });
+  if (state.tz) q.set('tz', state.tz);
   if (state.followToday) {
     // A window ending "today" is stored as its length, so the link keeps following today.
     q.set('days', String(Math.round((dateToUnix(state.toDate) - dateToUnix(state.fromDate)) / DAY)));
@@ -422,6 +490,7 @@ function readHash() {
     from: q.get('from') || null,
     to: q.get('to') || null,
     days: q.get('days') || null,
+    tz: q.get('tz') || '',
   };
 }
 
@@ -476,8 +545,16 @@ async function load({ fit = true } = {}) {
     return;
   }
 
-  const from = dateToUnix(state.fromDate);
-  const to = dateToUnix(state.toDate) + DAY; // to-date inclusive → exclusive end
+  let from = dateToUnix(state.fromDate);
+  let to = dateToUnix(state.toDate) + DAY; // to-date inclusive → exclusive end
+  const span = (TIMEFRAMES[state.resolution] || {}).span;
+  if (span) {
+    // Seconds: the last `span` seconds of the range (up to now while live).
+    const step = resolutionSeconds(state.resolution);
+    const now = Math.floor(Date.now() / 1000);
+    if (isLiveRange()) to = Math.min(to, Math.floor(now / step) * step + step);
+    from = Math.max(from, to - span);
+  }
   const url = ohlcUrl(state.symbol, state.resolution, from, to);
 
   closeStream(); // the next one follows what this load shows
@@ -520,6 +597,7 @@ async function load({ fit = true } = {}) {
 
   Object.assign(ohlcd, {
     bars: candleSeries.data().length,
+    timezone: data.timezone || 'Etc/UTC',
     resolution: data.resolution != null ? String(data.resolution) : state.resolution,
     requestedResolution: data.requested_resolution != null ? String(data.requested_resolution) : state.resolution,
     symbol: data.symbol || state.symbol,
@@ -529,11 +607,16 @@ async function load({ fit = true } = {}) {
     error: null,
   });
   // The toolbar shows the button the user asked for; the label shows what the server used.
-  chart.applyOptions({ timeScale: { timeVisible: resolutionSeconds(ohlcd.resolution) < DAY } });
+  chart.applyOptions({
+    timeScale: {
+      timeVisible: resolutionSeconds(ohlcd.resolution) < DAY,
+      secondsVisible: resolutionSeconds(ohlcd.resolution) < 60,
+    },
+  });
   renderResolutionLabel();
   renderLegend(null);
   if (candles.length) {
-    setStatus(`loaded ${ohlcd.symbol} · last bar ${formatTime(candles[candles.length - 1].time, ohlcd.resolution)} UTC`, 'ok');
+    setStatus(`loaded ${ohlcd.symbol} · last bar ${formatTime(candles[candles.length - 1].time, ohlcd.resolution)} ${ohlcd.timezone}`, 'ok');
   } else {
     setStatus(`no candles for ${ohlcd.symbol} between ${state.fromDate} and ${state.toDate} (UTC)`, 'warn');
   }
@@ -566,7 +649,7 @@ function applyLiveBar(c) {
 function liveStatus(how) {
   const last = candleSeries.data();
   if (last.length) {
-    setStatus(`live (${how}) · ${ohlcd.symbol} · last bar ${formatTime(Number(last[last.length - 1].time), ohlcd.resolution)} UTC · updated ${new Date().toISOString().slice(11, 19)}Z`, 'ok');
+    setStatus(`live (${how}) · ${ohlcd.symbol} · last bar ${formatTime(Number(last[last.length - 1].time), ohlcd.resolution)} ${ohlcd.timezone} · updated ${new Date().toISOString().slice(11, 19)}Z`, 'ok');
   }
 }
 
@@ -594,11 +677,12 @@ function closeStream() {
 function syncStream() {
   const wanted = typeof EventSource === 'function' && isLiveRange() && !ohlcd.loading
     && ohlcd.resolution && state.symbol && !ohlcd.error;
-  const key = wanted ? `${state.symbol}|${ohlcd.resolution}` : null;
+  const key = wanted ? `${state.symbol}|${ohlcd.resolution}|${state.tz}` : null;
   if (key === streamKey && (source || streamRetry)) return;
   closeStream();
   if (!key) return;
   const q = new URLSearchParams({ symbol: state.symbol, resolution: ohlcd.resolution });
+  if (state.tz) q.set('tz', state.tz);
   // Resume from the newest bar drawn: nothing between the load and the stream is lost.
   const cur = candleSeries.data();
   if (cur.length) q.set('since', String(cur[cur.length - 1].time));
@@ -900,6 +984,18 @@ function wire() {
     const b = ev.target.closest('button[data-resolution]');
     if (b) onTimeframe(b.dataset.resolution);
   });
+  els.tz.addEventListener('change', () => {
+    state.tz = els.tz.value;
+    load({ fit: false });
+  });
+  els.watchBody.addEventListener('click', async (ev) => {
+    const row = ev.target.closest('tr[data-symbol]');
+    if (!row || row.dataset.symbol === state.symbol) return;
+    state.symbol = row.dataset.symbol;
+    syncControls();
+    await anchorToLatest();
+    load();
+  });
   els.symbol.addEventListener('change', async () => {
     state.symbol = els.symbol.value;
     await anchorToLatest();
@@ -916,7 +1012,7 @@ function wire() {
     if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const idx = Number(ev.key) - 1;
-    const keys = Object.keys(TIMEFRAMES);
+    const keys = Object.keys(TIMEFRAMES).filter((k) => !TIMEFRAMES[k].span);
     if (idx >= 0 && idx < keys.length) onTimeframe(keys[idx]);
   });
 }
@@ -935,6 +1031,7 @@ async function main() {
   // Initial state from the URL hash (shareable links), else defaults.
   const h = readHash();
   if (h.resolution && TIMEFRAMES[h.resolution]) state.resolution = h.resolution;
+  state.tz = [...els.tz.options].some((o) => o.value === h.tz) ? h.tz : '';
   const today = todayUTC();
   const toDate = h.to && isValidDate(h.to) ? h.to : today;
   const def = defaultRange(state.resolution, toDate);
@@ -973,6 +1070,57 @@ async function startWithSymbols(h) {
   await anchorToLatest();
   await load();
   setInterval(liveTick, POLL_MS);
+  refreshQuotes(symbols);
+  setInterval(() => refreshQuotes(symbols), POLL_MS);
+}
+
+// ---------------------------------------------------------------------------
+// Watchlist: every symbol's last 24 hours from /udf/quotes, every 5 s.
+// ---------------------------------------------------------------------------
+let quotesBusy = false;
+
+async function refreshQuotes(symbols) {
+  if (quotesBusy || !symbols.length) return;
+  quotesBusy = true;
+  try {
+    const q = new URLSearchParams({ symbols: symbols.slice(0, 100).join(',') });
+    const r = await getJSON(`/udf/quotes?${q}`);
+    if (!r || r.s !== 'ok' || !Array.isArray(r.d)) throw new ApiError('/udf/quotes: unexpected answer');
+    const frag = document.createDocumentFragment();
+    for (const item of r.d) {
+      const tr = document.createElement('tr');
+      tr.dataset.symbol = item.n;
+      tr.dataset.status = item.s;
+      tr.classList.toggle('current', item.n === state.symbol);
+      tr.append(td(item.n, 'sym'));
+      if (item.s !== 'ok') {
+        const c = td(item.errmsg || 'no quote', 'muted');
+        c.colSpan = 6;
+        tr.append(c);
+      } else {
+        const v = item.v;
+        const dir = v.ch >= 0 ? 'up' : 'down';
+        tr.dataset.lp = String(v.lp);
+        tr.append(td(formatPrice(v.lp), 'num mono'));
+        tr.append(td(`${v.ch >= 0 ? '+' : ''}${formatPrice(v.ch)}`, `num mono ${dir}`));
+        tr.append(td(`${v.chp >= 0 ? '+' : ''}${Number(v.chp).toFixed(2)}%`, `num mono ${dir}`));
+        tr.append(td(formatPrice(v.high_price), 'num mono'));
+        tr.append(td(formatPrice(v.low_price), 'num mono'));
+        tr.append(td(formatVolume(v.volume), 'num mono'));
+      }
+      frag.append(tr);
+    }
+    els.watchBody.replaceChildren(frag);
+    ohlcd.quotes += 1;
+    els.watchStatus.textContent = `updated ${new Date().toISOString().slice(11, 19)}Z · every ${POLL_MS / 1000} s`;
+    els.watchStatus.dataset.kind = 'ok';
+  } catch (e) {
+    console.error(`ohlcd: quotes refresh failed: ${e.message}`);
+    els.watchStatus.textContent = `quotes unavailable: ${e.message}`;
+    els.watchStatus.dataset.kind = 'error';
+  } finally {
+    quotesBusy = false;
+  }
 }
 
 main();

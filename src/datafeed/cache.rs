@@ -3,7 +3,10 @@
 //! Three things are kept, per symbol:
 //! - its **serving state** (watermarks and candle epoch, one progress-store
 //!   statement), reused for `recheck`: a request no longer reads the store;
-//! - **closed candles** per stored resolution: a contiguous range
+//! - **closed candles** per stored resolution, and closed seconds bars (no
+//!   stored resolution tiles them; they are computed from raw trades below
+//!   the 1m watermark, where raw trades change only through a repair): a
+//!   contiguous range
 //!   `covered` below that resolution's watermark, tagged with the epoch it was
 //!   read under. Below a watermark InfluxDB's candles change only when ohlcd
 //!   rewrites them (late-trade or lookback repair, `ohlcd rebuild`), and every
@@ -54,6 +57,23 @@ const MAX_TAIL_TRADES: usize = 200_000;
 /// Bookkeeping bytes counted per entry besides its candles or trades.
 const ENTRY_OVERHEAD: usize = 128;
 
+/// What a candle entry holds: a stored resolution's candles, or bars of a
+/// length no resolution tiles (seconds), computed from raw trades below the
+/// 1m watermark. Both change only through a rewrite, which moves the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Series {
+    /// Candles of a stored resolution.
+    Stored(Resolution),
+    /// Bars of this many nanoseconds from raw trades.
+    Raw(i64),
+}
+
+impl From<Resolution> for Series {
+    fn from(r: Resolution) -> Self {
+        Series::Stored(r)
+    }
+}
+
 /// Where a cache lookup of stored candles leaves the caller.
 #[derive(Debug, PartialEq)]
 pub enum Lookup {
@@ -84,7 +104,7 @@ struct Tail {
 #[derive(Debug, Default)]
 struct Inner {
     states: HashMap<String, (Instant, ServingState)>,
-    candles: HashMap<(String, Resolution), Stored>,
+    candles: HashMap<(String, Series), Stored>,
     tails: HashMap<String, Tail>,
     /// Per symbol, a range below its 1m watermark where InfluxDB holds no raw
     /// trades, and the epoch it was read under (see [`CandleCache::raw_empty`]).
@@ -167,7 +187,7 @@ impl CandleCache {
     pub fn put_state(&self, symbol: &str, state: &ServingState) {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let keys: Vec<(String, Resolution)> = inner
+        let keys: Vec<(String, Series)> = inner
             .candles
             .iter()
             .filter(|((s, _), e)| s == symbol && e.epoch != state.epoch)
@@ -189,14 +209,20 @@ impl CandleCache {
 
     /// Stored candles of `res` in `range` (entirely below `res`'s watermark)
     /// under `epoch`, or what to read.
-    pub fn candles(&self, symbol: &str, res: Resolution, range: Range<i64>, epoch: i64) -> Lookup {
+    pub fn candles(
+        &self,
+        symbol: &str,
+        res: impl Into<Series>,
+        range: Range<i64>,
+        epoch: i64,
+    ) -> Lookup {
         if !self.enabled() {
             return Lookup::Miss(range);
         }
         let mut inner = self.lock();
         inner.uses += 1;
         let uses = inner.uses;
-        let Some(e) = inner.candles.get_mut(&(symbol.to_string(), res)) else {
+        let Some(e) = inner.candles.get_mut(&(symbol.to_string(), res.into())) else {
             count("ohlcd_datafeed_cache_misses_total", "candles");
             return Lookup::Miss(range);
         };
@@ -232,7 +258,7 @@ impl CandleCache {
     pub fn put_candles(
         &self,
         symbol: &str,
-        res: Resolution,
+        res: impl Into<Series>,
         range: Range<i64>,
         candles: &[Candle],
         epoch: i64,
@@ -248,7 +274,7 @@ impl CandleCache {
             return;
         }
         inner.uses += 1;
-        let key = (symbol.to_string(), res);
+        let key = (symbol.to_string(), res.into());
         let mut entry = match inner.candles.remove(&key) {
             Some(e) => {
                 inner.bytes -= stored_bytes(&e);
@@ -535,7 +561,7 @@ mod tests {
             id: t,
             price: 1.0,
             amount: 1.0,
-            side: crate::candle::Side::Buy,
+            side: Some(crate::candle::Side::Buy),
         };
         let gen0 = cache.tail("A", 0..100).unwrap_err();
         cache.put_tail("A", 0..100, vec![trade(5), trade(1)], gen0);

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc::{Receiver, Sender};
 
-use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, floor_to};
+use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Skip, floor_to};
 use crate::clock::Clock;
 use crate::config::EngineSettings;
 use crate::influx::{CandleSet, InfluxClient, InfluxError};
-use crate::progress::{ProgressError, ProgressStore, StepCommit, TaskStatus};
+use crate::progress::{FailedRun, Failure, ProgressError, ProgressStore, StepCommit, TaskStatus};
 use crate::times::to_rfc3339;
 pub use plan::RebuildReport;
 use plan::Watermarks;
@@ -63,6 +63,56 @@ pub enum EngineError {
         /// Lease holder.
         owner: String,
     },
+    /// A candle came out with a value InfluxDB cannot store. Rows whose
+    /// values could overflow a sum are skipped when read, so this is a
+    /// defence: the symbol fails, alone, before anything of it is written.
+    #[error(
+        "{symbol}: the {resolution} candle at {start} has {field} = {value}, which InfluxDB cannot store; nothing of it was written (see README, Bad rows)"
+    )]
+    NotFinite {
+        /// The symbol.
+        symbol: String,
+        /// The candle's resolution.
+        resolution: Resolution,
+        /// Its window start, RFC 3339.
+        start: String,
+        /// The first field that is not finite.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+}
+
+impl EngineError {
+    /// Whose fault the error is: a symbol's own (retried after a growing
+    /// backoff, without holding back the rest of its batch) or the servers'.
+    pub fn failure(&self) -> Failure {
+        match self {
+            EngineError::NotFinite { .. } => Failure::OfTheSymbol,
+            EngineError::Influx(e) if e.is_refused_write() => Failure::OfTheSymbol,
+            _ => Failure::OfTheServers,
+        }
+    }
+}
+
+/// The first candle of `by_res` (one symbol's, in [`Resolution::ALL`] order)
+/// with a value that is not finite, as the error that fails its symbol.
+fn not_finite(symbol: &str, by_res: &[Vec<Candle>; 6]) -> Option<EngineError> {
+    Resolution::ALL
+        .iter()
+        .zip(by_res)
+        .find_map(|(res, candles)| {
+            candles.iter().find_map(|c| {
+                let (field, value) = c.non_finite()?;
+                Some(EngineError::NotFinite {
+                    symbol: symbol.to_string(),
+                    resolution: *res,
+                    start: to_rfc3339(c.start),
+                    field,
+                    value,
+                })
+            })
+        })
 }
 
 /// Which symbols a tick or backfill covers; empty means all.
@@ -128,6 +178,59 @@ enum Sent<'a> {
     Candles(Vec<(&'a str, [Vec<Candle>; 6])>),
     /// The step is read, all its candles sent.
     Done(StepRead),
+}
+
+/// Symbols of a batch that failed on their own (a write InfluxDB refused
+/// for them, a candle that is not finite), with why: the rest of the batch
+/// goes on without them, and they are marked failed when it ends. Shared by
+/// the reader and the writer of a batch's steps.
+#[derive(Default)]
+struct Poisoned(std::sync::Mutex<HashMap<String, String>>);
+
+impl Poisoned {
+    fn has(&self, symbol: &str) -> bool {
+        self.0.lock().expect("not poisoned").contains_key(symbol)
+    }
+
+    fn insert(&self, symbol: String, e: &EngineError) {
+        tracing::warn!(symbol, error = %e, "symbol failed on its own; the rest of its batch goes on");
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .entry(symbol)
+            .or_insert_with(|| e.to_string());
+    }
+
+    /// `result` of a step of `symbol` alone: its value, or `None` once the
+    /// symbol is marked for an error of its own; the servers' errors stay
+    /// errors of the batch.
+    fn unless_own<T>(
+        &self,
+        symbol: &str,
+        result: Result<T, EngineError>,
+    ) -> Result<Option<T>, EngineError> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.failure() == Failure::OfTheSymbol => {
+                self.insert(symbol.to_string(), &e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take(self) -> HashMap<String, String> {
+        self.0.into_inner().expect("not poisoned")
+    }
+}
+
+/// What [`Engine::read_minutes`] read, per symbol: trades, skipped rows, and
+/// the 1m aggregates of the trades.
+#[derive(Default)]
+struct MinuteRead<'b> {
+    rows: HashMap<&'b str, u64>,
+    skipped: HashMap<&'b str, u64>,
+    minutes: HashMap<&'b str, Aggregator>,
 }
 
 /// A step read: its commit, once its candles are acknowledged.
@@ -422,6 +525,11 @@ impl<W: Warehouse> Engine<W> {
                 plan.leased += 1;
                 continue;
             }
+            if let Some((failures, at)) = state.failing
+                && plan::retry_at(failures, at) > self.clock.now()
+            {
+                continue;
+            }
             match plan::resume_at(&state.watermarks) {
                 Some(from) => starts.push((symbol.clone(), state.watermarks, Some(from))),
                 None => {
@@ -587,6 +695,7 @@ impl<W: Warehouse> Engine<W> {
                 range: w.from..to,
                 watermarks: Some(plan::advanced(&w.watermarks, to)),
                 rows_read: 0,
+                skipped: 0,
                 candles: [0; 6],
                 started_at: now,
             });
@@ -640,15 +749,31 @@ impl<W: Warehouse> Engine<W> {
         }
         let held: Vec<String> = works.iter().map(|w| w.symbol.clone()).collect();
         let started_at = self.clock.now();
+        let poisoned = Poisoned::default();
         let result = tokio::select! {
-            r = self.process_batch(&mut works, parts, rows, lookback, report) => r,
+            r = self.process_batch(&mut works, parts, rows, lookback, report, &poisoned) => r,
             e = self.keep_leases(&held) => Err(e),
         };
         let horizon = self.horizon();
         match result {
             Ok(()) => {
+                let poisoned = poisoned.take();
+                for (symbol, msg) in &poisoned {
+                    let Some(w) = works.iter().find(|w| &w.symbol == symbol) else {
+                        continue;
+                    };
+                    let run = FailedRun {
+                        range: w.from..w.end,
+                        error: msg,
+                        failure: Failure::OfTheSymbol,
+                        started_at,
+                    };
+                    self.fail(std::slice::from_ref(symbol), &run, report, failed)
+                        .await;
+                }
                 let statuses: Vec<(String, TaskStatus)> = works
                     .iter()
+                    .filter(|w| !poisoned.contains_key(&w.symbol))
                     .map(|w| (w.symbol.clone(), status_at(w.end, horizon)))
                     .collect();
                 if let Err(e) = self
@@ -662,36 +787,48 @@ impl<W: Warehouse> Engine<W> {
                 crate::failpoint::hit("after_release").await;
             }
             Err(e) => {
-                let msg = e.to_string();
                 let from = works.iter().map(|w| w.from).min().unwrap_or(0);
                 let end = works.iter().map(|w| w.end).max().unwrap_or(from);
-                tracing::error!(
-                    symbols = held.len(),
-                    first = %held[0],
-                    from = %to_rfc3339(from),
-                    error = %msg,
-                    "batch failed"
-                );
-                ::metrics::counter!("ohlcd_task_failures_total").increment(held.len() as u64);
-                if let Err(record_err) = self
-                    .store
-                    .fail_symbols(
-                        &self.owner,
-                        &held,
-                        from..end,
-                        &msg,
-                        started_at,
-                        self.clock.now(),
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %record_err, "could not record the failure");
-                }
-                for s in held {
-                    report.failures.push((s.clone(), msg.clone()));
-                    failed.insert(s);
-                }
+                let msg = e.to_string();
+                let run = FailedRun {
+                    range: from..end,
+                    error: &msg,
+                    failure: e.failure(),
+                    started_at,
+                };
+                self.fail(&held, &run, report, failed).await;
             }
+        }
+    }
+
+    /// Records that `symbols` failed `run`: in the log, the metrics, the
+    /// progress table (their watermarks stay at the last commit) and the
+    /// tick's report.
+    async fn fail(
+        &self,
+        symbols: &[String],
+        run: &FailedRun<'_>,
+        report: &mut TickReport,
+        failed: &mut HashSet<String>,
+    ) {
+        tracing::error!(
+            symbols = symbols.len(),
+            first = %symbols[0],
+            from = %to_rfc3339(run.range.start),
+            error = %run.error,
+            "batch failed"
+        );
+        ::metrics::counter!("ohlcd_task_failures_total").increment(symbols.len() as u64);
+        if let Err(record_err) = self
+            .store
+            .fail_symbols(&self.owner, symbols, run, self.clock.now())
+            .await
+        {
+            tracing::warn!(error = %record_err, "could not record the failure");
+        }
+        for s in symbols {
+            report.failures.push((s.clone(), run.error.to_string()));
+            failed.insert(s.clone());
         }
     }
 
@@ -721,12 +858,16 @@ impl<W: Warehouse> Engine<W> {
         rows: u64,
         lookback: bool,
         report: &mut TickReport,
+        poisoned: &Poisoned,
     ) -> Result<(), EngineError> {
         for w in works.iter() {
             if let Some((max_id, ranges)) = &w.dirty {
-                let (rows, candles) = self
+                let repaired = self
                     .repair(&w.symbol, &w.watermarks, ranges, "late", None)
-                    .await?;
+                    .await;
+                let Some((rows, candles)) = poisoned.unless_own(&w.symbol, repaired)? else {
+                    continue;
+                };
                 self.store.clear_dirty_of(&w.symbol, *max_id).await?;
                 report.chunks += 1;
                 report.rows_read += rows;
@@ -734,9 +875,9 @@ impl<W: Warehouse> Engine<W> {
             }
         }
         if lookback {
-            self.look_back(works, report).await?;
+            self.look_back(works, report, poisoned).await?;
         }
-        self.advance(works, parts, rows, report).await
+        self.advance(works, parts, rows, report, poisoned).await
     }
 
     /// The forward steps of a claimed batch, pipelined. A reader reads and
@@ -755,8 +896,13 @@ impl<W: Warehouse> Engine<W> {
         parts: usize,
         rows: u64,
         report: &mut TickReport,
+        poisoned: &Poisoned,
     ) -> Result<(), EngineError> {
-        let first: Vec<Work> = works.iter().filter(|w| w.from < w.end).cloned().collect();
+        let first: Vec<Work> = works
+            .iter()
+            .filter(|w| w.from < w.end && !poisoned.has(&w.symbol))
+            .cloned()
+            .collect();
         if first.is_empty() {
             return Ok(());
         }
@@ -767,8 +913,8 @@ impl<W: Warehouse> Engine<W> {
         // at CANDLES_IN_FLIGHT and the step being read, however long the run.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let result = tokio::try_join!(
-            self.read_steps(first.clone(), &names, parts, rows, tx, &mut begun),
-            self.write_steps(rx, report, &mut committed),
+            self.read_steps(first.clone(), &names, parts, rows, tx, &mut begun, poisoned),
+            self.write_steps(rx, report, &mut committed, poisoned),
         );
         for w in works.iter_mut() {
             if let Some(&end) = committed.get(&w.symbol) {
@@ -784,6 +930,7 @@ impl<W: Warehouse> Engine<W> {
     /// The reader of [`Engine::advance`]: steps `works` forward while
     /// [`Engine::next_step`] allows, recording in `begun` where each symbol's
     /// last step begun ends.
+    #[allow(clippy::too_many_arguments)]
     async fn read_steps<'a>(
         &self,
         mut works: Vec<Work>,
@@ -792,9 +939,14 @@ impl<W: Warehouse> Engine<W> {
         mut rows: u64,
         tx: Sender<Sent<'a>>,
         begun: &mut HashMap<String, i64>,
+        poisoned: &Poisoned,
     ) -> Result<(), EngineError> {
         let started = Instant::now();
         loop {
+            works.retain(|w| !poisoned.has(&w.symbol));
+            if works.is_empty() {
+                return Ok(());
+            }
             for w in &works {
                 begun.insert(w.symbol.clone(), w.end);
             }
@@ -841,6 +993,7 @@ impl<W: Warehouse> Engine<W> {
         let span = works.iter().map(|w| w.from).min().expect("non-empty")
             ..works.iter().map(|w| w.end).max().expect("non-empty");
         let mut read: HashMap<&'a str, u64> = HashMap::new();
+        let mut skipped: HashMap<&'a str, u64> = HashMap::new();
         let mut counts: HashMap<&'a str, [u64; 6]> = HashMap::new();
         let mut send = async |candles: Vec<(&'a str, [Vec<Candle>; 6])>| {
             for (symbol, by_res) in &candles {
@@ -866,11 +1019,15 @@ impl<W: Warehouse> Engine<W> {
                 })
                 .buffered(parts.max(1));
             while let Some(next) = reads.next().await {
-                let (part, (part_rows, fresh)) = next?;
-                for (symbol, n) in part_rows {
+                let (part, minutes) = next?;
+                for (symbol, n) in minutes.rows {
                     *read.entry(symbol).or_default() += n;
                 }
-                let candles = fresh
+                for (symbol, n) in minutes.skipped {
+                    *skipped.entry(symbol).or_default() += n;
+                }
+                let candles = minutes
+                    .minutes
                     .into_iter()
                     .map(|(symbol, agg)| {
                         let day = days
@@ -896,8 +1053,10 @@ impl<W: Warehouse> Engine<W> {
                 return Ok(None);
             }
         } else {
-            let (step_rows, mut fresh) = self.read_minutes(&symbols, span, parts, &bounds).await?;
-            read = step_rows;
+            let minutes = self.read_minutes(&symbols, span, parts, &bounds).await?;
+            read = minutes.rows;
+            skipped = minutes.skipped;
+            let mut fresh = minutes.minutes;
             let pieces = self.read_pieces(works).await?;
             let candles = works
                 .iter()
@@ -926,6 +1085,7 @@ impl<W: Warehouse> Engine<W> {
                 range: w.from..w.end,
                 watermarks: Some(plan::advanced(&w.watermarks, w.end)),
                 rows_read: read.get(name(w)).copied().unwrap_or(0),
+                skipped: skipped.get(name(w)).copied().unwrap_or(0),
                 candles: counts.get(name(w)).copied().unwrap_or([0; 6]),
                 started_at,
             })
@@ -993,6 +1153,7 @@ impl<W: Warehouse> Engine<W> {
         mut rx: Receiver<Sent<'_>>,
         report: &mut TickReport,
         committed: &mut HashMap<String, i64>,
+        poisoned: &Poisoned,
     ) -> Result<(), EngineError> {
         // Steps not yet committed, oldest first: (writes outstanding, the
         // step's commit once it is read); the back one is being read.
@@ -1015,11 +1176,7 @@ impl<W: Warehouse> Engine<W> {
                         queue.back_mut().expect("a step is being read").0 += 1;
                         in_flight += size;
                         pending.push(async move {
-                            let sets: Vec<CandleSet<'_>> = candles
-                                .iter()
-                                .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
-                                .collect();
-                            self.write(&sets).await.map(|()| (step, size))
+                            self.write_isolated(&candles).await.map(|p| (step, size, p))
                         });
                     }
                     Some(Sent::Done(read)) => {
@@ -1028,7 +1185,10 @@ impl<W: Warehouse> Engine<W> {
                     }
                 },
                 Some(written) = pending.next(), if !pending.is_empty() => {
-                    let (step, size) = written?;
+                    let (step, size, refused) = written?;
+                    for (symbol, e) in refused {
+                        poisoned.insert(symbol, &e);
+                    }
                     in_flight -= size;
                     queue[step - oldest].0 -= 1;
                     // Crash test point: candles written, their step not committed.
@@ -1037,7 +1197,12 @@ impl<W: Warehouse> Engine<W> {
             }
             while let Some((0, Some(_))) = queue.front() {
                 let (_, read) = queue.pop_front().expect("checked");
-                let StepRead { steps, started_at } = read.expect("checked");
+                let StepRead {
+                    mut steps,
+                    started_at,
+                } = read.expect("checked");
+                // A symbol refused in this step or before it commits nothing more.
+                steps.retain(|s| !poisoned.has(&s.symbol));
                 oldest += 1;
                 // Crash test point: candles written, watermarks not yet committed.
                 crate::failpoint::hit("after_write").await;
@@ -1093,14 +1258,15 @@ impl<W: Warehouse> Engine<W> {
     /// read as `parts` concurrent sub-ranges of `span` split at minute
     /// boundaries (InfluxDB serializes each query on its own core). Parts
     /// cover disjoint minutes, so their aggregates simply concatenate.
-    #[allow(clippy::type_complexity)]
+    /// Rows that cannot make a trade are skipped and counted per symbol (the
+    /// first few of each read are logged).
     async fn read_minutes<'b>(
         &self,
         symbols: &[String],
         span: Range<i64>,
         parts: usize,
         bounds: &HashMap<&'b str, Range<i64>>,
-    ) -> Result<(HashMap<&'b str, u64>, HashMap<&'b str, Aggregator>), EngineError> {
+    ) -> Result<MinuteRead<'b>, EngineError> {
         let minute = Resolution::M1.nanos();
         let step = crate::candle::ceil_to(
             ((span.end - span.start) / parts.max(1) as i64).max(1),
@@ -1120,43 +1286,65 @@ impl<W: Warehouse> Engine<W> {
             keys.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
         let (keys, index) = (&keys, &index);
         let reads = ranges.into_iter().map(|part| async move {
-            let mut slots: Vec<(u64, Option<Aggregator>)> =
-                keys.iter().map(|_| (0, None)).collect();
+            let mut slots: Vec<(u64, Option<Aggregator>, u64)> =
+                keys.iter().map(|_| (0, None, 0)).collect();
             let mut last = usize::MAX;
+            let mut logged = 0;
             self.warehouse
-                .read_trades(symbols, part, |symbol, trade| {
+                .read_trades(symbols, part, |symbol, row| {
                     if keys.get(last).is_none_or(|(k, _)| *k != symbol) {
                         match index.get(symbol) {
                             Some(&i) => last = i,
                             None => return,
                         }
                     }
-                    if !keys[last].1.contains(&trade.time) {
+                    let time = match &row {
+                        Ok(t) => t.time,
+                        Err(skip) => skip.time,
+                    };
+                    if !keys[last].1.contains(&time) {
                         return;
                     }
-                    let (rows, agg) = &mut slots[last];
-                    *rows += 1;
-                    agg.get_or_insert_with(|| Aggregator::new(Resolution::M1))
-                        .add_trade(&trade);
+                    let (rows, agg, skipped) = &mut slots[last];
+                    match row {
+                        Ok(trade) => {
+                            *rows += 1;
+                            agg.get_or_insert_with(|| Aggregator::new(Resolution::M1))
+                                .add_trade(&trade);
+                        }
+                        Err(skip) => {
+                            *skipped += 1;
+                            note_skip(symbol, &skip, &mut logged);
+                        }
+                    }
                 })
                 .await?;
-            let mut rows: HashMap<&'b str, u64> = HashMap::new();
-            let mut aggs: HashMap<&'b str, Aggregator> = HashMap::new();
-            for ((key, _), (n, agg)) in keys.iter().zip(slots) {
+            let mut read = MinuteRead::default();
+            for ((key, _), (n, agg, skipped)) in keys.iter().zip(slots) {
+                if skipped > 0 {
+                    read.skipped.insert(key, skipped);
+                }
                 if let Some(agg) = agg {
-                    rows.insert(key, n);
-                    aggs.insert(key, agg);
+                    read.rows.insert(key, n);
+                    read.minutes.insert(key, agg);
                 }
             }
-            Ok::<_, EngineError>((rows, aggs))
+            Ok::<_, EngineError>(read)
         });
-        let mut rows: HashMap<&'b str, u64> = HashMap::new();
-        let mut merged: HashMap<&'b str, Aggregator> = HashMap::new();
+        let mut out = MinuteRead::default();
         for result in futures_util::future::join_all(reads).await {
-            let (r, aggs) = result?;
+            let MinuteRead {
+                rows: r,
+                skipped,
+                minutes: aggs,
+            } = result?;
             for (k, n) in r {
-                *rows.entry(k).or_default() += n;
+                *out.rows.entry(k).or_default() += n;
             }
+            for (k, n) in skipped {
+                *out.skipped.entry(k).or_default() += n;
+            }
+            let merged = &mut out.minutes;
             for (k, agg) in aggs {
                 match merged.get_mut(k) {
                     // Disjoint minutes: fold the part's candles into the first.
@@ -1171,7 +1359,7 @@ impl<W: Warehouse> Engine<W> {
                 }
             }
         }
-        Ok((rows, merged))
+        Ok(out)
     }
 
     /// The stored candles each symbol's step needs to complete the coarser
@@ -1218,7 +1406,12 @@ impl<W: Warehouse> Engine<W> {
     /// fraction of a read; a trade overwritten in place (same time, symbol,
     /// side, new values) keeps the count and is left to `ohlcd rebuild`.
     /// Two queries per batch.
-    async fn look_back(&self, works: &[Work], report: &mut TickReport) -> Result<(), EngineError> {
+    async fn look_back(
+        &self,
+        works: &[Work],
+        report: &mut TickReport,
+        poisoned: &Poisoned,
+    ) -> Result<(), EngineError> {
         let lookback = self.settings.lookback_secs as i64 * NANOS_PER_SEC;
         let bounds: HashMap<&str, Range<i64>> = works
             .iter()
@@ -1270,9 +1463,12 @@ impl<W: Warehouse> Engine<W> {
                 from = %to_rfc3339(stored_minutes.start),
                 "lookback found trades behind the watermark"
             );
-            let (r, candles) = self
+            let repaired = self
                 .repair(&w.symbol, &w.watermarks, &changed, "late", None)
-                .await?;
+                .await;
+            let Some((r, candles)) = poisoned.unless_own(&w.symbol, repaired)? else {
+                continue;
+            };
             report.chunks += 1;
             report.rows_read += r;
             report.candles_written += candles;
@@ -1305,9 +1501,15 @@ impl<W: Warehouse> Engine<W> {
             let mut agg = Aggregator::new(Resolution::M1);
             let mut rows = 0;
             for r in &rep.ranges {
-                rows += self
-                    .warehouse
-                    .read_trades(&one, r.clone(), |_, t| agg.add_trade(&t))
+                self.warehouse
+                    .read_trades(&one, r.clone(), |_, row| {
+                        // Skips are counted when first read forward; a
+                        // repair only rereads.
+                        if let Ok(t) = row {
+                            rows += 1;
+                            agg.add_trade(&t);
+                        }
+                    })
                     .await?;
             }
             let fresh = agg.finish();
@@ -1329,6 +1531,9 @@ impl<W: Warehouse> Engine<W> {
                 plan::clip_to_floors(&mut write, &mut empty, &limit.floors(self.clock.now()));
                 self.delete_stale(symbol, &rep.day, &empty).await?;
             }
+            if let Some(e) = not_finite(symbol, &write) {
+                return Err(e);
+            }
             let sets: Vec<CandleSet<'_>> = candle_sets(symbol, &write).collect();
             // Repairs replace stored candles: checked where overwrites may lose.
             if !sets.is_empty() {
@@ -1346,6 +1551,7 @@ impl<W: Warehouse> Engine<W> {
                         range: span.clone(),
                         watermarks: None,
                         rows_read: rows,
+                        skipped: 0,
                         candles,
                         started_at,
                     }],
@@ -1366,6 +1572,56 @@ impl<W: Warehouse> Engine<W> {
             self.warehouse.write_candles(sets).await?;
         }
         Ok(())
+    }
+
+    /// Writes the candles of several symbols (in [`Resolution::ALL`] order
+    /// each); a symbol whose candles cannot be written is left out and
+    /// returned with why, and the others are written as if it were not
+    /// there. A candle that is not finite is caught before anything is sent;
+    /// a write InfluxDB refuses is split by symbol to find the ones it
+    /// refuses. Anything else (InfluxDB unreachable) fails the whole write.
+    async fn write_isolated(
+        &self,
+        candles: &[(&str, [Vec<Candle>; 6])],
+    ) -> Result<Vec<(String, EngineError)>, EngineError> {
+        let mut refused: Vec<(String, EngineError)> = Vec::new();
+        let mut fine: Vec<&(&str, [Vec<Candle>; 6])> = Vec::new();
+        for entry in candles {
+            match not_finite(entry.0, &entry.1) {
+                Some(e) => refused.push((entry.0.to_string(), e)),
+                None => fine.push(entry),
+            }
+        }
+        let sets: Vec<CandleSet<'_>> = fine
+            .iter()
+            .flat_map(|(symbol, by_res)| candle_sets(symbol, by_res))
+            .collect();
+        match self.write(&sets).await {
+            Err(e) if e.failure() == Failure::OfTheSymbol && fine.len() > 1 => {
+                tracing::warn!(
+                    symbols = fine.len(),
+                    error = %e,
+                    "InfluxDB refused a candle write; writing symbol by symbol to find which"
+                );
+                for (symbol, by_res) in fine {
+                    let sets: Vec<CandleSet<'_>> = candle_sets(symbol, by_res).collect();
+                    match self.write(&sets).await {
+                        Ok(()) => {}
+                        Err(e) if e.failure() == Failure::OfTheSymbol => {
+                            refused.push((symbol.to_string(), e));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) if e.failure() == Failure::OfTheSymbol => {
+                if let Some((symbol, _)) = fine.first() {
+                    refused.push((symbol.to_string(), e));
+                }
+            }
+            other => other?,
+        }
+        Ok(refused)
     }
 
     /// Deletes the stored candles of windows that `repair_candles` found empty.
@@ -1539,8 +1795,14 @@ impl<W: Warehouse> Engine<W> {
             }
             Err(e) => {
                 let msg = e.to_string();
+                let run = FailedRun {
+                    range,
+                    error: &msg,
+                    failure: e.failure(),
+                    started_at: now,
+                };
                 self.store
-                    .fail_symbols(&self.owner, &one, range, &msg, now, now)
+                    .fail_symbols(&self.owner, &one, &run, now)
                     .await?;
                 Err(e)
             }
@@ -1587,6 +1849,25 @@ impl<W: Warehouse> Engine<W> {
 
 /// The (symbol, 1m watermark) each work was planned from: claimed only if
 /// unchanged, so a symbol another daemon ran meanwhile is planned again.
+/// Rows skipped per read that are logged one by one; the rest are only counted.
+const SKIPS_LOGGED: usize = 3;
+
+/// Counts a skipped row (`ohlcd_trades_skipped_total{reason}`) and logs it
+/// while fewer than [`SKIPS_LOGGED`] were logged (`logged`) in its read.
+fn note_skip(symbol: &str, skip: &Skip, logged: &mut usize) {
+    ::metrics::counter!("ohlcd_trades_skipped_total", "reason" => skip.reason.as_str())
+        .increment(1);
+    if *logged < SKIPS_LOGGED {
+        *logged += 1;
+        tracing::warn!(
+            symbol,
+            time = %to_rfc3339(skip.time),
+            reason = %skip.reason,
+            "row skipped: it cannot make a trade (see README, Bad rows)"
+        );
+    }
+}
+
 fn planned(works: &[Work]) -> Vec<(String, Option<i64>)> {
     works
         .iter()

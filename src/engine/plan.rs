@@ -322,6 +322,27 @@ pub fn repair_candles(
     (write, empty)
 }
 
+/// Wait before a symbol that failed on its own is tried again, after its
+/// first failure; it doubles with each further failure in a row.
+pub const RETRY_FIRST: i64 = 10 * crate::candle::NANOS_PER_SEC;
+
+/// The longest wait between tries of a failing symbol.
+pub const RETRY_LONGEST: i64 = 10 * 60 * crate::candle::NANOS_PER_SEC;
+
+/// When a symbol whose last run failed at `failed_at` may run again, after
+/// `failures` failures of its own in a row: at once for none (the servers
+/// failed, not the symbol: the next tick tries), else [`RETRY_FIRST`]
+/// doubled per further failure, at most [`RETRY_LONGEST`]. A symbol with a
+/// bad row thus costs a few reads an hour, not one a tick, and runs on its own
+/// again once the row is gone.
+pub fn retry_at(failures: u32, failed_at: i64) -> i64 {
+    if failures == 0 {
+        return failed_at;
+    }
+    let wait = RETRY_FIRST.saturating_mul(1 << (failures - 1).min(20));
+    failed_at.saturating_add(wait.min(RETRY_LONGEST))
+}
+
 /// How much later than `now - duration` a rebuild takes the raw trades to be
 /// complete: room for a clock difference between ohlcd's and InfluxDB's hosts.
 pub const RETENTION_MARGIN: i64 = 5 * 60 * crate::candle::NANOS_PER_SEC;
@@ -479,7 +500,7 @@ mod tests {
             id,
             price,
             amount: 1.0 + (id % 3) as f64,
-            side: if id % 2 == 0 { Side::Buy } else { Side::Sell },
+            side: Some(if id % 2 == 0 { Side::Buy } else { Side::Sell }),
         }
     }
 
@@ -806,5 +827,18 @@ mod tests {
             ..report
         };
         assert!(!whole.is_limited());
+    }
+
+    #[test]
+    fn a_failing_symbol_waits_ten_seconds_then_twice_as_long_each_time_up_to_ten_minutes() {
+        let s = crate::candle::NANOS_PER_SEC;
+        let t = 1_700_000_000 * s;
+        assert_eq!(retry_at(0, t), t, "the servers' failure: the next tick");
+        assert_eq!(retry_at(1, t), t + 10 * s);
+        assert_eq!(retry_at(2, t), t + 20 * s);
+        assert_eq!(retry_at(3, t), t + 40 * s);
+        assert_eq!(retry_at(6, t), t + 320 * s);
+        assert_eq!(retry_at(7, t), t + 600 * s);
+        assert_eq!(retry_at(u32::MAX, t), t + 600 * s);
     }
 }

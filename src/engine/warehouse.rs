@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 
-use crate::candle::{Candle, Resolution, Trade};
+use crate::candle::{Candle, Resolution, Skip, Trade};
 use crate::influx::{CandleSet, InfluxClient, InfluxError, Keep, Stored};
 
 /// Where trades come from and candles go.
@@ -43,13 +43,15 @@ pub trait Warehouse: Send + Sync + 'static {
         range: Range<i64>,
     ) -> impl Future<Output = Result<HashMap<String, Vec<(i64, u64)>>, InfluxError>> + Send;
 
-    /// Streams the trades of `symbols` in `range`, with their symbol; returns
-    /// how many were read.
+    /// Streams the rows of trades of `symbols` in `range`, with their symbol:
+    /// each a trade, or why it cannot make one; returns how many rows were
+    /// read. Per symbol, a count of the trades in a minute
+    /// ([`Warehouse::count_minutes`]) counts exactly the rows read as trades.
     fn read_trades(
         &self,
         symbols: &[String],
         range: Range<i64>,
-        on_trade: impl FnMut(&str, Trade) + Send,
+        on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
     ) -> impl Future<Output = Result<u64, InfluxError>> + Send;
 
     /// Streams the stored candles of `res` of `symbols` in `range`.
@@ -128,9 +130,9 @@ impl Warehouse for InfluxClient {
         &self,
         symbols: &[String],
         range: Range<i64>,
-        on_trade: impl FnMut(&str, Trade) + Send,
+        on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
     ) -> Result<u64, InfluxError> {
-        self.stream_trades_of(symbols, range, on_trade).await
+        self.stream_trades_of(symbols, range, on_row).await
     }
 
     async fn read_candles(

@@ -66,6 +66,61 @@ impl Row<'_> {
         v.ok_or_else(|| InfluxError::Protocol(format!("column {name} is not {what}")))
     }
 
+    /// Column `i` as a number, for a trade's price or amount: `None` when the
+    /// row has no value there, `Some(Err(()))` when it holds something that is
+    /// not a number (text, a boolean). Integers read as numbers.
+    pub(super) fn number(&self, i: usize) -> Option<Result<f64, ()>> {
+        match self {
+            Row::Csv(rec) => {
+                let b = rec.get(i).filter(|b| !b.is_empty())?;
+                Some(
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(()),
+                )
+            }
+            Row::Pack(vals) => match vals.get(i) {
+                None | Some(Val::Nil) => None,
+                // Text fields (old collectors wrote numbers as strings) parse.
+                Some(Val::Str(b)) => Some(
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(()),
+                ),
+                Some(v) => Some(v.as_f64().ok_or(())),
+            },
+        }
+    }
+
+    /// Column `i` as text: a tag or string field, or a boolean spelled
+    /// `true` / `false` (as CSV spells it); `None` when missing.
+    pub(super) fn text(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            Row::Csv(rec) => rec.get(i).filter(|b| !b.is_empty()),
+            Row::Pack(vals) => match vals.get(i) {
+                Some(Val::Str(s)) => Some(s),
+                Some(Val::Bool(true)) => Some(b"true"),
+                Some(Val::Bool(false)) => Some(b"false"),
+                _ => None,
+            },
+        }
+    }
+
+    /// Column `i` as a trade's order key: an integer, or text that is one
+    /// (string ids); 0 for anything else.
+    pub(super) fn order_key(&self, i: usize) -> i64 {
+        match self {
+            Row::Pack(vals) => match vals.get(i) {
+                Some(Val::Int(n)) => *n,
+                Some(Val::Str(b)) => parse_key(b),
+                _ => 0,
+            },
+            Row::Csv(rec) => rec.get(i).map_or(0, parse_key),
+        }
+    }
+
     pub(super) fn f64(&self, i: usize, name: &str) -> Result<f64, InfluxError> {
         self.value(i, name, "a number", |v| v.as_f64())
     }
@@ -73,6 +128,15 @@ impl Row<'_> {
     pub(super) fn i64(&self, i: usize, name: &str) -> Result<i64, InfluxError> {
         self.value(i, name, "an integer", |v| v.as_i64())
     }
+}
+
+/// Text holding a whole number (an id stored as a string) as that number; 0
+/// otherwise.
+fn parse_key(b: &[u8]) -> i64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl InfluxClient {

@@ -4,8 +4,10 @@
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::layout::candle_head;
 use super::{InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
+use crate::schema::Layout;
 
 /// Write requests [`InfluxClient::write_candle_sets`] keeps in flight at once.
 pub const WRITES_IN_FLIGHT: usize = 4;
@@ -22,37 +24,57 @@ pub struct CandleSet<'a> {
 }
 
 /// Request bodies of at most `lines` candle lines each, encoded one at a time
-/// as they are asked for.
+/// as they are asked for, each candle under its measurement and tags in
+/// `layout`.
 struct Bodies<'s, 'a> {
     sets: &'s [CandleSet<'a>],
+    layout: &'s Layout,
     set: usize,
     offset: usize,
     lines: usize,
+    head: Option<(usize, Vec<u8>)>,
 }
 
 impl<'s, 'a> Bodies<'s, 'a> {
-    fn new(sets: &'s [CandleSet<'a>], lines: usize) -> Self {
+    fn new(sets: &'s [CandleSet<'a>], layout: &'s Layout, lines: usize) -> Self {
         Bodies {
             sets,
+            layout,
             set: 0,
             offset: 0,
             lines: lines.max(1),
+            head: None,
         }
     }
 }
 
 impl Iterator for Bodies<'_, '_> {
-    type Item = Bytes;
+    type Item = Result<Bytes, InfluxError>;
 
-    fn next(&mut self) -> Option<Bytes> {
+    fn next(&mut self) -> Option<Result<Bytes, InfluxError>> {
         let mut body = Vec::new();
         let mut room = self.lines;
         while room > 0 && self.set < self.sets.len() {
             let set = &self.sets[self.set];
+            if set.candles.is_empty() {
+                self.set += 1;
+                continue;
+            }
+            if self.head.as_ref().is_none_or(|(i, _)| *i != self.set) {
+                let Some(head) = candle_head(self.layout, set.resolution, set.symbol) else {
+                    self.set = self.sets.len();
+                    return Some(Err(InfluxError::Schema(format!(
+                        "{:?} names no instrument of this schema ({}): its candles cannot be written",
+                        set.symbol,
+                        self.layout.name_form()
+                    ))));
+                };
+                self.head = Some((self.set, head));
+            }
+            let head = &self.head.as_ref().expect("set above").1;
             let take = (set.candles.len() - self.offset).min(room);
-            body.extend_from_slice(&encode_candles(
-                set.resolution,
-                set.symbol,
+            body.extend_from_slice(&encode_candle_lines(
+                head,
                 &set.candles[self.offset..self.offset + take],
             ));
             room -= take;
@@ -62,27 +84,33 @@ impl Iterator for Bodies<'_, '_> {
                 self.offset = 0;
             }
         }
-        (!body.is_empty()).then(|| body.into())
+        (!body.is_empty()).then(|| Ok(body.into()))
     }
 }
 
-/// Line protocol for candles of one symbol and resolution:
-/// `ohlc_1m,symbol=… open=…,high=…,…,trades=…i,buy_volume=… <ns>`.
-///
-/// A backfill encodes every candle it computes, so this is written directly
-/// (ryu, itoa) rather than through `influxdb_line_protocol::LineProtocolBuilder`,
-/// whose `fmt`-based escaping and float formatting were a third of ohlcd's CPU
-/// in a 5,000-symbol backfill (perf). A test checks both produce the same lines.
+/// Line protocol for candles of one symbol and resolution in ohlcd's own
+/// schema: `ohlc_1m,symbol=… open=…,high=…,…,trades=…i,buy_volume=… <ns>`.
 pub fn encode_candles(res: Resolution, symbol: &str, candles: &[Candle]) -> Vec<u8> {
     let mut head = Vec::with_capacity(32);
     head.extend_from_slice(res.measurement().as_bytes());
     head.extend_from_slice(b",symbol=");
     push_tag_value(&mut head, symbol);
+    encode_candle_lines(&head, candles)
+}
+
+/// Line protocol for candles under one line head (measurement and tags,
+/// [`super::layout::candle_head`]): `head open=…,high=…,…,trades=…i,buy_volume=… <ns>`.
+///
+/// A backfill encodes every candle it computes, so this is written directly
+/// (ryu, itoa) rather than through `influxdb_line_protocol::LineProtocolBuilder`,
+/// whose `fmt`-based escaping and float formatting were a third of ohlcd's CPU
+/// in a 5,000-symbol backfill (perf). A test checks both produce the same lines.
+pub fn encode_candle_lines(head: &[u8], candles: &[Candle]) -> Vec<u8> {
     let mut out = Vec::with_capacity(candles.len() * (head.len() + 140));
     let mut floats = ryu::Buffer::new();
     let mut ints = itoa::Buffer::new();
     for c in candles {
-        out.extend_from_slice(&head);
+        out.extend_from_slice(head);
         let fields = [
             (&b" open="[..], c.open),
             (b",high=", c.high),
@@ -131,16 +159,22 @@ pub fn push_float(out: &mut Vec<u8>, buf: &mut ryu::Buffer, x: f64) {
 }
 
 impl InfluxClient {
-    /// Writes candles in batches of `influx.write_batch` lines.
+    /// Writes candles of one symbol and resolution, in batches of
+    /// `influx.write_batch` lines, one request at a time.
     pub async fn write_candles(
         &self,
         res: Resolution,
         symbol: &str,
         candles: &[Candle],
     ) -> Result<(), InfluxError> {
-        for batch in candles.chunks(self.write_batch) {
-            self.write_lines(encode_candles(res, symbol, batch).into())
-                .await?;
+        let sets = [CandleSet {
+            resolution: res,
+            symbol,
+            candles,
+        }];
+        let layout = self.layout.clone();
+        for body in Bodies::new(&sets, &layout, self.write_batch) {
+            self.write_lines(body?).await?;
         }
         Ok(())
     }
@@ -153,8 +187,9 @@ impl InfluxClient {
     pub async fn write_candle_sets(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
         // Bodies are encoded as the requests go out: at most a few requests'
         // worth of line protocol exists at once, however many candles.
-        futures_util::stream::iter(Bodies::new(sets, self.write_batch))
-            .map(|b| self.write_candle_lines(b))
+        let layout = self.layout.clone();
+        futures_util::stream::iter(Bodies::new(sets, &layout, self.write_batch))
+            .map(|b| async move { self.write_candle_lines(b?).await })
             .buffer_unordered(WRITES_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await
@@ -207,8 +242,9 @@ mod tests {
                 candles: &b,
             },
         ];
-        let bodies: Vec<String> = Bodies::new(&sets, 4)
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        let layout = Layout::default();
+        let bodies: Vec<String> = Bodies::new(&sets, &layout, 4)
+            .map(|b| String::from_utf8(b.unwrap().to_vec()).unwrap())
             .collect();
         let counts: Vec<usize> = bodies.iter().map(|b| b.lines().count()).collect();
         assert_eq!(counts, vec![4, 4, 2]);

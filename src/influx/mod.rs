@@ -8,7 +8,9 @@
 
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
-//! [`query`] the InfluxQL sent, [`decode`] and [`msgpack`] the streaming
+//! [`query`] the InfluxQL sent, [`layout`] the names, conditions and columns
+//! it takes from the user's schema ([`crate::schema::Layout`], found on the
+//! server at start by [`discover`]), [`decode`] and [`msgpack`] the streaming
 //! result decoders, [`encode`] candle writes, [`retention`] where each
 //! measurement lives and how long it is kept, [`overwrite`] checked
 //! overwrites on InfluxDB 3.
@@ -23,17 +25,20 @@ use serde_json::Value;
 use crate::config::InfluxSettings;
 
 pub mod decode;
+pub mod discover;
 pub mod encode;
+pub mod layout;
 pub mod msgpack;
 pub mod overwrite;
 pub mod query;
 pub mod retention;
 
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
-pub use query::{quote_ident, quote_literal, symbol_set_condition};
+pub use query::{quote_ident, quote_literal};
 pub use retention::{Keep, Placement, PolicySpec, Stored};
 
-/// Measurement holding raw trades.
+/// Measurement holding raw trades in ohlcd's own schema (the default of
+/// `schema.trades_measurement`).
 pub const TRADES_MEASUREMENT: &str = "trades";
 
 /// Everything that can go wrong talking to InfluxDB, with the context to act on it.
@@ -126,6 +131,10 @@ pub enum InfluxError {
     /// The configured retention policies cannot be used as configured.
     #[error("{0}")]
     Retention(String),
+    /// The configured `[schema]` does not match what the server holds, or
+    /// cannot be written as the server holds it.
+    #[error("{0}")]
+    Schema(String),
     /// Overwritten candles still read an older version after every rewrite
     /// (InfluxDB 3 does not promise that the last write of a point wins).
     #[error(
@@ -152,6 +161,21 @@ pub enum InfluxError {
 }
 
 impl InfluxError {
+    /// A write InfluxDB refused for what it holds (a 4xx other than 429, or
+    /// overwrites that did not stick): the same candles are refused again,
+    /// while other candles of the same request may be fine.
+    pub fn is_refused_write(&self) -> bool {
+        match self {
+            InfluxError::Status {
+                status,
+                what: "write",
+                ..
+            } => (400..500).contains(status) && *status != 429,
+            InfluxError::OverwriteLost { .. } | InfluxError::CannotDelete { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Worth retrying: the same request may succeed a moment later.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -208,12 +232,60 @@ impl Generation {
     }
 }
 
-/// How requests authenticate.
-#[derive(Debug, Clone)]
+/// How requests authenticate. `Debug` never shows a password or token.
+#[derive(Clone)]
 enum Auth {
     None,
     Basic { username: String, password: String },
     Token(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+/// `url` without its userinfo, and the user and password it held (percent
+/// decoded). The client keeps only the bare URL, so no message, log line or
+/// `Debug` can show a password written into `influx.url`.
+fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return (url.to_string(), None);
+    }
+    let user = percent_decode(parsed.username());
+    let password = percent_decode(parsed.password().unwrap_or(""));
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    (parsed.to_string(), Some((user, password)))
+}
+
+/// Percent-decodes a URL component (`%40` → `@`); invalid escapes stay as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A client for one InfluxDB database.
@@ -234,6 +306,11 @@ pub struct InfluxClient {
     read_format_auto: bool,
     generation: Generation,
     no_sync: bool,
+    /// Where the trades are and what they hold (`[schema]` matched against
+    /// the server); ohlcd's own schema until [`InfluxClient::set_layout`].
+    layout: std::sync::Arc<crate::schema::Layout>,
+    /// Tag values outside the symbol rule already warned about.
+    warned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The last write that failed, shared by every clone of this client.
     write_failure: std::sync::Arc<WriteFailure>,
 }
@@ -279,19 +356,22 @@ impl InfluxClient {
             .pool_max_idle_per_host(8)
             .build()
             .map_err(|e| InfluxError::Protocol(format!("cannot build HTTP client: {e}")))?;
-        let auth = if !s.token.is_empty() {
-            Auth::Token(s.token.clone())
+        let (url, userinfo) = split_userinfo(&s.url);
+        let auth = if s.token.is_set() {
+            Auth::Token(s.token.expose().to_string())
         } else if !s.username.is_empty() {
             Auth::Basic {
                 username: s.username.clone(),
-                password: s.password.clone(),
+                password: s.password.expose().to_string(),
             }
+        } else if let Some((username, password)) = userinfo {
+            Auth::Basic { username, password }
         } else {
             Auth::None
         };
         Ok(InfluxClient {
             http,
-            url: s.url.trim_end_matches('/').to_string(),
+            url: url.trim_end_matches('/').to_string(),
             database: s.database.clone(),
             retention_policy: (!s.retention_policy.is_empty()).then(|| s.retention_policy.clone()),
             placement: std::sync::Arc::new(Placement::new(
@@ -313,8 +393,22 @@ impl InfluxClient {
             // Until `detect`: the v1 API as 1.x serves it.
             generation: Generation::V1,
             no_sync: s.no_sync,
+            layout: Default::default(),
+            warned: Default::default(),
             write_failure: Default::default(),
         })
+    }
+
+    /// Where the trades are and how a row of them reads (ohlcd's own schema
+    /// until [`InfluxClient::set_layout`]).
+    pub fn layout(&self) -> &crate::schema::Layout {
+        &self.layout
+    }
+
+    /// Reads and writes trades and candles as `layout` says from now on
+    /// (normally found by [`InfluxClient::resolve_schema`]).
+    pub fn set_layout(&mut self, layout: crate::schema::Layout) {
+        self.layout = std::sync::Arc::new(layout);
     }
 
     /// Why the last write failed, if it did (after its retries, with a
@@ -818,5 +912,36 @@ mod tests {
         // Defaults: 4 attempts of 60 s, backoffs of at most 0.3, 0.6 and 1.2 s.
         let client = InfluxClient::new(&settings.influx).unwrap();
         assert_eq!(client.worst_case(), Duration::from_millis(242_100));
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth_and_leave_no_trace() {
+        let (url, userinfo) = split_userinfo("http://leakuser:leak%40PASS123@127.0.0.1:8086/");
+        assert_eq!(url, "http://127.0.0.1:8086/");
+        assert_eq!(
+            userinfo,
+            Some(("leakuser".to_string(), "leak@PASS123".to_string()))
+        );
+        assert_eq!(
+            split_userinfo("http://127.0.0.1:8086"),
+            ("http://127.0.0.1:8086".to_string(), None)
+        );
+        let mut settings =
+            crate::config::Settings::load_with_env(None, Vec::<(String, String)>::new())
+                .unwrap()
+                .influx;
+        settings.url = "http://leakuser:leakPASS123@127.0.0.1:8086".into();
+        let client = InfluxClient::new(&settings).unwrap();
+        let shown = format!("{client:?} {}", client.url());
+        assert!(!shown.contains("leakPASS123"), "{shown}");
+        assert!(
+            matches!(client.auth, Auth::Basic { ref password, .. } if password == "leakPASS123")
+        );
+        settings.token = crate::config::Secret::new("tok-en-secret-0001");
+        let shown = format!("{:?} {settings:?}", InfluxClient::new(&settings).unwrap());
+        assert!(
+            !shown.contains("tok-en-secret-0001") && !shown.contains("leakPASS123"),
+            "{shown}"
+        );
     }
 }

@@ -88,7 +88,7 @@ impl InfluxClient {
             if rewrite == OVERWRITE_REWRITES {
                 return Err(InfluxError::OverwriteLost {
                     count,
-                    measurement: res.measurement().to_string(),
+                    measurement: self.layout().schema.candle_measurement(*res),
                     symbol: symbol.to_string(),
                     at: crate::times::to_rfc3339(first[0].start),
                     rewrites: OVERWRITE_REWRITES,
@@ -96,7 +96,7 @@ impl InfluxClient {
             }
             tracing::warn!(
                 candles = count,
-                measurement = res.measurement(),
+                measurement = %self.layout().schema.candle_measurement(*res),
                 %symbol,
                 rewrite = rewrite + 1,
                 "InfluxDB 3 returned an older version of overwritten candles; writing them again"

@@ -19,12 +19,12 @@ use serde_json::Value;
 use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{Candle, NANOS_PER_SEC, Resolution};
 use crate::influx::CandleSet;
-use crate::influx::query::{quote_ident, quote_literal};
+use crate::influx::query::quote_ident;
 
 /// One of the measurements ohlcd stores: raw trades or one candle resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stored {
-    /// The raw `trades` measurement.
+    /// Raw trades (`schema.trades_measurement`).
     Trades,
     /// The candles of one resolution.
     Candles(Resolution),
@@ -45,7 +45,8 @@ impl Stored {
         ]
     }
 
-    /// The measurement name, which is also its key in `[retention]`.
+    /// Its key in `[retention]`, which is also the measurement name in
+    /// ohlcd's own schema (`schema.*` may name the measurements otherwise).
     pub fn measurement(self) -> &'static str {
         match self {
             Stored::Trades => TRADES_MEASUREMENT,
@@ -269,18 +270,28 @@ impl InfluxClient {
         self.placement.keep(s)
     }
 
-    /// The InfluxQL source of `s`: `"db"."rp"."measurement"` when `s` has a
-    /// policy of its own, else the bare measurement (the request's `rp`, or the
-    /// database default, applies).
-    pub fn source(&self, s: Stored) -> String {
+    /// The InfluxQL source of candles of `res` (`schema.candles_measurement`):
+    /// `"db"."rp"."measurement"` when they have a policy of their own, else
+    /// the bare measurement (the request's `rp`, or the database default,
+    /// applies).
+    pub fn candle_source(&self, res: Resolution) -> String {
+        self.source_of(
+            Stored::Candles(res),
+            &self.layout.schema.candle_measurement(res),
+        )
+    }
+
+    /// The InfluxQL source of `measurement`, which holds `s` (raw trades may
+    /// be in several measurements: `schema.trades_measurement`).
+    pub fn source_of(&self, s: Stored, measurement: &str) -> String {
         match self.placement.spec(s) {
             Some(p) => format!(
                 "{}.{}.{}",
                 quote_ident(&self.database),
                 quote_ident(&p.name),
-                quote_ident(s.measurement())
+                quote_ident(measurement)
             ),
-            None => quote_ident(s.measurement()),
+            None => quote_ident(measurement),
         }
     }
 
@@ -527,21 +538,7 @@ impl InfluxClient {
     /// a symbol still has its candles to chart.
     pub async fn symbols_with_candles(&self) -> Result<Vec<String>, InfluxError> {
         let mut out = self.symbols().await?;
-        let v = self
-            .query_json(&format!(
-                "SHOW TAG VALUES FROM {} WITH KEY = \"symbol\"",
-                self.source(Stored::Candles(Resolution::D1))
-            ))
-            .await?;
-        out.extend(
-            v.get("series")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.get("values").and_then(Value::as_array))
-                .flatten()
-                .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string)),
-        );
+        out.extend(self.candle_symbols(Resolution::D1).await?);
         out.sort();
         out.dedup();
         Ok(out)
@@ -556,7 +553,7 @@ impl InfluxClient {
         before: i64,
     ) -> Result<Option<i64>, InfluxError> {
         Ok(self
-            .last_point_before(Stored::Candles(res), "close", symbol, before)
+            .last_point_before(Stored::Candles(res), symbol, before)
             .await?
             .map(|(t, _)| t))
     }
@@ -567,14 +564,7 @@ impl InfluxClient {
         res: Resolution,
         symbol: &str,
     ) -> Result<Option<i64>, InfluxError> {
-        let v = self
-            .query_json(&format!(
-                "SELECT close FROM {} WHERE symbol = {} ORDER BY time ASC LIMIT 1",
-                self.source(Stored::Candles(res)),
-                quote_literal(symbol)
-            ))
-            .await?;
-        Ok(v.pointer("/series/0/values/0/0").and_then(Value::as_i64))
+        self.first_time_from(Some(res), symbol, i64::MIN).await
     }
 }
 

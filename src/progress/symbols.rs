@@ -21,6 +21,31 @@ use crate::candle::Resolution;
 use crate::engine::plan::{Watermarks, index};
 use crate::times::{from_rfc3339, to_rfc3339};
 
+/// Whose fault a failed run was, which decides when the symbol is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Something of the symbol's own (a write InfluxDB refuses for its
+    /// candles): counted, and retried after a backoff that grows with the
+    /// failures in a row.
+    OfTheSymbol,
+    /// The servers (InfluxDB or the store unreachable, a timeout): not the
+    /// symbol's; retried on the next tick.
+    OfTheServers,
+}
+
+/// A run that failed, as [`ProgressStore::fail_symbols`] records it.
+#[derive(Debug, Clone)]
+pub struct FailedRun<'a> {
+    /// The 1m range the run was to cover.
+    pub range: Range<i64>,
+    /// What went wrong.
+    pub error: &'a str,
+    /// Whose fault it was.
+    pub failure: Failure,
+    /// When the run started (Unix ns).
+    pub started_at: i64,
+}
+
 /// One symbol's tasks as the engine plans with them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SymbolState {
@@ -28,6 +53,9 @@ pub struct SymbolState {
     pub watermarks: Watermarks,
     /// Holder of an unexpired lease on any of its tasks, other than the asker.
     pub leased_by: Option<String>,
+    /// Set while its last run failed: failed runs in a row, and when the
+    /// last one ended (Unix ns, the runner's clock).
+    pub failing: Option<(u32, i64)>,
 }
 
 /// What one step did to one symbol, committed after InfluxDB acknowledged its
@@ -45,6 +73,8 @@ pub struct StepCommit {
     pub watermarks: Option<Watermarks>,
     /// Raw trades read.
     pub rows_read: u64,
+    /// Rows read that could not make a trade (skipped, never aggregated).
+    pub skipped: u64,
     /// Candles written per resolution, [`Resolution::ALL`] order.
     pub candles: [u64; 6],
     /// When processing started (Unix ns).
@@ -72,12 +102,12 @@ const ENSURE_SYMBOLS: Sql = Sql {
 /// Every task with its watermark, and its lease holder where the lease is
 /// live by the database clock and held by someone other than `?1`.
 const SYMBOL_STATES: Sql = Sql {
-    sqlite: "SELECT symbol, resolution, watermark,
+    sqlite: "SELECT symbol, resolution, watermark, status, failures, last_run_finished_at,
                     CASE WHEN lease_owner != ?1
                           AND lease_expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                          THEN lease_owner END AS leased_by
              FROM progress",
-    postgres: "SELECT symbol, resolution, watermark,
+    postgres: "SELECT symbol, resolution, watermark, status, failures, last_run_finished_at,
                       CASE WHEN lease_owner <> $1 AND lease_expires_at > ohlcd_db_time(0)
                            THEN lease_owner END AS leased_by
                FROM progress",
@@ -172,6 +202,7 @@ const COMMIT_TASKS: Sql = Sql {
                     ELSE progress.watermark END,
                 chunks = chunks + 1,
                 rows_read = rows_read + (j.value ->> 'n'),
+                rows_skipped = rows_skipped + (j.value ->> 'x'),
                 candles_written = candles_written + (j.value ->> 'c'),
                 updated_at = ?2
              FROM json_each(?3) AS j
@@ -184,9 +215,10 @@ const COMMIT_TASKS: Sql = Sql {
                       ELSE progress.watermark END,
                   chunks = progress.chunks + 1,
                   rows_read = progress.rows_read + j.n,
+                  rows_skipped = progress.rows_skipped + j.x,
                   candles_written = progress.candles_written + j.c,
                   updated_at = $2
-               FROM jsonb_to_recordset($3::jsonb) AS j(s text, r text, w text, n bigint, c bigint)
+               FROM jsonb_to_recordset($3::jsonb) AS j(s text, r text, w text, n bigint, x bigint, c bigint)
                WHERE progress.symbol = j.s AND progress.resolution = j.r
                  AND progress.lease_owner = $1",
 };
@@ -230,11 +262,11 @@ const INSERT_RUNS: Sql = Sql {
 };
 
 const RELEASE: Sql = Sql {
-    sqlite: "UPDATE progress SET status = j.value ->> 'st', last_error = NULL, lease_owner = NULL,
+    sqlite: "UPDATE progress SET status = j.value ->> 'st', last_error = NULL, failures = 0, lease_owner = NULL,
                 lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?2, updated_at = ?2
              FROM json_each(?3) AS j
              WHERE progress.symbol = j.value ->> 's' AND progress.lease_owner = ?1",
-    postgres: "UPDATE progress SET status = j.st, last_error = NULL, lease_owner = NULL,
+    postgres: "UPDATE progress SET status = j.st, last_error = NULL, failures = 0, lease_owner = NULL,
                   lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = $2,
                   updated_at = $2
                FROM jsonb_to_recordset($3::jsonb) AS j(s text, st text)
@@ -256,10 +288,10 @@ const FAILED_RUNS: Sql = Sql {
 };
 
 const FAIL: Sql = Sql {
-    sqlite: "UPDATE progress SET status = 'failed', last_error = ?2, lease_owner = NULL,
+    sqlite: "UPDATE progress SET status = 'failed', last_error = ?2, failures = failures + ?5, lease_owner = NULL,
                 lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = ?3, updated_at = ?3
              WHERE lease_owner = ?1 AND symbol IN (SELECT value FROM json_each(?4))",
-    postgres: "UPDATE progress SET status = 'failed', last_error = $2, lease_owner = NULL,
+    postgres: "UPDATE progress SET status = 'failed', last_error = $2, failures = failures + $5, lease_owner = NULL,
                   lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = $3,
                   updated_at = $3
                WHERE lease_owner = $1 AND symbol = ANY($4)",
@@ -292,6 +324,7 @@ struct TaskRow<'a> {
     r: &'static str,
     w: Option<String>,
     n: u64,
+    x: u64,
     c: u64,
 }
 
@@ -326,6 +359,7 @@ fn commit_rows(steps: &[StepCommit]) -> (Vec<TaskRow<'_>>, Vec<RunRow<'_>>) {
                 r: res.name(),
                 w: watermark.map(to_rfc3339),
                 n: rows_read,
+                x: if i == 0 { step.skipped } else { 0 },
                 c: step.candles[i],
             });
             // The range this resolution covered: its complete windows.
@@ -375,8 +409,15 @@ impl ProgressStore {
                 let state = out.entry(symbol).or_insert(SymbolState {
                     watermarks: [None; 6],
                     leased_by: None,
+                    failing: None,
                 });
                 state.watermarks[index(res)] = opt_time(row, "watermark")?;
+                // A symbol fails and recovers as a whole: its 1m row tells.
+                if res == Resolution::M1 && row.text("status")? == TaskStatus::Failed.as_str() {
+                    let failures = u32::try_from(row.int("failures")?).unwrap_or(u32::MAX);
+                    let at = opt_time(row, "last_run_finished_at")?.unwrap_or(0);
+                    state.failing = Some((failures, at));
+                }
                 if let Some(o) = row.opt_text("leased_by")? {
                     state.leased_by = Some(o);
                 }
@@ -604,36 +645,42 @@ impl ProgressStore {
         Ok(())
     }
 
-    /// Marks `symbols` failed with `error`, records a failed run over `range`
-    /// for each, and drops their leases (a lease already lost is left alone).
+    /// Marks `symbols` failed with `run.error`, records a failed run over
+    /// `run.range` for each, and drops their leases (a lease already lost is
+    /// left alone).
     pub async fn fail_symbols(
         &self,
         owner: &str,
         symbols: &[String],
-        range: Range<i64>,
-        error: &str,
-        started_at: i64,
+        run: &FailedRun<'_>,
         now: i64,
     ) -> Result<(), ProgressError> {
         if symbols.is_empty() {
             return Ok(());
         }
+        let FailedRun {
+            range,
+            error,
+            failure,
+            started_at,
+        } = run;
         let mut tx = self.db.begin().await?;
         let args = [
             Arg::Text(owner.into()),
             Arg::Text(to_rfc3339(range.start)),
             Arg::Text(to_rfc3339(range.end)),
-            Arg::Text(to_rfc3339(started_at)),
+            Arg::Text(to_rfc3339(*started_at)),
             Arg::Text(to_rfc3339(now)),
-            Arg::Text(error.into()),
+            Arg::Text(error.to_string()),
             list(symbols),
         ];
         tx.execute(FAILED_RUNS, &args).await?;
         let args = [
             Arg::Text(owner.into()),
-            Arg::Text(error.into()),
+            Arg::Text(error.to_string()),
             Arg::Text(to_rfc3339(now)),
             list(symbols),
+            Arg::Int(i64::from(*failure == Failure::OfTheSymbol)),
         ];
         tx.execute(FAIL, &args).await?;
         tx.commit().await?;

@@ -9,7 +9,11 @@
 //!   (hyper's `header_read_timeout`, counted from the first read, so trickling
 //!   bytes does not extend it; it also ends idle keep-alive connections), and
 //!   `server.body_timeout_secs` from then on to send the body ([`DeadlineBody`]).
-//!   Slow-header (slowloris) and slow-body clients are disconnected.
+//!   Slow-header (slowloris) and slow-body clients get a 408 and are
+//!   disconnected; hyper closes a slow-header connection without a word, so
+//!   the 408 is written here, on the stream hyper leaves behind
+//!   ([`LingeringIo::handing_over`]). An idle keep-alive connection is closed
+//!   silently.
 //! - Closing is lingering, as nginx does: when hyper closes a connection whose
 //!   request body was not read (a 413, say), the rest of what the client sends
 //!   is read and discarded for a bounded time and size ([`LingeringIo`]) before
@@ -119,16 +123,45 @@ const LINGER_BYTES: u64 = 256 * 1024 * 1024;
 /// [`LINGER_BYTES`] were read. Closing with unread data instead makes the
 /// kernel send a reset, which can destroy the answer before the client read it.
 pub struct LingeringIo {
-    stream: tokio::net::TcpStream,
+    /// `None` only once dropped (see [`LingeringIo::handing_over`]).
+    stream: Option<tokio::net::TcpStream>,
     linger: Option<(Pin<Box<Sleep>>, u64)>,
+    /// Bytes were read since the last answer was written: a request is
+    /// being received.
+    receiving: bool,
+    handoff: Option<Handoff>,
 }
+
+/// Where a [`LingeringIo`] leaves its stream when dropped, with whether a
+/// request was being received then.
+pub type Handoff = Arc<std::sync::Mutex<Option<(tokio::net::TcpStream, bool)>>>;
 
 impl LingeringIo {
     /// Wraps an accepted stream.
     pub fn new(stream: tokio::net::TcpStream) -> LingeringIo {
         LingeringIo {
-            stream,
+            stream: Some(stream),
             linger: None,
+            receiving: false,
+            handoff: None,
+        }
+    }
+
+    /// Leaves the stream in `handoff` when dropped instead of closing it.
+    pub fn handing_over(mut self, handoff: Handoff) -> LingeringIo {
+        self.handoff = Some(handoff);
+        self
+    }
+
+    fn stream(&mut self) -> &mut tokio::net::TcpStream {
+        self.stream.as_mut().expect("taken only when dropped")
+    }
+}
+
+impl Drop for LingeringIo {
+    fn drop(&mut self) {
+        if let (Some(handoff), Some(stream)) = (&self.handoff, self.stream.take()) {
+            *handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some((stream, self.receiving));
         }
     }
 }
@@ -139,7 +172,13 @@ impl tokio::io::AsyncRead for LingeringIo {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        tokio::io::AsyncRead::poll_read(Pin::new(&mut self.get_mut().stream), cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = tokio::io::AsyncRead::poll_read(Pin::new(this.stream()), cx, buf);
+        if buf.filled().len() > before {
+            this.receiving = true;
+        }
+        read
     }
 }
 
@@ -149,7 +188,12 @@ impl tokio::io::AsyncWrite for LingeringIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(this.stream()).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.receiving = false;
+        }
+        written
     }
 
     // Vectored writes forwarded, and said so: hyper copies every body chunk
@@ -161,34 +205,40 @@ impl tokio::io::AsyncWrite for LingeringIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(this.stream()).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.receiving = false;
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        Pin::new(self.get_mut().stream()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.linger.is_none() {
-            match Pin::new(&mut this.stream).poll_shutdown(cx) {
+            match Pin::new(this.stream()).poll_shutdown(cx) {
                 Poll::Ready(Ok(())) => {}
                 other => return other,
             }
             this.linger = Some((Box::pin(tokio::time::sleep(LINGER_TIME)), 0));
         }
         let (deadline, read) = this.linger.as_mut().expect("set above");
+        let stream = this.stream.as_mut().expect("taken only when dropped");
         let mut scratch = [0u8; 16 * 1024];
         loop {
             if deadline.as_mut().poll(cx).is_ready() || *read >= LINGER_BYTES {
                 return Poll::Ready(Ok(()));
             }
             let mut buf = tokio::io::ReadBuf::new(&mut scratch);
-            match tokio::io::AsyncRead::poll_read(Pin::new(&mut this.stream), cx, &mut buf) {
+            match tokio::io::AsyncRead::poll_read(Pin::new(&mut *stream), cx, &mut buf) {
                 // The client closed its side (or the socket failed): done.
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => *read += buf.filled().len() as u64,
@@ -197,6 +247,28 @@ impl tokio::io::AsyncWrite for LingeringIo {
             }
         }
     }
+}
+
+/// Answers a client whose request headers did not arrive within `limit`
+/// (hyper has given up on the connection): a 408 with the usual JSON error,
+/// then a lingering close, so the client reads it rather than a reset.
+async fn answer_header_timeout(stream: tokio::net::TcpStream, limit: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({
+        "error": format!("request headers not received within {limit:?}")
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut io = LingeringIo::new(stream);
+    let _ = tokio::time::timeout(LINGER_TIME * 2, async {
+        io.write_all(answer.as_bytes()).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 /// Serves `filter` on `listener` within `limits` until `shutdown` resolves,
@@ -239,16 +311,31 @@ pub async fn serve_filter<F, R>(
         let service = warp::service(filter.clone());
         let body_timeout = limits.body_timeout;
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let req = req.map(|body| DeadlineBody::new(body, body_timeout));
+            let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
+            // HEAD is GET without the body (load balancers and uptime checks
+            // use it): every GET route answers it. hyper still knows the
+            // request was HEAD and sends the headers only.
+            if req.method() == hyper::Method::HEAD {
+                *req.method_mut() = hyper::Method::GET;
+            }
             tower_service::Service::call(&mut service.clone(), req)
         });
-        let conn =
-            graceful.watch(http.serve_connection(TokioIo::new(LingeringIo::new(stream)), service));
+        let handoff = Handoff::default();
+        let io = LingeringIo::new(stream).handing_over(handoff.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             ::metrics::gauge!("ohlcd_http_open_connections").increment(1.0);
-            if let Err(e) = conn.await {
+            // Awaited on its own, so the connection (and its stream) is gone
+            // before the handoff is looked at.
+            let ended = conn.await;
+            let left = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Err(e) = ended {
                 if e.is_timeout() {
                     ::metrics::counter!("ohlcd_http_header_timeouts_total").increment(1);
+                    if let Some((stream, true)) = left {
+                        answer_header_timeout(stream, header_timeout).await;
+                    }
                 }
                 tracing::debug!(target: "ohlcd::http", %peer, error = %e, "connection closed");
             }

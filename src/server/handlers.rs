@@ -8,14 +8,18 @@ use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
 use super::models::{
-    self, CandleJson, OhlcResponse, Params, TradeJson, TradesError, count_param, range_params,
-    resolution_param, seconds_param, symbol_param,
+    self, CandleJson, OhlcResponse, Params, TradeJson, TradesError, count_param, fill_param,
+    range_params, required, resolution_param, seconds_param, symbol_param, zone_param,
 };
 use super::{ApiError, AppState};
 use crate::candle::{NANOS_PER_SEC, Resolution};
-use crate::datafeed::{ChartResolution, History, adaptive_resolution};
+use crate::datafeed::{
+    ChartResolution, DatafeedError, History, ZonedResolution, adaptive_resolution,
+};
 use crate::ingest::write_trades;
 use crate::progress::ProgressEntry;
+use crate::schema::NameForm;
+use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into())
@@ -37,12 +41,29 @@ fn now_secs(state: &AppState) -> i64 {
     state.clock.now().div_euclid(NANOS_PER_SEC)
 }
 
-/// TradingView sends `EXCHANGE:SYMBOL` once it knows the exchange.
-fn strip_exchange(p: &mut Params, key: &str, exchange: &str) {
+/// TradingView sends `EXCHANGE:SYMBOL` once it knows the exchange
+/// (`datafeed.exchange`). That prefix goes only from a name with more parts
+/// than the schema's names have: `binance:BTCUSDT` is an instrument where
+/// instruments are named by two tags.
+fn strip_exchange(p: &mut Params, key: &str, exchange: &str, form: &NameForm) {
     if let Some(v) = p.get_mut(key)
+        && v.split(crate::schema::NAME_SEPARATOR).count() > form.parts()
         && let Some(rest) = v.strip_prefix(&format!("{exchange}:"))
     {
         *v = rest.to_string();
+    }
+}
+
+/// The exchange a chart shows for `symbol`: its first part where names have
+/// several, else `datafeed.exchange`.
+fn exchange_of<'a>(symbol: &'a str, form: &NameForm, configured: &'a str) -> &'a str {
+    if form.parts() > 1 {
+        symbol
+            .split(crate::schema::NAME_SEPARATOR)
+            .next()
+            .unwrap_or(configured)
+    } else {
+        configured
     }
 }
 
@@ -77,8 +98,9 @@ fn decimals(price: f64) -> u32 {
 
 /// `GET /udf/symbols?symbol=`: symbol info for TradingView.
 pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    strip_exchange(&mut p, "symbol", &state.settings.exchange);
-    let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    let form = state.influx.layout().name_form();
+    strip_exchange(&mut p, "symbol", &state.settings.exchange, form);
+    let symbol = symbol_param(&p, "symbol", form).map_err(udf_bad)?;
     let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
     state
         .datafeed
@@ -91,19 +113,39 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
         .await
         .map_err(udf_reject)?;
     let price_decimals = last.map_or(2, |(_, price)| decimals(price).clamp(2, 10));
+    // Seconds multipliers in seconds without the `S`, as TradingView reads them.
+    let seconds: Vec<String> = state
+        .settings
+        .supported_resolutions
+        .iter()
+        .filter_map(|r| match r.parse() {
+            Ok(ChartResolution::Seconds(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect();
+    // Several parts (`binance:BTCUSDT`): the first is the exchange, the full
+    // name the ticker every later request sends.
+    let exchange = exchange_of(&symbol, form, &state.settings.exchange);
+    let (name, full_name) = if form.parts() > 1 {
+        (symbol[exchange.len() + 1..].to_string(), symbol.clone())
+    } else {
+        (symbol.clone(), format!("{exchange}:{symbol}"))
+    };
     Ok(warp::reply::json(&json!({
-        "name": symbol,
+        "name": name,
         "ticker": symbol,
-        "full_name": format!("{}:{symbol}", state.settings.exchange),
+        "full_name": full_name,
         "description": symbol,
         "type": "crypto",
         "session": "24x7",
-        "timezone": "Etc/UTC",
-        "exchange": state.settings.exchange,
-        "listed_exchange": state.settings.exchange,
+        "timezone": state.zones.for_symbol(&symbol).name(),
+        "exchange": exchange,
+        "listed_exchange": exchange,
         "minmov": 1,
         "pricescale": 10u64.pow(price_decimals),
         "has_intraday": true,
+        "has_seconds": !seconds.is_empty(),
+        "seconds_multipliers": seconds,
         "has_daily": true,
         "has_weekly_and_monthly": true,
         "supported_resolutions": state.settings.supported_resolutions,
@@ -122,13 +164,19 @@ pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Reject
     let limit = count_param(&p, "limit", 30, 1000).map_err(udf_bad)?;
     let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
     let symbols = state.datafeed.symbols().await.map_err(udf_reject)?;
-    let exchange = &state.settings.exchange;
+    let form = state.influx.layout().name_form();
     let found: Vec<_> = symbols
         .iter()
         .filter(|s| s.to_ascii_uppercase().contains(&query))
         .take(limit as usize)
         .map(|s| {
-            json!({"symbol": s, "full_name": format!("{exchange}:{s}"), "description": s,
+            let exchange = exchange_of(s, form, &state.settings.exchange);
+            let full_name = if form.parts() > 1 {
+                s.clone()
+            } else {
+                format!("{exchange}:{s}")
+            };
+            json!({"symbol": s, "full_name": full_name, "description": s,
                    "exchange": exchange, "ticker": s, "type": "crypto"})
         })
         .collect();
@@ -137,9 +185,16 @@ pub async fn udf_search(p: Params, state: AppState) -> Result<impl Reply, Reject
 
 /// `GET /udf/history?symbol=&resolution=&from=&to=[&countback=]`: bars at exactly
 /// the requested resolution, `to` exclusive, `countback` before `from`.
+///
+/// Bars are counted in the symbol's zone. A daily, weekly or monthly bar is
+/// stamped with its trading date at 00:00 UTC, as TradingView's library wants
+/// (it shifts the date into the symbol's zone itself), and `from`, `to` and
+/// `countback` are compared with those stamps; other bars carry the instant
+/// they start.
 pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    strip_exchange(&mut p, "symbol", &state.settings.exchange);
-    let symbol = symbol_param(&p, "symbol").map_err(udf_bad)?;
+    let form = state.influx.layout().name_form();
+    strip_exchange(&mut p, "symbol", &state.settings.exchange, form);
+    let symbol = symbol_param(&p, "symbol", form).map_err(udf_bad)?;
     let res = resolution_param(&p, "resolution").map_err(udf_bad)?;
     let to = seconds_param(&p, "to")
         .map_err(udf_bad)?
@@ -162,13 +217,27 @@ pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, R
         .admit(bars)
         .await
         .map_err(warp::reject::custom)?;
+    let zone = state.zones.for_symbol(&symbol);
+    // In UTC a trading date is the instant the bar starts.
+    let dated = res.is_dwm() && !is_utc(zone);
+    let instant = |secs: i64| {
+        let t = secs * NANOS_PER_SEC;
+        if dated { instant_of_stamp(zone, t) } else { t }
+    };
+    let stamp = |t: i64| {
+        if dated {
+            trading_date_stamp(zone, t)
+        } else {
+            t
+        }
+    };
     let history = state
         .datafeed
         .history(
             &symbol,
-            res,
-            from * NANOS_PER_SEC,
-            to * NANOS_PER_SEC,
+            ZonedResolution::new(res, zone),
+            instant(from),
+            instant(to),
             countback,
         )
         .await
@@ -176,9 +245,14 @@ pub async fn udf_history(mut p: Params, state: AppState) -> Result<impl Reply, R
     Ok(warp::reply::json(&match history {
         // Serialized straight from the bars (no intermediate JSON tree): this
         // is the hottest answer of a chart backend.
-        History::Bars(bars) => return Ok(udf_bars_reply(&bars)),
+        History::Bars(mut bars) => {
+            if dated {
+                bars.iter_mut().for_each(|b| b.start = stamp(b.start));
+            }
+            return Ok(udf_bars_reply(&bars));
+        }
         History::NoData { next_time: Some(t) } => {
-            json!({"s": "no_data", "nextTime": t / NANOS_PER_SEC})
+            json!({"s": "no_data", "nextTime": stamp(t) / NANOS_PER_SEC})
         }
         History::NoData { next_time: None } => json!({"s": "no_data"}),
     })
@@ -231,16 +305,96 @@ impl serde::Serialize for UdfBars<'_> {
     }
 }
 
+/// Most symbols one `/udf/quotes` request may name.
+const MAX_QUOTES: usize = 100;
+
+/// `GET /udf/quotes?symbols=A,B`: each symbol's last 24 hours, rolling, as the
+/// UDF spec shapes quotes; an unknown symbol gets `s: "error"` alone.
+pub async fn udf_quotes(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
+    let names: Vec<String> = required(&p, "symbols")
+        .map_err(udf_bad)?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() || names.len() > MAX_QUOTES {
+        return Err(udf_bad(format!(
+            "symbols: name 1 to {MAX_QUOTES} symbols, comma-separated; got {}",
+            names.len()
+        )));
+    }
+    let _slot = state
+        .limits
+        .admit(names.len() as u64)
+        .await
+        .map_err(warp::reject::custom)?;
+    let now = state.clock.now();
+    let exchange = &state.settings.exchange;
+    let form = state.influx.layout().name_form();
+    let quotes = futures_util::future::join_all(names.iter().map(|name| {
+        let symbol = if name.split(crate::schema::NAME_SEPARATOR).count() > form.parts() {
+            name.strip_prefix(&format!("{exchange}:")).unwrap_or(name)
+        } else {
+            name
+        }
+        .to_string();
+        let state = &state;
+        async move {
+            crate::ingest::validate_symbol(&symbol, form)
+                .map_err(|e| DatafeedError::BadRequest(e.to_string()))?;
+            state
+                .datafeed
+                .quote(&symbol, now)
+                .await
+                .map(|q| (symbol, q))
+        }
+    }))
+    .await;
+    let mut d = Vec::with_capacity(names.len());
+    for (name, quote) in names.iter().zip(quotes) {
+        match quote {
+            Ok((symbol, Some(q))) => d.push(json!({"s": "ok", "n": name, "v": {
+                "lp": q.last,
+                "ch": q.change(),
+                "chp": q.change_percent(),
+                "open_price": q.open,
+                "high_price": q.high,
+                "low_price": q.low,
+                "prev_close_price": q.reference(),
+                "volume": q.volume,
+                "short_name": symbol,
+                "exchange": exchange,
+                "description": symbol,
+            }})),
+            Ok((_, None)) => {
+                d.push(json!({"s": "error", "n": name, "v": {}, "errmsg": "no trades yet"}))
+            }
+            Err(e @ (DatafeedError::UnknownSymbol(_) | DatafeedError::BadRequest(_))) => {
+                d.push(json!({"s": "error", "n": name, "v": {}, "errmsg": e.to_string()}))
+            }
+            // InfluxDB or the store failed: no quote is known to be right.
+            Err(e) => return Err(udf_reject(e)),
+        }
+    }
+    Ok(warp::reply::json(&json!({"s": "ok", "d": d})))
+}
+
 /// `GET /udf/time`: server time, bare Unix seconds.
 pub async fn udf_time(state: AppState) -> Result<impl Reply, Rejection> {
     Ok(now_secs(&state).to_string())
 }
 
-/// `GET /api/ohlc?symbol=&resolution=&from=&to=`: candles for the chart page,
-/// coarsened for long ranges; says which resolution it used.
+/// `GET /api/ohlc?symbol=&resolution=&from=&to=[&tz=][&fill=previous]`:
+/// candles for the chart page, coarsened for long ranges; says which
+/// resolution it used. Bars are counted in `tz` (default: the symbol's zone)
+/// and stamped with the instant they start; `fill=previous` gives a bar for
+/// every window up to now, an empty one flat at the previous close.
 pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let symbol = symbol_param(&p, "symbol", state.influx.layout().name_form()).map_err(bad)?;
     let requested = resolution_param(&p, "resolution").map_err(bad)?;
+    let zone = zone_param(&p, "tz", state.zones.for_symbol(&symbol)).map_err(bad)?;
+    let fill = fill_param(&p).map_err(bad)?;
     let (from, to) = range_params(&p, now_secs(&state)).map_err(bad)?;
     let range = from * NANOS_PER_SEC..to * NANOS_PER_SEC;
     let res = adaptive_resolution(requested, range.clone(), state.settings.ohlc_max_bars);
@@ -254,25 +408,42 @@ pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejectio
         .require_symbol(&symbol)
         .await
         .map_err(reject)?;
+    let zoned = ZonedResolution::new(res, zone);
     let bars = state
         .datafeed
-        .bars(&symbol, res, range)
+        .bars(&symbol, zoned, range.clone())
         .await
         .map_err(reject)?;
+    let candles = if fill {
+        let bucketing = zoned.bucketing();
+        let before = state
+            .influx
+            .last_trade_before(&symbol, bucketing.ceil(range.start))
+            .await
+            .map_err(reject)?
+            .map(|(_, price)| price);
+        crate::chart::fill_previous(&bars, bucketing, range, before, state.clock.now())
+            .iter()
+            .map(CandleJson::from)
+            .collect()
+    } else {
+        bars.iter().map(CandleJson::from).collect()
+    };
     Ok(warp::reply::json(&OhlcResponse {
         symbol,
         requested_resolution: requested,
         resolution: res,
         from,
         to,
-        candles: bars.iter().map(CandleJson::from).collect(),
+        timezone: zone.name(),
+        candles,
     }))
 }
 
 /// `GET /api/trades?symbol=&from=&to=&limit=`: raw trades, oldest first
 /// (`from` defaults to an hour before `to`, `to` to now, `limit` to 1000).
 pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Rejection> {
-    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let symbol = symbol_param(&p, "symbol", state.influx.layout().name_form()).map_err(bad)?;
     let to = seconds_param(&p, "to")
         .map_err(bad)?
         .unwrap_or(now_secs(&state));
@@ -317,7 +488,8 @@ struct Accepted {
 /// behind the 1m watermark are recorded as late so the next tick recomputes them.
 pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl Reply, Rejection> {
     let now_ms = state.clock.now().div_euclid(1_000_000);
-    let trades = models::parse_trades(&body, now_ms).map_err(|e| match e {
+    let form = state.influx.layout().name_form();
+    let trades = models::parse_trades(&body, now_ms, form).map_err(|e| match e {
         TradesError::Invalid(m) => bad(m),
         TradesError::TooMany(n) => reject(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -328,6 +500,21 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
             udf: false,
         }),
     })?;
+    // Trades go into the configured schema as the server holds it; a schema
+    // that cannot be written faithfully, or a trade it cannot place, is
+    // refused before anything is written.
+    let writer = crate::ingest::TradeWriter::new(state.influx.layout()).map_err(|e| {
+        reject(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("trades cannot be written into this schema: {e}"),
+            udf: false,
+        })
+    })?;
+    for (i, t) in trades.iter().enumerate() {
+        writer
+            .measurement_of(&t.symbol)
+            .map_err(|e| bad(format!("trade {i}: {e}")))?;
+    }
     // Written and recorded on a task of its own: a client that hangs up must
     // not cancel the request between the InfluxDB write and the recording of
     // its late trades, or a late trade would be stored but never counted.
@@ -469,8 +656,10 @@ struct LiveBar {
 /// finds clients that are gone.
 const LIVE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// `GET /api/live?symbol=&resolution=[&since=]`: Server-Sent Events with the
-/// newest bars of `symbol` at `resolution` each time they change. A reconnect
+/// `GET /api/live?symbol=&resolution=[&since=][&tz=]`: Server-Sent Events
+/// with the newest bars of `symbol` at `resolution` (counted in `tz`, default
+/// the symbol's zone; stamped with the instant they start) each time they
+/// change. A reconnect
 /// (`Last-Event-ID`) or `since` (Unix seconds) first sends every bar from that
 /// one on.
 pub async fn api_live(
@@ -479,8 +668,10 @@ pub async fn api_live(
     state: AppState,
 ) -> Result<impl Reply, Rejection> {
     use futures_util::StreamExt;
-    let symbol = symbol_param(&p, "symbol").map_err(bad)?;
+    let symbol = symbol_param(&p, "symbol", state.influx.layout().name_form()).map_err(bad)?;
     let res = resolution_param(&p, "resolution").map_err(bad)?;
+    let zone = zone_param(&p, "tz", state.zones.for_symbol(&symbol)).map_err(bad)?;
+    let res = ZonedResolution::new(res, zone);
     let since = match last_event_id.filter(|v| !v.is_empty()) {
         Some(id) => Some(
             id.trim()
@@ -609,31 +800,57 @@ pub async fn api_progress(state: AppState) -> Result<impl Reply, Rejection> {
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
-    influx: String,
-    sqlite: String,
+    influx: &'static str,
+    store: &'static str,
+    failed_symbols: u64,
+    version: &'static str,
+    commit: &'static str,
 }
 
-/// `GET /healthz`: 200 when InfluxDB (database included) and SQLite answer and
-/// InfluxDB took the last write, else 503.
+/// `GET /healthz`, public: `ok` (200), `degraded` (200: some symbols failed
+/// their last run; how many is `failed_symbols`) or `unhealthy` (503:
+/// InfluxDB, its database included, or the progress store does not answer,
+/// or InfluxDB refuses writes, as on a full disk). Degraded stays 200
+/// because a symbol fails for its data, which every daemon shares: a 503
+/// would take every daemon out of a load balancer and stop the charts of the
+/// healthy symbols too. Says up or down, never where or why: the reason goes
+/// to the log.
 pub async fn healthz(state: AppState) -> Result<impl Reply, Rejection> {
     // A health check must answer quickly even when InfluxDB hangs.
+    let influx = state.influx.fail_fast(2, 0).check_database().await;
     // Reads can work while writes fail (a full disk): both must.
-    let influx = match state.influx.fail_fast(2, 0).check_database().await {
-        Ok(()) => match state.influx.recent_write_failure() {
-            None => "ok".to_string(),
-            Some(why) => format!("writes fail: {why}"),
-        },
-        Err(e) => e.to_string(),
+    let writes = state.influx.recent_write_failure();
+    let store = state.store.ping().await;
+    let failing = match &store {
+        Ok(()) => state.store.failing_symbols().await.unwrap_or(0),
+        Err(_) => 0,
     };
-    let sqlite = match state.store.ping().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let healthy = influx == "ok" && sqlite == "ok";
+    let up = |ok: bool| if ok { "ok" } else { "down" };
+    let healthy = influx.is_ok() && writes.is_none() && store.is_ok();
+    if let Err(e) = &influx {
+        tracing::debug!(error = %e, "health: InfluxDB down");
+    }
+    if let Some(why) = &writes {
+        tracing::debug!(error = %why, "health: InfluxDB refuses writes");
+    }
+    if let Err(e) = &store {
+        tracing::debug!(error = %e, "health: progress store down");
+    }
     let body = Health {
-        status: if healthy { "ok" } else { "unhealthy" },
-        influx,
-        sqlite,
+        status: match (healthy, failing) {
+            (false, _) => "unhealthy",
+            (true, 0) => "ok",
+            (true, _) => "degraded",
+        },
+        influx: match (&influx, &writes) {
+            (Err(_), _) => "down",
+            (Ok(()), Some(_)) => "writes_failing",
+            (Ok(()), None) => "ok",
+        },
+        store: up(store.is_ok()),
+        failed_symbols: failing,
+        version: crate::build_info::VERSION,
+        commit: crate::build_info::COMMIT,
     };
     let status = if healthy {
         StatusCode::OK

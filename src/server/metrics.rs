@@ -1,11 +1,20 @@
 //! Prometheus metrics: one process-wide recorder (the `metrics` facade), rendered
 //! by `GET /metrics`. Engine and HTTP layer record through the facade macros.
+//!
+//! Also what the alert rules (deploy/prometheus/) need beyond counting: the
+//! build (`ohlcd_build_info`), whether InfluxDB and the progress store answer
+//! ([`watch_dependencies`]), and a periodic log line summing up the requests
+//! served ([`log_request_summaries`]), so the log does not carry a line per
+//! request.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::candle::Resolution;
+use crate::influx::InfluxClient;
+use crate::progress::ProgressStore;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -26,8 +35,26 @@ pub fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed");
         }
+        register_at_start();
         handle
     })
+}
+
+/// Series that exist from the start: the build, and counters alerts take
+/// `increase()` of. A counter first seen at 1 has no earlier sample to grow
+/// from, so Prometheus would miss the first failure.
+fn register_at_start() {
+    metrics::gauge!(
+        "ohlcd_build_info",
+        "version" => crate::build_info::VERSION,
+        "commit" => crate::build_info::COMMIT
+    )
+    .set(1.0);
+    metrics::counter!("ohlcd_task_failures_total").increment(0);
+    metrics::counter!("ohlcd_push_streams_refused_total").increment(0);
+    for reason in crate::candle::SkipReason::ALL {
+        metrics::counter!("ohlcd_trades_skipped_total", "reason" => reason.as_str()).increment(0);
+    }
 }
 
 /// The current metrics in Prometheus text format.
@@ -73,13 +100,18 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-/// Logs one request with tracing and counts it by route and status.
+/// Logs one request at debug, counts it by route and status, and adds it to
+/// the next request summary.
 pub fn record_request(info: warp::log::Info<'_>) {
     handle();
     let route = route_label(info.path());
     let status = info.status().as_u16();
     let elapsed = info.elapsed();
-    tracing::info!(
+    SUMMARY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(status, elapsed);
+    tracing::debug!(
         target: "ohlcd::http",
         method = %info.method(),
         path = info.path(),
@@ -91,6 +123,158 @@ pub fn record_request(info: warp::log::Info<'_>) {
         .increment(1);
     metrics::histogram!("ohlcd_http_request_duration_seconds", "route" => route)
         .record(elapsed.as_secs_f64());
+}
+
+/// How often [`watch_dependencies`] checks InfluxDB and the progress store.
+pub const DEPENDENCY_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long one check may take before the dependency counts as down: the
+/// same bound as `/healthz`'s.
+const DEPENDENCY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks once whether InfluxDB (the database included, as `/healthz` does)
+/// and the progress store answer, and sets `ohlcd_influx_up` and
+/// `ohlcd_progress_store_up` to 1 or 0. Returns (influx, store).
+pub async fn check_dependencies(influx: &InfluxClient, store: &ProgressStore) -> (bool, bool) {
+    let influx = influx.fail_fast(DEPENDENCY_CHECK_TIMEOUT.as_secs(), 0);
+    let (influx_ok, store_ok) = tokio::join!(influx.check_database(), async {
+        tokio::time::timeout(DEPENDENCY_CHECK_TIMEOUT, store.ping()).await
+    });
+    let (influx_ok, store_ok) = (influx_ok.is_ok(), matches!(store_ok, Ok(Ok(()))));
+    handle();
+    metrics::gauge!("ohlcd_influx_up").set(f64::from(u8::from(influx_ok)));
+    metrics::gauge!("ohlcd_progress_store_up").set(f64::from(u8::from(store_ok)));
+    (influx_ok, store_ok)
+}
+
+/// Runs [`check_dependencies`] now and every [`DEPENDENCY_CHECK_INTERVAL`],
+/// forever: a scrape reads the last result instead of waiting on a hung
+/// InfluxDB.
+pub async fn watch_dependencies(influx: InfluxClient, store: ProgressStore) {
+    let mut every = tokio::time::interval(DEPENDENCY_CHECK_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        check_dependencies(&influx, &store).await;
+    }
+}
+
+/// Requests served since the last summary, process-wide like the metrics.
+static SUMMARY: Mutex<RequestWindow> = Mutex::new(RequestWindow::new());
+
+/// Logs one INFO line every `every` summing up the requests served in that
+/// time ([`RequestSummary`]), and nothing when there were none. Forever.
+pub async fn log_request_summaries(every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let summary = SUMMARY.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = summary {
+            tracing::info!(
+                target: "ohlcd::http",
+                requests = s.requests,
+                errors = s.errors,
+                rejected = s.rejected,
+                // Up to the next 0.01 ms: it is an upper bound already.
+                p99_ms = (s.p99_ms * 100.0).ceil() / 100.0,
+                secs = every.as_secs(),
+                "requests served"
+            );
+        }
+    }
+}
+
+/// Latency buckets of a [`RequestWindow`]: bucket `i` holds durations up to
+/// `BUCKET_GROWTH^i` µs, so a quantile read from them is at most 10 % high.
+/// 240 buckets reach past two hours.
+const BUCKETS_PER_WINDOW: usize = 240;
+const BUCKET_GROWTH: f64 = 1.1;
+
+/// Requests counted since the last [`RequestWindow::take`].
+#[derive(Debug)]
+pub struct RequestWindow {
+    requests: u64,
+    errors: u64,
+    rejected: u64,
+    latency: [u32; BUCKETS_PER_WINDOW],
+}
+
+/// What one summary line says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestSummary {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered with a 5xx.
+    pub errors: u64,
+    /// Of those, answered with a 4xx.
+    pub rejected: u64,
+    /// 99th percentile of the time to answer, milliseconds (rounded up to
+    /// a bucket bound: at most 10 % high).
+    pub p99_ms: f64,
+}
+
+impl RequestWindow {
+    /// An empty window.
+    pub const fn new() -> RequestWindow {
+        RequestWindow {
+            requests: 0,
+            errors: 0,
+            rejected: 0,
+            latency: [0; BUCKETS_PER_WINDOW],
+        }
+    }
+
+    /// Counts one request answered with `status` after `elapsed`.
+    pub fn record(&mut self, status: u16, elapsed: Duration) {
+        self.requests += 1;
+        match status {
+            500..=599 => self.errors += 1,
+            400..=499 => self.rejected += 1,
+            _ => {}
+        }
+        let micros = elapsed.as_secs_f64() * 1e6;
+        let bucket = if micros <= 1.0 {
+            0
+        } else {
+            (micros.ln() / BUCKET_GROWTH.ln()).ceil() as usize
+        };
+        let slot = &mut self.latency[bucket.min(BUCKETS_PER_WINDOW - 1)];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// The summary of the requests counted so far, and an empty window
+    /// again; `None` if there were none.
+    pub fn take(&mut self) -> Option<RequestSummary> {
+        let window = std::mem::take(self);
+        if window.requests == 0 {
+            return None;
+        }
+        // The smallest bucket bound with at least 99 % of the requests at or
+        // below it.
+        let needed = (window.requests as f64 * 0.99).ceil() as u64;
+        let mut seen = 0u64;
+        let mut bucket = BUCKETS_PER_WINDOW - 1;
+        for (i, n) in window.latency.iter().enumerate() {
+            seen += u64::from(*n);
+            if seen >= needed {
+                bucket = i;
+                break;
+            }
+        }
+        Some(RequestSummary {
+            requests: window.requests,
+            errors: window.errors,
+            rejected: window.rejected,
+            p99_ms: BUCKET_GROWTH.powi(bucket as i32) / 1e3,
+        })
+    }
+}
+
+impl Default for RequestWindow {
+    fn default() -> Self {
+        RequestWindow::new()
+    }
 }
 
 #[cfg(test)]
@@ -119,5 +303,51 @@ mod tests {
             assert!(rendered.contains(&line), "{line:?} not in {rendered:?}");
         }
         assert!(rendered.contains(TASK_LAG_TYPE), "{rendered:?}");
+    }
+
+    #[test]
+    fn a_request_summary_counts_errors_and_rejections_and_is_empty_after() {
+        let mut w = RequestWindow::new();
+        assert_eq!(w.take(), None, "no requests, no summary");
+        for status in [200, 204, 304, 400, 404, 500, 503, 502] {
+            w.record(status, Duration::from_millis(3));
+        }
+        let s = w.take().unwrap();
+        assert_eq!((s.requests, s.errors, s.rejected), (8, 3, 2));
+        assert_eq!(w.take(), None, "taking empties the window");
+    }
+
+    #[test]
+    fn the_p99_is_the_exact_one_or_at_most_ten_percent_above() {
+        // The oracle: sort the durations and take the one at rank ceil(0.99 n).
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for n in [1usize, 2, 99, 100, 101, 1000, 5000] {
+            let mut w = RequestWindow::new();
+            let mut micros = Vec::with_capacity(n);
+            for _ in 0..n {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // 2 µs to about 20 s, spread over every order of magnitude.
+                let us = 10f64.powf(0.3 + (rng % 10_000) as f64 / 10_000.0 * 7.0);
+                micros.push(us);
+                w.record(200, Duration::from_secs_f64(us / 1e6));
+            }
+            micros.sort_by(f64::total_cmp);
+            let exact_ms = micros[(n as f64 * 0.99).ceil() as usize - 1] / 1e3;
+            let p99 = w.take().unwrap().p99_ms;
+            assert!(
+                p99 >= exact_ms * (1.0 - 1e-9) && p99 <= exact_ms * 1.1 * (1.0 + 1e-9),
+                "n={n}: p99 {p99} ms, exact {exact_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_beyond_the_last_bucket_land_in_it() {
+        let mut w = RequestWindow::new();
+        w.record(200, Duration::from_secs(100_000));
+        let p99 = w.take().unwrap().p99_ms;
+        assert!(p99 > 3_600_000.0, "{p99}");
     }
 }

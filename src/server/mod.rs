@@ -60,6 +60,8 @@ pub struct AppState {
     pub limits: QueryLimits,
     /// Live bars for `GET /api/live`.
     pub push: PushHub,
+    /// The zone each symbol's bars are counted in.
+    pub zones: crate::zone::Zones,
 }
 
 impl AppState {
@@ -97,6 +99,8 @@ impl AppState {
             settings: settings.datafeed.clone(),
             limits,
             push,
+            // Checked when the settings were loaded.
+            zones: settings.datafeed.zones().unwrap_or_default(),
         }
     }
 }
@@ -363,6 +367,32 @@ fn cors(origins: &[String]) -> warp::cors::Cors {
         .build()
 }
 
+/// Passes only a body declared as JSON (`application/json`, parameters
+/// allowed), else 415: a cheap layer against cross-site form posts, which
+/// cannot send that type without a preflight.
+fn json_content() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|ct: Option<String>| async move {
+            let essence = ct
+                .as_deref()
+                .and_then(|v| v.split(';').next())
+                .map(|v| v.trim().to_ascii_lowercase());
+            if essence.as_deref() == Some("application/json") {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError {
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    message: format!(
+                        "POST /api/trades takes Content-Type: application/json, got {}",
+                        ct.map_or_else(|| "none".to_string(), |v| format!("{v:?}"))
+                    ),
+                    udf: false,
+                }))
+            }
+        })
+        .untuple_one()
+}
+
 /// Passes when `enabled`, else behaves like an unknown path.
 fn only_if(enabled: bool) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::any()
@@ -421,6 +451,12 @@ pub fn routes(
         .and(params())
         .and(with_state(state.clone()))
         .and_then(handlers::udf_history);
+    let udf_quotes = warp::path!("udf" / "quotes")
+        .and(warp::get())
+        .and(read.clone())
+        .and(params())
+        .and(with_state(state.clone()))
+        .and_then(handlers::udf_quotes);
     let udf_time = warp::path!("udf" / "time")
         .and(warp::get())
         .and(read.clone())
@@ -442,6 +478,7 @@ pub fn routes(
         .and(warp::post())
         // Credentials before the body: a refused client cannot make us read it.
         .and(write)
+        .and(json_content())
         .and(body(state.server.max_body_bytes))
         .and(with_state(state.clone()))
         .and_then(handlers::api_trades_post);
@@ -491,6 +528,7 @@ pub fn routes(
         .or(udf_symbols)
         .or(udf_search)
         .or(udf_history)
+        .or(udf_quotes)
         .or(udf_time)
         .or(api_ohlc)
         .or(api_trades_get)
@@ -506,6 +544,9 @@ pub fn routes(
         .or(static_files)
         .or(chart_lib)
         .recover(recover)
+        // Answers differ by Origin (CORS): a shared cache must not hand one
+        // origin's answer to another.
+        .with(warp::reply::with::header("vary", "origin"))
         .with(warp::log::custom(metrics::record_request))
 }
 

@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
 use crate::datafeed::ChartResolution;
 use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade, validate_symbol};
+use crate::schema::NameForm;
+use crate::zone::{Tz, parse_zone};
 
 /// Query parameters as received.
 pub type Params = HashMap<String, String>;
@@ -25,10 +27,11 @@ pub fn required<'p>(p: &'p Params, name: &str) -> Result<&'p str, String> {
         .ok_or_else(|| format!("missing parameter {name}"))
 }
 
-/// A symbol parameter, validated.
-pub fn symbol_param(p: &Params, name: &str) -> Result<String, String> {
+/// A symbol parameter, validated against the symbol rule and the schema's
+/// name `form`.
+pub fn symbol_param(p: &Params, name: &str, form: &NameForm) -> Result<String, String> {
     let s = required(p, name)?;
-    validate_symbol(s).map_err(|e| format!("{name}: {e}"))?;
+    validate_symbol(s, form).map_err(|e| format!("{name}: {e}"))?;
     Ok(s.to_string())
 }
 
@@ -49,6 +52,26 @@ pub fn resolution_param(p: &Params, name: &str) -> Result<ChartResolution, Strin
     required(p, name)?
         .parse()
         .map_err(|e| format!("{name}: {e}"))
+}
+
+/// A time zone parameter (IANA name), `default` when absent.
+pub fn zone_param(p: &Params, name: &str, default: Tz) -> Result<Tz, String> {
+    match p.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => parse_zone(v).map_err(|e| format!("{name}: {e}")),
+    }
+}
+
+/// The `fill` parameter of `/api/ohlc`: absent (gaps stay empty) or
+/// `previous`.
+pub fn fill_param(p: &Params) -> Result<bool, String> {
+    match p.get("fill").map(String::as_str) {
+        None | Some("") | Some("none") => Ok(false),
+        Some("previous") => Ok(true),
+        Some(other) => Err(format!(
+            "fill: {other:?} is not a fill mode; use fill=previous (or leave it out for no filling)"
+        )),
+    }
 }
 
 /// A positive integer parameter with a default and a maximum.
@@ -140,7 +163,12 @@ fn parse_number(i: usize, obj: &Map<String, Value>, field: &str) -> Result<f64, 
 
 /// One trade of the general path: the JSON types are checked here, the values
 /// by [`NewTrade::validate`], the rule the fast path, `generate` and the bench use.
-fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), TradesError> {
+fn parse_trade(
+    i: usize,
+    v: &Value,
+    now_ms: i64,
+    form: &NameForm,
+) -> Result<(NewTrade, bool), TradesError> {
     let Value::Object(obj) = v else {
         return Err(TradesError::Invalid(format!(
             "trade {i}: must be a JSON object, got {v}"
@@ -205,7 +233,7 @@ fn parse_trade(i: usize, v: &Value, now_ms: i64) -> Result<(NewTrade, bool), Tra
         id,
     };
     trade
-        .validate(now_ms)
+        .validate(now_ms, form)
         .map_err(|e| TradesError::Invalid(format!("trade {i}: {e}")))?;
     Ok((trade, has_id))
 }
@@ -265,7 +293,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for WireTime<'a> {
 /// the same checks as [`parse_trade`]. `None` on anything unusual, so the
 /// `Value` path can say precisely what is wrong; accepting the same bodies with
 /// the same values is what `tests/input_props.rs` checks.
-fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> {
+fn parse_trades_fast(body: &[u8], now_ms: i64, form: &NameForm) -> Option<Vec<(NewTrade, bool)>> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
     let wire: Vec<WireTrade> = match first {
         b'[' => serde_json::from_slice(body).ok()?,
@@ -289,14 +317,18 @@ fn parse_trades_fast(body: &[u8], now_ms: i64) -> Option<Vec<(NewTrade, bool)>> 
                 time_ms,
                 id: w.id.unwrap_or(0),
             };
-            trade.validate(now_ms).ok()?;
+            trade.validate(now_ms, form).ok()?;
             Some((trade, w.id.is_some()))
         })
         .collect()
 }
 
 /// The general path: any JSON, with an error naming the first bad trade and field.
-fn parse_trades_checked(body: &[u8], now_ms: i64) -> Result<Vec<(NewTrade, bool)>, TradesError> {
+fn parse_trades_checked(
+    body: &[u8],
+    now_ms: i64,
+    form: &NameForm,
+) -> Result<Vec<(NewTrade, bool)>, TradesError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| TradesError::Invalid(format!("body is not valid JSON: {e}")))?;
     let items: Vec<Value> = match value {
@@ -323,7 +355,7 @@ fn parse_trades_checked(body: &[u8], now_ms: i64) -> Result<Vec<(NewTrade, bool)
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| parse_trade(i, v, now_ms))
+        .map(|(i, v)| parse_trade(i, v, now_ms, form))
         .collect()
 }
 
@@ -332,10 +364,14 @@ fn parse_trades_checked(body: &[u8], now_ms: i64) -> Result<Vec<(NewTrade, bool)
 /// position among identical trades of the request, so a retried request maps to
 /// the same points (no double count) while identical trades in one request stay
 /// distinct.
-pub fn parse_trades(body: &[u8], now_ms: i64) -> Result<Vec<NewTrade>, TradesError> {
-    let parsed = match parse_trades_fast(body, now_ms) {
+pub fn parse_trades(
+    body: &[u8],
+    now_ms: i64,
+    form: &NameForm,
+) -> Result<Vec<NewTrade>, TradesError> {
+    let parsed = match parse_trades_fast(body, now_ms, form) {
         Some(parsed) => parsed,
-        None => parse_trades_checked(body, now_ms)?,
+        None => parse_trades_checked(body, now_ms, form)?,
     };
     let mut seen: HashMap<u64, u64> = HashMap::new();
     Ok(parsed
@@ -395,9 +431,9 @@ mod fast_path_tests {
             ),
         ];
         for (body, expected) in cases {
-            let fast = parse_trades_fast(body.as_bytes(), NOW);
+            let fast = parse_trades_fast(body.as_bytes(), NOW, &NameForm::default());
             assert_eq!(fast, Some(vec![expected.clone()]), "fast path: {body}");
-            let checked = parse_trades_checked(body.as_bytes(), NOW);
+            let checked = parse_trades_checked(body.as_bytes(), NOW, &NameForm::default());
             assert_eq!(checked, Ok(vec![expected]), "checked path: {body}");
         }
     }
@@ -432,8 +468,12 @@ mod fast_path_tests {
             (base("id", "-1"), "id"),
         ];
         for (body, field) in &cases {
-            assert_eq!(parse_trades_fast(body.as_bytes(), NOW), None, "{body}");
-            match parse_trades_checked(body.as_bytes(), NOW) {
+            assert_eq!(
+                parse_trades_fast(body.as_bytes(), NOW, &NameForm::default()),
+                None,
+                "{body}"
+            );
+            match parse_trades_checked(body.as_bytes(), NOW, &NameForm::default()) {
                 Err(TradesError::Invalid(m)) => {
                     assert!(m.starts_with(&format!("trade 0: {field}: ")), "{body}: {m}")
                 }
@@ -443,9 +483,12 @@ mod fast_path_tests {
         // A repeated key is not for serde's typed path; the checked one takes
         // the last value, as serde_json's `Value` does.
         let repeated = r#"{"symbol":"BTCUSD","price":1,"amount":2,"side":"buy","timestamp":1700000000000,"id":1,"id":2}"#;
-        assert_eq!(parse_trades_fast(repeated.as_bytes(), NOW), None);
         assert_eq!(
-            parse_trades_checked(repeated.as_bytes(), NOW),
+            parse_trades_fast(repeated.as_bytes(), NOW, &NameForm::default()),
+            None
+        );
+        assert_eq!(
+            parse_trades_checked(repeated.as_bytes(), NOW, &NameForm::default()),
             Ok(vec![(
                 trade("BTCUSD", Side::Buy, 1.0, 2.0, 1_700_000_000_000, 2),
                 true
@@ -475,6 +518,10 @@ pub struct CandleJson {
     pub trades: i64,
     /// Buyer-taker volume.
     pub buy_volume: f64,
+    /// With `fill=previous` only: true for a window without trades (flat at
+    /// the previous close, volume 0), false for every other bar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filled: Option<bool>,
 }
 
 impl From<&Candle> for CandleJson {
@@ -489,6 +536,16 @@ impl From<&Candle> for CandleJson {
             quote_volume: c.quote_volume,
             trades: c.trades,
             buy_volume: c.buy_volume,
+            filled: None,
+        }
+    }
+}
+
+impl From<&crate::chart::FilledBar> for CandleJson {
+    fn from(f: &crate::chart::FilledBar) -> Self {
+        CandleJson {
+            filled: Some(f.filled),
+            ..CandleJson::from(&f.bar)
         }
     }
 }
@@ -506,6 +563,8 @@ pub struct OhlcResponse {
     pub from: i64,
     /// Range end (exclusive), Unix seconds.
     pub to: i64,
+    /// The zone the bars are counted in (IANA name); times are instants.
+    pub timezone: &'static str,
     /// Bars, oldest first.
     pub candles: Vec<CandleJson>,
 }
@@ -521,8 +580,8 @@ pub struct TradeJson {
     pub price: f64,
     /// Amount.
     pub amount: f64,
-    /// `buy` or `sell`.
-    pub side: Side,
+    /// `buy` or `sell`; `null` where the trades carry no side.
+    pub side: Option<Side>,
 }
 
 impl From<&Trade> for TradeJson {
@@ -544,7 +603,7 @@ mod tests {
     const NOW_MS: i64 = 1_800_000_000_000;
 
     fn err(body: &str) -> String {
-        match parse_trades(body.as_bytes(), NOW_MS) {
+        match parse_trades(body.as_bytes(), NOW_MS, &NameForm::default()) {
             Err(TradesError::Invalid(m)) => m,
             other => panic!("{body} gave {other:?}"),
         }
@@ -553,7 +612,7 @@ mod tests {
     #[test]
     fn one_trade_or_an_array_is_accepted_with_ms_or_rfc3339_times() {
         let one = r#"{"symbol":"BTCUSD","price":100.5,"amount":0.1,"side":"buy","timestamp":1700000000123,"id":7}"#;
-        let t = parse_trades(one.as_bytes(), NOW_MS).unwrap();
+        let t = parse_trades(one.as_bytes(), NOW_MS, &NameForm::default()).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(
             (t[0].time_ms, t[0].id, t[0].side),
@@ -561,13 +620,13 @@ mod tests {
         );
         let many = r#"[{"symbol":"ETHUSD","price":1,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5Z"},
                        {"symbol":"ETHUSD","price":1,"amount":2,"side":"sell","timestamp":"2023-11-14T22:13:20.5Z"}]"#;
-        let t = parse_trades(many.as_bytes(), NOW_MS).unwrap();
+        let t = parse_trades(many.as_bytes(), NOW_MS, &NameForm::default()).unwrap();
         assert_eq!(t[0].time_ms, 1_700_000_000_500);
         assert_ne!(
             t[0].id, t[1].id,
             "identical id-less trades in one request stay distinct"
         );
-        let again = parse_trades(many.as_bytes(), NOW_MS).unwrap();
+        let again = parse_trades(many.as_bytes(), NOW_MS, &NameForm::default()).unwrap();
         assert_eq!(t, again, "a retried request derives the same ids");
     }
 
@@ -636,7 +695,7 @@ mod tests {
                 .unwrap_err()
                 .contains("missing parameter from")
         );
-        assert!(symbol_param(&p(&[("symbol", "a'b")]), "symbol").is_err());
+        assert!(symbol_param(&p(&[("symbol", "a'b")]), "symbol", &NameForm::default()).is_err());
         assert!(resolution_param(&p(&[("resolution", "7X")]), "resolution").is_err());
         assert_eq!(count_param(&p(&[]), "limit", 100, 1000), Ok(100));
         assert!(count_param(&p(&[("limit", "0")]), "limit", 100, 1000).is_err());

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::QueryLimits;
 use crate::candle::{Candle, NANOS_PER_SEC};
-use crate::chart::ChartResolution;
+use crate::chart::ZonedResolution;
 use crate::clock::Clock;
 use crate::datafeed::{Datafeed, DatafeedError, History};
 
@@ -55,7 +55,7 @@ struct Feed {
     state: watch::Sender<Arc<FeedState>>,
 }
 
-type FeedKey = (String, ChartResolution);
+type FeedKey = (String, ZonedResolution);
 
 /// Live bars for every subscribed (symbol, resolution).
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     limits: QueryLimits,
     settle: i64,
-    feeds: Mutex<HashMap<String, HashMap<ChartResolution, Arc<Feed>>>>,
+    feeds: Mutex<HashMap<String, HashMap<ZonedResolution, Arc<Feed>>>>,
     streams: Arc<Semaphore>,
     max_streams: usize,
     closing: CancellationToken,
@@ -180,7 +180,7 @@ impl PushHub {
 
     /// A receiver of the (symbol, resolution) feed, starting the feed if it
     /// has no other subscriber. Dropping every receiver stops the feed.
-    pub fn subscribe(&self, symbol: &str, res: ChartResolution) -> watch::Receiver<Arc<FeedState>> {
+    pub fn subscribe(&self, symbol: &str, res: ZonedResolution) -> watch::Receiver<Arc<FeedState>> {
         let mut feeds = self.inner.feeds.lock().expect("feeds lock");
         let by_res = feeds.entry(symbol.to_string()).or_default();
         if let Some(feed) = by_res.get(&res) {
@@ -296,7 +296,7 @@ impl PushHub {
     async fn bars_for(
         &self,
         symbol: &str,
-        res: ChartResolution,
+        res: ZonedResolution,
         from: i64,
         to: i64,
     ) -> Result<Vec<Candle>, DatafeedError> {
@@ -321,7 +321,7 @@ impl PushHub {
     pub async fn start(
         &self,
         symbol: &str,
-        res: ChartResolution,
+        res: ZonedResolution,
         since: Option<i64>,
         max_resume: u64,
         wait: Duration,
@@ -364,7 +364,7 @@ impl PushHub {
 }
 
 /// How many bars of `res` lie in `[from, to)`, as an estimate.
-fn resume_bars(res: ChartResolution, from: i64, to: i64) -> u64 {
+fn resume_bars(res: ZonedResolution, from: i64, to: i64) -> u64 {
     ((to - from).max(0) / res.nominal_nanos()) as u64
 }
 
@@ -406,7 +406,7 @@ pub enum Update {
 pub struct Subscriber {
     hub: PushHub,
     symbol: String,
-    res: ChartResolution,
+    res: ZonedResolution,
     rx: watch::Receiver<Arc<FeedState>>,
     /// Bars sent that the feed may still change, by start.
     sent: BTreeMap<i64, Candle>,
@@ -493,7 +493,7 @@ struct Follow {
 }
 
 /// End of the window open at `now`.
-fn open_end(res: ChartResolution, now: i64) -> i64 {
+fn open_end(res: ZonedResolution, now: i64) -> i64 {
     let b = res.bucketing();
     b.next_start(b.window_start(now))
 }

@@ -1,7 +1,8 @@
 //! The chart page in a real headless Chromium (driven by web/tests/chart.mjs with
 //! playwright-core): it loads, draws exactly the bars the API returns (time,
-//! open, high, low, close and volume of each), switches timeframe and symbol,
-//! and leaves a fresh screenshot in target/chart.png.
+//! open, high, low, close and volume of each), switches timeframe (seconds
+//! too), symbol and time zone (daily bars on their local date), shows the
+//! watchlist's quotes, and leaves a fresh screenshot in target/chart.png.
 
 use std::process::Command;
 

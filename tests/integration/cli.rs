@@ -3,11 +3,17 @@
 
 use std::process::{Command, Output};
 
-use ohlcd::progress::Backend;
+use ohlcd::candle::{Candle, Resolution};
+use ohlcd::influx::InfluxClient;
+use ohlcd::progress::{Backend, TaskStatus};
+use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, free_port, on_both_stores};
+use crate::helpers::{TestApp, free_port, on_both_stores, t};
 
+/// `ohlcd` on the app's influxd, database `cli` and the app's own progress
+/// store (its SQLite file, or its PostgreSQL database), so what a command
+/// did is read back through `app.store`.
 fn ohlcd(app: &TestApp, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ohlcd"))
         .args(args)
@@ -15,7 +21,7 @@ fn ohlcd(app: &TestApp, args: &[&str]) -> Output {
         .env("OHLCD_INFLUX__DATABASE", "cli")
         .env(
             "OHLCD_PROGRESS__DATABASE_URL",
-            app.dir.path().join("cli.db").display().to_string(),
+            &app.settings.progress.database_url,
         )
         .env("OHLCD_LOG", "warn")
         .output()
@@ -85,7 +91,29 @@ async fn generate_backfill_and_progress_work_from_the_command_line(backend: Back
         .collect();
     assert_eq!(resolutions, ["1m", "5m", "15m", "1h", "4h", "1d"]);
 
+    // The commands used the app's store (on PostgreSQL for `::postgres`):
+    // it holds the rows `progress --json` printed.
+    assert_eq!(app.store.backend(), backend);
+    let tasks = app.store.tasks().await.unwrap();
+    assert_eq!(tasks.len(), 12);
+    for (task, e) in tasks.iter().zip(&entries) {
+        assert_eq!(
+            (task.symbol.as_str(), task.resolution.name()),
+            (
+                e["symbol"].as_str().unwrap(),
+                e["resolution"].as_str().unwrap()
+            )
+        );
+        assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+        assert_eq!(task.last_owner.as_deref(), Some(owner), "{task:?}");
+        assert_eq!(
+            task.watermark.map(to_rfc3339).as_deref(),
+            e["watermark"].as_str()
+        );
+    }
+
     let table = ohlcd(&app, &["progress"]);
+    assert!(table.status.success(), "{}", stderr(&table));
     let text = stdout(&table);
     for header in [
         "symbol",
@@ -103,6 +131,25 @@ async fn generate_backfill_and_progress_work_from_the_command_line(backend: Back
     assert_eq!(text.matches("completed").count(), 12);
     assert_eq!(text.matches(owner).count(), 12, "{text}");
 
+    // Damage the 1m and 1h candles of 06:00-07:00; the rebuild restores them.
+    let (from, to) = (t("2024-01-01T06:00:00Z"), t("2024-01-01T07:00:00Z"));
+    let cli = cli_database(&app).await;
+    let mut before = Vec::new();
+    for res in [Resolution::M1, Resolution::H1] {
+        let stored = candles_in(&cli, res, "BTCUSD", from..to).await;
+        assert!(!stored.is_empty(), "{res}: nothing backfilled");
+        let damaged: Vec<Candle> = stored
+            .iter()
+            .map(|c| Candle {
+                close: c.close + 1.0,
+                trades: c.trades + 1,
+                ..*c
+            })
+            .collect();
+        cli.write_candles(res, "BTCUSD", &damaged).await.unwrap();
+        assert_eq!(candles_in(&cli, res, "BTCUSD", from..to).await, damaged);
+        before.push((res, stored));
+    }
     let rebuild = ohlcd(
         &app,
         &[
@@ -117,6 +164,55 @@ async fn generate_backfill_and_progress_work_from_the_command_line(backend: Back
     );
     assert!(rebuild.status.success(), "{}", stderr(&rebuild));
     assert!(stdout(&rebuild).contains("rebuilt BTCUSD"));
+    for (res, stored) in before {
+        assert_eq!(
+            candles_in(&cli, res, "BTCUSD", from..to).await,
+            stored,
+            "{res} after the rebuild"
+        );
+    }
+    // The rebuild is in this store's history: one run per resolution over
+    // the whole day, and the task is still completed.
+    for res in Resolution::ALL {
+        let runs = app.store.runs("BTCUSD", res, 1).await.unwrap();
+        assert_eq!(
+            (runs[0].kind.as_str(), runs[0].status.as_str()),
+            ("rebuild", "ok"),
+            "{res}: {runs:?}"
+        );
+        assert_eq!(
+            (runs[0].range_start.as_str(), runs[0].range_end.as_str()),
+            ("2024-01-01T00:00:00.000Z", "2024-01-02T00:00:00.000Z"),
+            "{res}"
+        );
+        let task = app.store.task("BTCUSD", res).await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Completed, "{res}");
+    }
+}
+
+/// A client on database `cli`, where [`ohlcd`] runs its commands.
+async fn cli_database(app: &TestApp) -> InfluxClient {
+    let mut settings = app.settings.influx.clone();
+    settings.database = "cli".into();
+    let mut client = InfluxClient::new(&settings).unwrap();
+    client.detect().await.unwrap();
+    client
+}
+
+/// The stored candles of `symbol` at `res` starting in `range`, by time.
+async fn candles_in(
+    client: &InfluxClient,
+    res: Resolution,
+    symbol: &str,
+    range: std::ops::Range<i64>,
+) -> Vec<Candle> {
+    let mut out = Vec::new();
+    client
+        .stream_candles_of(res, &[symbol.to_string()], range, |_, c| out.push(c))
+        .await
+        .unwrap();
+    out.sort_by_key(|c| c.start);
+    out
 }
 
 #[tokio::test]
@@ -245,7 +341,7 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
         .env("OHLCD_INFLUX__DATABASE", "cli")
         .env(
             "OHLCD_PROGRESS__DATABASE_URL",
-            app.dir.path().join("cli.db").display().to_string(),
+            &app.settings.progress.database_url,
         )
         .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("OHLCD_LOG", "warn")
@@ -282,7 +378,7 @@ async fn run_serves_healthz_catches_up_and_exits_cleanly_on_sigterm() {
     assert_eq!(health.status(), 200);
     let body: Value = health.json().await.unwrap();
     assert_eq!(
-        (body["influx"].as_str(), body["sqlite"].as_str()),
+        (body["influx"].as_str(), body["store"].as_str()),
         (Some("ok"), Some("ok"))
     );
     let sum: Value = http

@@ -70,6 +70,7 @@ on_both_stores!(
     a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over,
     a_daemon_whose_clock_runs_minutes_ahead_does_not_take_over_a_live_lease,
     concurrent_claims_of_the_same_symbols_never_give_one_symbol_to_two_owners,
+    a_daemon_that_planned_a_range_another_one_ran_meanwhile_does_not_run_it_again,
 );
 
 async fn backfill_materializes_every_resolution_exactly_as_computed_from_raw_trades(app: TestApp) {
@@ -379,6 +380,68 @@ async fn a_leased_symbol_is_skipped_until_its_lease_expires_then_taken_over(back
     );
 }
 
+/// The race `claim_planned` guards, forced: daemon A plans a round (BTCUSD
+/// from its first day on) and stops before claiming it; daemon B runs BTCUSD
+/// to the horizon and releases it; then A goes on. A's plan is stale, so A
+/// must claim nothing and redo nothing. Candles would come out right either
+/// way (rewrites are idempotent); the run history shows duplicated work.
+async fn a_daemon_that_planned_a_range_another_one_ran_meanwhile_does_not_run_it_again(
+    backend: Backend,
+) {
+    let (app, spec) = app_with_generated_trades_on(backend, 8_000).await;
+    app.clock.set(spec.to + NANOS_PER_DAY);
+    let only_btc = TaskFilter {
+        symbols: vec!["BTCUSD".into()],
+    };
+    let spy = helpers::Spy::new(app.influx.clone());
+    let (planned, go) = spy.hold_next_count();
+    let a = app.engine_through("daemon-a", spy);
+    let a_tick = tokio::spawn(async move { a.tick(&only_btc).await });
+    planned.await.expect("daemon A planned a lagging round");
+
+    let only_btc = TaskFilter {
+        symbols: vec!["BTCUSD".into()],
+    };
+    let b = app.engine("daemon-b").tick(&only_btc).await.unwrap();
+    assert!(b.failures.is_empty() && b.chunks > 0, "{b:?}");
+    go.send(()).unwrap();
+    let a = a_tick.await.unwrap().unwrap();
+    assert!(a.failures.is_empty(), "{a:?}");
+
+    let horizon = app.store.task("BTCUSD", Resolution::M1).await.unwrap();
+    let horizon = horizon.unwrap().watermark.unwrap();
+    for res in Resolution::ALL {
+        let mut runs = app.store.runs("BTCUSD", res, 1_000).await.unwrap();
+        runs.reverse();
+        assert!(!runs.is_empty(), "{res}: no run");
+        for run in &runs {
+            assert_eq!(
+                (run.owner.as_str(), run.kind.as_str(), run.status.as_str()),
+                ("daemon-b", "chunk", "ok"),
+                "{res}: {runs:#?}"
+            );
+        }
+        // B's forward runs tile the range once, from the first day on.
+        assert_eq!(runs[0].range_start, "2024-03-01T00:00:00.000Z", "{res}");
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].range_end, pair[1].range_start, "{res}: {pair:#?}");
+        }
+        let task = app.store.task("BTCUSD", res).await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Completed, "{res}");
+    }
+    assert_eq!(
+        (a.chunks, a.rows_read),
+        (0, 0),
+        "daemon A redid work: {a:?}"
+    );
+    let expected = app.expected("BTCUSD", Resolution::M1, horizon).await;
+    assert_candles_eq(
+        &app.stored("BTCUSD", Resolution::M1).await,
+        &expected,
+        "BTCUSD 1m",
+    );
+}
+
 /// Sleeps until the database clock (the machine's, for SQLite and the test's
 /// local PostgreSQL) has passed `t`.
 async fn sleep_past(t: i64) {
@@ -502,7 +565,8 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
         .unwrap();
     assert_eq!(n, 0);
     generated(&app, 20_000).await;
-    let as_row = |t: &ohlcd::candle::Trade| (t.time, t.id, t.price, t.amount, t.side == Side::Buy);
+    let as_row =
+        |t: &ohlcd::candle::Trade| (t.time, t.id, t.price, t.amount, t.side == Some(Side::Buy));
     let btc = app.raw_trades("BTCUSD").await;
     let eth = app.raw_trades("ETHUSD").await;
     // Bounds on trade times: the trade at `from` is in, the one at `to` out.
@@ -528,7 +592,10 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
     let n = app
         .influx
         .stream_trades_of(&both, from..to, |symbol, t| {
-            many.push((symbol.to_string(), as_row(&t)))
+            many.push((
+                symbol.to_string(),
+                as_row(&t.expect("every generated row is a trade")),
+            ))
         })
         .await
         .unwrap();

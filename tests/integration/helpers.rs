@@ -4,16 +4,17 @@
 //! independent reference computation of candles from the raw trades read back
 //! over JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution};
+use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution, Skip, Trade};
 use ohlcd::clock::ManualClock;
 use ohlcd::config::Settings;
-use ohlcd::engine::Engine;
-use ohlcd::influx::InfluxClient;
+use ohlcd::engine::{Engine, Warehouse};
+use ohlcd::influx::{CandleSet, InfluxClient, InfluxError};
 use ohlcd::ingest::{NewTrade, write_trades};
 use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
@@ -341,6 +342,19 @@ impl TestApp {
         self.engine_on(owner, self.clock.clone())
     }
 
+    /// An engine on this app's clock reading and writing through `warehouse`
+    /// (a [`Spy`]) with the given lease-holder id.
+    pub fn engine_through<W: Warehouse>(&self, owner: &str, warehouse: W) -> Engine<W> {
+        Engine::new(
+            warehouse,
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            self.settings.engine.clone(),
+            Duration::from_secs(self.settings.progress.lease_secs),
+        )
+        .with_owner(owner)
+    }
+
     /// An engine on its own `clock` (a daemon on another host) with the given
     /// lease-holder id.
     pub fn engine_on(&self, owner: &str, clock: ManualClock) -> Engine {
@@ -563,7 +577,7 @@ impl TestApp {
 
 /// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
 /// obvious way.
-fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
+pub fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {
     let mut windows: BTreeMap<i64, Vec<RawTrade>> = BTreeMap::new();
     for t in raw {
         windows.entry(window_of(t.0)).or_default().push(*t);
@@ -584,6 +598,126 @@ fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle
         .collect()
 }
 
+/// The app's InfluxDB as the engine sees it ([`Warehouse`]), with what a test
+/// needs to watch or stall one daemon: a gate that holds the next count of
+/// trades (the engine counts a lagging round's symbols after planning the
+/// round and before claiming them).
+#[derive(Clone)]
+pub struct Spy {
+    influx: InfluxClient,
+    gate: Arc<std::sync::Mutex<Option<Gate>>>,
+}
+
+/// See [`Spy::hold_next_count`].
+struct Gate {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Spy {
+    /// A spy on `influx`, holding nothing.
+    pub fn new(influx: InfluxClient) -> Spy {
+        Spy {
+            influx,
+            gate: Arc::default(),
+        }
+    }
+
+    /// Makes the next count of trades wait: the first receiver resolves when
+    /// the count is reached, and the count goes on once the sender is used
+    /// or dropped.
+    pub fn hold_next_count(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, on_reach) = tokio::sync::oneshot::channel();
+        let (go, release) = tokio::sync::oneshot::channel();
+        *self.gate.lock().unwrap() = Some(Gate { reached, release });
+        (on_reach, go)
+    }
+}
+
+impl Warehouse for Spy {
+    async fn check(&self) -> Result<(), InfluxError> {
+        Warehouse::check(&self.influx).await
+    }
+
+    async fn symbols(&self) -> Result<Vec<String>, InfluxError> {
+        Warehouse::symbols(&self.influx).await
+    }
+
+    async fn first_trades(
+        &self,
+        symbols: &[String],
+        from: i64,
+    ) -> Result<HashMap<String, i64>, InfluxError> {
+        Warehouse::first_trades(&self.influx, symbols, from).await
+    }
+
+    async fn count_trades(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, u64>, InfluxError> {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            let _ = gate.reached.send(());
+            let _ = gate.release.await;
+        }
+        Warehouse::count_trades(&self.influx, symbols, range).await
+    }
+
+    async fn count_minutes(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+    ) -> Result<HashMap<String, Vec<(i64, u64)>>, InfluxError> {
+        Warehouse::count_minutes(&self.influx, symbols, range).await
+    }
+
+    async fn read_trades(
+        &self,
+        symbols: &[String],
+        range: Range<i64>,
+        on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
+    ) -> Result<u64, InfluxError> {
+        Warehouse::read_trades(&self.influx, symbols, range, on_row).await
+    }
+
+    async fn read_candles(
+        &self,
+        res: Resolution,
+        symbols: &[String],
+        range: Range<i64>,
+        on_candle: impl FnMut(&str, Candle) + Send,
+    ) -> Result<u64, InfluxError> {
+        Warehouse::read_candles(&self.influx, res, symbols, range, on_candle).await
+    }
+
+    async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        Warehouse::write_candles(&self.influx, sets).await
+    }
+
+    fn raw_retention(&self) -> Option<i64> {
+        Warehouse::raw_retention(&self.influx)
+    }
+
+    async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
+        Warehouse::overwrite_candles(&self.influx, sets).await
+    }
+
+    async fn delete_candles(
+        &self,
+        res: Resolution,
+        symbol: &str,
+        range: Range<i64>,
+    ) -> Result<(), InfluxError> {
+        Warehouse::delete_candles(&self.influx, res, symbol, range).await
+    }
+}
+
 /// A server started by [`TestApp::serve_with`]; stops when dropped.
 pub struct Served {
     /// Base URL, through 127.0.0.1.
@@ -598,9 +732,9 @@ pub struct Served {
     ),
 }
 
-/// Resident memory of this process (server and test clients), in KiB.
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of process `pid` (an `ohlcd` the test started), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -689,4 +823,94 @@ pub fn naive_month_start(t: i64) -> i64 {
         .and_utc()
         .timestamp_nanos_opt()
         .unwrap()
+}
+
+/// `ohlcd run` with extra environment, listening on `listen`, its stdout and
+/// stderr going to one file (a pipe nobody reads would fill up and block it).
+pub struct Daemon {
+    /// The `ohlcd run` process.
+    pub child: Child,
+    /// Where it writes stdout and stderr.
+    pub log: std::path::PathBuf,
+}
+
+pub fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
+    let log = app
+        .dir
+        .path()
+        .join(format!("ohlcd-{}.log", listen.replace(':', "_")));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd: Command = app.ohlcd();
+    cmd.arg("run")
+        .env("OHLCD_SERVER__LISTEN", listen)
+        .env(
+            "OHLCD_SERVER__WEB_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/web"),
+        )
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Daemon {
+        child: cmd.spawn().unwrap(),
+        log,
+    }
+}
+
+impl Daemon {
+    /// Waits until its `/healthz` at `url` answers 200 (30 s at most).
+    pub async fn wait_healthy(&mut self, url: &str) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{url}/healthz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ohlcd run exited early with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ohlcd run did not get healthy in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then everything the daemon printed.
+    pub async fn stop(mut self) -> String {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "ohlcd run failed: {log}");
+        log
+    }
+}
+
+/// A daemon a failing test leaves behind is killed, not left running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -714,6 +714,7 @@ async fn the_progress_table_of_5200_symbols_is_served_row_for_row_as_the_store_h
                     Some(Resolution::ALL[r].window_start(end))
                 })),
                 rows_read: i as u64,
+                skipped: 0,
                 candles: std::array::from_fn(|r| (i + r) as u64),
                 started_at: now - hour,
             }
@@ -738,9 +739,12 @@ async fn the_progress_table_of_5200_symbols_is_served_row_for_row_as_the_store_h
         .fail_symbols(
             "a",
             failed,
-            now - hour..now,
-            "InfluxDB said \"no\"",
-            now - hour,
+            &ohlcd::progress::FailedRun {
+                range: now - hour..now,
+                error: "InfluxDB said \"no\"",
+                failure: ohlcd::progress::Failure::OfTheSymbol,
+                started_at: now - hour,
+            },
             now,
         )
         .await

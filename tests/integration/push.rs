@@ -486,7 +486,7 @@ async fn a_subscriber_that_does_not_read_holds_only_the_newest_bar() {
         .push
         .start(
             "BTCUSD",
-            "1".parse().unwrap(),
+            ohlcd::chart::ChartResolution::Minutes(1).into(),
             None,
             1000,
             Duration::from_secs(20),

@@ -31,6 +31,7 @@ const base = baseArg.replace(/\/+$/, '');
 const screenshotPath = path.resolve(shotArg);
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT_MS = 20_000;
+const DAY_SECS = 86400;
 // The server refuses live streams (server.max_streams = 0): the page must
 // fall back to polling, and a posted trade still reaches the drawn bar.
 const STREAM_REFUSED = process.env.EXPECT_STREAM_REFUSED === '1';
@@ -278,7 +279,69 @@ async function main() {
     }
     checkProblems();
 
-    // 6. progress table
+    // 6. a seconds chart: 5S bars of the last hour, drawn as the API serves
+    // them, labelled to the second
+    if (!lastDay) {
+      step = 'seconds chart';
+      const beforeSecs = (await state(page)).loads;
+      await page.click('button[data-resolution="5S"]');
+      await waitForReload(page, beforeSecs, 'reload at resolution 5S', 'requestedResolution', '5S');
+      const s5 = await assertBarsMatchApi(page, { resolution: '5S' });
+      assert(s5.resolution === '5S', `5S requested, ${s5.resolution} shown`);
+      const drawn = await page.evaluate(() => window.ohlcdDrawn().candles);
+      assert(drawn.every((b) => Number(b.time) % 5 === 0), 'a 5S bar not on a 5-second boundary');
+      const label = await page.evaluate((t) => window.ohlcdTimeLabel(t), Number(drawn[drawn.length - 1].time));
+      assert(/ \d\d:\d\d:\d\d$/.test(label), `crosshair label "${label}" of a seconds bar has no seconds`);
+      log(`${step}: ${drawn.length} 5S bars drawn == API, last labelled ${label}`);
+      checkProblems();
+    }
+
+    // 7. a zone switch: daily bars in Kolkata (UTC+05:30, no DST) start at
+    // Kolkata midnight and the axis and crosshair show that local date
+    step = 'zone switch';
+    const beforeDaily = (await state(page)).loads;
+    await page.click('button[data-resolution="1D"]');
+    await waitForReload(page, beforeDaily, 'reload at resolution 1D', 'requestedResolution', '1D');
+    const beforeZone = (await state(page)).loads;
+    await page.selectOption('#tz', 'Asia/Kolkata');
+    await waitForReload(page, beforeZone, 'reload in Asia/Kolkata', 'timezone', 'Asia/Kolkata');
+    const sZone = await assertBarsMatchApi(page, { resolution: '1D' });
+    assert(new URL(sZone.lastRequest, base).searchParams.get('tz') === 'Asia/Kolkata',
+      `the page asked ${sZone.lastRequest}, not tz=Asia/Kolkata`);
+    const days = await page.evaluate(() => window.ohlcdDrawn().candles.map((b) => Number(b.time)));
+    const KOLKATA = 19800;
+    for (const t of days) {
+      assert((t + KOLKATA) % DAY_SECS === 0, `daily bar at ${t} is not at a Kolkata midnight`);
+      const localDate = new Date((t + KOLKATA) * 1000).toISOString().slice(0, 10);
+      const [label, tick] = await page.evaluate((x) => [window.ohlcdTimeLabel(x), window.ohlcdTickLabel(x, 2)], t);
+      assert(label === localDate, `daily bar at ${t} labelled "${label}", its Kolkata date is ${localDate}`);
+      assert(tick === String(Number(localDate.slice(8))), `axis label "${tick}" for the Kolkata date ${localDate}`);
+    }
+    assert(await page.inputValue('#tz') === 'Asia/Kolkata', 'the zone selector does not show Asia/Kolkata');
+    log(`${step}: ${days.length} daily bars on their Kolkata dates (first ${days.length ? await page.evaluate((x) => window.ohlcdTimeLabel(x), days[0]) : '-'})`);
+    checkProblems();
+
+    // 8. the watchlist shows each symbol's last price as /udf/quotes has it
+    step = 'watchlist';
+    await waitFor(page, 'quotes in #watchlist',
+      () => document.querySelectorAll('#watchlist tbody tr[data-status="ok"]').length >= 2);
+    let quoted = '';
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const rows = await page.$$eval('#watchlist tbody tr[data-status="ok"]',
+        (trs) => trs.map((tr) => [tr.dataset.symbol, Number(tr.dataset.lp)]));
+      const q = new URLSearchParams({ symbols: rows.map((r) => r[0]).join(',') });
+      const answer = await (await fetch(`${base}/udf/quotes?${q}`)).json();
+      const served = new Map(answer.d.map((d) => [d.n, d.v && d.v.lp]));
+      const differ = rows.filter(([sym, lp]) => served.get(sym) !== lp);
+      quoted = `${rows.length} rows, differing: ${JSON.stringify(differ)}`;
+      if (!differ.length) break;
+      await page.waitForTimeout(750);
+    }
+    assert(/differing: \[\]$/.test(quoted), `watchlist does not show /udf/quotes: ${quoted}`);
+    log(`${step}: ${quoted}`);
+    checkProblems();
+
+    // 9. progress table
     step = 'progress table';
     await waitFor(page, 'a row in #progress-table',
       () => document.querySelectorAll('#progress-table tbody tr[data-symbol]').length > 0);
@@ -286,7 +349,7 @@ async function main() {
     log(`${step}: ${rows} row(s)`);
     checkProblems();
 
-    // 7. screenshot
+    // 10. screenshot
     step = 'screenshot';
     fs.mkdirSync(path.dirname(screenshotPath), { recursive: true });
     await page.waitForTimeout(300); // let the canvas settle
@@ -294,7 +357,7 @@ async function main() {
     assert(fs.statSync(screenshotPath, { throwIfNoEntry: false })?.size > 0, `no screenshot at ${screenshotPath}`);
     log(`${step}: saved ${screenshotPath}`);
 
-    // 8. no page/console errors during the whole run
+    // 11. no page/console errors during the whole run
     step = 'errors';
     checkProblems();
     await context.close();

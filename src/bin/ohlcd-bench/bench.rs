@@ -26,6 +26,8 @@ pub enum Shape {
     Live,
     /// Chart requests at rising concurrency (`--serve`).
     Serve,
+    /// The same trades in two `[schema]`s, backfilled side by side (`--schemas`).
+    Schemas,
 }
 
 /// Everything a phase needs.
@@ -253,13 +255,26 @@ impl Bench {
     /// `ohlcd generate` of `n` trades of `symbols` over the data range into
     /// `db`, timed; checks the count.
     pub async fn generate(&mut self, db: &str, n: u64, symbols: &[String]) -> Result<Measured> {
+        self.generate_with(db, n, symbols, &[], "trades").await
+    }
+
+    /// [`Bench::generate`] with extra environment (a `[schema]`), counting
+    /// the trades in `measurement`.
+    pub async fn generate_with(
+        &mut self,
+        db: &str,
+        n: u64,
+        symbols: &[String],
+        env: &[(&str, &str)],
+        measurement: &str,
+    ) -> Result<Measured> {
         say!(
             "generating {n} trades of {} symbol(s) into database {db} (ohlcd generate) ...",
             symbols.len()
         );
         let symbols = symbols.join(",");
         let (from, to, trades) = (secs_str(self.from), secs_str(self.to), n.to_string());
-        let cmd = self.ohlcd_cmd(
+        let mut cmd = self.ohlcd_cmd(
             db,
             &self.scratch.join(format!("{db}-generate.db")),
             &[
@@ -276,6 +291,7 @@ impl Bench {
                 "42",
             ],
         );
+        cmd.envs(env.iter().copied());
         self.created.push(db.to_string());
         let mut proc = Proc::spawn(&format!("generate-{db}"), cmd, &self.scratch)?;
         let m = proc.wait_measured(Self::timeout_for(n)).await?;
@@ -307,8 +323,10 @@ impl Bench {
             .scalar(
                 db,
                 &format!(
-                    "SELECT count(price) FROM trades WHERE time >= {} AND time < {}",
-                    self.from, self.to
+                    "SELECT count(price) FROM {} WHERE time >= {} AND time < {}",
+                    ohlcd::influx::quote_ident(measurement),
+                    self.from,
+                    self.to
                 ),
             )
             .await? as u64;

@@ -46,8 +46,9 @@
 //! [`reference`] InfluxDB's own answers and the candle check; [`daemon`]
 //! chart latency and ingest of `ohlcd run`; [`live`] the live shape;
 //! [`serve`] the serving shape; [`push`] the push shape (`--push N`: N
-//! live-bar streams, memory and push latency); [`report`] the table; [`v3`]
-//! what `--server 3` (InfluxDB 3 Core) adds.
+//! live-bar streams, memory and push latency); [`schemas`] the same trades in
+//! two `[schema]`s backfilled side by side (`--schemas own,poc`); [`report`]
+//! the table; [`v3`] what `--server 3` (InfluxDB 3 Core) adds.
 
 mod bench;
 mod chaos;
@@ -58,6 +59,7 @@ mod push;
 mod raw;
 mod reference;
 mod report;
+mod schemas;
 mod serve;
 mod v3;
 
@@ -202,6 +204,20 @@ pub struct Args {
     /// Concurrency levels (workers) of the serving shape.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     serve_concurrency: Vec<usize>,
+    /// Resolutions of the serving shape's mix (UDF notation: seconds `1S`,
+    /// minutes, days `1D`).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,15,60,240,1D,30,120")]
+    serve_mix: Vec<String>,
+    /// Serving shape: load each resolution of the mix alone, side by side.
+    #[arg(long)]
+    serve_split: bool,
+    /// Serving shape: then the same loads on a daemon counting bars in this
+    /// IANA zone (`datafeed.timezone`).
+    #[arg(long, value_name = "ZONE")]
+    serve_tz: Option<String>,
+    /// Serving shape: ask for the bars before the data's end instead of now.
+    #[arg(long)]
+    serve_at_end: bool,
     /// Push shape: `ohlcd run` holding N live-bar streams (GET /api/live) open
     /// while trades flow; ohlcd's memory and the push latency.
     #[arg(long, value_name = "N", conflicts_with_all = ["live", "serve"])]
@@ -212,6 +228,14 @@ pub struct Args {
     /// Trades per second posted in the push shape.
     #[arg(long, default_value_t = 500)]
     push_rate: u64,
+    /// Schemas shape: the same trades written in two `[schema]`s (own, poc,
+    /// two-tags), each backfilled from scratch, alternating, for
+    /// --schema-rounds rounds; e.g. `--schemas own,poc`.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["live", "serve", "push"])]
+    schemas: Vec<String>,
+    /// Backfills of each schema in the schemas shape.
+    #[arg(long, default_value_t = 5)]
+    schema_rounds: usize,
     /// Keep the benchmark databases on an external InfluxDB (--influx-url);
     /// by default they are dropped at the end.
     #[arg(long)]
@@ -321,7 +345,20 @@ fn numbered_symbols(n: usize) -> Vec<String> {
 
 /// Everything that can be checked before anything is started.
 fn preflight(args: &mut Args) -> Result<Shape> {
-    let shape = if args.live {
+    let shape = if !args.schemas.is_empty() {
+        ensure!(
+            args.schemas.len() == 2,
+            "--schemas: name two schemas to compare, e.g. own,poc"
+        );
+        for s in &args.schemas {
+            schemas::Kind::parse(s)?;
+        }
+        ensure!(
+            (1..=50).contains(&args.schema_rounds),
+            "--schema-rounds must be between 1 and 50"
+        );
+        Shape::Schemas
+    } else if args.live {
         Shape::Live
     } else if args.serve {
         Shape::Serve
@@ -347,7 +384,8 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         "--symbols: give at least one symbol"
     );
     for s in &args.symbols {
-        validate_symbol(s).map_err(|e| anyhow!("--symbols: {e}"))?;
+        validate_symbol(s, &ohlcd::schema::NameForm::default())
+            .map_err(|e| anyhow!("--symbols: {e}"))?;
         ensure!(
             s != API_SYMBOL && s != WRITE_SYMBOL,
             "--symbols: {s} is reserved for the ingest comparison"
@@ -532,6 +570,17 @@ async fn run(mut args: Args) -> Result<bool> {
         }
         (None, Shape::Serve) => {
             serve_shape(&mut b, &mut r).await;
+            None
+        }
+        (None, Shape::Schemas) => {
+            let kinds = [
+                schemas::Kind::parse(&args.schemas[0])?,
+                schemas::Kind::parse(&args.schemas[1])?,
+            ];
+            match schemas::run(&mut b, kinds, args.schema_rounds).await {
+                Ok(x) => r.schemas = Some(x),
+                Err(e) => b.fail("schemas", e),
+            }
             None
         }
         (None, Shape::FewSymbols | Shape::ManySymbols) => {

@@ -37,6 +37,7 @@ pub struct Results {
     pub ingest: Option<Ingest>,
     pub live: Option<LiveResult>,
     pub serve: Option<crate::serve::ServeResult>,
+    pub schemas: Option<crate::schemas::SchemaResult>,
 }
 
 impl Results {
@@ -283,7 +284,9 @@ fn ratio_goal(b: &Bench) -> (f64, &'static str) {
 
 pub fn table_rows(b: &Bench, r: &Results) -> Vec<Row> {
     let mut rows = Vec::new();
-    if let Some(live) = &r.live {
+    if let Some(schemas) = &r.schemas {
+        crate::schemas::rows(schemas, &mut rows);
+    } else if let Some(live) = &r.live {
         crate::live::rows(b, live, &mut rows);
     } else if let Some(serve) = &r.serve {
         backfill_rows(b, r, &mut rows);
@@ -691,6 +694,13 @@ pub fn markdown(header: &str, rows: &[Row], b: &Bench) -> String {
     }
     if b.shape == Shape::Live {
         md.push_str(crate::live::EXPLANATION);
+    } else if b.shape == Shape::Schemas {
+        md.push_str(
+            "\nEach schema's database holds the same trades (`ohlcd generate`, seed 42, with \
+             that `[schema]`); each backfill is the wall time of an `ohlcd backfill` process from a \
+             fresh SQLite file, the schemas alternating A B, B A, …, the bench's influxd idle \
+             before each. CPU times are of the ohlcd process and of influxd during it.\n",
+        );
     } else {
         md.push_str(
             "\nGROUP BY ×6 is a lower bound for InfluxDB doing the job: it computes \

@@ -12,6 +12,13 @@
 //! The load is bounded (seconds per level, at most 256 workers, loopback
 //! only). Before the load, ohlcd's bars of one symbol at every resolution of
 //! the mix are checked against InfluxDB's.
+//!
+//! `--serve-mix` sets the resolutions (seconds too, e.g. `1,1S,5S,15S,30S`),
+//! `--serve-split` loads each resolution of the mix alone (one row each, side
+//! by side), and `--serve-tz ZONE` then runs the same loads on a daemon whose
+//! bars are counted in ZONE (`datafeed.timezone`), beside UTC.
+//! `--serve-at-end` asks for the bars before the data's end instead of now:
+//! a chart on the newest trades, where seconds bars have trades.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -30,18 +37,26 @@ use crate::{NS, say};
 
 /// Bars per request, as a chart opening asks.
 pub const COUNTBACK: i64 = 300;
-/// Resolutions of the mix (UDF notation, InfluxQL interval, seconds): the six
-/// stored ones and two that ohlcd re-aggregates.
-const MIX: [(&str, &str, i64); 8] = [
-    ("1", "1m", 60),
-    ("5", "5m", 300),
-    ("15", "15m", 900),
-    ("60", "1h", 3_600),
-    ("240", "4h", 14_400),
-    ("1D", "1d", 86_400),
-    ("30", "30m", 1_800),
-    ("120", "2h", 7_200),
-];
+/// One resolution of the mix: UDF notation, InfluxQL interval, bar seconds.
+pub type MixEntry = (String, String, i64);
+
+/// The mix of `--serve-mix` (UDF notation; by default the six stored
+/// resolutions and two that ohlcd re-aggregates). Weeks and months have no
+/// InfluxQL interval to check them against.
+pub fn parse_mix(list: &[String]) -> Result<Vec<MixEntry>> {
+    use ohlcd::chart::ChartResolution;
+    list.iter()
+        .map(|udf| {
+            let (interval, secs) = match udf.parse::<ChartResolution>() {
+                Ok(ChartResolution::Seconds(n)) => (format!("{n}s"), i64::from(n)),
+                Ok(ChartResolution::Minutes(n)) => (format!("{n}m"), 60 * i64::from(n)),
+                Ok(ChartResolution::Days(n)) => (format!("{n}d"), 86_400 * i64::from(n)),
+                _ => bail!("--serve-mix: {udf:?} is not seconds, minutes or days"),
+            };
+            Ok((udf.clone(), interval, secs))
+        })
+        .collect()
+}
 /// Most workers one level may use.
 pub const MAX_CONCURRENCY: usize = 256;
 /// Goals of the issue: requests/s at a p99 no higher than this.
@@ -84,6 +99,9 @@ impl LoadStats {
 #[derive(Debug, Clone)]
 pub struct Level {
     pub concurrency: usize,
+    /// What was asked: `mix` (the whole mix in UTC), or one resolution and
+    /// zone.
+    pub label: String,
     pub ohlcd: LoadStats,
     pub influx: Option<LoadStats>,
 }
@@ -107,9 +125,9 @@ struct Status {
 
 /// The `i`-th request of the mix: a symbol and a resolution, spread so that
 /// neighbouring requests differ in both.
-fn pick(symbols: &[String], i: usize) -> (&str, &'static (&'static str, &'static str, i64)) {
-    let res = &MIX[i % MIX.len()];
-    let sym = &symbols[(i / MIX.len() + i) % symbols.len()];
+fn pick<'a>(symbols: &'a [String], mix: &'a [MixEntry], i: usize) -> (&'a str, &'a MixEntry) {
+    let res = &mix[i % mix.len()];
+    let sym = &symbols[(i / mix.len() + i) % symbols.len()];
     (sym, res)
 }
 
@@ -129,21 +147,75 @@ pub async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
         symbols: b.symbols().len(),
         ..ServeResult::default()
     };
-    let (mut proc, base, _) = start_daemon(b, &db, &[]).await?;
-    let pid = proc.pid();
+    let mix = parse_mix(&b.args.serve_mix)?;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(MAX_CONCURRENCY)
         .build()?;
-    let outcome = async {
-        result.mismatches = check_bars(b, &client, &base).await?;
-        for &c in &b.args.serve_concurrency.clone() {
-            say!("load: {c} workers on ohlcd for {} s ...", b.args.serve_secs);
-            let ohlcd = load(b, c, |sym, udf, _, _| {
+    let zones: Vec<Option<String>> = std::iter::once(None)
+        .chain(b.args.serve_tz.clone().map(Some))
+        .collect();
+    for zone in zones {
+        let env: Vec<(&str, String)> = zone
+            .iter()
+            .map(|z| ("OHLCD_DATAFEED__TIMEZONE", z.clone()))
+            .collect();
+        let (mut proc, base, _) = start_daemon(b, &db, &env).await?;
+        let pid = proc.pid();
+        let outcome = load_daemon(b, &mut result, &client, &base, &mix, zone.as_deref()).await;
+        if let Some(kb) = vm_hwm_kb(pid) {
+            result.peak_kb = Some(result.peak_kb.unwrap_or(0).max(kb));
+        }
+        b.scan_log(&proc);
+        match proc.terminate(Duration::from_secs(30)).await {
+            Ok(status) if !status.success() => b.issue(format!("ohlcd run exited with {status}")),
+            Ok(_) => {}
+            Err(e) => b.issue(format!("ohlcd run did not stop: {e:#}")),
+        }
+        if let Err(e) = outcome {
+            r.serve = Some(result);
+            return Err(e);
+        }
+    }
+    r.serve = Some(result);
+    Ok(())
+}
+
+/// The loads on one daemon (bars counted in `zone`, UTC if none): at every
+/// concurrency level, the whole mix or (`--serve-split`) each resolution
+/// alone; InfluxDB on the fly beside the whole mix in UTC.
+async fn load_daemon(
+    b: &mut Bench,
+    result: &mut ServeResult,
+    client: &reqwest::Client,
+    base: &str,
+    mix: &[MixEntry],
+    zone: Option<&str>,
+) -> Result<()> {
+    if zone.is_none() {
+        result.mismatches = check_bars(b, client, base, mix).await?;
+    }
+    let parts: Vec<(String, Vec<MixEntry>)> = if b.args.serve_split {
+        mix.iter().map(|m| (m.0.clone(), vec![m.clone()])).collect()
+    } else {
+        vec![("mix".to_string(), mix.to_vec())]
+    };
+    for &c in &b.args.serve_concurrency.clone() {
+        for (label, part) in &parts {
+            let label = match zone {
+                Some(z) => format!("{label} in {z}"),
+                None => label.clone(),
+            };
+            say!(
+                "load: {c} workers on ohlcd, {label}, for {} s ...",
+                b.args.serve_secs
+            );
+            let at_end = b.args.serve_at_end.then_some(b.to / NS);
+            let ohlcd = load(b, c, part, |sym, udf, _, _| {
+                let to = at_end.unwrap_or_else(|| chrono::Utc::now().timestamp());
                 let url = format!(
-                    "{base}/udf/history?symbol={sym}&resolution={udf}&to={}&countback={COUNTBACK}",
-                    chrono::Utc::now().timestamp()
+                    "{base}/udf/history?symbol={sym}&resolution={udf}&to={to}&countback={COUNTBACK}"
                 );
                 let client = client.clone();
                 async move {
@@ -161,10 +233,10 @@ pub async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
             })
             .await;
             say!("  ohlcd: {}", ohlcd.cell());
-            let influx = if b.args.runs("influx-load") {
+            let influx = if b.args.runs("influx-load") && zone.is_none() && !b.args.serve_split {
                 say!("load: {c} workers on InfluxDB on the fly ...");
                 let influx = b.influx.fail_fast(30, 0);
-                let s = load(b, c, |sym, _, interval, len| {
+                let s = load(b, c, part, |sym, _, interval, len| {
                     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
                     let q = influx_query(sym, interval, len, now_ns);
                     let influx = influx.clone();
@@ -181,28 +253,19 @@ pub async fn run(b: &mut Bench, r: &mut Results) -> Result<()> {
             };
             result.levels.push(Level {
                 concurrency: c,
+                label,
                 ohlcd,
                 influx,
             });
         }
-        result.peak_kb = vm_hwm_kb(pid);
-        anyhow::Ok(())
     }
-    .await;
-    b.scan_log(&proc);
-    match proc.terminate(Duration::from_secs(30)).await {
-        Ok(status) if !status.success() => b.issue(format!("ohlcd run exited with {status}")),
-        Ok(_) => {}
-        Err(e) => b.issue(format!("ohlcd run did not stop: {e:#}")),
-    }
-    r.serve = Some(result);
-    outcome
+    Ok(())
 }
 
 /// `concurrency` workers sending requests made by `make` (symbol, UDF
 /// resolution, InfluxQL interval, seconds) in the order of the mix, for
 /// `--serve-secs`; a worker's next request starts when its last one ended.
-async fn load<F, Fut>(b: &Bench, concurrency: usize, make: F) -> LoadStats
+async fn load<F, Fut>(b: &Bench, concurrency: usize, mix: &[MixEntry], make: F) -> LoadStats
 where
     F: Fn(&str, &str, &str, i64) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -222,7 +285,7 @@ where
             while Instant::now() < deadline {
                 let i = next.get();
                 next.set(i + 1);
-                let (sym, (udf, interval, len)) = pick(symbols, i);
+                let (sym, (udf, interval, len)) = pick(symbols, mix, i);
                 let t = Instant::now();
                 match make(sym, udf, interval, *len).await {
                     Ok(()) => times.push(t.elapsed()),
@@ -259,11 +322,16 @@ where
 
 /// ohlcd's 300 bars of the first symbol at every resolution of the mix,
 /// against InfluxDB's `GROUP BY time()` of the same range (OHLC and volume).
-async fn check_bars(b: &Bench, client: &reqwest::Client, base: &str) -> Result<Vec<String>> {
+async fn check_bars(
+    b: &Bench,
+    client: &reqwest::Client,
+    base: &str,
+    mix: &[MixEntry],
+) -> Result<Vec<String>> {
     let symbol = b.symbols()[0].clone();
     let to_s = b.to / NS;
     let mut out = Vec::new();
-    for (udf, interval, len) in MIX {
+    for (udf, interval, len) in mix.iter().cloned() {
         let url = format!(
             "{base}/udf/history?symbol={symbol}&resolution={udf}&to={to_s}&countback={COUNTBACK}"
         );
@@ -278,7 +346,7 @@ async fn check_bars(b: &Bench, client: &reqwest::Client, base: &str) -> Result<V
         if v["s"] != "ok" {
             bail!("GET {url} answered {v}");
         }
-        let q = influx_query(&symbol, interval, len, b.to);
+        let q = influx_query(&symbol, &interval, len, b.to);
         let want = b
             .influx
             .query_json(&q)
@@ -345,8 +413,13 @@ pub fn rows(b: &Bench, s: &ServeResult, rows: &mut Vec<Row>) {
         rows,
         "request mix",
         format!(
-            "/udf/history countback={COUNTBACK} to=now, resolutions {}, symbols in turn, {} s per level",
-            MIX.iter().map(|m| m.0).collect::<Vec<_>>().join(" "),
+            "/udf/history countback={COUNTBACK} to={}, resolutions {}, symbols in turn, {} s per level",
+            if b.args.serve_at_end {
+                "the data's end"
+            } else {
+                "now"
+            },
+            b.args.serve_mix.join(" "),
             b.args.serve_secs
         ),
     );
@@ -363,13 +436,21 @@ pub fn rows(b: &Bench, s: &ServeResult, rows: &mut Vec<Row>) {
     );
     for l in &s.levels {
         let met = l.ohlcd.errors == 0 && l.ohlcd.rps() >= GOAL_RPS && l.ohlcd.p99 <= GOAL_P99;
-        push_check(
-            rows,
-            format!("{} workers: ohlcd", l.concurrency),
-            l.ohlcd.cell(),
-            format!("≥ {GOAL_RPS:.0} req/s at p99 ≤ {} ms", GOAL_P99.as_millis()),
-            met,
-        );
+        if l.label == "mix" {
+            push_check(
+                rows,
+                format!("{} workers: ohlcd", l.concurrency),
+                l.ohlcd.cell(),
+                format!("≥ {GOAL_RPS:.0} req/s at p99 ≤ {} ms", GOAL_P99.as_millis()),
+                met,
+            );
+        } else {
+            push_row(
+                rows,
+                format!("{} workers: ohlcd, {}", l.concurrency, l.label),
+                l.ohlcd.cell(),
+            );
+        }
         if let Some(i) = &l.influx {
             push_row(
                 rows,
@@ -403,14 +484,22 @@ mod tests {
     #[test]
     fn the_mix_visits_every_symbol_at_every_resolution() {
         let symbols: Vec<String> = (0..5).map(|i| format!("S{i}")).collect();
+        let names: Vec<String> = ["1", "5", "15", "60", "240", "1D", "30", "120"]
+            .map(String::from)
+            .to_vec();
+        let mix = parse_mix(&names).unwrap();
         let mut seen = std::collections::HashSet::new();
-        for i in 0..symbols.len() * MIX.len() * 2 {
-            let (s, r) = pick(&symbols, i);
-            seen.insert((s.to_string(), r.0));
+        for i in 0..symbols.len() * mix.len() * 2 {
+            let (s, r) = pick(&symbols, &mix, i);
+            seen.insert((s.to_string(), r.0.clone()));
         }
-        assert_eq!(seen.len(), symbols.len() * MIX.len());
+        assert_eq!(seen.len(), symbols.len() * mix.len());
         // Neighbours differ in resolution.
-        assert_ne!(pick(&symbols, 0).1.0, pick(&symbols, 1).1.0);
+        assert_ne!(pick(&symbols, &mix, 0).1.0, pick(&symbols, &mix, 1).1.0);
+        let seconds = parse_mix(&["1S".to_string(), "240".to_string()]).unwrap();
+        assert_eq!(seconds[0], ("1S".to_string(), "1s".to_string(), 1));
+        assert_eq!(seconds[1].1, "240m");
+        assert!(parse_mix(&["1W".to_string()]).is_err());
     }
 
     #[test]
