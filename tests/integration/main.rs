@@ -21,4 +21,5 @@ mod scale_out;
 mod schema;
 mod secrets;
 mod security;
+mod stack;
 mod zones;
