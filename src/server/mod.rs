@@ -427,10 +427,7 @@ pub fn routes(
     let read = auth::read(access.clone());
     let write = auth::write(access);
     // Path before method in every route: an unknown path must be a 404, not the
-    // 405 of whichever route happened to check its method first. Each route is
-    // boxed: chained by value, the `or` of them all nests every handler's
-    // future in every level above it, and polling one took more than a worker
-    // thread's 2 MiB stack in a debug build.
+    // 405 of whichever route happened to check its method first.
     let udf_config = warp::path!("udf" / "config")
         .and(warp::get())
         .and(read.clone())
@@ -546,6 +543,12 @@ pub fn routes(
             "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js",
         )))
         .boxed();
+    // Each route above is boxed, and so is the CORS group below: a future is
+    // a pointer in the `or` chain, not an inline copy. Unboxed, every `or`
+    // level of a debug build carries every handler's future on the stack
+    // (about 130 KB a level), and a request deep in the chain overflowed a
+    // 2 MiB worker stack; boxed, each route is served from half that
+    // (tests/integration/stack.rs).
     let datafeed_and_api = udf_config
         .or(udf_symbols)
         .or(udf_search)
