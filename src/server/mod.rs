@@ -529,27 +529,35 @@ pub fn routes(
         .boxed();
     // The chart page: embedded in the binary, or from `server.web_dir` when set.
     let on_disk = !state.server.web_dir.is_empty();
-    let embedded_page = only_if(!on_disk).and(read.clone()).and(web::embedded());
+    let embedded_page = only_if(!on_disk)
+        .and(read.clone())
+        .and(web::embedded())
+        .boxed();
     let index = warp::path::end()
         .and(warp::get())
         .and(only_if(on_disk))
         .and(read.clone())
-        .and(warp::fs::file(web.join("index.html")));
+        .and(warp::fs::file(web.join("index.html")))
+        .boxed();
     let static_files = warp::path("static")
         .and(only_if(on_disk))
         .and(read.clone())
-        .and(warp::fs::dir(web.clone()));
+        .and(warp::fs::dir(web.clone()))
+        .boxed();
     let chart_lib = warp::path!("lib" / "lightweight-charts.js")
         .and(warp::get())
         .and(only_if(on_disk))
         .and(read)
         .and(warp::fs::file(web.join(
             "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js",
-        )));
-    // Each route above is boxed: its future is a pointer in the `or` chain
-    // below, not an inline copy. Unboxed, every `or` level of a debug build
-    // carries every handler's future on the stack (about 130 KB a level),
-    // and a request deep in the chain overflowed a 2 MiB worker stack.
+        )))
+        .boxed();
+    // Each route above is boxed, and so is the CORS group below: a future is
+    // a pointer in the `or` chain, not an inline copy. Unboxed, every `or`
+    // level of a debug build carries every handler's future on the stack
+    // (about 130 KB a level), and a request deep in the chain overflowed a
+    // 2 MiB worker stack; boxed, each route is served from half that
+    // (tests/integration/stack.rs).
     let datafeed_and_api = udf_config
         .or(udf_symbols)
         .or(udf_search)
@@ -563,6 +571,7 @@ pub fn routes(
         .or(api_progress);
     cross_origin_paths()
         .and(datafeed_and_api.with(cors(&state.server.cors_origins)))
+        .boxed()
         .or(healthz)
         .or(metrics)
         .or(embedded_page)

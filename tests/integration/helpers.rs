@@ -429,14 +429,7 @@ impl TestApp {
     /// Starts the HTTP server on a free port (on this app's clock); returns its
     /// base URL and a sender that stops it.
     pub(crate) async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
-        let mut settings = self.settings.clone();
-        settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
-        let state = ohlcd::server::AppState::new(
-            self.influx.clone(),
-            self.store.clone(),
-            Arc::new(self.clock.clone()),
-            &settings,
-        );
+        let state = self.state();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -444,6 +437,18 @@ impl TestApp {
             let _ = rx.await;
         }));
         (url, tx)
+    }
+
+    /// The server's state over this app's InfluxDB, store, clock and settings.
+    pub fn state(&self) -> ohlcd::server::AppState {
+        let mut settings = self.settings.clone();
+        settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
+        ohlcd::server::AppState::new(
+            self.influx.clone(),
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            &settings,
+        )
     }
 
     /// Starts the HTTP server bound to `bind` (e.g. `0.0.0.0:0` to listen off

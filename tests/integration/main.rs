@@ -22,4 +22,5 @@ mod scale_out;
 mod schema;
 mod secrets;
 mod security;
+mod stack;
 mod zones;

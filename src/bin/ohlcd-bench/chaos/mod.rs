@@ -332,8 +332,9 @@ pub(crate) async fn run(opts: Options, ohlcd: PathBuf, ohlcd_version: String) ->
             break Some(found);
         }
         say!(
-            "{} mismatches; checking again after the next lookback",
-            found.mismatches()
+            "{} mismatches; checking again after the next lookback; e.g. {}",
+            found.mismatches(),
+            found.examples().join("; ")
         );
         tokio::time::sleep(Duration::from_secs(20)).await;
     };

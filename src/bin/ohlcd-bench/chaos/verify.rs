@@ -69,6 +69,20 @@ pub(super) struct DataFindings {
 }
 
 impl DataFindings {
+    /// A few examples of each kind of mismatch.
+    pub(super) fn examples(&self) -> Vec<String> {
+        [
+            &self.acked,
+            &self.unacked,
+            &self.phantoms,
+            &self.candles,
+            &self.history,
+        ]
+        .iter()
+        .flat_map(|f| f.examples.iter().take(3).cloned())
+        .collect()
+    }
+
     pub(super) fn mismatches(&self) -> u64 {
         self.acked.wrong
             + self.unacked.wrong
