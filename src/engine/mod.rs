@@ -67,7 +67,7 @@ pub enum EngineError {
     /// values could overflow a sum are skipped when read, so this is a
     /// defence: the symbol fails, alone, before anything of it is written.
     #[error(
-        "{symbol}: the {resolution} candle at {start} has {field} = {value}, which InfluxDB cannot store; nothing of it was written (see README, Bad rows)"
+        "{symbol}: the {resolution} candle at {start} has {field} = {value}, which InfluxDB cannot store; nothing of it was written (see docs/bad-rows.md)"
     )]
     NotFinite {
         /// The symbol.
@@ -1009,7 +1009,7 @@ impl<W: Warehouse> Engine<W> {
             .all(|w| w.from % NANOS_PER_DAY == 0 && w.end - w.from > Resolution::H4.nanos());
         // Parts bound a dense day's memory to 4 hours and let InfluxDB store
         // one part while it reads the next; on a batch of ordinary size their
-        // extra queries cost more than that gains (A/B in README, issue #9).
+        // extra queries cost more than that gains (an A/B measurement: docs/benchmarks.md).
         if from_midnight && rows > self.settings.batch_rows {
             let mut days: HashMap<&'a str, Aggregator> = HashMap::new();
             let mut reads = futures_util::stream::iter(plan::parts(span.start, span.end))
@@ -1863,7 +1863,7 @@ fn note_skip(symbol: &str, skip: &Skip, logged: &mut usize) {
             symbol,
             time = %to_rfc3339(skip.time),
             reason = %skip.reason,
-            "row skipped: it cannot make a trade (see README, Bad rows)"
+            "row skipped: it cannot make a trade (see docs/bad-rows.md)"
         );
     }
 }

@@ -138,7 +138,7 @@ pub enum InfluxError {
     /// Overwritten candles still read an older version after every rewrite
     /// (InfluxDB 3 does not promise that the last write of a point wins).
     #[error(
-        "InfluxDB 3 kept an older version of {count} overwritten candle(s) (first: {symbol} in {measurement} at {at}) after {rewrites} rewrites; the repair runs again on the next tick (see README, InfluxDB 3: overwrites)"
+        "InfluxDB 3 kept an older version of {count} overwritten candle(s) (first: {symbol} in {measurement} at {at}) after {rewrites} rewrites; the repair runs again on the next tick (see docs/influxdb.md, InfluxDB 3: overwrites)"
     )]
     OverwriteLost {
         /// How many candles.

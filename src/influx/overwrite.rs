@@ -5,7 +5,7 @@
 //! hand does not: while a point's earlier version is still in the server's
 //! unpersisted buffer chunk (same table, same `--gen1-duration` window of data
 //! time, 10 min by default), which version a query returns is undefined, and it
-//! can change as unrelated rows land in that chunk (measured; README, "InfluxDB
+//! can change as unrelated rows land in that chunk (measured; docs/influxdb.md, "InfluxDB
 //! 3: overwrites"). No write strategy makes that exact, so ohlcd checks: every
 //! overwritten candle is read back, a candle that reads an older version is
 //! written again (up to [`OVERWRITE_REWRITES`] times), and if it still reads

@@ -345,7 +345,7 @@ impl InfluxClient {
     /// Streams the trades of `symbols`, one query per measurement holding
     /// them: on InfluxDB 3 with SQL through its native `/api/v3/query_sql`
     /// (CSV), which pulls the same rows 1.6–1.9× faster than its v1 `/query`
-    /// (README, "3.x figures"); elsewhere with InfluxQL. Without a `limit`,
+    /// (docs/influxdb.md, "Figures on InfluxDB 3"); elsewhere with InfluxQL. Without a `limit`,
     /// SQL rows come in no particular order (the aggregation does not need
     /// one; sorting would cost the server time).
     async fn stream_trade_rows(
@@ -530,7 +530,7 @@ impl InfluxClient {
         if self.generation == Generation::V3 && symbols.len() > 1 {
             // InfluxDB 3 (the build tested) answers a query over several
             // series with older versions of overwritten points, where one
-            // series per query reads the last write (README, "InfluxDB 3:
+            // series per query reads the last write (docs/influxdb.md, "InfluxDB 3:
             // overwrites"). Candles are overwritten by repairs: one query each.
             let mut n = 0;
             for symbol in symbols {

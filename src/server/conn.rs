@@ -199,7 +199,7 @@ impl tokio::io::AsyncWrite for LingeringIo {
     // Vectored writes forwarded, and said so: hyper copies every body chunk
     // into one flat buffer of its own when its IO cannot write vectored, so
     // a 12 MB `/api/progress` answer of 5,000 symbols cost another 16 MB of
-    // heap (heaptrack, issue #9). With them it queues the chunks as they are.
+    // heap (measured with heaptrack). With them it queues the chunks as they are.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -432,48 +432,56 @@ pub fn routes(
         .and(warp::get())
         .and(read.clone())
         .and(with_state(state.clone()))
-        .and_then(handlers::udf_config);
+        .and_then(handlers::udf_config)
+        .boxed();
     let udf_symbols = warp::path!("udf" / "symbols")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
-        .and_then(handlers::udf_symbols);
+        .and_then(handlers::udf_symbols)
+        .boxed();
     let udf_search = warp::path!("udf" / "search")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
-        .and_then(handlers::udf_search);
+        .and_then(handlers::udf_search)
+        .boxed();
     let udf_history = warp::path!("udf" / "history")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
-        .and_then(handlers::udf_history);
+        .and_then(handlers::udf_history)
+        .boxed();
     let udf_quotes = warp::path!("udf" / "quotes")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
-        .and_then(handlers::udf_quotes);
+        .and_then(handlers::udf_quotes)
+        .boxed();
     let udf_time = warp::path!("udf" / "time")
         .and(warp::get())
         .and(read.clone())
         .and(with_state(state.clone()))
-        .and_then(handlers::udf_time);
+        .and_then(handlers::udf_time)
+        .boxed();
     let api_ohlc = warp::path!("api" / "ohlc")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
-        .and_then(handlers::api_ohlc);
+        .and_then(handlers::api_ohlc)
+        .boxed();
     let api_trades_get = warp::path!("api" / "trades")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(with_state(state.clone()))
-        .and_then(handlers::api_trades_get);
+        .and_then(handlers::api_trades_get)
+        .boxed();
     let api_trades_post = warp::path!("api" / "trades")
         .and(warp::post())
         // Credentials before the body: a refused client cannot make us read it.
@@ -481,30 +489,35 @@ pub fn routes(
         .and(json_content())
         .and(body(state.server.max_body_bytes))
         .and(with_state(state.clone()))
-        .and_then(handlers::api_trades_post);
+        .and_then(handlers::api_trades_post)
+        .boxed();
     let api_live = warp::path!("api" / "live")
         .and(warp::get())
         .and(read.clone())
         .and(params())
         .and(warp::sse::last_event_id::<String>())
         .and(with_state(state.clone()))
-        .and_then(handlers::api_live);
+        .and_then(handlers::api_live)
+        .boxed();
     let api_progress = warp::path!("api" / "progress")
         .and(warp::get())
         .and(read.clone())
         .and(with_state(state.clone()))
-        .and_then(handlers::api_progress);
+        .and_then(handlers::api_progress)
+        .boxed();
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and_then(handlers::healthz);
+        .and_then(handlers::healthz)
+        .boxed();
     // With `server.metrics_listen` set, /metrics is served there instead.
     let metrics = warp::path!("metrics")
         .and(only_if(state.server.metrics_listen.is_empty()))
         .and(warp::get())
         .and(read.clone())
         .and(with_state(state.clone()))
-        .and_then(handlers::metrics);
+        .and_then(handlers::metrics)
+        .boxed();
     // The chart page: embedded in the binary, or from `server.web_dir` when set.
     let on_disk = !state.server.web_dir.is_empty();
     let embedded_page = only_if(!on_disk).and(read.clone()).and(web::embedded());
@@ -524,6 +537,10 @@ pub fn routes(
         .and(warp::fs::file(web.join(
             "node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js",
         )));
+    // Each route above is boxed: its future is a pointer in the `or` chain
+    // below, not an inline copy. Unboxed, every `or` level of a debug build
+    // carries every handler's future on the stack (about 130 KB a level),
+    // and a request deep in the chain overflowed a 2 MiB worker stack.
     let datafeed_and_api = udf_config
         .or(udf_symbols)
         .or(udf_search)

@@ -143,7 +143,7 @@ pub struct Args {
     /// without writes). By default the bench has them written out 1 s after
     /// the last write, so they are read from TSM files as any history older
     /// than a few minutes is; read from the cache, chunked reads cost
-    /// InfluxDB about twice the CPU per trade (README, issue #9).
+    /// InfluxDB about twice the CPU per trade (docs/benchmarks.md).
     #[arg(long)]
     cache_resident: bool,
     /// Use this InfluxDB instead of starting a throwaway influxd.
