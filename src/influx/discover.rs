@@ -19,12 +19,17 @@ use crate::candle::Resolution;
 use crate::schema::{FieldType, Layout, MeasurementColumns, TradeSchema, is_name_part};
 
 impl InfluxClient {
-    /// Every measurement's tag keys (`SHOW TAG KEYS`) and field keys with
-    /// their types (`SHOW FIELD KEYS`, from the raw trades' retention policy:
-    /// 1.x keeps field keys per policy).
+    /// Every measurement's tag keys and field keys with their types: on 1.x
+    /// and 2.x `SHOW TAG KEYS` and `SHOW FIELD KEYS` (from the raw trades'
+    /// retention policy: 1.x keeps field keys per policy), on 3.x the SQL
+    /// catalog, `information_schema.columns`.
     pub async fn server_columns(
         &self,
     ) -> Result<BTreeMap<String, MeasurementColumns>, InfluxError> {
+        if self.generation == Generation::V3 {
+            // Boxed: kept out of this future, which every start-up holds.
+            return Box::pin(self.catalog_columns()).await;
+        }
         let mut out: BTreeMap<String, MeasurementColumns> = BTreeMap::new();
         let tags = self.query_json("SHOW TAG KEYS").await?;
         for (measurement, row) in named_rows(&tags) {
@@ -66,6 +71,36 @@ impl InfluxClient {
                 .insert(key.to_string(), kind);
         }
         Ok(out)
+    }
+
+    /// InfluxDB 3's tables and columns from `information_schema.columns`:
+    /// its tags are dictionary-encoded text, `time` is left out.
+    async fn catalog_columns(&self) -> Result<BTreeMap<String, MeasurementColumns>, InfluxError> {
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        let mut idx: Option<[usize; 3]> = None;
+        self.stream_sql_csv(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns \
+             WHERE table_schema = 'iox'",
+            |cols, row| {
+                let idx = match &idx {
+                    Some(i) => i,
+                    None => idx.insert([
+                        cols.index("table_name")?,
+                        cols.index("column_name")?,
+                        cols.index("data_type")?,
+                    ]),
+                };
+                let text = |i: usize| String::from_utf8_lossy(row.bytes(i).unwrap_or_default());
+                rows.push((
+                    text(idx[0]).into_owned(),
+                    text(idx[1]).into_owned(),
+                    text(idx[2]).into_owned(),
+                ));
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(catalog_to_columns(rows))
     }
 
     /// Matches `schema` against what the server holds and reads and writes
@@ -333,6 +368,29 @@ impl InfluxClient {
     }
 }
 
+/// Measurements' columns from catalog rows `(table, column, data type)`
+/// (InfluxDB 3's `information_schema.columns`): a dictionary of text is a
+/// tag, `time` and types no field has are left out.
+fn catalog_to_columns(
+    rows: impl IntoIterator<Item = (String, String, String)>,
+) -> BTreeMap<String, MeasurementColumns> {
+    let mut out: BTreeMap<String, MeasurementColumns> = BTreeMap::new();
+    for (table, column, kind) in rows {
+        if column == "time" {
+            continue;
+        }
+        let entry = out.entry(table).or_default();
+        if kind.starts_with("Dictionary(") {
+            entry.tags.insert(column);
+        } else if let Some(kind) = FieldType::parse(&kind) {
+            entry.fields.insert(column, kind);
+        } else {
+            tracing::debug!(column, kind, "column of an unknown type left out");
+        }
+    }
+    out
+}
+
 /// `(series name, row)` of every row of every series of a statement's JSON.
 fn named_rows(v: &Value) -> impl Iterator<Item = (&str, &Vec<Value>)> {
     v.get("series")
@@ -469,6 +527,49 @@ pub fn describe(layout: &Layout) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_catalog_says_which_columns_are_tags_and_what_type_each_field_has() {
+        let row = |t: &str, c: &str, k: &str| (t.to_string(), c.to_string(), k.to_string());
+        let got = catalog_to_columns([
+            row("trades", "exchange", "Dictionary(Int32, Utf8)"),
+            row("trades", "is_buyer_maker", "Boolean"),
+            row("trades", "price", "Float64"),
+            row("trades", "symbol", "Dictionary(Int32, Utf8)"),
+            row("trades", "time", "Timestamp(Nanosecond, None)"),
+            row("trades", "trade_id", "Int64"),
+            row("trades-COINBASE", "id", "Utf8"),
+            row("trades-COINBASE", "n", "UInt64"),
+            row("trades-COINBASE", "odd", "List(Int64)"),
+        ]);
+        let trades = &got["trades"];
+        assert_eq!(
+            trades.tags.iter().collect::<Vec<_>>(),
+            ["exchange", "symbol"]
+        );
+        assert_eq!(
+            trades
+                .fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            [
+                ("is_buyer_maker", FieldType::Boolean),
+                ("price", FieldType::Float),
+                ("trade_id", FieldType::Integer)
+            ]
+        );
+        let coinbase = &got["trades-COINBASE"];
+        assert!(coinbase.tags.is_empty());
+        assert_eq!(
+            coinbase
+                .fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            [("id", FieldType::String), ("n", FieldType::Unsigned)]
+        );
+    }
 
     #[test]
     fn series_keys_split_into_measurement_and_tags_with_escapes_undone() {
