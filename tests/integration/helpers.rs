@@ -440,7 +440,7 @@ impl TestApp {
     }
 
     /// The server's state over this app's InfluxDB, store, clock and settings.
-    pub fn state(&self) -> ohlcd::server::AppState {
+    pub(crate) fn state(&self) -> ohlcd::server::AppState {
         let mut settings = self.settings.clone();
         settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
         ohlcd::server::AppState::new(
