@@ -1,6 +1,7 @@
 //! ohlcd turns raw exchange trades stored in InfluxDB into OHLC candles at 1m, 5m,
 //! 15m, 1h, 4h and 1d, writes each resolution back to InfluxDB as its own
-//! measurement, and records its progress in SQLite.
+//! measurement, and records its progress in SQLite (or PostgreSQL, shared by
+//! daemons on several hosts).
 //!
 //! Map of the modules:
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
@@ -15,8 +16,8 @@
 //!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
 //!   decoders ([`influx::decode`]), candle encoding ([`influx::encode`]),
 //!   retention policies per measurement ([`influx::retention`]).
-//! - [`progress`]: SQLite progress store (tasks, symbol leases, watermarks, run
-//!   history).
+//! - [`progress`]: the progress store, SQLite or PostgreSQL (tasks, symbol
+//!   leases, watermarks, run history).
 //! - [`chart`]: chart resolutions (TradingView notation), adaptive resolution,
 //!   gap filling.
 //! - [`zone`]: time zones: local days, weeks, months and intraday windows.
