@@ -420,9 +420,11 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
         stopper.request_stop();
     });
     // Tasks leased by another process are either being worked on (a running
-    // daemon) or held by a dead one whose lease will expire: wait for either.
+    // daemon, whose commits move the watermarks) or held by a dead one whose
+    // lease will expire: wait while either may be the case.
     let lease_wait = Duration::from_secs(settings.progress.lease_secs * 2 + 5);
     let mut waiting_since: Option<Instant> = None;
+    let mut mark: Option<i128> = None;
     let started = Instant::now();
     let (mut chunks, mut rows, mut candles) = (0, 0, 0);
     loop {
@@ -452,11 +454,16 @@ async fn cmd_backfill(settings: Settings, filter: TaskFilter) -> anyhow::Result<
         if report.symbols_leased == 0 {
             break;
         }
+        let now_mark = engine.committed_mark().await?;
+        if mark.is_some_and(|m| now_mark > m) {
+            waiting_since = None;
+        }
+        mark = Some(now_mark);
         let since = *waiting_since.get_or_insert_with(Instant::now);
         if since.elapsed() > lease_wait {
             pb.abandon();
             bail!(
-                "{} symbol(s) stayed leased by another ohlcd for {}s; is one running? (see `ohlcd progress`)",
+                "{} symbol(s) stayed leased by another ohlcd that committed nothing for {}s; is one stuck? (see `ohlcd progress`)",
                 report.symbols_leased,
                 lease_wait.as_secs()
             );

@@ -787,6 +787,24 @@ impl<W: Warehouse> Engine<W> {
                 // Test point: a batch done and released, the next not claimed.
                 crate::failpoint::hit("after_release").await;
             }
+            Err(EngineError::Progress(e @ ProgressError::LeaseLost { .. })) => {
+                // Our lease ran out before a renewal got through, and another
+                // process took the symbol over: its work, not a failure. The
+                // rest of the batch goes back as far as it was committed.
+                tracing::warn!(error = %e, "a lease was lost; giving the batch back");
+                let statuses: Vec<(String, TaskStatus)> = works
+                    .iter()
+                    .map(|w| (w.symbol.clone(), status_at(w.from, horizon)))
+                    .collect();
+                if let Err(e) = self
+                    .store
+                    .release_symbols(&self.owner, &statuses, self.clock.now())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not release leases; they expire on their own");
+                }
+                report.symbols_leased += held.len() as u64;
+            }
             Err(e) => {
                 let from = works.iter().map(|w| w.from).min().unwrap_or(0);
                 let end = works.iter().map(|w| w.end).max().unwrap_or(from);
@@ -1808,6 +1826,18 @@ impl<W: Warehouse> Engine<W> {
                 Err(e)
             }
         }
+    }
+
+    /// A figure that grows whenever any process commits a step of any task:
+    /// the sum of every watermark. A backfill waiting on leases held by
+    /// another process reads it to tell a holder at work from one gone.
+    pub async fn committed_mark(&self) -> Result<i128, EngineError> {
+        let states = self.store.symbol_states(&self.owner).await?;
+        Ok(states
+            .values()
+            .flat_map(|st| st.watermarks.iter().flatten())
+            .map(|w| i128::from(*w))
+            .sum())
     }
 
     /// Nanoseconds of raw trades the selected symbols still have to cover

@@ -59,9 +59,11 @@ pub(crate) fn wait_for_stderr(child: &mut Child, needle: &str, timeout: Duration
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // What comes after the needle goes to the test's output, shown if
+        // it fails.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+            if let Err(unread) = tx.send(line) {
+                eprintln!("child: {}", unread.0);
             }
         }
     });
@@ -760,6 +762,134 @@ async fn sigterm_during_a_backfill_finishes_the_chunk_releases_leases_and_exits_
         String::from_utf8_lossy(&out.stderr)
     );
     assert_exact_and_settled(&app, &["BTCUSD"]).await;
+}
+
+/// A renewal that comes too late (a loaded host) lets another process take a
+/// lease over mid-batch. The backfill that lost it gives the batch back and
+/// waits for the new holder like for any other: no symbol fails, nothing is
+/// done twice, and it finishes once that holder is gone.
+#[tokio::test]
+async fn a_backfill_that_loses_its_leases_mid_batch_gives_them_back_and_still_finishes() {
+    let app = TestApp::spawn().await;
+    let symbols = ["BTCUSD", "ETHUSD"];
+    with_trades(&app, &symbols, 6, 20_000).await;
+    let mut backfill = KillOnDrop::spawn(
+        app.ohlcd()
+            .arg("backfill")
+            .env("OHLCD_FAILPOINT", "after_commit")
+            .stderr(Stdio::piped()),
+    );
+    wait_for_stderr(
+        &mut backfill,
+        "failpoint after_commit reached",
+        Duration::from_secs(60),
+    );
+    // Another process takes every lease over, for 3 s of database time, as
+    // one may once a lease has expired.
+    let pool = sqlx::SqlitePool::connect(&app.settings.progress.database_url)
+        .await
+        .unwrap();
+    let stolen = sqlx::query(
+        "UPDATE progress SET lease_owner = 'another-host',
+                lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+3 seconds')
+         WHERE lease_owner IS NOT NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(stolen, 12, "the backfill held both symbols' six tasks");
+    pool.close().await;
+    // Parked at the failpoint, the backfill can only go on through the
+    // renewal that finds its leases gone.
+    let status = wait_exit(&mut backfill, Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    for task in app.store.tasks().await.unwrap() {
+        assert_eq!(task.failures, 0, "{task:?}");
+    }
+    assert_exact_and_settled(&app, &symbols).await;
+}
+
+/// A backfill waits for a symbol another process holds as long as that
+/// process commits, however long it works; it gives up, saying so, on a
+/// holder that renews its lease but has committed nothing for a while.
+#[tokio::test]
+async fn a_backfill_waits_for_a_holder_that_commits_and_gives_up_on_one_that_does_not() {
+    let app = TestApp::spawn().await;
+    with_trades(&app, &["BTCUSD"], 3, 5_000).await;
+    let now = SystemClock.now();
+    app.store
+        .ensure_symbols(&["BTCUSD".to_string()], now)
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&app.settings.progress.database_url)
+        .await
+        .unwrap();
+    // The other process: holds BTCUSD for 5 s of database time at each
+    // renewal, and where `commit` moves its 1m watermark a minute on.
+    let hold = |minute: Option<i64>| {
+        let watermark =
+            minute.map(|m| to_rfc3339(t("2024-01-01T00:00:00Z") + m * 60 * NANOS_PER_SEC));
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE progress SET lease_owner = 'another-host', status = 'running',
+                        lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+5 seconds'),
+                        watermark = CASE WHEN resolution = '1m' THEN ?1 ELSE watermark END
+                 WHERE symbol = 'BTCUSD'",
+            )
+            .bind(watermark)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let backfill = || {
+        app.ohlcd()
+            .arg("backfill")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // A holder at work for longer than the backfill's patience (twice the
+    // lease and 5 s: 15 s here), committing every 2 s.
+    hold(Some(0)).await;
+    let mut waiting = KillOnDrop(backfill());
+    for minute in 1..=12 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            waiting.try_wait().unwrap().is_none(),
+            "the backfill gave up on a holder that commits"
+        );
+        hold(Some(minute)).await;
+    }
+    // It finishes, and forgets what it committed (the candles were never
+    // written): the backfill takes over from the start once it expires.
+    hold(None).await;
+    let status = wait_exit(&mut waiting, Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    assert_exact_and_settled(&app, &["BTCUSD"]).await;
+
+    // A holder that renews and never commits: given up on, with the reason.
+    let mut giving_up = KillOnDrop(backfill());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = giving_up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still waiting after 60 s");
+        hold(None).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut giving_up.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("stayed leased by another ohlcd that committed nothing"),
+        "{stderr}"
+    );
 }
 
 fn one_line_error(out: &std::process::Output) -> String {

@@ -118,7 +118,13 @@ async fn three_daemons_on_one_postgres_do_all_work_once_and_finish_a_killed_ones
 
     for (name, child) in [("a", &mut a), ("b", &mut b)] {
         let status = wait_exit(child, Duration::from_secs(120));
-        assert!(status.success(), "daemon {name}: {status}");
+        if !status.success() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("daemon {name}: {status}\n{stderr}");
+        }
     }
 
     // The victim's tasks were finished by the others.
