@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
 
 use crate::candle::{NANOS_PER_DAY, Side};
-use crate::ingest::{NewTrade, time_refusal, validate_symbol};
+use crate::ingest::{NewTrade, time_refusal};
 use crate::schema::NameForm;
 
 /// What to generate.
@@ -43,7 +43,7 @@ impl GenerateSpec {
             return Err("--symbols: give at least one symbol".into());
         }
         for s in &self.symbols {
-            validate_symbol(s, form).map_err(|e| format!("--symbols: {e}"))?;
+            form.check(s).map_err(|e| format!("--symbols: {e}"))?;
         }
         if self.from >= self.to {
             return Err("--from must be before --to".into());

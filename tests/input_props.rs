@@ -15,7 +15,7 @@ use influxdb_line_protocol::{FieldValue, ParsedLine, parse_lines};
 use ohlcd::candle::{Candle, Resolution, Side};
 use ohlcd::datafeed::ChartResolution;
 use ohlcd::influx::{encode_candles, quote_ident, quote_literal};
-use ohlcd::ingest::{NewTrade, encode_trades, point_time, validate_symbol};
+use ohlcd::ingest::{NewTrade, encode_trades, point_time};
 use ohlcd::schema::{NameForm, SchemaSettings, TradeSchema};
 use ohlcd::server::models::{
     Params, TradesError, count_param, parse_trades, range_params, resolution_param, seconds_param,
@@ -360,7 +360,7 @@ fn trades_body() -> impl Strategy<Value = String> {
     ]
 }
 
-/// The documented symbol rule, written independently of `validate_symbol`:
+/// The documented symbol rule, written independently of `NameForm::check`:
 /// `parts` parts joined by `:`, each 1 to 32 of `A-Z a-z 0-9 . _ -`.
 fn symbol_ok_for(s: &str, parts: usize) -> bool {
     let split: Vec<&str> = s.split(':').collect();
@@ -1015,16 +1015,16 @@ proptest! {
     }
 
     #[test]
-    fn validate_symbol_accepts_every_name_of_the_allowed_alphabet_and_form(
+    fn the_symbol_rule_accepts_every_name_of_the_allowed_alphabet_and_form(
         s in "[A-Za-z0-9._-]{1,32}",
         t in "[A-Za-z0-9._-]{1,32}",
     ) {
-        prop_assert_eq!(validate_symbol(&s, &NameForm::default()), Ok(()));
-        prop_assert_eq!(validate_symbol(&format!("{s}:{t}"), &two_part_form()), Ok(()));
+        prop_assert_eq!(NameForm::default().check(&s), Ok(()));
+        prop_assert_eq!(two_part_form().check(&format!("{s}:{t}")), Ok(()));
     }
 
     #[test]
-    fn validate_symbol_accepts_exactly_one_to_32_allowed_characters(
+    fn the_symbol_rule_accepts_exactly_one_to_32_allowed_characters(
         s in prop_oneof![
             "[A-Za-z0-9._:-]{0,40}",
             any::<String>(),
@@ -1033,9 +1033,9 @@ proptest! {
             prop::sample::select(NASTY).prop_map(str::to_string),
         ]
     ) {
-        let got = validate_symbol(&s, &NameForm::default());
+        let got = NameForm::default().check(&s);
         prop_assert_eq!(got.is_ok(), symbol_ok(&s), "{:?}: {:?}", s, got);
-        let got = validate_symbol(&s, &two_part_form());
+        let got = two_part_form().check(&s);
         prop_assert_eq!(got.is_ok(), symbol_ok_for(&s, 2), "{:?}: {:?}", s, got);
     }
 

@@ -338,7 +338,7 @@ pub async fn udf_quotes(p: Params, state: AppState) -> Result<impl Reply, Reject
         .to_string();
         let state = &state;
         async move {
-            crate::ingest::validate_symbol(&symbol, form)
+            form.check(&symbol)
                 .map_err(|e| DatafeedError::BadRequest(e.to_string()))?;
             // Boxed: one quote reads several sources, a large future to
             // hold on the stack once per symbol.

@@ -71,7 +71,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
 use ohlcd::influx::Generation;
-use ohlcd::ingest::{INGEST_BATCH, validate_symbol};
+use ohlcd::ingest::INGEST_BATCH;
 use ohlcd::testkit::{Influxd, InfluxdOptions, ScratchDir, Server};
 
 use bench::{Bench, Shape};
@@ -384,7 +384,8 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         "--symbols: give at least one symbol"
     );
     for s in &args.symbols {
-        validate_symbol(s, &ohlcd::schema::NameForm::default())
+        ohlcd::schema::NameForm::default()
+            .check(s)
             .map_err(|e| anyhow!("--symbols: {e}"))?;
         ensure!(
             s != API_SYMBOL && s != WRITE_SYMBOL,
