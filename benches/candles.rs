@@ -149,7 +149,7 @@ fn bench_ingest(c: &mut Criterion) {
             ohlcd::server::models::parse_trades(
                 black_box(&body),
                 now_ms,
-                &ohlcd::schema::NameForm::default(),
+                &ohlcd::symbol::NameForm::default(),
             )
             .unwrap()
         })

@@ -17,7 +17,8 @@ use crate::generate::{GenerateSpec, Generator};
 use crate::influx::{InfluxClient, InfluxError};
 use crate::ingest::{INGEST_BATCH, NewTrade, TradeWriter, write_trades};
 use crate::progress::{ProgressEntry, ProgressStore};
-use crate::schema::{NameForm, TradeSchema};
+use crate::schema::TradeSchema;
+use crate::symbol::NameForm;
 use crate::times::{parse_time_arg, to_rfc3339};
 
 /// ohlcd: turns raw trades in InfluxDB into OHLC candles.

@@ -17,7 +17,7 @@ use rand_distr::{Distribution, Exp1, LogNormal, StandardNormal};
 
 use crate::candle::{NANOS_PER_DAY, Side};
 use crate::ingest::{NewTrade, time_refusal};
-use crate::schema::NameForm;
+use crate::symbol::NameForm;
 
 /// What to generate.
 #[derive(Debug, Clone)]

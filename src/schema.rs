@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::candle::{Resolution, Side, SkipReason};
-pub use crate::symbol::{NAME_SEPARATOR, NameForm, is_name_part};
+use crate::symbol::{NAME_SEPARATOR, NameForm};
 use serde::Deserialize;
 
 /// `[schema]`: the measurement, tag and field names of the user's trades, and

@@ -16,11 +16,12 @@ use ohlcd::candle::{Candle, Resolution, Side};
 use ohlcd::datafeed::ChartResolution;
 use ohlcd::influx::{encode_candles, quote_ident, quote_literal};
 use ohlcd::ingest::{NewTrade, encode_trades, point_time};
-use ohlcd::schema::{NameForm, SchemaSettings, TradeSchema};
+use ohlcd::schema::{SchemaSettings, TradeSchema};
 use ohlcd::server::models::{
     Params, TradesError, count_param, parse_trades, range_params, resolution_param, seconds_param,
     symbol_param,
 };
+use ohlcd::symbol::NameForm;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};

@@ -13,16 +13,11 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::candle::{Aggregator, Candle, NANOS_PER_DAY, Resolution, floor_to};
-pub use crate::retention::RETENTION_MARGIN;
+use crate::candle::{
+    Aggregator, Candle, NANOS_PER_DAY, Resolution, Watermarks, floor_to, merge_ranges,
+};
+use crate::retention::RETENTION_MARGIN;
 use crate::times::to_rfc3339;
-
-pub use crate::candle::{Watermarks, merge_ranges};
-
-/// Index of a resolution in [`Resolution::ALL`] (old path of [`Resolution::index`]).
-pub fn index(res: Resolution) -> usize {
-    res.index()
-}
 
 /// Where a symbol's next step starts: the latest minute `t` at or before the 1m
 /// watermark such that every coarser resolution has materialized all its windows

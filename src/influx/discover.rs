@@ -16,7 +16,8 @@ use super::layout::{Dialect, ident};
 use super::query::{quote_ident, quote_literal};
 use super::{Generation, InfluxClient, InfluxError, Stored};
 use crate::candle::Resolution;
-use crate::schema::{FieldType, Layout, MeasurementColumns, TradeSchema, is_name_part};
+use crate::schema::{FieldType, Layout, MeasurementColumns, TradeSchema};
+use crate::symbol::is_name_part;
 
 impl InfluxClient {
     /// Every measurement's tag keys and field keys with their types: on 1.x
@@ -214,7 +215,7 @@ impl InfluxClient {
                 return None;
             }
             if i > 0 {
-                name.push(crate::schema::NAME_SEPARATOR);
+                name.push(crate::symbol::NAME_SEPARATOR);
             }
             name.push_str(part);
         }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use super::encode::push_tag_value;
 use super::query::{quote_ident, quote_literal};
 use crate::candle::{MAX_TRADE_VALUE, Resolution};
-use crate::schema::{Column, FieldType, Layout, NAME_SEPARATOR, SideSpec};
+use crate::schema::{Column, FieldType, Layout, SideSpec};
+use crate::symbol::NAME_SEPARATOR;
 
 /// Instruments whose trades are in one measurement: what one read queries.
 #[derive(Debug, Clone, PartialEq, Eq)]

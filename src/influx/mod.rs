@@ -35,7 +35,7 @@ pub mod retention;
 
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
 pub use query::{quote_ident, quote_literal};
-pub use retention::{Keep, Placement, PolicySpec, Stored};
+pub use retention::{Placement, Stored};
 
 /// Measurement holding raw trades in ohlcd's own schema (the default of
 /// `schema.trades_measurement`).

@@ -459,11 +459,11 @@ impl InfluxClient {
                 name.clear();
                 if let Some(exchange) = group.exchange {
                     name.push_str(exchange);
-                    name.push(crate::schema::NAME_SEPARATOR);
+                    name.push(crate::symbol::NAME_SEPARATOR);
                 }
                 for (k, t) in i.tags.iter().enumerate() {
                     if k > 0 {
-                        name.push(crate::schema::NAME_SEPARATOR);
+                        name.push(crate::symbol::NAME_SEPARATOR);
                     }
                     name.push_str(row.symbol(*t)?);
                 }
@@ -613,7 +613,7 @@ impl InfluxClient {
                 name.clear();
                 for (k, at) in t.iter().enumerate() {
                     if k > 0 {
-                        name.push(crate::schema::NAME_SEPARATOR);
+                        name.push(crate::symbol::NAME_SEPARATOR);
                     }
                     name.push_str(row.symbol(*at)?);
                 }
@@ -796,11 +796,11 @@ impl InfluxClient {
                     let mut name = String::new();
                     if let Some(exchange) = group.exchange {
                         name.push_str(exchange);
-                        name.push(crate::schema::NAME_SEPARATOR);
+                        name.push(crate::symbol::NAME_SEPARATOR);
                     }
                     for (k, at) in t.iter().enumerate() {
                         if k > 0 {
-                            name.push(crate::schema::NAME_SEPARATOR);
+                            name.push(crate::symbol::NAME_SEPARATOR);
                         }
                         name.push_str(row.symbol(*at)?);
                     }
@@ -995,11 +995,11 @@ fn tagged_values<'v>(
             let mut name = String::new();
             if let Some(exchange) = exchange {
                 name.push_str(exchange);
-                name.push(crate::schema::NAME_SEPARATOR);
+                name.push(crate::symbol::NAME_SEPARATOR);
             }
             for (k, tag) in tags.iter().enumerate() {
                 if k > 0 {
-                    name.push(crate::schema::NAME_SEPARATOR);
+                    name.push(crate::symbol::NAME_SEPARATOR);
                 }
                 name.push_str(series_tags.get(tag)?.as_str()?);
             }

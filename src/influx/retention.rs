@@ -20,7 +20,7 @@ use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{Candle, NANOS_PER_SEC, Resolution};
 use crate::influx::CandleSet;
 use crate::influx::query::quote_ident;
-pub use crate::retention::{Keep, PolicySpec};
+use crate::retention::{Keep, PolicySpec};
 
 /// One of the measurements ohlcd stores: raw trades or one candle resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

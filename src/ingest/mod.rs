@@ -227,7 +227,7 @@ impl<'l> TradeWriter<'l> {
         if form.parts() == 1 {
             return Ok(vec![symbol]);
         }
-        let parts: Vec<&str> = symbol.split(crate::schema::NAME_SEPARATOR).collect();
+        let parts: Vec<&str> = symbol.split(crate::symbol::NAME_SEPARATOR).collect();
         if parts.len() != form.parts() {
             return Err(format!("symbol {symbol:?} is not of the form {form}"));
         }

@@ -15,7 +15,7 @@ use crate::datafeed::{
     ChartResolution, DatafeedError, History, ZonedResolution, adaptive_resolution,
 };
 use crate::progress::ProgressEntry;
-use crate::schema::NameForm;
+use crate::symbol::NameForm;
 use crate::zone::{instant_of_stamp, is_utc, trading_date_stamp};
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
@@ -44,7 +44,7 @@ fn now_secs(state: &AppState) -> i64 {
 /// instruments are named by two tags.
 fn strip_exchange(p: &mut Params, key: &str, exchange: &str, form: &NameForm) {
     if let Some(v) = p.get_mut(key)
-        && v.split(crate::schema::NAME_SEPARATOR).count() > form.parts()
+        && v.split(crate::symbol::NAME_SEPARATOR).count() > form.parts()
         && let Some(rest) = v.strip_prefix(&format!("{exchange}:"))
     {
         *v = rest.to_string();
@@ -56,7 +56,7 @@ fn strip_exchange(p: &mut Params, key: &str, exchange: &str, form: &NameForm) {
 fn exchange_of<'a>(symbol: &'a str, form: &NameForm, configured: &'a str) -> &'a str {
     if form.parts() > 1 {
         symbol
-            .split(crate::schema::NAME_SEPARATOR)
+            .split(crate::symbol::NAME_SEPARATOR)
             .next()
             .unwrap_or(configured)
     } else {
@@ -330,7 +330,7 @@ pub async fn udf_quotes(p: Params, state: AppState) -> Result<impl Reply, Reject
     let exchange = &state.settings.exchange;
     let form = state.influx.layout().name_form();
     let quotes = futures_util::future::join_all(names.iter().map(|name| {
-        let symbol = if name.split(crate::schema::NAME_SEPARATOR).count() > form.parts() {
+        let symbol = if name.split(crate::symbol::NAME_SEPARATOR).count() > form.parts() {
             name.strip_prefix(&format!("{exchange}:")).unwrap_or(name)
         } else {
             name

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::candle::{Candle, NANOS_PER_SEC, Side, Trade};
 use crate::datafeed::ChartResolution;
 use crate::ingest::{INGEST_BATCH, MAX_TIME_MS, NewTrade};
-use crate::schema::NameForm;
+use crate::symbol::NameForm;
 use crate::symbol::Symbol;
 use crate::zone::{Tz, parse_zone};
 

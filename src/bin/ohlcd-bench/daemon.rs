@@ -307,7 +307,7 @@ async fn ingest(
         trades: n,
         seed: 7,
     };
-    spec.validate(now_ns / 1_000_000, &ohlcd::schema::NameForm::default())
+    spec.validate(now_ns / 1_000_000, &ohlcd::symbol::NameForm::default())
         .map_err(|e| anyhow!("ingest trades the API would refuse: {e}"))?;
     let trades: Vec<NewTrade> = Generator::new(&spec).collect();
     let api_bodies: Vec<Bytes> = trades

@@ -384,7 +384,7 @@ fn preflight(args: &mut Args) -> Result<Shape> {
         "--symbols: give at least one symbol"
     );
     for s in &args.symbols {
-        ohlcd::schema::NameForm::default()
+        ohlcd::symbol::NameForm::default()
             .check(s)
             .map_err(|e| anyhow!("--symbols: {e}"))?;
         ensure!(
