@@ -49,9 +49,7 @@ impl FromStr for ChartResolution {
             digits.parse().map_err(|_| bad())?
         };
         let (res, max) = match unit {
-            "S" if !digits.is_empty() && n > 0 && 60 % n == 0 && n < 60 => {
-                (ChartResolution::Seconds(n), 30)
-            }
+            "S" if !digits.is_empty() && n > 0 && 60 % n == 0 => (ChartResolution::Seconds(n), 30),
             "" if !digits.is_empty() => (ChartResolution::Minutes(n), 1440),
             "D" => (ChartResolution::Days(n), 365),
             "W" => (ChartResolution::Weeks(n), 52),
@@ -403,5 +401,36 @@ mod tests {
         assert_eq!(r("1D").bucketing_in(UTC), r("1D").bucketing());
         assert!(matches!(r("1D").bucketing_in(hk), Bucketing::Zoned(_)));
         assert!(matches!(r("240").bucketing_in(hk), Bucketing::Zoned(_)));
+    }
+
+    #[test]
+    fn each_resolution_groups_by_its_own_length_and_stamps_d_w_m_by_date() {
+        const SEC: i64 = 1_000_000_000;
+        assert_eq!(r("5S").bucketing(), Bucketing::Fixed(5 * SEC));
+        assert_eq!(r("45").bucketing(), Bucketing::Fixed(2_700 * SEC));
+        assert_eq!(r("3D").bucketing(), Bucketing::Fixed(259_200 * SEC));
+        assert_eq!(r("2W").bucketing(), Bucketing::Weeks(2));
+        assert_eq!(r("3M").bucketing(), Bucketing::Months(3));
+        let hk: Tz = "Asia/Hong_Kong".parse().unwrap();
+        assert_eq!(
+            r("240").bucketing_in(hk),
+            Bucketing::Zoned(Zoned {
+                zone: hk,
+                unit: LocalUnit::Intraday(14_400 * SEC)
+            })
+        );
+        let in_hk = ZonedResolution::new(r("W"), hk);
+        assert_eq!(in_hk.nominal_nanos(), 604_800 * SEC);
+        assert_eq!(in_hk.to_string(), "1W in Asia/Hong_Kong");
+        assert_eq!(ZonedResolution::from(r("240")).to_string(), "240");
+        for (res, dwm) in [
+            ("5S", false),
+            ("240", false),
+            ("D", true),
+            ("W", true),
+            ("M", true),
+        ] {
+            assert_eq!(r(res).is_dwm(), dwm, "{res}");
+        }
     }
 }

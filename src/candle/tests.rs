@@ -313,3 +313,68 @@ fn every_skip_reason_has_its_own_label() {
         SkipReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(labels.len(), SkipReason::ALL.len());
 }
+
+#[test]
+fn measurements_side_tags_and_skip_labels_are_the_names_stored_and_exported() {
+    let names: Vec<&str> = Resolution::ALL.iter().map(|r| r.measurement()).collect();
+    assert_eq!(
+        names,
+        [
+            "ohlc_1m", "ohlc_5m", "ohlc_15m", "ohlc_1h", "ohlc_4h", "ohlc_1d"
+        ]
+    );
+    assert_eq!((Side::Buy.as_str(), Side::Sell.as_str()), ("buy", "sell"));
+    assert_eq!(SkipReason::UnknownSide.to_string(), "unknown_side");
+}
+
+#[test]
+fn nominal_lengths_count_weeks_as_seven_days_and_months_as_31() {
+    const DAY: i64 = 86_400_000_000_000;
+    assert_eq!(Bucketing::Fixed(5).nominal_nanos(), 5);
+    assert_eq!(Bucketing::Weeks(2).nominal_nanos(), 14 * DAY);
+    assert_eq!(Bucketing::Months(3).nominal_nanos(), 93 * DAY);
+}
+
+#[test]
+fn an_aggregator_is_empty_only_until_something_is_added() {
+    let mut agg = Aggregator::new(Resolution::M1);
+    assert!(agg.is_empty());
+    agg.add_trade(&trade(0, 1, 10.0, 1.0, Side::Buy));
+    assert!(!agg.is_empty(), "one window, the current one");
+    agg.add_trade(&trade(2 * MIN, 2, 10.0, 1.0, Side::Buy));
+    assert!(!agg.is_empty(), "a second window parks the first");
+}
+
+#[test]
+fn zoned_days_run_from_local_midnight_and_take_the_sources_dividing_their_boundaries() {
+    use crate::zone::{LocalUnit, Zoned};
+    let zoned = |name: &str| {
+        Bucketing::Zoned(Zoned {
+            zone: name.parse().unwrap(),
+            unit: LocalUnit::Days(1),
+        })
+    };
+    let new_york = zoned("America/New_York");
+    // 2024-01-02T00:00:00Z; New York is 5 hours behind UTC in January.
+    let jan2 = 1_704_153_600 * NANOS_PER_SEC;
+    let hour = 60 * MIN;
+    let mut agg = Aggregator::new(new_york);
+    for (i, t) in [5 * hour - 1, 5 * hour, 5 * hour - 2, 29 * hour - 1]
+        .into_iter()
+        .enumerate()
+    {
+        agg.add_trade(&trade(jan2 + t, i as i64, 10.0, 1.0, Side::Buy));
+    }
+    let candles = agg.finish();
+    let starts: Vec<i64> = candles.iter().map(|c| c.start).collect();
+    assert_eq!(starts, [jan2 - 19 * hour, jan2 + 5 * hour]);
+    assert_eq!(candles.iter().map(|c| c.trades).collect::<Vec<_>>(), [2, 2]);
+    // Midnight in New York is a whole hour of UTC, not a whole 4 hours; in
+    // Kolkata (UTC+5:30) a whole quarter hour.
+    let january = jan2..jan2 + 10 * 24 * hour;
+    assert_eq!(new_york.sources(january.clone())[0], Resolution::H1);
+    assert_eq!(
+        zoned("Asia/Kolkata").sources(january),
+        [Resolution::M15, Resolution::M5, Resolution::M1]
+    );
+}
