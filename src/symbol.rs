@@ -254,4 +254,21 @@ mod tests {
         let s = Symbol::parse("binance:BTCUSDT", &two()).unwrap();
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"binance:BTCUSDT\"");
     }
+
+    #[test]
+    fn a_symbol_reads_as_its_text_through_every_view() {
+        assert_eq!((NameForm::default().parts(), two().parts()), (1, 2));
+        assert!(is_name_part("BTC-USD.P_1"));
+        assert!(!is_name_part("binance:BTCUSDT") && !is_name_part(""));
+        let s = two().parse("binance:BTCUSDT").unwrap();
+        assert_eq!(s.parts().collect::<Vec<_>>(), ["binance", "BTCUSDT"]);
+        assert_eq!(&*s, "binance:BTCUSDT");
+        assert_eq!(AsRef::<str>::as_ref(&s), "binance:BTCUSDT");
+        assert_eq!(s.to_string(), "binance:BTCUSDT");
+        assert!(s == *"binance:BTCUSDT" && s != *"binance:ETHUSDT");
+        assert!(s == "binance:BTCUSDT" && s != "binance:ETHUSDT");
+        let by_symbol = std::collections::HashMap::from([(s.clone(), 7)]);
+        assert_eq!(by_symbol.get("binance:BTCUSDT"), Some(&7));
+        assert_eq!(s.into_string(), "binance:BTCUSDT");
+    }
 }
