@@ -358,3 +358,33 @@ fn a_failing_symbol_waits_ten_seconds_then_twice_as_long_each_time_up_to_ten_min
     assert_eq!(retry_at(7, t), t + 600 * s);
     assert_eq!(retry_at(u32::MAX, t), t + 600 * s);
 }
+
+#[test]
+fn a_step_ends_at_the_next_chunk_boundary_or_the_horizon() {
+    let day = NANOS_PER_DAY;
+    let far = 100 * day;
+    assert_eq!(step_end(2 * day + 7 * MIN, far, day), 3 * day);
+    assert_eq!(step_end(2 * day, far, day), 3 * day);
+    assert_eq!(step_end(2 * day, 2 * day + 5 * MIN, day), 2 * day + 5 * MIN);
+}
+
+#[test]
+fn a_batch_reaching_the_target_exactly_is_not_split() {
+    let b = pack_batches(vec![("a", 50), ("b", 50), ("c", 1)], 100, 10);
+    let names: Vec<Vec<&str>> = b.iter().map(|(s, _)| s.clone()).collect();
+    assert_eq!(names, vec![vec!["a", "b"], vec!["c"]]);
+}
+
+#[test]
+fn a_repair_reads_back_only_the_parts_of_its_day_outside_its_ranges() {
+    let repair = |ranges: Vec<Range<i64>>| DayRepair {
+        day: 0..100,
+        ranges,
+    };
+    assert_eq!(
+        repair(vec![0..10, 50..60]).stored_parts(),
+        [10..50, 60..100]
+    );
+    assert_eq!(repair(vec![20..30, 30..100]).stored_parts(), [0..20]);
+    assert_eq!(repair(vec![]).stored_parts(), [0..100]);
+}
