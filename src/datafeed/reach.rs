@@ -76,6 +76,7 @@ mod tests {
             reach_plan(fixed(1), &[None; 6], None, range.clone()),
             vec![(None, range)]
         );
+        assert_eq!(reach_plan(fixed(1), &[None; 6], None, 5..5), vec![]);
     }
 
     #[test]

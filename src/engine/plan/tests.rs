@@ -388,3 +388,37 @@ fn a_repair_reads_back_only_the_parts_of_its_day_outside_its_ranges() {
     assert_eq!(repair(vec![20..30, 30..100]).stored_parts(), [0..20]);
     assert_eq!(repair(vec![]).stored_parts(), [0..100]);
 }
+
+#[test]
+fn a_rebuild_is_limited_by_expiry_only_where_the_kept_window_starts_after_the_first_trade() {
+    let day = NANOS_PER_DAY;
+    let now = 100 * day;
+    // Kept for 10 days: complete from now - 10 days + 5 minutes.
+    let since = 90 * day + 5 * MIN;
+    let limit = |raw_retention, first_trade| RebuildLimit {
+        raw_retention,
+        first_trade,
+    };
+    assert!(limit(Some(10 * day), Some(since)).expired_at(now));
+    assert!(!limit(Some(10 * day), Some(since + 1)).expired_at(now));
+    assert!(limit(Some(10 * day), None).expired_at(now));
+    assert!(!limit(None, Some(0)).expired_at(now));
+    assert!(!limit(None, None).expired_at(now));
+
+    // Limited by the earliest stored trade, not by expiry: said so.
+    let report = RebuildReport {
+        written: 1,
+        range: 0..day,
+        floors: [12 * 60 * MIN; 6],
+        kept: 3,
+        expired: false,
+        raw_kept_since: None,
+    };
+    let line = report.limit_line("ETHUSD");
+    assert!(
+        line.contains(
+            "ETHUSD has no raw trades stored before 1970-01-01T12:00:00.000Z; 3 candles kept"
+        ),
+        "{line}"
+    );
+}
