@@ -150,6 +150,9 @@ mod tests {
                 .starts_with("id")
         );
         assert!(ok(now).validate(now, &NameForm::default()).is_ok());
+        let mut first = ok(now);
+        first.id = 0;
+        assert!(first.validate(now, &NameForm::default()).is_ok(), "id 0");
     }
 
     #[test]
