@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::app::App;
 use crate::candle::{NANOS_PER_SEC, Resolution};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -291,96 +292,22 @@ async fn cmd_run(settings: Settings) -> anyhow::Result<()> {
         // Stopped while still waiting: nothing was started, nothing to finish.
         _ = shutdown_signal() => return Ok(()),
     };
-    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.listen)",
-                settings.server.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    let state = crate::server::AppState::new(
-        engine.warehouse().clone(),
-        engine.store().clone(),
-        Arc::new(SystemClock),
-        &settings,
-    );
-    crate::server::metrics::handle();
-    // What the alert rules read besides the counters, and the log's
-    // request summary (each request alone is logged at debug).
-    let mut watchers = vec![tokio::spawn(crate::server::metrics::watch_dependencies(
-        state.influx.clone(),
-        state.store.clone(),
-    ))];
-    if settings.server.request_summary_secs > 0 {
-        watchers.push(tokio::spawn(crate::server::metrics::log_request_summaries(
-            Duration::from_secs(settings.server.request_summary_secs),
-        )));
-    }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_server = if settings.server.metrics_listen.is_empty() {
+    let listener = bind(&settings.server.listen, "server.listen").await?;
+    let metrics = if settings.server.metrics_listen.is_empty() {
         None
     } else {
-        let metrics_listener = tokio::net::TcpListener::bind(&settings.server.metrics_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (server.metrics_listen)",
-                    settings.server.metrics_listen
-                )
-            })?;
-        tracing::info!(listen = %metrics_listener.local_addr()?, "serving /metrics");
-        let mut metrics_stop = stop_rx.clone();
-        Some(tokio::spawn(crate::server::serve_metrics(
-            metrics_listener,
-            state.clone(),
-            async move {
-                let _ = metrics_stop.wait_for(|s| *s).await;
-            },
-        )))
+        Some(bind(&settings.server.metrics_listen, "server.metrics_listen").await?)
     };
-    let mut server_stop = stop_rx.clone();
-    let push = state.push.clone();
-    let datafeed = state.datafeed.clone();
-    let server = tokio::spawn(crate::server::serve(listener, state, async move {
-        let _ = server_stop.wait_for(|s| *s).await;
-    }));
-    // Each tick also refreshes the live bars and the cached open-bar trades:
-    // trades written straight into InfluxDB reach the chart within one tick.
-    let mut scheduler = crate::scheduler::start(engine.clone(), &settings.engine.cron, move || {
-        datafeed.tick_done();
-        push.refresh_all()
-    })
-    .await?;
-    tracing::info!(owner = engine.owner(), cron = %settings.engine.cron, "scheduler started");
-    println!("ohlcd listening on http://{addr}");
-    // Catch up right away instead of waiting for the first cron tick.
-    let first = {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let r = engine.tick(&TaskFilter::default()).await;
-            crate::scheduler::log_tick(&r);
-        })
-    };
-    shutdown_signal().await;
-    tracing::info!("shutting down: finishing the running chunk");
-    engine.request_stop();
-    scheduler.shutdown().await?;
-    let _ = stop_tx.send(true);
-    // A tick in progress finishes its chunk and releases its leases.
-    engine.wait_idle().await;
-    first.abort();
-    let _ = server.await;
-    if let Some(metrics_server) = metrics_server {
-        let _ = metrics_server.await;
-    }
-    for watcher in watchers {
-        watcher.abort();
-    }
-    engine.store().close().await;
-    tracing::info!("stopped");
-    Ok(())
+    App::new(engine, Arc::new(SystemClock), &settings)
+        .run(&settings, listener, metrics, shutdown_signal())
+        .await
+}
+
+/// Listens on `addr`, the value of the setting `key`.
+async fn bind(addr: &str, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -31,10 +31,13 @@
 //! - [`config`], [`clock`], [`times`]: settings, injectable time, time formats.
 //! - [`retention`]: how long data is kept (durations, configured policies).
 //! - [`build_info`]: version and git commit of the binary.
+//! - [`app`]: the one wiring of `ohlcd run`: engine ticks feeding the
+//!   datafeed and live-bar feeds, and the HTTP servers.
 //! - [`cli`]: the `ohlcd` command line.
 //! - `testkit` (cargo feature `testkit`): test and benchmark support (a
 //!   throwaway `influxd`, InfluxDB 3 and PostgreSQL); not part of the daemon.
 
+pub mod app;
 pub mod build_info;
 pub mod candle;
 pub mod chart;

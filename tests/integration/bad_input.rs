@@ -24,7 +24,7 @@ const T_MS: i64 = 1_704_196_800_000;
 struct App {
     app: TestApp,
     url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: crate::helpers::Served,
 }
 
 fn nanos(rfc3339: &str) -> i64 {

@@ -426,28 +426,33 @@ impl TestApp {
         .tap_sort()
     }
 
-    /// Starts the HTTP server on a free port (on this app's clock); returns its
-    /// base URL and a sender that stops it.
-    pub(crate) async fn serve(&self) -> (String, tokio::sync::oneshot::Sender<()>) {
-        let state = self.state();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(ohlcd::server::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
-        (url, tx)
+    /// Starts the HTTP server on a free loopback port; returns its base URL
+    /// and what stops it when dropped.
+    pub(crate) async fn serve(&self) -> (String, Served) {
+        let served = self.serve_with("127.0.0.1:0", |_| {}).await;
+        (served.url.clone(), served)
     }
 
     /// The server's state over this app's InfluxDB, store, clock and settings.
     pub(crate) fn state(&self) -> ohlcd::server::AppState {
+        self.state_with(&self.serving_settings(|_| {}))
+    }
+
+    /// This app's settings, serving the chart page from the checkout, changed
+    /// by `configure`.
+    fn serving_settings(&self, configure: impl FnOnce(&mut Settings)) -> Settings {
         let mut settings = self.settings.clone();
         settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
+        configure(&mut settings);
+        settings
+    }
+
+    fn state_with(&self, settings: &Settings) -> ohlcd::server::AppState {
         ohlcd::server::AppState::new(
             self.influx.clone(),
             self.store.clone(),
             Arc::new(self.clock.clone()),
-            &settings,
+            settings,
         )
     }
 
@@ -459,21 +464,14 @@ impl TestApp {
         bind: &str,
         configure: impl FnOnce(&mut Settings),
     ) -> Served {
-        let mut settings = self.settings.clone();
-        settings.server.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").to_string();
-        configure(&mut settings);
-        let state = ohlcd::server::AppState::new(
-            self.influx.clone(),
-            self.store.clone(),
-            Arc::new(self.clock.clone()),
-            &settings,
-        );
+        let settings = self.serving_settings(configure);
+        let state = self.state_with(&settings);
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let mut metrics_url = None;
-        let (metrics_stop, metrics_rx) = tokio::sync::oneshot::channel::<()>();
-        if !settings.server.metrics_listen.is_empty() {
+        let metrics = if settings.server.metrics_listen.is_empty() {
+            None
+        } else {
             let metrics = tokio::net::TcpListener::bind(&settings.server.metrics_listen)
                 .await
                 .unwrap();
@@ -481,22 +479,15 @@ impl TestApp {
                 "http://127.0.0.1:{}",
                 metrics.local_addr().unwrap().port()
             ));
-            tokio::spawn(ohlcd::server::serve_metrics(
-                metrics,
-                state.clone(),
-                async move {
-                    let _ = metrics_rx.await;
-                },
-            ));
-        }
-        tokio::spawn(ohlcd::server::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+            Some(metrics)
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        ohlcd::app::spawn_servers(state, listener, metrics, stopped).unwrap();
         Served {
             url: format!("http://127.0.0.1:{}", addr.port()),
             addr,
             metrics_url,
-            _stop: (stop, metrics_stop),
+            _stop: stop,
         }
     }
 
@@ -766,10 +757,8 @@ pub(crate) struct Served {
     pub addr: std::net::SocketAddr,
     /// Base URL of the separate `/metrics` listener, when configured.
     pub metrics_url: Option<String>,
-    _stop: (
-        tokio::sync::oneshot::Sender<()>,
-        tokio::sync::oneshot::Sender<()>,
-    ),
+    /// Dropped with the value: both servers stop.
+    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Resident memory of process `pid` (an `ohlcd` the test started), in KiB.

@@ -356,9 +356,10 @@ async fn a_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates() {
     app.clock.set(m0 + 3 * MINUTE + 30 * NANOS_PER_SEC);
     let report = app.engine("a").tick(&TaskFilter::default()).await.unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    // What `ohlcd run` does after each tick: the trades written straight into
-    // InfluxDB above are read again (the cached open-bar trades are dropped).
-    state.datafeed.tick_done();
+    // What `ohlcd run` hands on at each tick: the trades written straight
+    // into InfluxDB above are read again (the cached open-bar trades are
+    // dropped).
+    ohlcd::app::App::on_tick(&state)();
     let mut s = SseClient::open(&live, Some(&last_id)).await;
     let expected = history(&url, "BTCUSD", "1", m0, m0 + 4 * MINUTE).await;
     assert_eq!(expected.len(), 3, "bars at m0, m0+1 and m0+3: {expected:?}");

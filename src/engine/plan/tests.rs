@@ -376,6 +376,7 @@ fn a_batch_reaching_the_target_exactly_is_not_split() {
 }
 
 #[test]
+#[allow(clippy::single_range_in_vec_init)] // lists of ranges, one long
 fn a_repair_reads_back_only_the_parts_of_its_day_outside_its_ranges() {
     let repair = |ranges: Vec<Range<i64>>| DayRepair {
         day: 0..100,
