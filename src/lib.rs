@@ -13,7 +13,8 @@
 //!   [`ingest::late`], the late-trade rule.
 //! - [`generate`]: reproducible random-walk demo trades.
 //! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
-//!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
+//!   the queries sent ([`influx::trades`], [`influx::candles`],
+//!   [`influx::edges`], [`influx::database`]), streaming MessagePack/CSV
 //!   decoders ([`influx::decode`]), candle encoding ([`influx::encode`]),
 //!   retention policies per measurement ([`influx::retention`]).
 //! - [`progress`]: the progress store, SQLite or PostgreSQL (tasks, symbol

@@ -464,6 +464,16 @@ mod tests {
     }
 
     #[test]
+    fn the_count_of_trades_bounds_values_as_reading_does() {
+        let bound = format!("{:.0}", crate::candle::MAX_TRADE_VALUE);
+        let own = crate::schema::Layout::default();
+        for dialect in [Dialect::InfluxQl, Dialect::Sql] {
+            let cond = valid_trade_condition(dialect, &own).unwrap();
+            assert_eq!(cond.matches(&format!("<= {bound} ")).count(), 2, "{cond}");
+        }
+    }
+
+    #[test]
     fn literals_and_names_cannot_break_out_of_their_quotes() {
         let tags = vec!["sym\"bol".to_string()];
         let rows = vec![vec!["a'b"], vec!["c/d"]];
