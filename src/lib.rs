@@ -7,7 +7,7 @@
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
 //! - [`symbol`]: the one symbol rule: [`symbol::NameForm`] (how many parts a
 //!   name has) and [`symbol::Symbol`], built only by parsing against it.
-//! - [`schema`]: the user's trade schema (`[schema]`) and the [`schema::Layout`]
+//! - [`schema`]: the user's trade schema (`[schema]`) and the [`schema::layout::Layout`]
 //!   found on the server; every query, decode and write takes its names from it.
 //! - [`ingest`]: trade validation and encoding into the configured schema;
 //!   [`ingest::late`], the late-trade rule.

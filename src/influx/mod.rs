@@ -12,7 +12,7 @@
 //! [`edges`] (first and last points), [`trades`] (reading and counting
 //! trades) and [`candles`] (reading and deleting candles), built from the
 //! quoting and result helpers of [`query`]; [`layout`] the names, conditions
-//! and columns they take from the user's schema ([`crate::schema::Layout`],
+//! and columns they take from the user's schema ([`crate::schema::layout::Layout`],
 //! found on the server at start by [`discover`]), [`decode`] and [`msgpack`]
 //! the streaming result decoders, [`encode`] candle writes, [`retention`]
 //! where each measurement lives and how long it is kept, [`overwrite`]
@@ -315,7 +315,7 @@ pub struct InfluxClient {
     no_sync: bool,
     /// Where the trades are and what they hold (`[schema]` matched against
     /// the server); ohlcd's own schema until [`InfluxClient::set_layout`].
-    layout: std::sync::Arc<crate::schema::Layout>,
+    layout: std::sync::Arc<crate::schema::layout::Layout>,
     /// Tag values outside the symbol rule already warned about.
     warned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The last write that failed, shared by every clone of this client.
@@ -408,13 +408,13 @@ impl InfluxClient {
 
     /// Where the trades are and how a row of them reads (ohlcd's own schema
     /// until [`InfluxClient::set_layout`]).
-    pub fn layout(&self) -> &crate::schema::Layout {
+    pub fn layout(&self) -> &crate::schema::layout::Layout {
         &self.layout
     }
 
     /// Reads and writes trades and candles as `layout` says from now on
     /// (normally found by [`InfluxClient::resolve_schema`]).
-    pub fn set_layout(&mut self, layout: crate::schema::Layout) {
+    pub fn set_layout(&mut self, layout: crate::schema::layout::Layout) {
         self.layout = std::sync::Arc::new(layout);
     }
 

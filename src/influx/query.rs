@@ -3,7 +3,7 @@
 //! with `AND`, the rows of a result's series. Pure; the queries themselves
 //! are sent from [`super::database`], [`super::edges`], [`super::trades`] and
 //! [`super::candles`], with the names of the client's
-//! [`Layout`](crate::schema::Layout) taken through [`super::layout`].
+//! [`Layout`](crate::schema::layout::Layout) taken through [`super::layout`].
 
 use serde_json::Value;
 

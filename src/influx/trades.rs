@@ -15,7 +15,7 @@ use super::layout::{
 use super::query::{grouped, quote_ident, tagged_values};
 use super::{Generation, InfluxClient, InfluxError, Stored};
 use crate::candle::{Resolution, Side, Skip, SkipReason, Trade, check_value};
-use crate::schema::Layout;
+use crate::schema::layout::Layout;
 
 impl InfluxClient {
     /// Streams the raw trades of `symbol` in `[range.start, range.end)` in time
