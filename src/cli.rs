@@ -593,7 +593,7 @@ async fn cmd_schema(settings: Settings) -> anyhow::Result<()> {
             "    fields: {}",
             cols.fields
                 .iter()
-                .map(|(f, t)| format!("{f} ({})", crate::schema::Column::Field(*t)))
+                .map(|(f, t)| format!("{f} ({})", crate::schema::layout::Column::Field(*t)))
                 .collect::<Vec<_>>()
                 .join(", ")
         );

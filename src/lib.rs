@@ -7,13 +7,14 @@
 //! - [`candle`]: pure candle arithmetic (windows, aggregation, cascade); no I/O.
 //! - [`symbol`]: the one symbol rule: [`symbol::NameForm`] (how many parts a
 //!   name has) and [`symbol::Symbol`], built only by parsing against it.
-//! - [`schema`]: the user's trade schema (`[schema]`) and the [`schema::Layout`]
+//! - [`schema`]: the user's trade schema (`[schema]`) and the [`schema::layout::Layout`]
 //!   found on the server; every query, decode and write takes its names from it.
 //! - [`ingest`]: trade validation and encoding into the configured schema;
 //!   [`ingest::late`], the late-trade rule.
 //! - [`generate`]: reproducible random-walk demo trades.
 //! - [`influx`]: InfluxDB client over the 1.x HTTP API: transport and retries,
-//!   the InfluxQL catalogue ([`influx::query`]), streaming MessagePack/CSV
+//!   the queries sent ([`influx::trades`], [`influx::candles`],
+//!   [`influx::edges`], [`influx::database`]), streaming MessagePack/CSV
 //!   decoders ([`influx::decode`]), candle encoding ([`influx::encode`]),
 //!   retention policies per measurement ([`influx::retention`]).
 //! - [`progress`]: the progress store, SQLite or PostgreSQL (tasks, symbol

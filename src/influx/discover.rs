@@ -16,7 +16,8 @@ use super::layout::{Dialect, ident};
 use super::query::{quote_ident, quote_literal};
 use super::{Generation, InfluxClient, InfluxError, Stored};
 use crate::candle::Resolution;
-use crate::schema::{FieldType, Layout, MeasurementColumns, TradeSchema};
+use crate::schema::TradeSchema;
+use crate::schema::layout::{FieldType, Layout, MeasurementColumns};
 use crate::symbol::is_name_part;
 
 impl InfluxClient {
@@ -442,7 +443,7 @@ fn parse_series_key(key: &str) -> (String, Vec<(String, String)>) {
 
 /// A [`Layout`] report line: how each configured name was found.
 pub fn describe(layout: &Layout) -> Vec<(String, String)> {
-    use crate::schema::Column;
+    use crate::schema::layout::Column;
     let s = &layout.schema;
     let found = |c: Option<Column>| match c {
         Some(c) => c.to_string(),
@@ -482,7 +483,7 @@ pub fn describe(layout: &Layout) -> Vec<(String, String)> {
         format!(
             "{}: {}",
             s.price,
-            crate::schema::Column::Field(layout.price)
+            crate::schema::layout::Column::Field(layout.price)
         ),
     ));
     out.push((
@@ -490,7 +491,7 @@ pub fn describe(layout: &Layout) -> Vec<(String, String)> {
         format!(
             "{}: {}",
             s.amount,
-            crate::schema::Column::Field(layout.amount)
+            crate::schema::layout::Column::Field(layout.amount)
         ),
     ));
     out.push((

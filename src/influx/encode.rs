@@ -7,7 +7,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::layout::candle_head;
 use super::{InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
-use crate::schema::Layout;
+use crate::schema::layout::Layout;
 
 /// Write requests [`InfluxClient::write_candle_sets`] keeps in flight at once.
 pub const WRITES_IN_FLIGHT: usize = 4;

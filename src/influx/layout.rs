@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use super::encode::push_tag_value;
 use super::query::{quote_ident, quote_literal};
 use crate::candle::{MAX_TRADE_VALUE, Resolution};
-use crate::schema::{Column, FieldType, Layout, SideSpec};
+use crate::schema::SideSpec;
+use crate::schema::layout::{Column, FieldType, Layout};
 use crate::symbol::NAME_SEPARATOR;
 
 /// Instruments whose trades are in one measurement: what one read queries.
@@ -318,8 +319,9 @@ pub fn candle_head(layout: &Layout, res: Resolution, name: &str) -> Option<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::layout::FieldType;
+    use crate::schema::samples::layout_for as layout;
     use crate::schema::samples::{binance, cryptofeed};
-    use crate::schema::{FieldType, layout_for as layout};
 
     #[test]
     fn ohlcds_own_schema_reads_as_it_always_did() {
@@ -461,6 +463,16 @@ mod tests {
             trade_columns(Dialect::InfluxQl, &old, false).0,
             r#""price", "amount", "side""#
         );
+    }
+
+    #[test]
+    fn the_count_of_trades_bounds_values_as_reading_does() {
+        let bound = format!("{:.0}", crate::candle::MAX_TRADE_VALUE);
+        let own = crate::schema::layout::Layout::default();
+        for dialect in [Dialect::InfluxQl, Dialect::Sql] {
+            let cond = valid_trade_condition(dialect, &own).unwrap();
+            assert_eq!(cond.matches(&format!("<= {bound} ")).count(), 2, "{cond}");
+        }
     }
 
     #[test]

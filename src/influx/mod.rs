@@ -8,12 +8,15 @@
 
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
-//! [`query`] the InfluxQL sent, [`layout`] the names, conditions and columns
-//! it takes from the user's schema ([`crate::schema::Layout`], found on the
-//! server at start by [`discover`]), [`decode`] and [`msgpack`] the streaming
-//! result decoders, [`encode`] candle writes, [`retention`] where each
-//! measurement lives and how long it is kept, [`overwrite`] checked
-//! overwrites on InfluxDB 3.
+//! the queries sent are in [`database`] (create and check the database),
+//! [`edges`] (first and last points), [`trades`] (reading and counting
+//! trades) and [`candles`] (reading and deleting candles), built from the
+//! quoting and result helpers of [`query`]; [`layout`] the names, conditions
+//! and columns they take from the user's schema ([`crate::schema::layout::Layout`],
+//! found on the server at start by [`discover`]), [`decode`] and [`msgpack`]
+//! the streaming result decoders, [`encode`] candle writes, [`retention`]
+//! where each measurement lives and how long it is kept, [`overwrite`]
+//! checked overwrites on InfluxDB 3.
 
 use std::time::Duration;
 
@@ -24,14 +27,18 @@ use serde_json::Value;
 
 use crate::config::InfluxSettings;
 
+pub mod candles;
+pub mod database;
 pub mod decode;
 pub mod discover;
+pub mod edges;
 pub mod encode;
 pub mod layout;
 pub mod msgpack;
 pub mod overwrite;
 pub mod query;
 pub mod retention;
+pub mod trades;
 
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
 pub use query::{quote_ident, quote_literal};
@@ -308,7 +315,7 @@ pub struct InfluxClient {
     no_sync: bool,
     /// Where the trades are and what they hold (`[schema]` matched against
     /// the server); ohlcd's own schema until [`InfluxClient::set_layout`].
-    layout: std::sync::Arc<crate::schema::Layout>,
+    layout: std::sync::Arc<crate::schema::layout::Layout>,
     /// Tag values outside the symbol rule already warned about.
     warned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The last write that failed, shared by every clone of this client.
@@ -401,13 +408,13 @@ impl InfluxClient {
 
     /// Where the trades are and how a row of them reads (ohlcd's own schema
     /// until [`InfluxClient::set_layout`]).
-    pub fn layout(&self) -> &crate::schema::Layout {
+    pub fn layout(&self) -> &crate::schema::layout::Layout {
         &self.layout
     }
 
     /// Reads and writes trades and candles as `layout` says from now on
     /// (normally found by [`InfluxClient::resolve_schema`]).
-    pub fn set_layout(&mut self, layout: crate::schema::Layout) {
+    pub fn set_layout(&mut self, layout: crate::schema::layout::Layout) {
         self.layout = std::sync::Arc::new(layout);
     }
 

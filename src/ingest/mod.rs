@@ -20,7 +20,7 @@ use crate::candle::Side;
 use crate::influx::TRADES_MEASUREMENT;
 use crate::influx::encode::{push_float, push_tag_value};
 use crate::influx::{InfluxClient, InfluxError};
-use crate::schema::{Column, FieldType, Layout};
+use crate::schema::layout::{Column, FieldType, Layout};
 
 pub mod late;
 mod rules;
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_schema_that_cannot_be_written_faithfully_is_refused() {
-        use crate::schema::layout_for;
+        use crate::schema::samples::layout_for;
         let integer_price = layout_for(
             &[],
             &[(
