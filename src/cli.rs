@@ -111,10 +111,15 @@ pub enum Command {
 /// The line printed for a failed command: the error and its causes, each said
 /// once. Many errors already show their cause in their own message (ours, and
 /// sqlx's `error returned from database: …` over SQLite's own), so the plain
-/// chain would repeat it: a cause whose text is already on the line is left out.
+/// chain would repeat it: a cause whose text is already on the line is left
+/// out, and once the innermost cause is on it, the wrappers between are too.
 pub fn error_line(err: &anyhow::Error) -> String {
+    let root = err.root_cause().to_string();
     let mut line = String::new();
     for cause in err.chain() {
+        if !line.is_empty() && line.contains(&root) {
+            break;
+        }
         let text = cause.to_string();
         if line.contains(&text) {
             continue;
@@ -794,5 +799,22 @@ mod tests {
             error_line(&err),
             "cannot listen on 127.0.0.1:1 (server.listen): address in use"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_influxdb_keeps_its_cause_chain_and_says_it_once() {
+        let source = reqwest::get("http://127.0.0.1:1/").await.unwrap_err();
+        let err = InfluxError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            source,
+        };
+        assert!(std::error::Error::source(&err).is_some(), "chain kept");
+        let line = error_line(&anyhow::Error::from(err));
+        assert!(
+            line.starts_with("cannot reach InfluxDB at http://127.0.0.1:1 (")
+                && line.ends_with("is influxd running and influx.url right?"),
+            "{line}"
+        );
+        assert_eq!(line.to_lowercase().matches("refused").count(), 1, "{line}");
     }
 }

@@ -51,13 +51,18 @@ pub const TRADES_MEASUREMENT: &str = "trades";
 /// Everything that can go wrong talking to InfluxDB, with the context to act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum InfluxError {
-    /// No TCP connection could be made.
-    #[error("cannot reach InfluxDB at {url} ({detail}); is influxd running and influx.url right?")]
+    /// No TCP connection could be made. The message names the innermost
+    /// cause (`Connection refused`); the chain is kept as the source.
+    #[error(
+        "cannot reach InfluxDB at {url} ({}); is influxd running and influx.url right?",
+        root_cause(.source)
+    )]
     Unreachable {
         /// Base URL tried.
         url: String,
         /// What the HTTP client said.
-        detail: String,
+        #[source]
+        source: reqwest::Error,
     },
     /// The request did not complete in time.
     #[error("InfluxDB at {url} did not answer within {secs}s")]
@@ -487,7 +492,7 @@ impl InfluxClient {
         } else if e.is_connect() || e.is_request() {
             InfluxError::Unreachable {
                 url: self.url.clone(),
-                detail: root_cause(&e),
+                source: e,
             }
         } else {
             InfluxError::Stream(root_cause(&e))

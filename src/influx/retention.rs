@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
-use crate::candle::{Candle, NANOS_PER_SEC, Resolution};
+use crate::candle::{NANOS_PER_SEC, Resolution};
 use crate::influx::CandleSet;
 use crate::influx::query::quote_ident;
 use crate::retention::{Keep, PolicySpec};
@@ -253,21 +253,6 @@ impl InfluxClient {
             self.writing_to(policy).write_candle_sets(&sets).await
         });
         futures_util::future::try_join_all(writes).await.map(|_| ())
-    }
-
-    /// Writes candles of one resolution and symbol into its policy.
-    pub async fn write_candles_of(
-        &self,
-        res: Resolution,
-        symbol: &str,
-        candles: &[Candle],
-    ) -> Result<(), InfluxError> {
-        self.write_candles_placed(&[CandleSet {
-            resolution: res,
-            symbol,
-            candles,
-        }])
-        .await
     }
 
     /// Makes the configured policies exist with their durations (with
