@@ -351,6 +351,25 @@ mod tests {
     }
 
     #[test]
+    fn the_coarsening_thresholds_are_exclusive_and_the_span_is_end_minus_start() {
+        let day = NANOS_PER_DAY;
+        // Not from the epoch, so a span computed from `end` alone shows.
+        let from = 1_000 * day;
+        let at = |res: &str, days: i64, max_bars: u64| {
+            adaptive_resolution(r(res), from..from + days * day, max_bars)
+        };
+        assert_eq!(at("1", 365, u64::MAX), r("60"));
+        assert_eq!(at("1", 366, u64::MAX), r("1D"));
+        assert_eq!(at("1", 90, u64::MAX), r("15"));
+        assert_eq!(at("1", 91, u64::MAX), r("60"));
+        assert_eq!(at("1", 30, u64::MAX), r("1"));
+        assert_eq!(at("1", 31, u64::MAX), r("15"));
+        // A day of 5m is 288 bars: exactly the cap is not over it.
+        assert_eq!(at("5", 1, 288), r("5"));
+        assert_eq!(at("5", 1, 287), r("15"));
+    }
+
+    #[test]
     fn fill_previous_makes_every_missing_window_flat_at_the_last_close() {
         let m = 60 * NANOS_PER_SEC;
         let bar = |minute: i64, close: f64| Candle {
