@@ -682,11 +682,21 @@ impl InfluxClient {
 
     /// `POST /write` of a line-protocol body (nanosecond timestamps), with retries.
     pub async fn write_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        let params = self.db_params();
+        self.post_lines("/write", &self.db_params(), body).await
+    }
+
+    /// POSTs line protocol to `path` with `params`, retried like every
+    /// request; the outcome feeds `/healthz`'s view of writes.
+    async fn post_lines<K: serde::Serialize, V: serde::Serialize>(
+        &self,
+        path: &str,
+        params: &[(K, V)],
+        body: Bytes,
+    ) -> Result<(), InfluxError> {
         let written = self
             .send("write", || {
-                self.request(reqwest::Method::POST, "/write")
-                    .query(&params)
+                self.request(reqwest::Method::POST, path)
+                    .query(params)
                     .body(body.clone())
             })
             .await
@@ -713,16 +723,7 @@ impl InfluxClient {
             ("precision", "nanosecond"),
             ("no_sync", "true"),
         ];
-        let written = self
-            .send("write", || {
-                self.request(reqwest::Method::POST, "/api/v3/write_lp")
-                    .query(&params)
-                    .body(body.clone())
-            })
-            .await
-            .map(|_| ());
-        self.write_failure.record(&written);
-        written
+        self.post_lines("/api/v3/write_lp", &params, body).await
     }
 
     /// This client with synced writes: for writes that are read back at once.

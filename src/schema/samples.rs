@@ -12,22 +12,7 @@ pub(crate) type TestMeasurement<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, Fi
 /// A layout for tests: `[schema]` keys set as `pairs` (lists comma-separated),
 /// matched against a server holding `server`.
 pub(crate) fn layout_for(pairs: &[(&str, &str)], server: &[TestMeasurement<'_>]) -> Layout {
-    let mut s = SchemaSettings::default();
-    for (k, v) in pairs {
-        let list = |v: &str| v.split(',').map(str::to_string).collect::<Vec<_>>();
-        match *k {
-            "trades_measurement" => s.trades_measurement = list(v),
-            "symbol_tags" => s.symbol_tags = list(v),
-            "price_field" => s.price_field = v.to_string(),
-            "amount_field" => s.amount_field = v.to_string(),
-            "side" => s.side = v.to_string(),
-            "side_buy" => s.side_buy = v.to_string(),
-            "side_sell" => s.side_sell = v.to_string(),
-            "id_field" => s.id_field = v.to_string(),
-            "candles_measurement" => s.candles_measurement = v.to_string(),
-            other => panic!("no key {other}"),
-        }
-    }
+    let s = settings(pairs);
     let columns = server
         .iter()
         .map(|(m, tags, fields)| {

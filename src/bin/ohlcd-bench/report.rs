@@ -126,6 +126,25 @@ fn times_str(x: f64) -> String {
     }
 }
 
+/// This machine: CPU model, cores, memory in KiB.
+pub(crate) fn machine() -> (String, usize, u64) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (model, cores, mem_kb)
+}
+
 pub(crate) fn machine_header(
     b: &Bench,
     influx_version: &str,
@@ -135,20 +154,7 @@ pub(crate) fn machine_header(
     load_start: &str,
 ) -> String {
     let args = &b.args;
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown".to_string(), |s| s.trim().to_string());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (model, nproc, mem_kb) = machine();
     let inherited: Vec<String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("OHLCD_"))
         .map(|(k, v)| format!("{k}={v}"))

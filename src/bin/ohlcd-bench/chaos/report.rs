@@ -421,20 +421,7 @@ impl Verdict<'_> {
 
 /// CPU model, cores and memory of this machine.
 fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (model, cores, mem_kb) = crate::report::machine();
     format!(
         "{model}, {cores} cores, {:.0} GiB memory",
         mem_kb as f64 / 1024.0 / 1024.0
