@@ -854,21 +854,22 @@ pub(crate) fn naive_month_start(t: i64) -> i64 {
         .unwrap()
 }
 
-/// `ohlcd run` with extra environment, listening on `listen`, its stdout and
-/// stderr going to one file (a pipe nobody reads would fill up and block it).
+/// `ohlcd run` with extra environment, listening on `listen`; its stderr
+/// (the log) goes to one file and its stdout to another (a pipe nobody
+/// reads would fill up and block it).
 pub(crate) struct Daemon {
     /// The `ohlcd run` process.
     pub child: Child,
-    /// Where it writes stdout and stderr.
+    /// The port it listens on.
+    pub port: u16,
+    /// Where it writes stderr.
     pub log: std::path::PathBuf,
 }
 
 pub(crate) fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemon {
-    let log = app
-        .dir
-        .path()
-        .join(format!("ohlcd-{}.log", listen.replace(':', "_")));
-    let file = std::fs::File::create(&log).unwrap();
+    let name = listen.replace(':', "_");
+    let log = app.dir.path().join(format!("ohlcd-{name}.log"));
+    let out = app.dir.path().join(format!("ohlcd-{name}.out"));
     let mut cmd: Command = app.ohlcd();
     cmd.arg("run")
         .env("OHLCD_SERVER__LISTEN", listen)
@@ -876,25 +877,54 @@ pub(crate) fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemo
             "OHLCD_SERVER__WEB_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/web"),
         )
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
     Daemon {
         child: cmd.spawn().unwrap(),
+        port: listen.rsplit(':').next().unwrap().parse().unwrap(),
         log,
     }
 }
 
 impl Daemon {
+    /// `ohlcd run` with `env` on a free loopback port, once healthy.
+    pub(crate) async fn start(app: &TestApp, env: &[(&str, &str)]) -> Daemon {
+        let mut d = daemon(app, &format!("127.0.0.1:{}", free_port()), env);
+        let url = d.url();
+        d.wait_healthy(&url).await;
+        d
+    }
+
+    /// Its base URL, through 127.0.0.1.
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// What it has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Waits until its `/healthz` at `url` answers 200 (30 s at most).
     pub(crate) async fn wait_healthy(&mut self, url: &str) {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = client.get(format!("{url}/healthz")).send().await
                 && r.status() == 200
@@ -909,7 +939,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "ohlcd run did not get healthy in 30 s"
+                "ohlcd run did not get healthy in 60 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -15,7 +15,7 @@ use ohlcd::generate::{GenerateSpec, Generator};
 use ohlcd::ingest::NewTrade;
 use serde_json::Value;
 
-use crate::helpers::{KillOnDrop, TestApp, free_port};
+use crate::helpers::{Daemon, KillOnDrop, TestApp, free_port};
 
 const RULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -44,101 +44,30 @@ async fn recent_trades(app: &TestApp, symbols: &[&str], minutes: i64, count: u64
     app.write(&trades).await;
 }
 
-/// An `ohlcd run` of `app`, ticking every second, on a free port; its stderr
-/// goes to a file read by [`Daemon::log`].
-struct Daemon {
-    child: KillOnDrop,
-    url: String,
-    port: u16,
-    log: tempfile::NamedTempFile,
+/// An `ohlcd run` of `app` with `env`, ticking every second, on a free
+/// port, once healthy.
+async fn start(app: &TestApp, env: &[(&str, &str)]) -> Daemon {
+    let mut env = env.to_vec();
+    env.push(("OHLCD_ENGINE__CRON", "* * * * * *"));
+    Daemon::start(app, &env).await
 }
 
-impl Daemon {
-    /// Starts it with `env` on top of [`TestApp::ohlcd`]'s settings and
-    /// waits until `/healthz` answers 200.
-    async fn start(app: &TestApp, env: &[(&str, &str)]) -> Daemon {
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = app.ohlcd();
-        cmd.arg("run")
-            .env("OHLCD_ENGINE__CRON", "* * * * * *")
-            .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = KillOnDrop::spawn(&mut cmd);
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let healthy = http
-                .get(format!("{url}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if healthy {
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none() && Instant::now() < deadline,
-                "ohlcd run did not come up: {}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Daemon {
-            child,
-            url,
-            port,
-            log,
-        }
-    }
-
-    /// Its `/metrics` text.
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// Its stderr so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    /// Polls until its `/metrics` holds a 1m lag line (its first tick is
-    /// done).
-    async fn wait_for_lag(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self
-            .metrics()
-            .await
-            .lines()
-            .any(|l| l.starts_with("ohlcd_task_lag_seconds") && l.contains("resolution=\"1m\""))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no 1m lag in /metrics: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Stops it with SIGTERM and waits for it to exit.
-    fn stop(&mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -TERM ohlcd");
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "ohlcd run exited with {status}");
+/// Polls until its `/metrics` holds a 1m lag line (its first tick is
+/// done).
+async fn wait_for_lag(daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("ohlcd_task_lag_seconds") && l.contains("resolution=\"1m\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no 1m lag in /metrics: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -347,8 +276,8 @@ async fn the_lag_alert_goes_pending_then_firing_while_influxdb_is_frozen_and_res
     // settle_secs = 100 puts the healthy 1m lag between 100 s and 161 s
     // (settle + a minute + a 1 s tick), below the rule's 180 s, so a stall
     // crosses it within about a minute instead of three.
-    let daemon = Daemon::start(&app, &[("OHLCD_ENGINE__SETTLE_SECS", "100")]).await;
-    daemon.wait_for_lag().await;
+    let daemon = start(&app, &[("OHLCD_ENGINE__SETTLE_SECS", "100")]).await;
+    wait_for_lag(&daemon).await;
 
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("ohlcd-rules.yml");
@@ -549,12 +478,12 @@ async fn every_dashboard_query_names_served_metrics_and_answers_in_a_real_promet
     // posted trades, chart reads (a miss, then hits), a live stream.
     let app = TestApp::spawn().await;
     recent_trades(&app, &["BTCUSD"], 30, 2_000).await;
-    let daemon = Daemon::start(&app, &[]).await;
-    daemon.wait_for_lag().await;
+    let daemon = start(&app, &[]).await;
+    wait_for_lag(&daemon).await;
     let http = reqwest::Client::new();
     let now_ms = SystemClock.now() / 1_000_000;
     let posted = http
-        .post(format!("{}/api/trades", daemon.url))
+        .post(format!("{}/api/trades", daemon.url()))
         .json(&serde_json::json!([{
             "symbol": "BTCUSD", "price": 41000.5, "amount": 0.25, "side": "buy",
             "timestamp": now_ms, "id": 1
@@ -570,7 +499,7 @@ async fn every_dashboard_query_names_served_metrics_and_answers_in_a_real_promet
     let to = now_ms / 1000;
     for _ in 0..3 {
         let history = http
-            .get(format!("{}/udf/history", daemon.url))
+            .get(format!("{}/udf/history", daemon.url()))
             .query(&[
                 ("symbol", "BTCUSD"),
                 ("resolution", "1"),
@@ -583,7 +512,7 @@ async fn every_dashboard_query_names_served_metrics_and_answers_in_a_real_promet
         assert_eq!(history.status(), 200);
     }
     let mut stream = http
-        .get(format!("{}/api/live", daemon.url))
+        .get(format!("{}/api/live", daemon.url()))
         .query(&[("symbol", "BTCUSD"), ("resolution", "1")])
         .send()
         .await
@@ -678,8 +607,8 @@ async fn the_version_is_the_same_in_the_cli_healthz_and_metrics() {
     }
 
     let app = TestApp::spawn().await;
-    let daemon = Daemon::start(&app, &[]).await;
-    let health: Value = reqwest::get(format!("{}/healthz", daemon.url))
+    let daemon = start(&app, &[]).await;
+    let health: Value = reqwest::get(format!("{}/healthz", daemon.url()))
         .await
         .unwrap()
         .json()
@@ -710,7 +639,7 @@ fn json_lines(log: &str) -> Vec<Value> {
 async fn json_logs_are_one_object_per_line_with_the_fields_a_shipper_indexes() {
     let app = TestApp::spawn().await;
     recent_trades(&app, &["BTCUSD", "ETHUSD"], 30, 2_000).await;
-    let mut daemon = Daemon::start(
+    let daemon = start(
         &app,
         &[
             ("OHLCD_LOG_FORMAT", "json"),
@@ -719,10 +648,10 @@ async fn json_logs_are_one_object_per_line_with_the_fields_a_shipper_indexes() {
         ],
     )
     .await;
-    daemon.wait_for_lag().await;
+    wait_for_lag(&daemon).await;
     let http = reqwest::Client::new();
     for path in ["/udf/config", "/udf/time", "/no/such/page", "/udf/history"] {
-        http.get(format!("{}{path}", daemon.url))
+        http.get(format!("{}{path}", daemon.url()))
             .send()
             .await
             .unwrap();
@@ -733,8 +662,7 @@ async fn json_logs_are_one_object_per_line_with_the_fields_a_shipper_indexes() {
         assert!(Instant::now() < deadline, "no summary: {}", daemon.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    daemon.stop();
-    let events = json_lines(&daemon.log());
+    let events = json_lines(&daemon.stop().await);
     for e in &events {
         let ts = e["timestamp"].as_str().unwrap();
         assert!(
