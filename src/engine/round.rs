@@ -286,13 +286,7 @@ impl<W: Warehouse> Engine<W> {
                     .filter(|w| !poisoned.contains_key(&w.symbol))
                     .map(|w| (w.symbol.clone(), status_at(w.end, horizon)))
                     .collect();
-                if let Err(e) = self
-                    .store
-                    .release_symbols(&self.owner, &statuses, self.clock.now())
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not release leases; they expire on their own");
-                }
+                self.release(&statuses).await;
                 // Test point: a batch done and released, the next not claimed.
                 crate::failpoint::hit("after_release").await;
             }
@@ -305,13 +299,7 @@ impl<W: Warehouse> Engine<W> {
                     .iter()
                     .map(|w| (w.symbol.clone(), status_at(w.from, horizon)))
                     .collect();
-                if let Err(e) = self
-                    .store
-                    .release_symbols(&self.owner, &statuses, self.clock.now())
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not release leases; they expire on their own");
-                }
+                self.release(&statuses).await;
                 report.symbols_leased += held.len() as u64;
             }
             Err(e) => {
@@ -326,6 +314,18 @@ impl<W: Warehouse> Engine<W> {
                 };
                 self.fail(&held, &run, report, failed).await;
             }
+        }
+    }
+
+    /// Gives the leases of a batch back with each symbol's status; one that
+    /// cannot be given back expires on its own.
+    pub(super) async fn release(&self, statuses: &[(String, TaskStatus)]) {
+        if let Err(e) = self
+            .store
+            .release_symbols(&self.owner, statuses, self.clock.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not release leases; they expire on their own");
         }
     }
 

@@ -151,13 +151,43 @@ pub(crate) enum Db {
     Postgres(PgPool),
 }
 
+/// How often a statement or transaction PostgreSQL aborted to break a
+/// deadlock is run again.
+pub(super) const DEADLOCK_RETRIES: u32 = 5;
+
+/// PostgreSQL aborted the statement or transaction to break a deadlock
+/// (SQLSTATE 40P01). It had no effect, and run again it goes through once the
+/// other side has. One process's statements over the same symbols' rows can
+/// meet in opposite orders: a step's commit, the next step's in-flight mark,
+/// a lease renewal.
+pub(super) fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01"))
+}
+
 impl Db {
-    /// Runs `sql`; the number of rows it changed.
+    /// Runs `sql`; the number of rows it changed. Run again if PostgreSQL
+    /// chose it to break a deadlock.
     pub(super) async fn execute(&self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
-        Ok(match self {
-            Db::Sqlite(p) => sqlite_query(sql, args).execute(p).await?.rows_affected(),
-            Db::Postgres(p) => pg_query(sql, args).execute(p).await?.rows_affected(),
-        })
+        let mut attempt = 0;
+        loop {
+            let done = match self {
+                Db::Sqlite(p) => sqlite_query(sql, args)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()),
+                Db::Postgres(p) => pg_query(sql, args)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()),
+            };
+            match done {
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "statement aborted by a deadlock; running it again");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs `sql`; every row it returned.

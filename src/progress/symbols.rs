@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::db::{Arg, Sql, json as json_arg};
+use super::db::{Arg, DEADLOCK_RETRIES, Sql, is_deadlock, json as json_arg};
 use super::{ProgressError, ProgressStore, TaskStatus, opt_time, parse_resolution};
 use crate::candle::Resolution;
 use crate::candle::Watermarks;
@@ -588,6 +588,25 @@ impl ProgressStore {
         if steps.is_empty() {
             return Ok(());
         }
+        let mut attempt = 0;
+        loop {
+            match self.commit_steps_once(owner, steps, finished_at).await {
+                Err(ProgressError::Db(e)) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "commit aborted by a deadlock; running it again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt at [`ProgressStore::commit_steps`], in one transaction.
+    async fn commit_steps_once(
+        &self,
+        owner: &str,
+        steps: &[StepCommit],
+        finished_at: i64,
+    ) -> Result<(), ProgressError> {
         let owner_arg = Arg::Text(owner.into());
         let now = Arg::Text(to_rfc3339(finished_at));
         let mut tx = self.db.begin().await?;
@@ -658,6 +677,29 @@ impl ProgressStore {
         if symbols.is_empty() {
             return Ok(());
         }
+        let mut attempt = 0;
+        loop {
+            match self.fail_symbols_once(owner, symbols, run, now).await {
+                Err(ProgressError::Db(e)) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(
+                        attempt,
+                        "failure record aborted by a deadlock; running it again"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt at [`ProgressStore::fail_symbols`], in one transaction.
+    async fn fail_symbols_once(
+        &self,
+        owner: &str,
+        symbols: &[String],
+        run: &FailedRun<'_>,
+        now: i64,
+    ) -> Result<(), ProgressError> {
         let FailedRun {
             range,
             error,
