@@ -326,18 +326,8 @@ pub async fn write_trades(influx: &InfluxClient, trades: &[NewTrade]) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use super::rules::tests::t;
     use super::*;
-
-    fn t(id: i64, time_ms: i64) -> NewTrade {
-        NewTrade {
-            symbol: "BTCUSD".into(),
-            side: Side::Buy,
-            price: 100.5,
-            amount: 0.25,
-            time_ms,
-            id,
-        }
-    }
 
     #[test]
     fn trades_encode_with_side_and_symbol_tags_and_integer_id() {

@@ -86,10 +86,11 @@ impl NewTrade {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn t(id: i64, time_ms: i64) -> NewTrade {
+    /// A valid BTCUSD buy of id `id` at `time_ms`; the encoder's tests use it too.
+    pub(in crate::ingest) fn t(id: i64, time_ms: i64) -> NewTrade {
         NewTrade {
             symbol: "BTCUSD".into(),
             side: Side::Buy,
