@@ -212,9 +212,17 @@ impl Influxd {
     }
 
     /// Freezes influxd (SIGSTOP): connections are accepted but never answered.
+    /// Returns once every thread of it has stopped: `kill` only queues the
+    /// signal, and on a loaded machine a thread still running could answer
+    /// one more request.
     pub fn freeze(&self) {
         self.signal("-STOP");
         self.frozen.store(true, Ordering::SeqCst);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.child.id()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !all_stopped(&tasks) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Thaws a frozen influxd (SIGCONT).
@@ -304,6 +312,20 @@ fn wait_ready(child: &mut Child, url: &str, log: &Path) -> io::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether every thread under `/proc/<pid>/task` is stopped (state `T`).
+fn all_stopped(tasks: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else {
+        return true;
+    };
+    entries.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // `pid (comm) state …`: the state follows the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 fn read_lossy(path: &Path) -> String {
