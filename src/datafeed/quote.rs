@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::{Datafeed, DatafeedError};
+use super::{ChartSource, Datafeed, DatafeedError};
 use crate::candle::{Aggregator, Bucketing, NANOS_PER_DAY, ceil_to, floor_to};
 use crate::chart::ChartResolution;
 
@@ -76,7 +76,7 @@ fn parts(Range { start, end }: Range<i64>) -> Vec<(Option<ChartResolution>, Rang
     out
 }
 
-impl Datafeed {
+impl<S: ChartSource> Datafeed<S> {
     /// `symbol`'s quote over `[now − 24 h, now]`; `None` when it never traded
     /// before `now`.
     pub async fn quote(&self, symbol: &str, now: i64) -> Result<Option<Quote>, DatafeedError> {
@@ -92,8 +92,8 @@ impl Datafeed {
                     .iter()
                     .for_each(|c| day.add_candle(c)),
                 None => {
-                    self.influx
-                        .stream_trades(symbol, part.clone(), |t| {
+                    self.source
+                        .trades(symbol, part.clone(), |t| {
                             if part.contains(&t.time) {
                                 day.add_trade(&t)
                             }
@@ -103,7 +103,7 @@ impl Datafeed {
             }
         }
         let prev_close = self
-            .influx
+            .source
             .last_trade_before(symbol, window.start)
             .await?
             .map(|(_, price)| price);

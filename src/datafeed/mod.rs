@@ -33,10 +33,12 @@ use crate::retention::{Keep, RETENTION_MARGIN};
 mod cache;
 mod quote;
 mod reach;
+mod source;
 
 pub use cache::{CacheSettings, CandleCache, Lookup, Series};
 pub use quote::Quote;
 pub use reach::reach_plan;
+pub use source::ChartSource;
 
 /// Errors while serving candles.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +73,11 @@ pub enum History {
     },
 }
 
-/// Serves candles from InfluxDB using the progress table's watermarks.
+/// Serves candles from InfluxDB (or any [`ChartSource`]) using the progress
+/// table's watermarks.
 #[derive(Debug)]
-pub struct Datafeed {
-    influx: InfluxClient,
+pub struct Datafeed<S = InfluxClient> {
+    source: S,
     store: ProgressStore,
     max_bars: u64,
     symbols_ttl: Duration,
@@ -157,16 +160,11 @@ impl Drop for TailRead<'_> {
     }
 }
 
-impl Datafeed {
+impl<S: ChartSource> Datafeed<S> {
     /// A datafeed answering at most `max_bars` bars per request.
-    pub fn new(
-        influx: InfluxClient,
-        store: ProgressStore,
-        max_bars: u64,
-        symbols_ttl: Duration,
-    ) -> Datafeed {
+    pub fn new(source: S, store: ProgressStore, max_bars: u64, symbols_ttl: Duration) -> Self {
         Datafeed {
-            influx,
+            source,
             store,
             max_bars,
             symbols_ttl,
@@ -179,7 +177,7 @@ impl Datafeed {
 
     /// This datafeed keeping closed candles and the tail in memory (see
     /// [`CandleCache`]).
-    pub fn with_cache(mut self, settings: CacheSettings) -> Datafeed {
+    pub fn with_cache(mut self, settings: CacheSettings) -> Self {
         self.cache = CandleCache::new(settings);
         self
     }
@@ -227,8 +225,8 @@ impl Datafeed {
             Lookup::Miss(read) => read,
         };
         let mut fetched = Vec::new();
-        self.influx
-            .stream_candles(res, symbol, read.clone(), |c| fetched.push(c))
+        self.source
+            .candles(res, symbol, read.clone(), |c| fetched.push(c))
             .await?;
         self.cache
             .put_candles(symbol, res, read.clone(), &fetched, epoch);
@@ -241,8 +239,8 @@ impl Datafeed {
             return Ok(candles);
         }
         let mut all = Vec::new();
-        self.influx
-            .stream_candles(res, symbol, range, |c| all.push(c))
+        self.source
+            .candles(res, symbol, range, |c| all.push(c))
             .await?;
         Ok(all)
     }
@@ -265,8 +263,8 @@ impl Datafeed {
         };
         let fetch = |read: Range<i64>| async move {
             let mut agg = Aggregator::new(bucketing);
-            self.influx
-                .stream_trades(symbol, read, |t| agg.add_trade(&t))
+            self.source
+                .trades(symbol, read, |t| agg.add_trade(&t))
                 .await?;
             Ok::<_, InfluxError>(agg.finish())
         };
@@ -312,8 +310,8 @@ impl Datafeed {
             }
         };
         let mut trades = Vec::new();
-        self.influx
-            .stream_trades(symbol, read.clone(), |t| trades.push(t))
+        self.source
+            .trades(symbol, read.clone(), |t| trades.push(t))
             .await?;
         trades.retain(|t| read.contains(&t.time));
         let wanted: Vec<Trade> = trades
@@ -335,9 +333,9 @@ impl Datafeed {
         }
         // Once raw trades expire, a symbol lives on in its candles.
         let list = if self.raw_expires() {
-            self.influx.symbols_with_candles().await?
+            self.source.symbols_with_candles().await?
         } else {
-            self.influx.symbols().await?
+            self.source.symbols().await?
         };
         *cache = Some((Instant::now(), list.clone()));
         Ok(list)
@@ -358,11 +356,11 @@ impl Datafeed {
         {
             return Ok(*t);
         }
-        let mut t = self.influx.first_trade_time(symbol).await?;
+        let mut t = self.source.first_trade_time(symbol).await?;
         if self.raw_expires() {
             // Candles may reach further back than the raw trades still kept.
             for res in Resolution::ALL {
-                if let Some(c) = self.influx.first_candle_time(res, symbol).await? {
+                if let Some(c) = self.source.first_candle_time(res, symbol).await? {
                     t = Some(t.map_or(c, |t| t.min(c)));
                 }
             }
@@ -377,7 +375,7 @@ impl Datafeed {
     /// Whether raw trades are kept for a limited time (so candles may be all
     /// that is left of older data).
     fn raw_expires(&self) -> bool {
-        self.influx.keep(Stored::Trades) != Keep::Forever
+        self.source.keep(Stored::Trades) != Keep::Forever
     }
 
     /// Fails with [`DatafeedError::UnknownSymbol`] unless `symbol` has trades
@@ -420,8 +418,8 @@ impl Datafeed {
                 .map(|t| t.saturating_add(RETENTION_MARGIN))
         };
         (
-            std::array::from_fn(|i| since(self.influx.keep(Stored::Candles(Resolution::ALL[i])))),
-            since(self.influx.keep(Stored::Trades)),
+            std::array::from_fn(|i| since(self.source.keep(Stored::Candles(Resolution::ALL[i])))),
+            since(self.source.keep(Stored::Trades)),
         )
     }
 
@@ -456,8 +454,8 @@ impl Datafeed {
         for (source, part) in parts {
             match source {
                 Some(coarser) => {
-                    self.influx
-                        .stream_candles(coarser, symbol, part, |c| bars.push(c))
+                    self.source
+                        .candles(coarser, symbol, part, |c| bars.push(c))
                         .await?;
                 }
                 None => bars.extend(self.exact_bars(symbol, bucketing, &reach, part).await?),
@@ -600,8 +598,8 @@ impl Datafeed {
             return Ok(Vec::new());
         }
         let mut read = 0u64;
-        self.influx
-            .stream_trades(symbol, range.clone(), |t| {
+        self.source
+            .trades(symbol, range.clone(), |t| {
                 read += 1;
                 agg.add_trade(&t)
             })
@@ -636,12 +634,16 @@ impl Datafeed {
             None => from,
             Some(_) => to,
         };
-        let mut last = self.influx.last_trade_time_before(symbol, before).await?;
+        let mut last = self
+            .source
+            .last_trade_before(symbol, before)
+            .await?
+            .map(|(t, _)| t);
         if self.raw_expires() {
             for source in Resolution::ALL {
                 if let Some(c) = self
-                    .influx
-                    .last_candle_time_before(source, symbol, before)
+                    .source
+                    .last_candle_before(source, symbol, before)
                     .await?
                 {
                     last = Some(last.map_or(c, |t| t.max(c)));
@@ -691,44 +693,4 @@ impl Datafeed {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::candle::NANOS_PER_DAY;
-
-    const HOUR: i64 = 3_600_000_000_000;
-
-    #[test]
-    fn a_tail_read_is_joined_only_by_requests_it_covers_and_only_while_in_flight() {
-        let reads = TailReads::default();
-        let day = 0..NANOS_PER_DAY;
-        let TailReadTurn::Lead(lead) = reads.join_or_lead("BTC", &day, &day) else {
-            panic!("nothing in flight to join");
-        };
-        let last_hour = NANOS_PER_DAY - HOUR..NANOS_PER_DAY;
-        assert!(matches!(
-            reads.join_or_lead("BTC", &last_hour, &last_hour),
-            TailReadTurn::Join(_)
-        ));
-        // Not covered: past the read's end, or another symbol.
-        let two_days = 0..2 * NANOS_PER_DAY;
-        let TailReadTurn::Lead(other) = reads.join_or_lead("BTC", &two_days, &two_days) else {
-            panic!("joined a read that does not cover the range");
-        };
-        assert!(matches!(
-            reads.join_or_lead("ETH", &last_hour, &last_hour),
-            TailReadTurn::Lead(_)
-        ));
-        // The two-day read now covers the hour too; once both are done, no one waits.
-        drop(lead);
-        assert!(matches!(
-            reads.join_or_lead("BTC", &last_hour, &last_hour),
-            TailReadTurn::Join(_)
-        ));
-        drop(other);
-        assert!(matches!(
-            reads.join_or_lead("BTC", &last_hour, &last_hour),
-            TailReadTurn::Lead(_)
-        ));
-        assert!(reads.in_flight.lock().unwrap().is_empty());
-    }
-}
+mod tests;
