@@ -146,7 +146,7 @@ fn bench_ingest(c: &mut Criterion) {
     g.throughput(Throughput::Elements(trades.len() as u64));
     g.bench_function("parse_json", |b| {
         b.iter(|| {
-            ohlcd::server::models::parse_trades(
+            ohlcd::ingest::wire::parse_trades(
                 black_box(&body),
                 now_ms,
                 &ohlcd::symbol::NameForm::default(),

@@ -15,11 +15,11 @@ use influxdb_line_protocol::{FieldValue, ParsedLine, parse_lines};
 use ohlcd::candle::{Candle, Resolution, Side};
 use ohlcd::datafeed::ChartResolution;
 use ohlcd::influx::{encode_candles, quote_ident, quote_literal};
+use ohlcd::ingest::wire::{TradesError, parse_trades};
 use ohlcd::ingest::{NewTrade, encode_trades, point_time};
 use ohlcd::schema::{SchemaSettings, TradeSchema};
 use ohlcd::server::models::{
-    Params, TradesError, count_param, parse_trades, range_params, resolution_param, seconds_param,
-    symbol_param,
+    Params, count_param, range_params, resolution_param, seconds_param, symbol_param,
 };
 use ohlcd::symbol::NameForm;
 use proptest::prelude::*;

@@ -1,7 +1,7 @@
 //! The trade ingest path: the trade rules (`rules`, re-exported here) and the
 //! line-protocol encoding of raw trades into the configured schema
 //! (measurement `trades` in ohlcd's own), shared by `ohlcd generate` and the
-//! HTTP API; [`late`], the late-trade rule.
+//! HTTP API; [`wire`], the body of `POST /api/trades`; [`late`], the late-trade rule.
 //!
 //! InfluxDB keeps one point per (measurement, tag set, timestamp): a second write
 //! overwrites the first. Trades carry millisecond times, so two trades of one symbol
@@ -24,6 +24,7 @@ use crate::schema::layout::{Column, FieldType, Layout};
 
 pub mod late;
 mod rules;
+pub mod wire;
 
 pub use rules::{
     MAX_FUTURE_MS, MAX_TIME_MS, MIN_TIME_MS, NewTrade, SUB_MS_SLOTS, point_time, time_refusal,

@@ -8,9 +8,8 @@ use warp::{Rejection, Reply};
 
 use super::{bad, now_secs, reject};
 use crate::candle::NANOS_PER_SEC;
-use crate::server::models::{
-    self, Params, TradeJson, TradesError, count_param, seconds_param, symbol_param,
-};
+use crate::ingest::wire::{self, TradesError};
+use crate::server::models::{Params, TradeJson, count_param, seconds_param, symbol_param};
 use crate::server::{ApiError, AppState};
 
 /// `GET /api/trades?symbol=&from=&to=&limit=`: raw trades, oldest first
@@ -62,7 +61,7 @@ struct Accepted {
 pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl Reply, Rejection> {
     let now_ms = state.clock.now().div_euclid(1_000_000);
     let form = state.influx.layout().name_form();
-    let trades = models::parse_trades(&body, now_ms, form).map_err(|e| match e {
+    let trades = wire::parse_trades(&body, now_ms, form).map_err(|e| match e {
         TradesError::Invalid(m) => bad(m),
         TradesError::TooMany(n) => reject(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
