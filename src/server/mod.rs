@@ -2,8 +2,9 @@
 //! `/api`, health and metrics, and the chart page from `web/`.
 //!
 //! Filters in `routes` (one function per route) only route and extract;
-//! handlers in [`handlers`] are plain async functions; request parsing and response shapes live in [`models`]. Every error
-//! becomes a JSON body with the right status in one place, [`recover`].
+//! handlers in [`handlers`] are plain async functions; request parsing and
+//! response shapes live in [`models`]. Every error becomes a JSON body with
+//! the right status in one place, [`error`].
 //!
 //! Facing a network: [`auth`] decides who may write and read, [`limits`] bounds
 //! how many requests query InfluxDB at once, [`conn`] bounds connections and
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod error;
 pub mod handlers;
 pub mod limits;
 pub mod metrics;
@@ -20,25 +22,21 @@ pub mod push;
 mod routes;
 pub mod web;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::net::TcpListener;
-use warp::Reply;
-use warp::http::{HeaderValue, StatusCode};
 
-use self::auth::{Access, Denied};
+use self::auth::Access;
 use self::conn::ConnectionLimits;
-use self::limits::{Busy, QueryLimits};
+use self::limits::QueryLimits;
 use self::push::PushHub;
 
 use crate::clock::Clock;
 use crate::config::{DatafeedSettings, ServerSettings};
-use crate::datafeed::{CacheSettings, Datafeed, DatafeedError};
-use crate::influx::{InfluxClient, InfluxError};
-use crate::progress::{ProgressError, ProgressStore};
+use crate::datafeed::{CacheSettings, Datafeed};
+use crate::influx::InfluxClient;
+use crate::progress::ProgressStore;
 
 /// What handlers need: the external systems and settings.
 #[derive(Debug, Clone)]
@@ -102,208 +100,6 @@ impl AppState {
             zones: settings.datafeed.zones().unwrap_or_default(),
         }
     }
-}
-
-/// An error answered as `{"error": "..."}` (plus `s`/`errmsg` on UDF routes).
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// What went wrong, for the client.
-    pub message: String,
-    /// Answer in the TradingView UDF error shape too.
-    pub udf: bool,
-}
-
-impl warp::reject::Reject for ApiError {}
-
-impl ApiError {
-    /// 400 with a message (cut to a sensible length: messages quote the bad
-    /// value, which may be megabytes long).
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        let mut message = message.into();
-        const MAX: usize = 300;
-        if message.len() > MAX {
-            let mut cut = MAX;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message,
-            udf: false,
-        }
-    }
-
-    /// The same error in the UDF shape.
-    pub fn udf(mut self) -> ApiError {
-        self.udf = true;
-        self
-    }
-}
-
-impl From<InfluxError> for ApiError {
-    fn from(e: InfluxError) -> Self {
-        let status = match e {
-            InfluxError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        ApiError {
-            status,
-            message: e.to_string(),
-            udf: false,
-        }
-    }
-}
-
-impl From<crate::ingest::late::IngestError> for ApiError {
-    fn from(e: crate::ingest::late::IngestError) -> Self {
-        match e {
-            crate::ingest::late::IngestError::Influx(e) => e.into(),
-            crate::ingest::late::IngestError::Progress(e) => e.into(),
-        }
-    }
-}
-
-impl From<ProgressError> for ApiError {
-    fn from(e: ProgressError) -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e.to_string(),
-            udf: false,
-        }
-    }
-}
-
-impl From<DatafeedError> for ApiError {
-    fn from(e: DatafeedError) -> Self {
-        match e {
-            DatafeedError::UnknownSymbol(_) => ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: e.to_string(),
-                udf: false,
-            },
-            DatafeedError::BadRequest(m) => ApiError::bad_request(m),
-            DatafeedError::Influx(e) => e.into(),
-            DatafeedError::Progress(e) => e.into(),
-        }
-    }
-}
-
-impl From<push::StartError> for ApiError {
-    fn from(e: push::StartError) -> Self {
-        match e {
-            push::StartError::Datafeed(e) => e.into(),
-            push::StartError::Timeout(_) => ApiError {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                message: e.to_string(),
-                udf: false,
-            },
-            push::StartError::Closing => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: e.to_string(),
-                udf: false,
-            },
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    s: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errmsg: Option<&'a str>,
-}
-
-/// Maps every rejection to a JSON error body and status: the only place that
-/// decides how errors look on the wire.
-pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infallible> {
-    let mut headers: Vec<(&'static str, HeaderValue)> = Vec::new();
-    let (status, message, udf) = if let Some(e) = err.find::<Denied>() {
-        if let Some(challenge) = e.challenge {
-            headers.push(("www-authenticate", HeaderValue::from_static(challenge)));
-        }
-        (e.status, e.message.clone(), false)
-    } else if let Some(e) = err.find::<ApiError>() {
-        (e.status, e.message.clone(), e.udf)
-    } else if let Some(e) = err.find::<push::TooManyStreams>() {
-        headers.push(("retry-after", HeaderValue::from_static("30")));
-        (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), false)
-    } else if let Some(busy) = err.find::<Busy>() {
-        headers.push(("retry-after", HeaderValue::from_static("1")));
-        let what = if busy.heavy {
-            "too many long-range queries in progress"
-        } else {
-            "too many queries in progress"
-        };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("server busy: {what}; retry shortly"),
-            false,
-        )
-    } else if let Some(e) = err.find::<warp::cors::CorsForbidden>() {
-        (
-            StatusCode::FORBIDDEN,
-            format!(
-                "cross-origin request refused ({e}); allowed origins are set in server.cors_origins"
-            ),
-            false,
-        )
-    } else if err.is_not_found() {
-        (StatusCode::NOT_FOUND, "no such endpoint".to_string(), false)
-    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large".to_string(),
-            false,
-        )
-    } else if err.find::<warp::reject::LengthRequired>().is_some() {
-        (
-            StatusCode::LENGTH_REQUIRED,
-            "Content-Length header required".to_string(),
-            false,
-        )
-    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed".to_string(),
-            false,
-        )
-    } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("invalid query string: {e}"),
-            false,
-        )
-    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported media type".to_string(),
-            false,
-        )
-    } else {
-        tracing::error!(?err, "unhandled rejection");
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error".to_string(),
-            false,
-        )
-    };
-    let body = ErrorBody {
-        error: &message,
-        s: udf.then_some("error"),
-        errmsg: udf.then_some(message.as_str()),
-    };
-    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-    for (name, value) in headers {
-        response.headers_mut().insert(name, value);
-    }
-    Ok(response)
 }
 
 /// Serves on an already bound listener until `shutdown` resolves, then finishes

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use warp::Filter;
 use warp::Reply;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
 
 use super::auth::{self, Access};
 use super::conn::BodyTimeout;
-use super::{ApiError, AppState, handlers, metrics, models, recover, web};
+use super::error::{ApiError, recover};
+use super::{AppState, handlers, metrics, models, web};
 
 /// All routes, with request logging and metrics; `access` decides who may
 /// write and read.
@@ -321,16 +321,8 @@ fn body_error(e: warp::Error) -> warp::Rejection {
     use std::error::Error as _;
     let timed_out = e.source().and_then(|s| s.downcast_ref::<BodyTimeout>());
     warp::reject::custom(match timed_out {
-        Some(t) => ApiError {
-            status: StatusCode::REQUEST_TIMEOUT,
-            message: format!("{t}; send it faster or in smaller requests"),
-            udf: false,
-        },
-        None => ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: "request body could not be read".to_string(),
-            udf: false,
-        },
+        Some(t) => ApiError::body_timeout(t),
+        None => ApiError::body_unreadable(),
     })
 }
 
@@ -372,14 +364,7 @@ fn json_content() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone 
             if essence.as_deref() == Some("application/json") {
                 Ok(())
             } else {
-                Err(warp::reject::custom(ApiError {
-                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    message: format!(
-                        "POST /api/trades takes Content-Type: application/json, got {}",
-                        ct.map_or_else(|| "none".to_string(), |v| format!("{v:?}"))
-                    ),
-                    udf: false,
-                }))
+                Err(warp::reject::custom(ApiError::not_json(ct.as_deref())))
             }
         })
         .untuple_one()

@@ -7,7 +7,8 @@
 
 use warp::Rejection;
 
-use super::{ApiError, AppState};
+use super::AppState;
+use super::error::ApiError;
 use crate::candle::NANOS_PER_SEC;
 use crate::datafeed::ChartResolution;
 
