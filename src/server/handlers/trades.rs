@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 use warp::{Rejection, Reply};
 
-use super::{bad, now_secs, reject};
+use super::{admit_symbol, bad, now_secs, reject};
 use crate::candle::NANOS_PER_SEC;
 use crate::server::AppState;
 use crate::server::error::ApiError;
@@ -25,16 +25,7 @@ pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Re
         return Err(bad(format!("from ({from}) must be before to ({to})")));
     }
     let limit = count_param(&p, "limit", 1000, 10_000).map_err(bad)?;
-    let _slot = state
-        .limits
-        .admit(limit)
-        .await
-        .map_err(warp::reject::custom)?;
-    state
-        .datafeed
-        .require_symbol(&symbol)
-        .await
-        .map_err(reject)?;
+    let _slot = admit_symbol(&state, limit, &symbol, reject).await?;
     let mut trades = Vec::new();
     state
         .influx
