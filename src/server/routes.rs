@@ -398,3 +398,90 @@ fn params() -> impl Filter<Extract = (models::Params,), Error = Infallible> + Cl
         .or(warp::any().map(models::Params::new))
         .unify()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use warp::http::StatusCode;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Settings;
+    use crate::influx::InfluxClient;
+    use crate::progress::ProgressStore;
+
+    /// The routes over a fresh SQLite store and an InfluxDB that is never
+    /// asked (every request here is answered before a handler runs), for a
+    /// server listening off loopback without tokens: reading is public,
+    /// writing refused.
+    async fn served(configure: impl FnOnce(&mut Settings)) -> (tempfile::TempDir, Served) {
+        let mut settings = Settings::load_with_env(None, Vec::new()).unwrap();
+        configure(&mut settings);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProgressStore::connect(&dir.path().join("p.db").display().to_string())
+            .await
+            .unwrap();
+        let influx = InfluxClient::new(&settings.influx).unwrap();
+        let state = AppState::new(influx, store, Arc::new(ManualClock::new(0)), &settings);
+        let access = Access::new(&settings.server, "192.0.2.1:8080".parse().unwrap());
+        (dir, Served(state, access))
+    }
+
+    struct Served(AppState, Access);
+
+    impl Served {
+        async fn answer(&self, request: warp::test::RequestBuilder) -> (StatusCode, String) {
+            let response = request.reply(&routes(self.0.clone(), self.1.clone())).await;
+            let body = String::from_utf8_lossy(response.body()).into_owned();
+            (response.status(), body)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_writer_is_answered_before_its_body_is_read() {
+        let (_dir, served) = served(|s| s.server.max_body_bytes = 16).await;
+        let too_large = warp::test::request()
+            .method("POST")
+            .path("/api/trades")
+            .header("content-type", "application/json")
+            .body(format!("[{}]", "1,".repeat(64)));
+        let (status, body) = served.answer(too_large).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_path_is_a_404_whatever_the_method_and_a_known_one_a_405() {
+        let (_dir, served) = served(|_| {}).await;
+        for method in ["GET", "POST", "PUT", "DELETE"] {
+            for path in ["/no/such/thing", "/udf/nothing", "/api"] {
+                let request = warp::test::request().method(method).path(path);
+                let (status, body) = served.answer(request).await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+            }
+        }
+        for (method, path) in [
+            ("POST", "/udf/history"),
+            ("PUT", "/api/trades"),
+            ("POST", "/healthz"),
+        ] {
+            let request = warp::test::request().method(method).path(path);
+            let (status, body) = served.answer(request).await;
+            assert_eq!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_are_not_on_the_main_listener_when_they_have_their_own() {
+        let (_dir, own) = served(|s| s.server.metrics_listen = "127.0.0.1:9100".into()).await;
+        let (status, _) = own.answer(warp::test::request().path("/metrics")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_dir, shared) = served(|_| {}).await;
+        let (status, _) = shared.answer(warp::test::request().path("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
