@@ -40,5 +40,14 @@ pub fn embedded() -> impl Filter<Extract = (warp::reply::Response,), Error = war
     let style = warp::path!("static" / "style.css").map(|| asset(STYLE, "text/css; charset=utf-8"));
     let lib = warp::path!("lib" / "lightweight-charts.js")
         .map(|| asset(CHART_LIB, "text/javascript; charset=utf-8"));
-    warp::get().and(index.or(app).unify().or(style).unify().or(lib).unify())
+    // Path before method, as in every route: an unknown path must be a 404,
+    // not this filter's 405.
+    index
+        .or(app)
+        .unify()
+        .or(style)
+        .unify()
+        .or(lib)
+        .unify()
+        .and(warp::get())
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 use warp::{Rejection, Reply};
 
-use super::{bad, bars_in, now_secs, reject};
+use super::{admit_symbol, bad, bars_in, now_secs, reject};
 use crate::candle::NANOS_PER_SEC;
 use crate::datafeed::{ZonedResolution, adaptive_resolution};
 use crate::server::AppState;
@@ -27,16 +27,7 @@ pub async fn api_ohlc(p: Params, state: AppState) -> Result<impl Reply, Rejectio
     let (from, to) = range_params(&p, now_secs(&state)).map_err(bad)?;
     let range = from * NANOS_PER_SEC..to * NANOS_PER_SEC;
     let res = adaptive_resolution(requested, range.clone(), state.settings.ohlc_max_bars);
-    let _slot = state
-        .limits
-        .admit(bars_in(from..to, res))
-        .await
-        .map_err(warp::reject::custom)?;
-    state
-        .datafeed
-        .require_symbol(&symbol)
-        .await
-        .map_err(reject)?;
+    let _slot = admit_symbol(&state, bars_in(from..to, res), &symbol, reject).await?;
     let zoned = ZonedResolution::new(res, zone);
     let bars = state
         .datafeed
@@ -134,14 +125,8 @@ pub async fn api_live(
         ),
         None => seconds_param(&p, "since").map_err(bad)?,
     };
-    {
-        let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
-        state
-            .datafeed
-            .require_symbol(&symbol)
-            .await
-            .map_err(reject)?;
-    }
+    // The slot covers the check only: the stream's reads take their own.
+    drop(admit_symbol(&state, 1, &symbol, reject).await?);
     let slot = state.push.open_stream().map_err(warp::reject::custom)?;
     let wait = std::time::Duration::from_secs(
         state.settings.timeout_secs + state.server.queue_timeout_secs,

@@ -7,9 +7,11 @@
 
 use warp::Rejection;
 
-use super::{ApiError, AppState};
+use super::AppState;
+use super::error::ApiError;
+use super::limits::Admission;
 use crate::candle::NANOS_PER_SEC;
-use crate::datafeed::ChartResolution;
+use crate::datafeed::{ChartResolution, DatafeedError};
 
 mod chart;
 mod ops;
@@ -35,6 +37,30 @@ fn udf_bad(message: String) -> Rejection {
 
 fn udf_reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into().udf())
+}
+
+/// The opening of every handler that reads one symbol's data: a query slot
+/// for `cost` bars (or trades), to hold while the request runs, then a check
+/// that the datafeed serves `symbol`. A full server is a `Busy` rejection in
+/// either route family; a failed check goes through `refuse` ([`reject`] or
+/// [`udf_reject`]).
+async fn admit_symbol(
+    state: &AppState,
+    cost: u64,
+    symbol: &str,
+    refuse: fn(DatafeedError) -> Rejection,
+) -> Result<Admission, Rejection> {
+    let slot = state
+        .limits
+        .admit(cost)
+        .await
+        .map_err(warp::reject::custom)?;
+    state
+        .datafeed
+        .require_symbol(symbol)
+        .await
+        .map_err(refuse)?;
+    Ok(slot)
 }
 
 fn now_secs(state: &AppState) -> i64 {

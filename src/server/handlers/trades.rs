@@ -3,14 +3,14 @@
 
 use serde::Serialize;
 use serde_json::json;
-use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
-use super::{bad, now_secs, reject};
+use super::{admit_symbol, bad, now_secs, reject};
 use crate::candle::NANOS_PER_SEC;
 use crate::ingest::wire::{self, TradesError};
+use crate::server::AppState;
+use crate::server::error::ApiError;
 use crate::server::models::{Params, TradeJson, count_param, seconds_param, symbol_param};
-use crate::server::{ApiError, AppState};
 
 /// `GET /api/trades?symbol=&from=&to=&limit=`: raw trades, oldest first
 /// (`from` defaults to an hour before `to`, `to` to now, `limit` to 1000).
@@ -24,16 +24,7 @@ pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Re
         return Err(bad(format!("from ({from}) must be before to ({to})")));
     }
     let limit = count_param(&p, "limit", 1000, 10_000).map_err(bad)?;
-    let _slot = state
-        .limits
-        .admit(limit)
-        .await
-        .map_err(warp::reject::custom)?;
-    state
-        .datafeed
-        .require_symbol(&symbol)
-        .await
-        .map_err(reject)?;
+    let _slot = admit_symbol(&state, limit, &symbol, reject).await?;
     let mut trades = Vec::new();
     state
         .influx
@@ -63,25 +54,13 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
     let form = state.influx.layout().name_form();
     let trades = wire::parse_trades(&body, now_ms, form).map_err(|e| match e {
         TradesError::Invalid(m) => bad(m),
-        TradesError::TooMany(n) => reject(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!(
-                "{n} trades in one request; at most {}",
-                crate::ingest::INGEST_BATCH
-            ),
-            udf: false,
-        }),
+        TradesError::TooMany(n) => reject(ApiError::too_many_trades(n)),
     })?;
     // Trades go into the configured schema as the server holds it; a schema
     // that cannot be written faithfully, or a trade it cannot place, is
     // refused before anything is written.
-    let writer = crate::ingest::TradeWriter::new(state.influx.layout()).map_err(|e| {
-        reject(ApiError {
-            status: StatusCode::CONFLICT,
-            message: format!("trades cannot be written into this schema: {e}"),
-            udf: false,
-        })
-    })?;
+    let writer = crate::ingest::TradeWriter::new(state.influx.layout())
+        .map_err(|e| reject(ApiError::unwritable_schema(e)))?;
     for (i, t) in trades.iter().enumerate() {
         writer
             .measurement_of(&t.symbol)
@@ -90,13 +69,9 @@ pub async fn api_trades_post(body: bytes::Bytes, state: AppState) -> Result<impl
     // Written and recorded on a task of its own: a client that hangs up must
     // not cancel the request between the InfluxDB write and the recording of
     // its late trades, or a late trade would be stored but never counted.
-    let accepted = tokio::spawn(ingest(trades, state)).await.map_err(|e| {
-        reject(ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("ingest task failed: {e}"),
-            udf: false,
-        })
-    })??;
+    let accepted = tokio::spawn(ingest(trades, state))
+        .await
+        .map_err(|e| reject(ApiError::ingest_failed(e)))??;
     Ok(warp::reply::json(&accepted))
 }
 

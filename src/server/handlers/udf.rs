@@ -5,7 +5,7 @@ use serde_json::json;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
-use super::{bars_in, now_secs, udf_bad, udf_reject};
+use super::{admit_symbol, bars_in, now_secs, udf_bad, udf_reject};
 use crate::candle::NANOS_PER_SEC;
 use crate::datafeed::{ChartResolution, DatafeedError, History, ZonedResolution};
 use crate::server::AppState;
@@ -67,12 +67,7 @@ pub async fn udf_symbols(mut p: Params, state: AppState) -> Result<impl Reply, R
     let form = state.influx.layout().name_form();
     strip_exchange(&mut p, "symbol", &state.settings.exchange, form);
     let symbol = symbol_param(&p, "symbol", form).map_err(udf_bad)?;
-    let _slot = state.limits.admit(1).await.map_err(warp::reject::custom)?;
-    state
-        .datafeed
-        .require_symbol(&symbol)
-        .await
-        .map_err(udf_reject)?;
+    let _slot = admit_symbol(&state, 1, &symbol, udf_reject).await?;
     let last = state
         .influx
         .last_trade_before(&symbol, i64::MAX)
