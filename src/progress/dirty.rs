@@ -212,3 +212,116 @@ impl ProgressStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::progress::{StepCommit, TaskStatus};
+
+    const MIN: i64 = 60_000_000_000;
+    /// A minute's start.
+    const T0: i64 = 1_700_000_040_000_000_000;
+
+    async fn store(dir: &tempfile::TempDir) -> ProgressStore {
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let store = ProgressStore::connect(&url).await.unwrap();
+        store
+            .ensure_symbols(&["A".into(), "B".into()], T0)
+            .await
+            .unwrap();
+        store
+    }
+
+    fn names(of: &[&str]) -> Vec<String> {
+        of.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_late_threshold_is_the_later_of_the_1m_watermark_and_the_read_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let all = names(&["A", "B", "unknown"]);
+        assert!(
+            store.late_before(&all).await.unwrap().is_empty(),
+            "nothing ran yet: nothing is late"
+        );
+        let lease = Duration::from_secs(60);
+        let claimed = store.claim_symbols(&names(&["A"]), "me", T0, lease).await;
+        assert_eq!(claimed.unwrap(), ["A"]);
+        store
+            .set_inflight_many("me", &[("A".into(), T0 + 120 * MIN)])
+            .await
+            .unwrap();
+        let late = store.late_before(&all).await.unwrap();
+        assert_eq!(late, HashMap::from([("A".into(), T0 + 120 * MIN)]));
+
+        // The step commits a watermark short of the mark: the mark still counts.
+        let step = StepCommit {
+            symbol: "A".into(),
+            kind: "chunk",
+            range: T0..T0 + 60 * MIN,
+            watermarks: Some([Some(T0 + 60 * MIN), None, None, None, None, None]),
+            rows_read: 1,
+            skipped: 0,
+            candles: [1, 0, 0, 0, 0, 0],
+            started_at: T0,
+        };
+        store.commit_steps("me", &[step], T0).await.unwrap();
+        assert_eq!(store.late_before(&all).await.unwrap()["A"], T0 + 120 * MIN);
+
+        // Released, the mark is gone and the watermark is the threshold.
+        let idle = [("A".to_string(), TaskStatus::Idle)];
+        store.release_symbols("me", &idle, T0).await.unwrap();
+        assert_eq!(store.late_before(&all).await.unwrap()["A"], T0 + 60 * MIN);
+
+        // Only the lease holder may mark a read.
+        let err = store
+            .set_inflight_many("me", &[("A".into(), T0 + 240 * MIN)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProgressError::LeaseLost { ref symbol, .. } if symbol == "A"),
+            "{err}"
+        );
+        assert_eq!(store.late_before(&all).await.unwrap()["A"], T0 + 60 * MIN);
+    }
+
+    #[tokio::test]
+    async fn clearing_removes_the_ranges_read_and_keeps_those_recorded_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let (r1, r2, r3, r4) = (
+            T0..T0 + MIN,
+            T0 + 5 * MIN..T0 + 7 * MIN,
+            T0..T0 + MIN,
+            T0 + 9 * MIN..T0 + 10 * MIN,
+        );
+        store
+            .add_dirty("A", &[r1.clone(), r2.clone()], T0)
+            .await
+            .unwrap();
+        store
+            .add_dirty("B", std::slice::from_ref(&r3), T0)
+            .await
+            .unwrap();
+        let read = store.dirty_of(&names(&["A"])).await.unwrap();
+        assert_eq!(read.len(), 1, "only the symbols asked for: {read:?}");
+        let (max_id, ranges) = &read["A"];
+        assert_eq!(ranges, &[r1, r2]);
+
+        // Recorded after the engine read A's ranges, so not repaired yet.
+        store
+            .add_dirty("A", std::slice::from_ref(&r4), T0)
+            .await
+            .unwrap();
+        store.clear_dirty_of("A", *max_id).await.unwrap();
+        let left = store.dirty_of(&names(&["A", "B"])).await.unwrap();
+        assert_eq!(left["A"].1, std::slice::from_ref(&r4));
+        assert_eq!(left["B"].1, [r3], "another symbol's ranges stay");
+        let task_rows = store.dirty("A", Resolution::M1).await.unwrap();
+        assert_eq!(task_rows, [(left["A"].0, r4)]);
+        assert!(store.dirty("A", Resolution::H1).await.unwrap().is_empty());
+    }
+}
