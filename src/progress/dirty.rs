@@ -206,6 +206,13 @@ impl ProgressStore {
     }
 
     /// Removes `symbol`'s late ranges up to row `max_id` (rows added meanwhile stay).
+    ///
+    /// Caveat on PostgreSQL: SQLite hands out row ids in commit order (one
+    /// writer at a time), PostgreSQL when a row is inserted. A row whose id was
+    /// drawn before [`ProgressStore::dirty_of`] read and that committed after
+    /// it has an id below `max_id`, and is removed without being recomputed
+    /// (only the lookback can still find its minute). Deleting exactly the ids
+    /// read would close that window.
     pub async fn clear_dirty_of(&self, symbol: &str, max_id: i64) -> Result<(), ProgressError> {
         let args = [Arg::Text(symbol.into()), Arg::Int(max_id)];
         self.db.execute(CLEAR_DIRTY_OF, &args).await?;
