@@ -13,6 +13,9 @@
 //! after a crash. Lease expiry is computed and compared by the database's own
 //! clock, never a daemon's: a host whose clock runs ahead cannot take over live
 //! leases.
+//!
+//! Late trades are stored as dirty ranges and announced reads as in-flight
+//! marks: every statement of those is in `dirty`, with the rules they keep.
 
 use std::str::FromStr;
 
@@ -22,6 +25,7 @@ use crate::candle::Resolution;
 use crate::times::{from_rfc3339, human_duration, to_rfc3339};
 
 mod db;
+mod dirty;
 mod epochs;
 mod postgres;
 mod sqlite;
@@ -367,20 +371,6 @@ const WATERMARKS: Sql = Sql {
     postgres: "SELECT resolution, watermark FROM progress WHERE symbol = $1 AND watermark IS NOT NULL",
 };
 
-const ADD_DIRTY: Sql = Sql {
-    sqlite: "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at)
-             VALUES (?1, '1m', ?2, ?3, ?4)",
-    postgres: "INSERT INTO dirty_ranges (symbol, resolution, range_start, range_end, created_at)
-               VALUES ($1, '1m', $2, $3, $4)",
-};
-
-const DIRTY: Sql = Sql {
-    sqlite: "SELECT id, range_start, range_end FROM dirty_ranges
-             WHERE symbol = ?1 AND resolution = ?2 ORDER BY id",
-    postgres: "SELECT id, range_start, range_end FROM dirty_ranges
-               WHERE symbol = $1 AND resolution = $2 ORDER BY id",
-};
-
 const RUNS: Sql = Sql {
     sqlite: "SELECT * FROM progress_runs WHERE symbol = ?1 AND resolution = ?2 ORDER BY id DESC LIMIT ?3",
     postgres: "SELECT * FROM progress_runs WHERE symbol = $1 AND resolution = $2 ORDER BY id DESC LIMIT $3",
@@ -485,47 +475,6 @@ impl ProgressStore {
                 let res = parse_resolution(&r.text("resolution")?)?;
                 let w = opt_time(r, "watermark")?.expect("filtered on NOT NULL");
                 Ok((res, w))
-            })
-            .collect()
-    }
-
-    /// Records `ranges` of `symbol` as late: the engine recomputes them at
-    /// every resolution (one row per range; the row's resolution is `1m`).
-    pub async fn add_dirty(
-        &self,
-        symbol: &str,
-        ranges: &[std::ops::Range<i64>],
-        now: i64,
-    ) -> Result<(), ProgressError> {
-        let mut tx = self.db.begin().await?;
-        for range in ranges {
-            let args = [
-                Arg::Text(symbol.into()),
-                Arg::Text(to_rfc3339(range.start)),
-                Arg::Text(to_rfc3339(range.end)),
-                Arg::Text(to_rfc3339(now)),
-            ];
-            tx.execute(ADD_DIRTY, &args).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Pending dirty ranges of one task as (row id, range), oldest first.
-    pub async fn dirty(
-        &self,
-        symbol: &str,
-        res: Resolution,
-    ) -> Result<Vec<(i64, std::ops::Range<i64>)>, ProgressError> {
-        let args = [Arg::Text(symbol.into()), Arg::Text(res.name().into())];
-        let rows = self.db.fetch_all(DIRTY, &args).await?;
-        rows.iter()
-            .map(|r| {
-                let parse = |s: String| from_rfc3339(&s).map_err(ProgressError::Invalid);
-                Ok((
-                    r.int("id")?,
-                    parse(r.text("range_start")?)?..parse(r.text("range_end")?)?,
-                ))
             })
             .collect()
     }

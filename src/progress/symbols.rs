@@ -9,7 +9,7 @@
 //! `strftime(…, 'now', …)`, PostgreSQL: `ohlcd_db_time`), and is compared with
 //! the same clock. The daemon's own clock (`now` below) only stamps run times.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use super::db::{Arg, DEADLOCK_RETRIES, Sql, is_deadlock, json as json_arg};
 use super::{ProgressError, ProgressStore, TaskStatus, opt_time, parse_resolution};
 use crate::candle::Resolution;
 use crate::candle::Watermarks;
-use crate::times::{from_rfc3339, to_rfc3339};
+use crate::times::to_rfc3339;
 
 /// Whose fault a failed run was, which decides when the symbol is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,17 +182,6 @@ const FIRST_LOST: Sql = Sql {
                LIMIT 1",
 };
 
-const SET_INFLIGHT: Sql = Sql {
-    sqlite: "UPDATE progress SET inflight_until = j.value ->> 'u'
-             FROM json_each(?2) AS j
-             WHERE progress.symbol = j.value ->> 's' AND progress.resolution = '1m'
-               AND progress.lease_owner = ?1",
-    postgres: "UPDATE progress SET inflight_until = j.u
-               FROM jsonb_to_recordset($2::jsonb) AS j(s text, u text)
-               WHERE progress.symbol = j.s AND progress.resolution = '1m'
-                 AND progress.lease_owner = $1",
-};
-
 const COMMIT_TASKS: Sql = Sql {
     sqlite: "UPDATE progress SET
                 watermark = CASE
@@ -295,25 +284,6 @@ const FAIL: Sql = Sql {
                   lease_expires_at = NULL, inflight_until = NULL, last_run_finished_at = $3,
                   updated_at = $3
                WHERE lease_owner = $1 AND symbol = ANY($4)",
-};
-
-const DIRTY_OF: Sql = Sql {
-    sqlite: "SELECT id, symbol, range_start, range_end FROM dirty_ranges
-             WHERE symbol IN (SELECT value FROM json_each(?1)) ORDER BY id",
-    postgres: "SELECT id, symbol, range_start, range_end FROM dirty_ranges
-               WHERE symbol = ANY($1) ORDER BY id",
-};
-
-const LATE_BEFORE: Sql = Sql {
-    sqlite: "SELECT symbol, watermark, inflight_until FROM progress
-             WHERE resolution = '1m' AND symbol IN (SELECT value FROM json_each(?1))",
-    postgres: "SELECT symbol, watermark, inflight_until FROM progress
-               WHERE resolution = '1m' AND symbol = ANY($1)",
-};
-
-const CLEAR_DIRTY_OF: Sql = Sql {
-    sqlite: "DELETE FROM dirty_ranges WHERE symbol = ?1 AND id <= ?2",
-    postgres: "DELETE FROM dirty_ranges WHERE symbol = $1 AND id <= $2",
 };
 
 /// One task's update in [`ProgressStore::commit_steps`] (keys as the
@@ -508,7 +478,7 @@ impl ProgressStore {
     }
 
     /// Names the first symbol whose lease `owner` lost (for the error).
-    async fn expect_rows(
+    pub(super) async fn expect_rows(
         &self,
         got: u64,
         want: usize,
@@ -529,44 +499,6 @@ impl ProgressStore {
             resolution: resolution.parse().unwrap_or(Resolution::M1),
             owner: owner.to_string(),
         })
-    }
-
-    /// Per symbol, the time before which its trades may already have been
-    /// aggregated at 1m (or are being aggregated right now), so a trade ingested
-    /// before it must be recomputed as late. A symbol is absent if no 1m chunk
-    /// of it ever ran. One query for a whole ingest request.
-    pub async fn late_before(
-        &self,
-        symbols: &[String],
-    ) -> Result<HashMap<String, i64>, ProgressError> {
-        let rows = self.db.fetch_all(LATE_BEFORE, &[list(symbols)]).await?;
-        let mut out = HashMap::new();
-        for r in &rows {
-            if let Some(t) = opt_time(r, "watermark")?.max(opt_time(r, "inflight_until")?) {
-                out.insert(r.text("symbol")?, t);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Announces, per symbol, the end of the raw range about to be read (fenced
-    /// by the lease): see [`ProgressStore::late_before`].
-    pub async fn set_inflight_many(
-        &self,
-        owner: &str,
-        until: &[(String, i64)],
-    ) -> Result<(), ProgressError> {
-        if until.is_empty() {
-            return Ok(());
-        }
-        let items: Vec<_> = until
-            .iter()
-            .map(|(s, t)| json!({"s": s, "u": to_rfc3339(*t)}))
-            .collect();
-        let args = [Arg::Text(owner.into()), json_arg(&items)];
-        let done = self.db.execute(SET_INFLIGHT, &args).await?;
-        let symbols: Vec<String> = until.iter().map(|(s, _)| s.clone()).collect();
-        self.expect_rows(done, until.len(), &symbols, owner).await
     }
 
     /// Commits the steps of a batch in one transaction, fenced by the lease:
@@ -726,32 +658,6 @@ impl ProgressStore {
         ];
         tx.execute(FAIL, &args).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// Pending late ranges of the listed symbols (any resolution's rows count
-    /// for the whole symbol): per symbol, the newest row id and the ranges.
-    pub async fn dirty_of(
-        &self,
-        symbols: &[String],
-    ) -> Result<HashMap<String, (i64, Vec<Range<i64>>)>, ProgressError> {
-        let rows = self.db.fetch_all(DIRTY_OF, &[list(symbols)]).await?;
-        let mut out: HashMap<String, (i64, Vec<Range<i64>>)> = HashMap::new();
-        for r in &rows {
-            let parse = |col: &str| -> Result<i64, ProgressError> {
-                from_rfc3339(&r.text(col)?).map_err(ProgressError::Invalid)
-            };
-            let entry = out.entry(r.text("symbol")?).or_default();
-            entry.0 = entry.0.max(r.int("id")?);
-            entry.1.push(parse("range_start")?..parse("range_end")?);
-        }
-        Ok(out)
-    }
-
-    /// Removes `symbol`'s late ranges up to row `max_id` (rows added meanwhile stay).
-    pub async fn clear_dirty_of(&self, symbol: &str, max_id: i64) -> Result<(), ProgressError> {
-        let args = [Arg::Text(symbol.into()), Arg::Int(max_id)];
-        self.db.execute(CLEAR_DIRTY_OF, &args).await?;
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use ohlcd::times::to_rfc3339;
 use serde_json::Value;
 
 use crate::helpers::{
-    KillOnDrop, TestApp, assert_candles_eq, free_port, influx_with_users, on_both_servers,
+    Daemon, KillOnDrop, TestApp, assert_candles_eq, free_port, influx_with_users, on_both_servers,
     on_both_stores, on_both_stores_and_servers, t,
 };
 
@@ -482,18 +482,8 @@ async fn serving_answers_errors_fast_while_influxdb_is_down_or_frozen_and_recove
     }
 }
 
-fn spawn_daemon(app: &TestApp) -> (KillOnDrop, u16) {
-    let port = free_port();
-    let child = KillOnDrop::spawn(
-        app.ohlcd()
-            .arg("run")
-            .env("OHLCD_ENGINE__CRON", "* * * * * *")
-            .env("OHLCD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    (child, port)
-}
+/// What a daemon of these tests is started with: a tick every second.
+const TICK_EVERY_SECOND: &[(&str, &str)] = &[("OHLCD_ENGINE__CRON", "* * * * * *")];
 
 fn sigterm(child: &Child) {
     let ok = std::process::Command::new("kill")
@@ -550,7 +540,7 @@ async fn two_daemons_on_one_progress_store_both_work_and_never_process_a_range_t
         "failpoint after_release reached",
         Duration::from_secs(60),
     );
-    let (mut b, _) = spawn_daemon(&app);
+    let mut b = Daemon::spawn(&app, TICK_EVERY_SECOND);
     // Every watermark past the data, not merely "completed" (a tick that
     // ended at an earlier horizon also reads completed).
     wait_all_caught_up(
@@ -560,8 +550,9 @@ async fn two_daemons_on_one_progress_store_both_work_and_never_process_a_range_t
         Duration::from_secs(120),
     )
     .await;
-    sigterm(&b);
-    assert!(wait_exit(&mut b, Duration::from_secs(30)).success());
+    sigterm(&b.child);
+    let status = wait_exit(&mut b.child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", b.log());
     // A's parked tick never finishes, so it cannot stop gracefully.
     a.kill().unwrap();
     a.wait().unwrap();
@@ -729,11 +720,11 @@ async fn trades_written_behind_ohlcds_back_are_caught_by_the_lookback_and_older_
 async fn sigterm_during_a_backfill_finishes_the_chunk_releases_leases_and_exits_zero() {
     let app = TestApp::spawn().await;
     with_trades(&app, &["BTCUSD"], 365, 150_000).await;
-    let (mut daemon, _) = spawn_daemon(&app);
+    let mut daemon = Daemon::spawn(&app, TICK_EVERY_SECOND);
     wait_for_chunks(&app, "BTCUSD", 3, Duration::from_secs(60)).await;
-    sigterm(&daemon);
-    let status = wait_exit(&mut daemon, Duration::from_secs(30));
-    assert!(status.success(), "{status:?}");
+    sigterm(&daemon.child);
+    let status = wait_exit(&mut daemon.child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", daemon.log());
     for task in app.store.tasks().await.unwrap() {
         assert_eq!(task.lease_owner, None, "{task:?}");
         assert_ne!(task.status, TaskStatus::Running, "{task:?}");

@@ -890,9 +890,14 @@ pub(crate) fn daemon(app: &TestApp, listen: &str, env: &[(&str, &str)]) -> Daemo
 }
 
 impl Daemon {
+    /// `ohlcd run` with `env` on a free loopback port, not waited for.
+    pub(crate) fn spawn(app: &TestApp, env: &[(&str, &str)]) -> Daemon {
+        daemon(app, &format!("127.0.0.1:{}", free_port()), env)
+    }
+
     /// `ohlcd run` with `env` on a free loopback port, once healthy.
     pub(crate) async fn start(app: &TestApp, env: &[(&str, &str)]) -> Daemon {
-        let mut d = daemon(app, &format!("127.0.0.1:{}", free_port()), env);
+        let mut d = Daemon::spawn(app, env);
         let url = d.url();
         d.wait_healthy(&url).await;
         d
