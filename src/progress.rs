@@ -31,6 +31,7 @@ mod postgres;
 mod sqlite;
 mod symbols;
 use db::{Arg, Db, DbRow, Sql};
+pub use dirty::Dirty;
 pub use epochs::ServingState;
 pub use symbols::{FailedRun, Failure, StepCommit, SymbolState};
 

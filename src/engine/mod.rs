@@ -51,7 +51,9 @@ use crate::candle::{
 use crate::clock::Clock;
 use crate::config::EngineSettings;
 use crate::influx::{CandleSet, InfluxClient, InfluxError};
-use crate::progress::{FailedRun, Failure, ProgressError, ProgressStore, StepCommit, TaskStatus};
+use crate::progress::{
+    Dirty, FailedRun, Failure, ProgressError, ProgressStore, StepCommit, TaskStatus,
+};
 use crate::times::to_rfc3339;
 use pipeline::{Poisoned, candle_sets, not_finite};
 pub use plan::RebuildReport;
@@ -158,8 +160,8 @@ struct Work {
     /// The step: raw trades in `[from, end)`; empty when only repairs are due.
     from: i64,
     end: i64,
-    /// Late ranges to repair first: (newest row id, ranges).
-    dirty: Option<(i64, Vec<Range<i64>>)>,
+    /// Late ranges to repair first, as read from the progress store.
+    dirty: Option<Dirty>,
 }
 
 /// A lease-holder id unique to this process: host, pid and a random suffix.

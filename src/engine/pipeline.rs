@@ -19,14 +19,14 @@ impl<W: Warehouse> Engine<W> {
         poisoned: &Poisoned,
     ) -> Result<(), EngineError> {
         for w in works.iter() {
-            if let Some((max_id, ranges)) = &w.dirty {
+            if let Some(dirty) = &w.dirty {
                 let repaired = self
-                    .repair(&w.symbol, &w.watermarks, ranges, "late", None)
+                    .repair(&w.symbol, &w.watermarks, &dirty.ranges, "late", None)
                     .await;
                 let Some((rows, candles)) = poisoned.unless_own(&w.symbol, repaired)? else {
                     continue;
                 };
-                self.store.clear_dirty_of(&w.symbol, *max_id).await?;
+                self.store.clear_dirty_of(&w.symbol, &dirty.ids).await?;
                 report.chunks += 1;
                 report.rows_read += rows;
                 report.candles_written += candles;

@@ -100,10 +100,22 @@ const DIRTY_OF: Sql = Sql {
                WHERE symbol = ANY($1) ORDER BY id",
 };
 
+/// Removes the rows of `?1` whose ids are listed (`?2`, as text).
 const CLEAR_DIRTY_OF: Sql = Sql {
-    sqlite: "DELETE FROM dirty_ranges WHERE symbol = ?1 AND id <= ?2",
-    postgres: "DELETE FROM dirty_ranges WHERE symbol = $1 AND id <= $2",
+    sqlite: "DELETE FROM dirty_ranges WHERE symbol = ?1
+             AND id IN (SELECT CAST(value AS INTEGER) FROM json_each(?2))",
+    postgres: "DELETE FROM dirty_ranges WHERE symbol = $1 AND id = ANY($2::text[]::bigint[])",
 };
+
+/// A symbol's pending late ranges as [`ProgressStore::dirty_of`] read them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dirty {
+    /// The rows read: what [`ProgressStore::clear_dirty_of`] removes once
+    /// their ranges are recomputed.
+    pub ids: Vec<i64>,
+    /// Their ranges, in row order.
+    pub ranges: Vec<Range<i64>>,
+}
 
 /// The range a `dirty_ranges` row holds.
 fn range_of(row: &DbRow) -> Result<Range<i64>, ProgressError> {
@@ -189,32 +201,36 @@ impl ProgressStore {
     }
 
     /// Pending late ranges of the listed symbols (any resolution's rows count
-    /// for the whole symbol): per symbol, the newest row id and the ranges.
+    /// for the whole symbol): per symbol, the rows read and their ranges.
     pub async fn dirty_of(
         &self,
         symbols: &[String],
-    ) -> Result<HashMap<String, (i64, Vec<Range<i64>>)>, ProgressError> {
+    ) -> Result<HashMap<String, Dirty>, ProgressError> {
         let args = [Arg::List(symbols.to_vec())];
         let rows = self.db.fetch_all(DIRTY_OF, &args).await?;
-        let mut out: HashMap<String, (i64, Vec<Range<i64>>)> = HashMap::new();
+        let mut out: HashMap<String, Dirty> = HashMap::new();
         for r in &rows {
             let entry = out.entry(r.text("symbol")?).or_default();
-            entry.0 = entry.0.max(r.int("id")?);
-            entry.1.push(range_of(r)?);
+            entry.ids.push(r.int("id")?);
+            entry.ranges.push(range_of(r)?);
         }
         Ok(out)
     }
 
-    /// Removes `symbol`'s late ranges up to row `max_id` (rows added meanwhile stay).
+    /// Removes `symbol`'s late ranges that were read (`ids`): rows recorded
+    /// meanwhile stay for the next round.
     ///
-    /// Caveat on PostgreSQL: SQLite hands out row ids in commit order (one
-    /// writer at a time), PostgreSQL when a row is inserted. A row whose id was
-    /// drawn before [`ProgressStore::dirty_of`] read and that committed after
-    /// it has an id below `max_id`, and is removed without being recomputed
-    /// (only the lookback can still find its minute). Deleting exactly the ids
-    /// read would close that window.
-    pub async fn clear_dirty_of(&self, symbol: &str, max_id: i64) -> Result<(), ProgressError> {
-        let args = [Arg::Text(symbol.into()), Arg::Int(max_id)];
+    /// Exactly the ids read, not every id up to the newest: SQLite hands out
+    /// row ids in commit order (one writer at a time), PostgreSQL when a row
+    /// is inserted. On PostgreSQL a row whose id was drawn before
+    /// [`ProgressStore::dirty_of`] read and that committed after it has an id
+    /// below the newest one read, and was never recomputed.
+    pub async fn clear_dirty_of(&self, symbol: &str, ids: &[i64]) -> Result<(), ProgressError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.iter().map(i64::to_string).collect();
+        let args = [Arg::Text(symbol.into()), Arg::List(ids)];
         self.db.execute(CLEAR_DIRTY_OF, &args).await?;
         Ok(())
     }
@@ -315,7 +331,7 @@ mod tests {
             .unwrap();
         let read = store.dirty_of(&names(&["A"])).await.unwrap();
         assert_eq!(read.len(), 1, "only the symbols asked for: {read:?}");
-        let (max_id, ranges) = &read["A"];
+        let Dirty { ids, ranges } = &read["A"];
         assert_eq!(ranges, &[r1, r2]);
 
         // Recorded after the engine read A's ranges, so not repaired yet.
@@ -323,12 +339,41 @@ mod tests {
             .add_dirty("A", std::slice::from_ref(&r4), T0)
             .await
             .unwrap();
-        store.clear_dirty_of("A", *max_id).await.unwrap();
+        store.clear_dirty_of("A", ids).await.unwrap();
         let left = store.dirty_of(&names(&["A", "B"])).await.unwrap();
-        assert_eq!(left["A"].1, std::slice::from_ref(&r4));
-        assert_eq!(left["B"].1, [r3], "another symbol's ranges stay");
+        assert_eq!(left["A"].ranges, std::slice::from_ref(&r4));
+        assert_eq!(left["B"].ranges, [r3], "another symbol's ranges stay");
         let task_rows = store.dirty("A", Resolution::M1).await.unwrap();
-        assert_eq!(task_rows, [(left["A"].0, r4)]);
+        assert_eq!(task_rows, [(left["A"].ids[0], r4)]);
         assert!(store.dirty("A", Resolution::H1).await.unwrap().is_empty());
+    }
+
+    /// On PostgreSQL a late trade's row can commit after the engine read the
+    /// symbol's rows with an id below the newest one read (ids are drawn at
+    /// insert, not at commit). Such a row was not read, so it must stay.
+    #[tokio::test]
+    async fn clearing_keeps_a_row_that_was_not_read_even_with_a_lower_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let (early, late) = (T0..T0 + MIN, T0 + 3 * MIN..T0 + 4 * MIN);
+        store
+            .add_dirty("A", &[early.clone(), late.clone()], T0)
+            .await
+            .unwrap();
+        let all = store
+            .dirty_of(&names(&["A"]))
+            .await
+            .unwrap()
+            .remove("A")
+            .unwrap();
+        // What the engine read if the first row had not committed yet.
+        let read = Dirty {
+            ids: all.ids[1..].to_vec(),
+            ranges: all.ranges[1..].to_vec(),
+        };
+        assert_eq!(read.ranges, [late]);
+        store.clear_dirty_of("A", &read.ids).await.unwrap();
+        let left = store.dirty_of(&names(&["A"])).await.unwrap();
+        assert_eq!(left["A"].ranges, [early], "a row never read was cleared");
     }
 }
