@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::candle::{Aggregator, Bucketing, Candle, Resolution, Trade};
 pub use crate::chart::{BadResolution, ChartResolution, ZonedResolution, adaptive_resolution};
 use crate::clock::{Clock, SystemClock};
-use crate::influx::{InfluxClient, InfluxError, Stored};
+use crate::influx::{CandleRead, InfluxClient, InfluxError, Stored, TradeRead, trades_only};
 use crate::progress::{ProgressError, ProgressStore, ServingState};
 use crate::retention::{Keep, RETENTION_MARGIN};
 
@@ -228,7 +228,9 @@ impl Datafeed {
         };
         let mut fetched = Vec::new();
         self.influx
-            .stream_candles(res, symbol, read.clone(), |c| fetched.push(c))
+            .read_candles(CandleRead::new(res, &[symbol], read.clone()), |_, c| {
+                fetched.push(c)
+            })
             .await?;
         self.cache
             .put_candles(symbol, res, read.clone(), &fetched, epoch);
@@ -242,7 +244,7 @@ impl Datafeed {
         }
         let mut all = Vec::new();
         self.influx
-            .stream_candles(res, symbol, range, |c| all.push(c))
+            .read_candles(CandleRead::new(res, &[symbol], range), |_, c| all.push(c))
             .await?;
         Ok(all)
     }
@@ -266,7 +268,10 @@ impl Datafeed {
         let fetch = |read: Range<i64>| async move {
             let mut agg = Aggregator::new(bucketing);
             self.influx
-                .stream_trades(symbol, read, |t| agg.add_trade(&t))
+                .read_trades(
+                    TradeRead::new(&[symbol], read),
+                    trades_only(|t| agg.add_trade(&t)),
+                )
                 .await?;
             Ok::<_, InfluxError>(agg.finish())
         };
@@ -313,7 +318,10 @@ impl Datafeed {
         };
         let mut trades = Vec::new();
         self.influx
-            .stream_trades(symbol, read.clone(), |t| trades.push(t))
+            .read_trades(
+                TradeRead::new(&[symbol], read.clone()),
+                trades_only(|t| trades.push(t)),
+            )
             .await?;
         trades.retain(|t| read.contains(&t.time));
         let wanted: Vec<Trade> = trades
@@ -457,7 +465,9 @@ impl Datafeed {
             match source {
                 Some(coarser) => {
                     self.influx
-                        .stream_candles(coarser, symbol, part, |c| bars.push(c))
+                        .read_candles(CandleRead::new(coarser, &[symbol], part), |_, c| {
+                            bars.push(c)
+                        })
                         .await?;
                 }
                 None => bars.extend(self.exact_bars(symbol, bucketing, &reach, part).await?),
@@ -601,10 +611,13 @@ impl Datafeed {
         }
         let mut read = 0u64;
         self.influx
-            .stream_trades(symbol, range.clone(), |t| {
-                read += 1;
-                agg.add_trade(&t)
-            })
+            .read_trades(
+                TradeRead::new(&[symbol], range.clone()),
+                trades_only(|t| {
+                    read += 1;
+                    agg.add_trade(&t)
+                }),
+            )
             .await?;
         if read == 0 {
             self.cache.put_raw_empty(symbol, range, epoch);

@@ -7,6 +7,7 @@ use std::ops::Range;
 use super::{Datafeed, DatafeedError};
 use crate::candle::{Aggregator, Bucketing, NANOS_PER_DAY, ceil_to, floor_to};
 use crate::chart::ChartResolution;
+use crate::influx::{TradeRead, trades_only};
 
 const MINUTE: i64 = 60_000_000_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -93,11 +94,14 @@ impl Datafeed {
                     .for_each(|c| day.add_candle(c)),
                 None => {
                     self.influx
-                        .stream_trades(symbol, part.clone(), |t| {
-                            if part.contains(&t.time) {
-                                day.add_trade(&t)
-                            }
-                        })
+                        .read_trades(
+                            TradeRead::new(&[symbol], part.clone()),
+                            trades_only(|t| {
+                                if part.contains(&t.time) {
+                                    day.add_trade(&t)
+                                }
+                            }),
+                        )
                         .await?;
                 }
             }

@@ -7,53 +7,63 @@ use super::query::{grouped, quote_ident};
 use super::{Generation, InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
 
+/// A read of stored candles: one resolution, which instruments, which times.
+#[derive(Debug, Clone)]
+pub struct CandleRead<'a, S = String> {
+    /// The resolution (measurement) read.
+    pub resolution: Resolution,
+    /// The instruments, by name; one instrument is a slice of one.
+    pub symbols: &'a [S],
+    /// Window starts in `[start, end)`, nanoseconds.
+    pub range: Range<i64>,
+}
+
+impl<'a, S: AsRef<str>> CandleRead<'a, S> {
+    /// The candles of `resolution` of `symbols` starting in `range`.
+    pub fn new(resolution: Resolution, symbols: &'a [S], range: Range<i64>) -> Self {
+        CandleRead {
+            resolution,
+            symbols,
+            range,
+        }
+    }
+}
+
 impl InfluxClient {
-    /// Streams stored candles of `res` for `symbol` in `[range.start, range.end)`.
-    pub async fn stream_candles(
+    /// Streams the stored candles `read` asks for into `on_candle`, each with
+    /// its instrument's name; returns how many were read. One query (on
+    /// InfluxDB 3, one per instrument).
+    pub async fn read_candles<S: AsRef<str>>(
         &self,
-        res: Resolution,
-        symbol: &str,
-        range: Range<i64>,
-        mut on_candle: impl FnMut(Candle),
-    ) -> Result<u64, InfluxError> {
-        let Some(cond) = self.candle_condition(&[symbol]) else {
-            return Ok(0);
-        };
-        self.stream_candle_rows(res, &cond, false, range, |_, c| on_candle(c))
-            .await
-    }
-
-    /// The InfluxQL condition selecting the candles of `symbols` (`None`:
-    /// none of them is an instrument of the layout).
-    fn candle_condition(&self, symbols: &[impl AsRef<str>]) -> Option<String> {
-        let layout = self.layout();
-        tags_condition(
-            Dialect::InfluxQl,
-            &layout.schema.candle_tags(),
-            &candle_rows(layout, symbols),
-        )
-    }
-
-    /// Streams stored candles of `res` of every symbol in `symbols` in
-    /// `[range.start, range.end)` with one query (on InfluxDB 3, one query per
-    /// symbol), with each candle's symbol.
-    pub async fn stream_candles_of(
-        &self,
-        res: Resolution,
-        symbols: &[String],
-        range: Range<i64>,
+        read: CandleRead<'_, S>,
         mut on_candle: impl FnMut(&str, Candle),
     ) -> Result<u64, InfluxError> {
+        let CandleRead {
+            resolution: res,
+            symbols,
+            range,
+        } = read;
+        if let [one] = symbols {
+            // Every candle is this instrument's: its tags need not be selected.
+            let one = one.as_ref();
+            let Some(cond) = self.candle_condition(&[one]) else {
+                return Ok(0);
+            };
+            return self
+                .stream_candle_rows(res, &cond, false, range, |_, c| on_candle(one, c))
+                .await;
+        }
         if symbols.is_empty() {
             return Ok(0);
         }
-        if self.generation == Generation::V3 && symbols.len() > 1 {
+        if self.generation == Generation::V3 {
             // InfluxDB 3 (the build tested) answers a query over several
             // series with older versions of overwritten points, where one
             // series per query reads the last write (docs/influxdb.md, "InfluxDB 3:
             // overwrites"). Candles are overwritten by repairs: one query each.
             let mut n = 0;
             for symbol in symbols {
+                let symbol = symbol.as_ref();
                 let Some(cond) = self.candle_condition(&[symbol]) else {
                     continue;
                 };
@@ -70,6 +80,17 @@ impl InfluxClient {
         };
         self.stream_candle_rows(res, &cond, true, range, on_candle)
             .await
+    }
+
+    /// The InfluxQL condition selecting the candles of `symbols` (`None`:
+    /// none of them is an instrument of the layout).
+    fn candle_condition(&self, symbols: &[impl AsRef<str>]) -> Option<String> {
+        let layout = self.layout();
+        tags_condition(
+            Dialect::InfluxQl,
+            &layout.schema.candle_tags(),
+            &candle_rows(layout, symbols),
+        )
     }
 
     async fn stream_candle_rows(
@@ -156,19 +177,6 @@ impl InfluxClient {
             Ok(())
         })
         .await
-    }
-
-    /// Reads stored candles into a vector (candle counts per chunk are small).
-    pub async fn read_candles(
-        &self,
-        res: Resolution,
-        symbol: &str,
-        range: Range<i64>,
-    ) -> Result<Vec<Candle>, InfluxError> {
-        let mut out = Vec::new();
-        self.stream_candles(res, symbol, range, |c| out.push(c))
-            .await?;
-        Ok(out)
     }
 
     /// Deletes the candles of `res` for `symbol` in `[range.start, range.end)`.

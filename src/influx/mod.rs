@@ -40,9 +40,11 @@ pub mod query;
 pub mod retention;
 pub mod trades;
 
+pub use candles::CandleRead;
 pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
 pub use query::{quote_ident, quote_literal};
 pub use retention::{Placement, Stored};
+pub use trades::{TradeRead, trades_only};
 
 /// Measurement holding raw trades in ohlcd's own schema (the default of
 /// `schema.trades_measurement`).

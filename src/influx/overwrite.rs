@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use super::{CandleSet, Generation, InfluxClient, InfluxError};
+use super::{CandleRead, CandleSet, Generation, InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
 
 /// How many times candles that read back an older version are written again
@@ -71,7 +71,7 @@ impl InfluxClient {
                 let from = candles.iter().map(|c| c.start).min().expect("non-empty");
                 let to = candles.iter().map(|c| c.start).max().expect("non-empty") + 1;
                 let mut stored = HashMap::with_capacity(candles.len());
-                this.stream_candles(*res, symbol, from..to, |c| {
+                this.read_candles(CandleRead::new(*res, &[*symbol], from..to), |_, c| {
                     stored.insert(c.start, c);
                 })
                 .await?;

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use ohlcd::candle::{Candle, Resolution};
-use ohlcd::influx::InfluxClient;
+use ohlcd::influx::{CandleRead, InfluxClient};
 use ohlcd::progress::{Backend, TaskStatus};
 use ohlcd::times::to_rfc3339;
 use serde_json::Value;
@@ -208,7 +208,7 @@ async fn candles_in(
 ) -> Vec<Candle> {
     let mut out = Vec::new();
     client
-        .stream_candles_of(res, &[symbol.to_string()], range, |_, c| out.push(c))
+        .read_candles(CandleRead::new(res, &[symbol], range), |_, c| out.push(c))
         .await
         .unwrap();
     out.sort_by_key(|c| c.start);

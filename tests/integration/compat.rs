@@ -8,7 +8,7 @@
 use ohlcd::candle::{Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
-use ohlcd::influx::{CandleSet, Generation};
+use ohlcd::influx::{CandleRead, CandleSet, Generation};
 use ohlcd::ingest::NewTrade;
 use serde_json::json;
 
@@ -323,10 +323,8 @@ async fn overwritten_candles_read_back_as_written_by_one_symbol_and_by_many(app:
     // The engine's read: all 50 symbols at once.
     let mut by_many = std::collections::HashMap::new();
     app.influx
-        .stream_candles_of(
-            Resolution::M1,
-            &symbols,
-            day..day + NANOS_PER_DAY,
+        .read_candles(
+            CandleRead::new(Resolution::M1, &symbols, day..day + NANOS_PER_DAY),
             |s, c| {
                 by_many.insert((s.to_string(), c.start), c);
             },

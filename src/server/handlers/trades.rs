@@ -8,6 +8,7 @@ use warp::{Rejection, Reply};
 
 use super::{bad, now_secs, reject};
 use crate::candle::NANOS_PER_SEC;
+use crate::influx::{TradeRead, trades_only};
 use crate::server::models::{
     self, Params, TradeJson, TradesError, count_param, seconds_param, symbol_param,
 };
@@ -38,11 +39,9 @@ pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Re
     let mut trades = Vec::new();
     state
         .influx
-        .stream_trades_limited(
-            &symbol,
-            from * NANOS_PER_SEC..to * NANOS_PER_SEC,
-            Some(limit),
-            |t| trades.push(TradeJson::from(&t)),
+        .read_trades(
+            TradeRead::new(&[&symbol], from * NANOS_PER_SEC..to * NANOS_PER_SEC).limit(limit),
+            trades_only(|t| trades.push(TradeJson::from(&t))),
         )
         .await
         .map_err(reject)?;
