@@ -147,11 +147,11 @@ impl Warehouse for InfluxClient {
     }
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        self.write_candles_placed(sets).await
+        InfluxClient::write_candles(self, sets).await
     }
 
     async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        self.overwrite_candle_sets(sets).await
+        InfluxClient::overwrite_candles(self, sets).await
     }
 
     async fn delete_candles(

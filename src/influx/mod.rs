@@ -20,7 +20,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -39,12 +38,14 @@ pub mod overwrite;
 pub mod query;
 pub mod retention;
 pub mod trades;
+pub mod write;
 
 pub use candles::CandleRead;
-pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
+pub use encode::{CandleSet, encode_candles};
 pub use query::{quote_ident, quote_literal};
 pub use retention::{Placement, Stored};
 pub use trades::{TradeRead, trades_only};
+pub use write::WRITES_IN_FLIGHT;
 
 /// Measurement holding raw trades in ohlcd's own schema (the default of
 /// `schema.trades_measurement`).
@@ -444,11 +445,6 @@ impl InfluxClient {
         &self.url
     }
 
-    /// Candle lines per write request.
-    pub fn write_batch(&self) -> usize {
-        self.write_batch
-    }
-
     /// Database name.
     pub fn database(&self) -> &str {
         &self.database
@@ -680,60 +676,6 @@ impl InfluxClient {
             });
         }
         Ok(first)
-    }
-
-    /// `POST /write` of a line-protocol body (nanosecond timestamps), with retries.
-    pub async fn write_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        self.post_lines("/write", &self.db_params(), body).await
-    }
-
-    /// POSTs line protocol to `path` with `params`, retried like every
-    /// request; the outcome feeds `/healthz`'s view of writes.
-    async fn post_lines<K: serde::Serialize, V: serde::Serialize>(
-        &self,
-        path: &str,
-        params: &[(K, V)],
-        body: Bytes,
-    ) -> Result<(), InfluxError> {
-        let written = self
-            .send("write", || {
-                self.request(reqwest::Method::POST, path)
-                    .query(params)
-                    .body(body.clone())
-            })
-            .await
-            .map(|_| ());
-        self.write_failure.record(&written);
-        written
-    }
-
-    /// True if candle writes are acknowledged before the server's WAL flush
-    /// (`influx.no_sync` on InfluxDB 3; other generations have no such option).
-    pub fn no_sync(&self) -> bool {
-        self.no_sync && self.generation == Generation::V3
-    }
-
-    /// A candle write: `/write`, or on InfluxDB 3 with `influx.no_sync`
-    /// `POST /api/v3/write_lp?no_sync=true`, acknowledged before the WAL
-    /// flush (durability and read-your-write traded for latency: default.toml).
-    pub(super) async fn write_candle_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        if !self.no_sync() {
-            return self.write_lines(body).await;
-        }
-        let params = [
-            ("db", self.database.as_str()),
-            ("precision", "nanosecond"),
-            ("no_sync", "true"),
-        ];
-        self.post_lines("/api/v3/write_lp", &params, body).await
-    }
-
-    /// This client with synced writes: for writes that are read back at once.
-    pub fn synced(&self) -> InfluxClient {
-        InfluxClient {
-            no_sync: false,
-            ..self.clone()
-        }
     }
 }
 

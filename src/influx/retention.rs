@@ -13,12 +13,10 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use serde_json::Value;
 
 use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{NANOS_PER_SEC, Resolution};
-use crate::influx::CandleSet;
 use crate::influx::query::quote_ident;
 use crate::retention::{Keep, PolicySpec};
 
@@ -208,51 +206,6 @@ impl InfluxClient {
             ),
             None => quote_ident(measurement),
         }
-    }
-
-    /// The policy writes of `s` go to (`None`: the request default).
-    fn write_policy(&self, s: Stored) -> Option<&str> {
-        self.placement
-            .spec(s)
-            .map(|p| p.name.as_str())
-            .or(self.retention_policy.as_deref())
-    }
-
-    /// This client writing to `policy` instead of `influx.retention_policy`.
-    fn writing_to(&self, policy: Option<&str>) -> InfluxClient {
-        InfluxClient {
-            retention_policy: policy.map(str::to_string),
-            ..self.clone()
-        }
-    }
-
-    /// `POST /write` of raw-trade lines, into the raw trades' policy.
-    pub async fn write_trade_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        if self.placement.spec(Stored::Trades).is_none() {
-            return self.write_lines(body).await;
-        }
-        self.writing_to(self.write_policy(Stored::Trades))
-            .write_lines(body)
-            .await
-    }
-
-    /// Writes candle sets, each resolution into its own policy: one pipelined
-    /// [`InfluxClient::write_candle_sets`] per policy, all at once.
-    pub async fn write_candles_placed(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        if !self.placement.is_configured() {
-            return self.write_candle_sets(sets).await;
-        }
-        let mut by_policy: HashMap<Option<&str>, Vec<CandleSet<'_>>> = HashMap::new();
-        for set in sets {
-            by_policy
-                .entry(self.write_policy(Stored::Candles(set.resolution)))
-                .or_default()
-                .push(*set);
-        }
-        let writes = by_policy.into_iter().map(|(policy, sets)| async move {
-            self.writing_to(policy).write_candle_sets(&sets).await
-        });
-        futures_util::future::try_join_all(writes).await.map(|_| ())
     }
 
     /// Makes the configured policies exist with their durations (with

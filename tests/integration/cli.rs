@@ -146,7 +146,9 @@ async fn generate_backfill_and_progress_work_from_the_command_line(backend: Back
                 ..*c
             })
             .collect();
-        cli.write_candles(res, "BTCUSD", &damaged).await.unwrap();
+        crate::helpers::write_candles(&cli, res, "BTCUSD", &damaged)
+            .await
+            .unwrap();
         assert_eq!(candles_in(&cli, res, "BTCUSD", from..to).await, damaged);
         before.push((res, stored));
     }

@@ -172,8 +172,7 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones(ba
         trades: 1,
         buy_volume: 0.0,
     };
-    app.influx
-        .write_candles(Resolution::M1, "BTCUSD", &[bogus])
+    crate::helpers::write_candles(&app.influx, Resolution::M1, "BTCUSD", &[bogus])
         .await
         .unwrap();
     assert_ne!(app.stored("BTCUSD", Resolution::H1).await, snapshot[3]);
@@ -200,8 +199,7 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones(ba
         start: t("2024-02-10T00:00:00Z"),
         ..bogus
     };
-    app.influx
-        .write_candles(Resolution::M1, "BTCUSD", &[older])
+    crate::helpers::write_candles(&app.influx, Resolution::M1, "BTCUSD", &[older])
         .await
         .unwrap();
     let report = engine

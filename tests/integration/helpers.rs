@@ -616,6 +616,22 @@ pub(crate) async fn candles_of(
     Ok(out)
 }
 
+/// Writes `candles` of `res` of `symbol` as the engine writes candles.
+pub(crate) async fn write_candles(
+    influx: &InfluxClient,
+    res: Resolution,
+    symbol: &str,
+    candles: &[Candle],
+) -> Result<(), InfluxError> {
+    influx
+        .write_candles(&[CandleSet {
+            resolution: res,
+            symbol,
+            candles,
+        }])
+        .await
+}
+
 /// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the
 /// obvious way.
 pub(crate) fn naive_candles(raw: &[RawTrade], window_of: impl Fn(i64) -> i64) -> Vec<Candle> {

@@ -183,7 +183,7 @@ pub(crate) async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
     client.create_database().await?;
     b.created.push(db.clone());
     let started = std::time::Instant::now();
-    client.write_candle_sets(&sets).await?;
+    client.write_candles(&sets).await?;
     let elapsed = started.elapsed();
     say!(
         "candle write alone: {n} candles in {:.2}s",
