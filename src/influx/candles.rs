@@ -2,8 +2,6 @@
 
 use std::ops::Range;
 
-use super::layout::{Dialect, candle_rows, group_by, tags_condition};
-use super::query::{grouped, quote_ident};
 use super::{Generation, InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
 
@@ -46,11 +44,11 @@ impl InfluxClient {
         if let [one] = symbols {
             // Every candle is this instrument's: its tags need not be selected.
             let one = one.as_ref();
-            let Some(cond) = self.candle_condition(&[one]) else {
+            let Some(q) = self.names().candle_read(res, &[one], false, &range) else {
                 return Ok(0);
             };
             return self
-                .stream_candle_rows(res, &cond, false, range, |_, c| on_candle(one, c))
+                .stream_candle_rows(&q, false, |_, c| on_candle(one, c))
                 .await;
         }
         if symbols.is_empty() {
@@ -64,56 +62,30 @@ impl InfluxClient {
             let mut n = 0;
             for symbol in symbols {
                 let symbol = symbol.as_ref();
-                let Some(cond) = self.candle_condition(&[symbol]) else {
+                let Some(q) = self.names().candle_read(res, &[symbol], false, &range) else {
                     continue;
                 };
                 n += self
-                    .stream_candle_rows(res, &cond, false, range.clone(), |_, c| {
-                        on_candle(symbol, c)
-                    })
+                    .stream_candle_rows(&q, false, |_, c| on_candle(symbol, c))
                     .await?;
             }
             return Ok(n);
         }
-        let Some(cond) = self.candle_condition(symbols) else {
+        let Some(q) = self.names().candle_read(res, symbols, true, &range) else {
             return Ok(0);
         };
-        self.stream_candle_rows(res, &cond, true, range, on_candle)
-            .await
+        self.stream_candle_rows(&q, true, on_candle).await
     }
 
-    /// The InfluxQL condition selecting the candles of `symbols` (`None`:
-    /// none of them is an instrument of the layout).
-    fn candle_condition(&self, symbols: &[impl AsRef<str>]) -> Option<String> {
-        let layout = self.layout();
-        tags_condition(
-            Dialect::InfluxQl,
-            &layout.schema.candle_tags(),
-            &candle_rows(layout, symbols),
-        )
-    }
-
+    /// Streams the candles a candle read `q` answers (with their tags when
+    /// `with_symbol`).
     async fn stream_candle_rows(
         &self,
-        res: Resolution,
-        cond: &str,
+        q: &str,
         with_symbol: bool,
-        range: Range<i64>,
         mut on_candle: impl FnMut(&str, Candle),
     ) -> Result<u64, InfluxError> {
         let tags = self.layout().schema.candle_tags();
-        let tag_cols = if with_symbol {
-            format!(", {}", group_by(Dialect::InfluxQl, &tags))
-        } else {
-            String::new()
-        };
-        let q = format!(
-            "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume{tag_cols} FROM {} WHERE {} AND time >= {} AND time < {}",
-            self.candle_source(res),
-            grouped(cond),
-            range.start,
-            range.end
-        );
         let names = [
             "time",
             "open",
@@ -128,7 +100,7 @@ impl InfluxClient {
         let borrowed = tags.len() == 1;
         let mut name = String::with_capacity(48);
         let mut idx: Option<([usize; 9], Vec<usize>)> = None;
-        self.stream_rows(&q, |cols, row| {
+        self.stream_rows(q, |cols, row| {
             let (i, t) = match &idx {
                 Some(i) => i,
                 None => {
@@ -201,18 +173,9 @@ impl InfluxClient {
                 to: crate::times::to_rfc3339(range.end),
             });
         }
-        let Some(cond) = self.candle_condition(&[symbol]) else {
+        let Some(q) = self.names().candle_delete(res, symbol, &range) else {
             return Ok(());
         };
-        // DELETE takes no retention policy ("retention policy not supported")
-        // and deletes from every one: the measurement names a resolution alone.
-        self.query_json(&format!(
-            "DELETE FROM {} WHERE {cond} AND time >= {} AND time < {}",
-            quote_ident(&measurement),
-            range.start,
-            range.end
-        ))
-        .await
-        .map(|_| ())
+        self.query_json(&q).await.map(|_| ())
     }
 }

@@ -420,6 +420,15 @@ impl InfluxClient {
         &self.layout
     }
 
+    /// What this client's query text is built from.
+    fn names(&self) -> query::Names<'_> {
+        query::Names {
+            layout: &self.layout,
+            database: &self.database,
+            placement: &self.placement,
+        }
+    }
+
     /// Reads and writes trades and candles as `layout` says from now on
     /// (normally found by [`InfluxClient::resolve_schema`]).
     pub fn set_layout(&mut self, layout: crate::schema::layout::Layout) {

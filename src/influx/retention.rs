@@ -188,24 +188,13 @@ impl InfluxClient {
     /// the bare measurement (the request's `rp`, or the database default,
     /// applies).
     pub fn candle_source(&self, res: Resolution) -> String {
-        self.source_of(
-            Stored::Candles(res),
-            &self.layout.schema.candle_measurement(res),
-        )
+        self.names().candle_source(res)
     }
 
     /// The InfluxQL source of `measurement`, which holds `s` (raw trades may
     /// be in several measurements: `schema.trades_measurement`).
     pub fn source_of(&self, s: Stored, measurement: &str) -> String {
-        match self.placement.spec(s) {
-            Some(p) => format!(
-                "{}.{}.{}",
-                quote_ident(&self.database),
-                quote_ident(&p.name),
-                quote_ident(measurement)
-            ),
-            None => quote_ident(measurement),
-        }
+        self.names().source(s, measurement)
     }
 
     /// Makes the configured policies exist with their durations (with

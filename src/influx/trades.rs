@@ -8,12 +8,9 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use super::layout::{
-    Dialect, TradeGroup, group_by, ident, tags_condition, trade_columns, trade_groups,
-    valid_trade_condition,
-};
-use super::query::{grouped, quote_ident, tagged_values};
-use super::{Generation, InfluxClient, InfluxError, Stored};
+use super::layout::{Dialect, TradeGroup, trade_groups, valid_trade_condition};
+use super::query::tagged_values;
+use super::{Generation, InfluxClient, InfluxError};
 use crate::candle::{Resolution, Side, Skip, SkipReason, Trade, check_value};
 use crate::schema::layout::Layout;
 
@@ -109,35 +106,12 @@ impl InfluxClient {
         let sql = self.generation == Generation::V3;
         let dialect = if sql { Dialect::Sql } else { Dialect::InfluxQl };
         let tags = &layout.schema.symbol_tags;
-        let Some(cond) = tags_condition(dialect, tags, &group.rows) else {
-            return Ok(0);
-        };
         let with_symbol = one.is_none();
-        let (columns, names) = trade_columns(dialect, layout, with_symbol);
-        let q = if sql {
-            let order = match &layout.schema.id {
-                Some(id) => format!("time, {}", ident(Dialect::Sql, id)),
-                None => "time".to_string(),
-            };
-            let limit = limit
-                .map(|n| format!(" ORDER BY {order} LIMIT {n}"))
-                .unwrap_or_default();
-            format!(
-                "SELECT CAST(time AS BIGINT) AS time, {columns} FROM {} WHERE {} AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}){limit}",
-                ident(Dialect::Sql, &group.measurement),
-                grouped(&cond),
-                range.start,
-                range.end
-            )
-        } else {
-            let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-            format!(
-                "SELECT {columns} FROM {} WHERE {} AND time >= {} AND time < {}{limit}",
-                self.source_of(Stored::Trades, &group.measurement),
-                grouped(&cond),
-                range.start,
-                range.end
-            )
+        let Some((q, names)) = self
+            .names()
+            .trade_read(dialect, group, with_symbol, &range, limit)
+        else {
+            return Ok(0);
         };
         let has_id = layout.schema.id.is_some();
         let has_side = layout.schema.side.is_some();
@@ -221,20 +195,10 @@ impl InfluxClient {
         let layout = self.layout.clone();
         let tags = &layout.schema.symbol_tags;
         for group in trade_groups(&layout, symbols) {
-            let Some(cond) = tags_condition(Dialect::InfluxQl, tags, &group.rows) else {
+            let Some(q) = self.names().trade_count(&group, &range) else {
                 continue;
             };
-            let v = self
-                .query_json(&format!(
-                    "SELECT count({}) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY {}",
-                    quote_ident(&layout.schema.price),
-                    self.source_of(Stored::Trades, &group.measurement),
-                    grouped(&cond),
-                    range.start,
-                    range.end,
-                    group_by(Dialect::InfluxQl, tags)
-                ))
-                .await?;
+            let v = self.query_json(&q).await?;
             for (symbol, row) in tagged_values(&v, group.exchange, tags) {
                 if let Some(n) = row.get(1).and_then(Value::as_u64).filter(|n| *n > 0) {
                     *out.entry(symbol).or_insert(0) += n;
@@ -274,22 +238,10 @@ impl InfluxClient {
             }
         };
         for group in trade_groups(&layout, symbols) {
-            let Some(cond) = tags_condition(dialect, tags, &group.rows) else {
+            let Some(q) = self.names().minute_count(dialect, &group, &valid, &range) else {
                 continue;
             };
             if sql {
-                let q = format!(
-                    "SELECT {}, CAST(date_bin(INTERVAL '1 minute', time, TIMESTAMP '1970-01-01T00:00:00Z') AS BIGINT) AS minute, count(*) AS n FROM {} WHERE {} AND {valid} AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}) GROUP BY {}",
-                    group_by(Dialect::Sql, tags),
-                    ident(Dialect::Sql, &group.measurement),
-                    grouped(&cond),
-                    range.start,
-                    range.end,
-                    (1..=tags.len() + 1)
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
                 let mut idx: Option<(Vec<usize>, usize, usize)> = None;
                 let mut rows: Vec<(String, i64, u64)> = Vec::new();
                 self.stream_sql_csv(&q, |cols, row| {
@@ -327,17 +279,7 @@ impl InfluxClient {
                 }
                 continue;
             }
-            let v = self
-                .query_json(&format!(
-                    "SELECT count({}) FROM {} WHERE {} AND {valid} AND time >= {} AND time < {} GROUP BY time(1m), {} fill(none)",
-                    quote_ident(&layout.schema.price),
-                    self.source_of(Stored::Trades, &group.measurement),
-                    grouped(&cond),
-                    range.start,
-                    range.end,
-                    group_by(Dialect::InfluxQl, tags)
-                ))
-                .await?;
+            let v = self.query_json(&q).await?;
             for (symbol, row) in tagged_values(&v, group.exchange, tags) {
                 if let (Some(minute), Some(n)) = (
                     row.first().and_then(Value::as_i64),
