@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{Generation, InfluxClient, InfluxError};
+use super::{InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
 
 /// A read of stored candles: one resolution, which instruments, which times.
@@ -54,7 +54,7 @@ impl InfluxClient {
         if symbols.is_empty() {
             return Ok(0);
         }
-        if self.generation == Generation::V3 {
+        if !self.generation.last_write_wins() {
             // InfluxDB 3 (the build tested) answers a query over several
             // series with older versions of overwritten points, where one
             // series per query reads the last write (docs/influxdb.md, "InfluxDB 3:
@@ -165,7 +165,7 @@ impl InfluxClient {
         range: Range<i64>,
     ) -> Result<(), InfluxError> {
         let measurement = self.layout().schema.candle_measurement(res);
-        if self.generation == Generation::V3 {
+        if !self.generation.can_delete() {
             return Err(InfluxError::CannotDelete {
                 measurement,
                 symbol: symbol.to_string(),

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::layout::trade_groups;
 use super::query::{series_values, tagged_values};
-use super::{Generation, InfluxClient, InfluxError, Stored};
+use super::{InfluxClient, InfluxError, Stored};
 use crate::candle::Resolution;
 
 impl InfluxClient {
@@ -77,7 +77,7 @@ impl InfluxClient {
         symbol: &str,
         before: i64,
     ) -> Result<Option<(i64, f64)>, InfluxError> {
-        if self.generation != Generation::V3 {
+        if self.generation.finds_last_point_by_index() {
             return self.last_point_in(stored, symbol, None, before).await;
         }
         let days = Stored::Candles(Resolution::D1);

@@ -32,6 +32,7 @@ pub mod decode;
 pub mod discover;
 pub mod edges;
 pub mod encode;
+pub mod generation;
 pub mod layout;
 pub mod msgpack;
 pub mod overwrite;
@@ -42,6 +43,7 @@ pub mod write;
 
 pub use candles::CandleRead;
 pub use encode::{CandleSet, encode_candles};
+pub use generation::Generation;
 pub use query::{quote_ident, quote_literal};
 pub use retention::{Placement, Stored};
 pub use trades::{TradeRead, trades_only};
@@ -212,37 +214,6 @@ impl InfluxError {
                 s => s >= 500,
             },
             _ => false,
-        }
-    }
-}
-
-/// The InfluxDB generation a server belongs to, from its `/ping` headers; it
-/// decides how ohlcd creates and checks the database, probes write permission,
-/// discovers symbols and reads results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generation {
-    /// InfluxDB 1.x (and Enterprise 1.x): the native home of the v1 API.
-    V1,
-    /// InfluxDB 2.x (OSS or Cloud), through its v1 compatibility endpoints.
-    V2,
-    /// InfluxDB 3 (Core, Enterprise).
-    V3,
-}
-
-impl Generation {
-    /// From the `X-Influxdb-Version` and `X-Influxdb-Build` headers of `/ping`.
-    /// Unknown versions count as 1.x, the API every generation speaks.
-    pub fn from_ping(version: &str, build: &str) -> Generation {
-        let v = version.trim_start_matches(['v', 'V']);
-        // The major version: "2", "2.0" and "2.7.1" are all 2.
-        let major = v.split(['.', '-', '~', '+']).next().unwrap_or("");
-        let build = build.to_ascii_lowercase();
-        if major == "3" || build == "core" || build.starts_with("enterprise") && major != "1" {
-            Generation::V3
-        } else if major == "2" || build == "cloud2" {
-            Generation::V2
-        } else {
-            Generation::V1
         }
     }
 }
@@ -591,10 +562,7 @@ impl InfluxClient {
     pub fn set_generation(&mut self, generation: Generation) {
         self.generation = generation;
         if self.read_format_auto {
-            self.read_format = match generation {
-                Generation::V1 => ReadFormat::Msgpack,
-                Generation::V2 | Generation::V3 => ReadFormat::Csv,
-            };
+            self.read_format = generation.auto_read_format();
         }
     }
 
@@ -609,7 +577,7 @@ impl InfluxClient {
         InfluxError::DatabaseNotFound {
             url: self.url.clone(),
             database: self.database.clone(),
-            create: create_hint(self.generation, &self.url, &self.database),
+            create: self.generation.create_hint(&self.url, &self.database),
         }
     }
 
@@ -685,19 +653,6 @@ impl InfluxClient {
             });
         }
         Ok(first)
-    }
-}
-
-/// How a database is created on a server of `generation`, for error messages.
-fn create_hint(generation: Generation, url: &str, database: &str) -> String {
-    match generation {
-        Generation::V1 => format!("influx -execute 'CREATE DATABASE {database}'"),
-        Generation::V2 => format!(
-            "create a bucket and map it: influx v1 dbrp create --db {database} --rp autogen --bucket-id <id> --default"
-        ),
-        Generation::V3 => format!(
-            "influxdb3 create database {database}, or curl -XPOST {url}/api/v3/configure/database -d '{{\"db\":\"{database}\"}}'"
-        ),
     }
 }
 

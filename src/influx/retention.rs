@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use super::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{NANOS_PER_SEC, Resolution};
 use crate::influx::query::quote_ident;
 use crate::retention::{Keep, PolicySpec};
@@ -204,7 +204,7 @@ impl InfluxClient {
     /// when a configured policy is missing and cannot be created, and on
     /// InfluxDB 3, which has no retention policies.
     pub async fn prepare_retention(&mut self, manage: bool) -> Result<(), InfluxError> {
-        if self.generation == Generation::V3 {
+        if !self.generation.has_retention_policies() {
             if self.placement.is_configured() {
                 return Err(InfluxError::Retention(
                     "InfluxDB 3 has no retention policies, so [retention] cannot place measurements in their own; \

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::layout::{Dialect, TradeGroup, trade_groups, valid_trade_condition};
 use super::query::tagged_values;
-use super::{Generation, InfluxClient, InfluxError};
+use super::{InfluxClient, InfluxError};
 use crate::candle::{Resolution, Side, Skip, SkipReason, Trade, check_value};
 use crate::schema::layout::Layout;
 
@@ -103,8 +103,8 @@ impl InfluxClient {
         limit: Option<u64>,
         on_row: &mut impl FnMut(&str, Result<Trade, Skip>),
     ) -> Result<u64, InfluxError> {
-        let sql = self.generation == Generation::V3;
-        let dialect = if sql { Dialect::Sql } else { Dialect::InfluxQl };
+        let dialect = self.generation.bulk_dialect();
+        let sql = dialect == Dialect::Sql;
         let tags = &layout.schema.symbol_tags;
         let with_symbol = one.is_none();
         let Some((q, names)) = self
@@ -226,8 +226,8 @@ impl InfluxClient {
             return Ok(out);
         }
         let layout = self.layout.clone();
-        let sql = self.generation == Generation::V3;
-        let dialect = if sql { Dialect::Sql } else { Dialect::InfluxQl };
+        let dialect = self.generation.bulk_dialect();
+        let sql = dialect == Dialect::Sql;
         let Some(valid) = valid_trade_condition(dialect, &layout) else {
             return self.count_minutes_by_reading(symbols, range).await;
         };

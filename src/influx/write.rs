@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::encode::Bodies;
 use super::overwrite::{OVERWRITE_REWRITES, lost_candles};
-use super::{CandleRead, CandleSet, Generation, InfluxClient, InfluxError, Stored};
+use super::{CandleRead, CandleSet, InfluxClient, InfluxError, Stored};
 use crate::candle::{Candle, Resolution};
 
 /// Write requests [`InfluxClient::write_candles`] keeps in flight at once.
@@ -68,7 +68,7 @@ impl InfluxClient {
         let this = &this;
         // Into each resolution's retention policy (1.x; 3.x has none).
         this.write_candles(sets).await?;
-        if self.generation != Generation::V3 {
+        if self.generation.last_write_wins() {
             return Ok(());
         }
         let mut pending: Vec<(Resolution, &str, Vec<Candle>)> = sets
@@ -165,7 +165,7 @@ impl InfluxClient {
     /// True if candle writes are acknowledged before the server's WAL flush
     /// (`influx.no_sync` on InfluxDB 3; other generations have no such option).
     fn no_sync(&self) -> bool {
-        self.no_sync && self.generation == Generation::V3
+        self.no_sync && self.generation.writes_without_sync()
     }
 
     /// A candle write: `/write`, or on InfluxDB 3 with `influx.no_sync`
