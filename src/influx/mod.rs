@@ -5,18 +5,20 @@
 //! at a time from the response body, so memory does not grow with the result size.
 //! Small metadata queries use JSON, because only JSON reports every error (CSV
 //! answers an empty 200 for a missing database).
-
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
-//! the queries sent are in [`database`] (create and check the database),
-//! [`edges`] (first and last points), [`trades`] (reading and counting
-//! trades) and [`candles`] (reading and deleting candles), built from the
-//! quoting and result helpers of [`query`]; [`layout`] the names, conditions
-//! and columns they take from the user's schema ([`crate::schema::layout::Layout`],
-//! found on the server at start by [`discover`]), [`decode`] and [`msgpack`]
-//! the streaming result decoders, [`encode`] candle writes, [`retention`]
-//! where each measurement lives and how long it is kept, [`overwrite`]
-//! checked overwrites on InfluxDB 3.
+//! [`generation`] what the server's generation decides (dialect, deletes,
+//! overwrites, database API), asked by the others. The queries sent are in
+//! [`database`] (create and check the database), [`edges`] (first and last
+//! points), [`trades`] (the one read of trades, and counting them) and
+//! [`candles`] (the one read of candles, and deleting them), their text
+//! built by the pure functions of [`query`] from [`layout`]'s names,
+//! conditions and columns of the user's schema
+//! ([`crate::schema::layout::Layout`], found on the server at start by
+//! [`discover`]); [`decode`] and [`msgpack`] the streaming result decoders;
+//! [`write`](mod@write) the one write path, sending what [`encode`] encodes, with
+//! [`overwrite`] checking overwrites on InfluxDB 3; [`retention`] where each
+//! measurement lives and how long it is kept.
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! 3: overwrites"). No write strategy makes that exact, so ohlcd checks: every
 //! overwritten candle is read back, a candle that reads an older version is
 //! written again (up to [`OVERWRITE_REWRITES`] times), and if it still reads
-//! wrong the overwrite fails with [`InfluxError::OverwriteLost`], so the repair
+//! wrong the overwrite fails with [`super::InfluxError::OverwriteLost`], so the repair
 //! fails loudly, keeps its dirty range and runs again on the next tick.
 
 use std::collections::HashMap;

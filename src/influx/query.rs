@@ -1,7 +1,7 @@
 //! Query text, built by pure functions: the reads and counts of trades, the
 //! reads and deletions of candles and the first and last points of an
-//! instrument ([`Names`], every name taken from the client's
-//! [`Layout`](crate::schema::layout::Layout) and [`Placement`]), and the
+//! instrument (`Names`, every name taken from the client's
+//! [`Layout`] and [`Placement`]), and the
 //! pieces they are built from and every JSON answer is read with: quoting
 //! of literals and identifiers, a condition ready to be joined with `AND`,
 //! the rows of a result's series. The queries are sent from
