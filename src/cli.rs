@@ -15,7 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::{ChunkEvent, Engine, TaskFilter};
 use crate::generate::{GenerateSpec, Generator};
-use crate::influx::{InfluxClient, InfluxError};
+use crate::influx::{InfluxClient, InfluxError, TradeRead};
 use crate::ingest::{INGEST_BATCH, NewTrade, TradeWriter, write_trades};
 use crate::progress::{ProgressEntry, ProgressStore};
 use crate::schema::TradeSchema;
@@ -627,7 +627,10 @@ async fn cmd_schema(settings: Settings) -> anyhow::Result<()> {
     println!("first five rows of {symbol}, as ohlcd reads them:");
     let mut rows = Vec::new();
     influx
-        .stream_trade_rows_of(&symbol, from..i64::MAX, Some(5), |row| rows.push(row))
+        .read_trades(
+            TradeRead::new(&[&symbol], from..i64::MAX).limit(5),
+            |_, row| rows.push(row),
+        )
         .await?;
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);

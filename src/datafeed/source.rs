@@ -9,7 +9,7 @@ use std::future::Future;
 use std::ops::Range;
 
 use crate::candle::{Candle, Resolution, Trade};
-use crate::influx::{InfluxClient, InfluxError, Stored};
+use crate::influx::{CandleRead, InfluxClient, InfluxError, Stored, TradeRead, trades_only};
 use crate::retention::Keep;
 
 /// Where a chart's candles and trades come from.
@@ -78,9 +78,10 @@ impl ChartSource for InfluxClient {
         res: Resolution,
         symbol: &str,
         range: Range<i64>,
-        on_candle: impl FnMut(Candle) + Send,
+        mut on_candle: impl FnMut(Candle) + Send,
     ) -> Result<u64, InfluxError> {
-        self.stream_candles(res, symbol, range, on_candle).await
+        self.read_candles(CandleRead::new(res, &[symbol], range), |_, c| on_candle(c))
+            .await
     }
 
     async fn trades(
@@ -89,7 +90,8 @@ impl ChartSource for InfluxClient {
         range: Range<i64>,
         on_trade: impl FnMut(Trade) + Send,
     ) -> Result<u64, InfluxError> {
-        self.stream_trades(symbol, range, on_trade).await
+        self.read_trades(TradeRead::new(&[symbol], range), trades_only(on_trade))
+            .await
     }
 
     async fn symbols(&self) -> Result<Vec<String>, InfluxError> {

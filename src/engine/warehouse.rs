@@ -9,7 +9,7 @@ use std::future::Future;
 use std::ops::Range;
 
 use crate::candle::{Candle, Resolution, Skip, Trade};
-use crate::influx::{CandleSet, InfluxClient, InfluxError, Stored};
+use crate::influx::{CandleRead, CandleSet, InfluxClient, InfluxError, Stored, TradeRead};
 use crate::retention::Keep;
 
 /// Where trades come from and candles go.
@@ -133,7 +133,7 @@ impl Warehouse for InfluxClient {
         range: Range<i64>,
         on_row: impl FnMut(&str, Result<Trade, Skip>) + Send,
     ) -> Result<u64, InfluxError> {
-        self.stream_trades_of(symbols, range, on_row).await
+        InfluxClient::read_trades(self, TradeRead::new(symbols, range), on_row).await
     }
 
     async fn read_candles(
@@ -143,15 +143,15 @@ impl Warehouse for InfluxClient {
         range: Range<i64>,
         on_candle: impl FnMut(&str, Candle) + Send,
     ) -> Result<u64, InfluxError> {
-        self.stream_candles_of(res, symbols, range, on_candle).await
+        InfluxClient::read_candles(self, CandleRead::new(res, symbols, range), on_candle).await
     }
 
     async fn write_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        self.write_candles_placed(sets).await
+        InfluxClient::write_candles(self, sets).await
     }
 
     async fn overwrite_candles(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        self.overwrite_candle_sets(sets).await
+        InfluxClient::overwrite_candles(self, sets).await
     }
 
     async fn delete_candles(

@@ -2,97 +2,90 @@
 
 use std::ops::Range;
 
-use super::layout::{Dialect, candle_rows, group_by, tags_condition};
-use super::query::{grouped, quote_ident};
-use super::{Generation, InfluxClient, InfluxError};
+use super::{InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
 
+/// A read of stored candles: one resolution, which instruments, which times.
+#[derive(Debug, Clone)]
+pub struct CandleRead<'a, S = String> {
+    /// The resolution (measurement) read.
+    pub resolution: Resolution,
+    /// The instruments, by name; one instrument is a slice of one.
+    pub symbols: &'a [S],
+    /// Window starts in `[start, end)`, nanoseconds.
+    pub range: Range<i64>,
+}
+
+impl<'a, S: AsRef<str>> CandleRead<'a, S> {
+    /// The candles of `resolution` of `symbols` starting in `range`.
+    pub fn new(resolution: Resolution, symbols: &'a [S], range: Range<i64>) -> Self {
+        CandleRead {
+            resolution,
+            symbols,
+            range,
+        }
+    }
+}
+
 impl InfluxClient {
-    /// Streams stored candles of `res` for `symbol` in `[range.start, range.end)`.
-    pub async fn stream_candles(
+    /// Streams the stored candles `read` asks for into `on_candle`, each with
+    /// its instrument's name; returns how many were read. One query (on
+    /// InfluxDB 3, one per instrument).
+    pub async fn read_candles<S: AsRef<str>>(
         &self,
-        res: Resolution,
-        symbol: &str,
-        range: Range<i64>,
-        mut on_candle: impl FnMut(Candle),
-    ) -> Result<u64, InfluxError> {
-        let Some(cond) = self.candle_condition(&[symbol]) else {
-            return Ok(0);
-        };
-        self.stream_candle_rows(res, &cond, false, range, |_, c| on_candle(c))
-            .await
-    }
-
-    /// The InfluxQL condition selecting the candles of `symbols` (`None`:
-    /// none of them is an instrument of the layout).
-    fn candle_condition(&self, symbols: &[impl AsRef<str>]) -> Option<String> {
-        let layout = self.layout();
-        tags_condition(
-            Dialect::InfluxQl,
-            &layout.schema.candle_tags(),
-            &candle_rows(layout, symbols),
-        )
-    }
-
-    /// Streams stored candles of `res` of every symbol in `symbols` in
-    /// `[range.start, range.end)` with one query (on InfluxDB 3, one query per
-    /// symbol), with each candle's symbol.
-    pub async fn stream_candles_of(
-        &self,
-        res: Resolution,
-        symbols: &[String],
-        range: Range<i64>,
+        read: CandleRead<'_, S>,
         mut on_candle: impl FnMut(&str, Candle),
     ) -> Result<u64, InfluxError> {
+        let CandleRead {
+            resolution: res,
+            symbols,
+            range,
+        } = read;
+        if let [one] = symbols {
+            // Every candle is this instrument's: its tags need not be selected.
+            let one = one.as_ref();
+            let Some(q) = self.names().candle_read(res, &[one], false, &range) else {
+                return Ok(0);
+            };
+            return self
+                .stream_candle_rows(&q, false, |_, c| on_candle(one, c))
+                .await;
+        }
         if symbols.is_empty() {
             return Ok(0);
         }
-        if self.generation == Generation::V3 && symbols.len() > 1 {
+        if !self.generation.last_write_wins() {
             // InfluxDB 3 (the build tested) answers a query over several
             // series with older versions of overwritten points, where one
             // series per query reads the last write (docs/influxdb.md, "InfluxDB 3:
             // overwrites"). Candles are overwritten by repairs: one query each.
             let mut n = 0;
             for symbol in symbols {
-                let Some(cond) = self.candle_condition(&[symbol]) else {
+                let symbol = symbol.as_ref();
+                let Some(q) = self.names().candle_read(res, &[symbol], false, &range) else {
                     continue;
                 };
                 n += self
-                    .stream_candle_rows(res, &cond, false, range.clone(), |_, c| {
-                        on_candle(symbol, c)
-                    })
+                    .stream_candle_rows(&q, false, |_, c| on_candle(symbol, c))
                     .await?;
             }
             return Ok(n);
         }
-        let Some(cond) = self.candle_condition(symbols) else {
+        let Some(q) = self.names().candle_read(res, symbols, true, &range) else {
             return Ok(0);
         };
-        self.stream_candle_rows(res, &cond, true, range, on_candle)
-            .await
+        self.stream_candle_rows(&q, true, on_candle).await
     }
 
+    /// Streams the candles a candle read `q` answers (with their tags when
+    /// `with_symbol`).
     async fn stream_candle_rows(
         &self,
-        res: Resolution,
-        cond: &str,
+        q: &str,
         with_symbol: bool,
-        range: Range<i64>,
         mut on_candle: impl FnMut(&str, Candle),
     ) -> Result<u64, InfluxError> {
         let tags = self.layout().schema.candle_tags();
-        let tag_cols = if with_symbol {
-            format!(", {}", group_by(Dialect::InfluxQl, &tags))
-        } else {
-            String::new()
-        };
-        let q = format!(
-            "SELECT open, high, low, close, volume, quote_volume, trades, buy_volume{tag_cols} FROM {} WHERE {} AND time >= {} AND time < {}",
-            self.candle_source(res),
-            grouped(cond),
-            range.start,
-            range.end
-        );
         let names = [
             "time",
             "open",
@@ -107,7 +100,7 @@ impl InfluxClient {
         let borrowed = tags.len() == 1;
         let mut name = String::with_capacity(48);
         let mut idx: Option<([usize; 9], Vec<usize>)> = None;
-        self.stream_rows(&q, |cols, row| {
+        self.stream_rows(q, |cols, row| {
             let (i, t) = match &idx {
                 Some(i) => i,
                 None => {
@@ -158,19 +151,6 @@ impl InfluxClient {
         .await
     }
 
-    /// Reads stored candles into a vector (candle counts per chunk are small).
-    pub async fn read_candles(
-        &self,
-        res: Resolution,
-        symbol: &str,
-        range: Range<i64>,
-    ) -> Result<Vec<Candle>, InfluxError> {
-        let mut out = Vec::new();
-        self.stream_candles(res, symbol, range, |c| out.push(c))
-            .await?;
-        Ok(out)
-    }
-
     /// Deletes the candles of `res` for `symbol` in `[range.start, range.end)`.
     ///
     /// 3.x has no `DELETE` (500 "not implemented"), and overwriting a candle
@@ -185,7 +165,7 @@ impl InfluxClient {
         range: Range<i64>,
     ) -> Result<(), InfluxError> {
         let measurement = self.layout().schema.candle_measurement(res);
-        if self.generation == Generation::V3 {
+        if !self.generation.can_delete() {
             return Err(InfluxError::CannotDelete {
                 measurement,
                 symbol: symbol.to_string(),
@@ -193,18 +173,9 @@ impl InfluxClient {
                 to: crate::times::to_rfc3339(range.end),
             });
         }
-        let Some(cond) = self.candle_condition(&[symbol]) else {
+        let Some(q) = self.names().candle_delete(res, symbol, &range) else {
             return Ok(());
         };
-        // DELETE takes no retention policy ("retention policy not supported")
-        // and deletes from every one: the measurement names a resolution alone.
-        self.query_json(&format!(
-            "DELETE FROM {} WHERE {cond} AND time >= {} AND time < {}",
-            quote_ident(&measurement),
-            range.start,
-            range.end
-        ))
-        .await
-        .map(|_| ())
+        self.query_json(&q).await.map(|_| ())
     }
 }

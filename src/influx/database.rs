@@ -5,14 +5,14 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::query::quote_ident;
-use super::{Generation, InfluxClient, InfluxError};
+use super::{InfluxClient, InfluxError};
 
 impl InfluxClient {
     /// Creates the database if it does not exist (idempotent): `CREATE
     /// DATABASE` on 1.x and 2.x, `POST /api/v3/configure/database` on 3.x (which
     /// answers `CREATE DATABASE` with 500 "not implemented").
     pub async fn create_database(&self) -> Result<(), InfluxError> {
-        if self.generation != Generation::V3 {
+        if !self.generation.configures_databases() {
             return self
                 .query_json(&format!("CREATE DATABASE {}", quote_ident(&self.database)))
                 .await
@@ -39,7 +39,7 @@ impl InfluxClient {
     /// 3.x drops the connection on `SHOW RETENTION POLICIES` (and `SHOW
     /// DATABASES`), so there the database list of its configure API is asked.
     pub async fn check_database(&self) -> Result<(), InfluxError> {
-        if self.generation == Generation::V3 {
+        if self.generation.configures_databases() {
             let resp = self
                 .send("list databases", || {
                     self.request(reqwest::Method::GET, "/api/v3/configure/database")
@@ -73,7 +73,7 @@ impl InfluxClient {
     /// write that passes stores a point, so there is no honest probe: on 3.x
     /// this checks nothing and a missing permission shows at the first write.
     pub async fn check_writable(&self) -> Result<(), InfluxError> {
-        if self.generation == Generation::V3 {
+        if !self.generation.probes_writes() {
             tracing::debug!("InfluxDB 3: no write-permission probe");
             return Ok(());
         }

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::generation::TagTuples;
 use super::layout::{Dialect, ident};
 use super::query::{quote_ident, quote_literal};
-use super::{Generation, InfluxClient, InfluxError, Stored};
+use super::{InfluxClient, InfluxError, Stored};
 use crate::candle::Resolution;
 use crate::schema::TradeSchema;
 use crate::schema::layout::{FieldType, Layout, MeasurementColumns};
@@ -28,7 +29,7 @@ impl InfluxClient {
     pub async fn server_columns(
         &self,
     ) -> Result<BTreeMap<String, MeasurementColumns>, InfluxError> {
-        if self.generation == Generation::V3 {
+        if self.generation.columns_from_catalog() {
             // Boxed: kept out of this future, which every start-up holds.
             return Box::pin(self.catalog_columns()).await;
         }
@@ -239,9 +240,9 @@ impl InfluxClient {
         if let [tag] = tags {
             return self.tag_values(&sources.join(", "), tag, "").await;
         }
-        match self.generation {
-            Generation::V1 => self.series_tuples(&sources, tags).await,
-            Generation::V3 => {
+        match self.generation.tag_tuples() {
+            TagTuples::ShowSeries => self.series_tuples(&sources, tags).await,
+            TagTuples::SqlDistinct => {
                 let mut out = Vec::new();
                 for m in measurements {
                     let q = format!(
@@ -276,7 +277,7 @@ impl InfluxClient {
                 }
                 Ok(out)
             }
-            Generation::V2 => {
+            TagTuples::TagByTag => {
                 // Tag by tag: the values of each tag where the ones before
                 // it have the values found so far.
                 let mut out = Vec::new();
@@ -319,7 +320,7 @@ impl InfluxClient {
         if !cond.is_empty() {
             conds.push(cond);
         }
-        if self.generation == Generation::V3 {
+        if self.generation.tag_values_need_time() {
             conds.push("time >= 0");
         }
         let filter = if conds.is_empty() {

@@ -5,41 +5,15 @@
 
 use serde_json::Value;
 
-use super::layout::{Dialect, candle_rows, group_by, tags_condition, trade_groups};
-use super::query::{grouped, quote_ident, series_values, tagged_values};
-use super::{Generation, InfluxClient, InfluxError, Stored};
+use super::layout::trade_groups;
+use super::query::{series_values, tagged_values};
+use super::{InfluxClient, InfluxError, Stored};
 use crate::candle::Resolution;
 
 impl InfluxClient {
     /// Time of the earliest raw trade of `symbol`, if any.
     pub async fn first_trade_time(&self, symbol: &str) -> Result<Option<i64>, InfluxError> {
         self.first_time_from(None, symbol, i64::MIN).await
-    }
-
-    /// The InfluxQL source holding `symbol`'s points in `stored`, the
-    /// condition selecting them, and the field that is always there (price,
-    /// or a candle's close). `None` if `symbol` is no instrument of the
-    /// layout: it has no points anywhere.
-    fn point_source(&self, stored: Stored, symbol: &str) -> Option<(String, String, String)> {
-        let layout = self.layout();
-        let names = [symbol];
-        match stored {
-            Stored::Trades => {
-                let group = trade_groups(layout, &names).pop()?;
-                let cond =
-                    tags_condition(Dialect::InfluxQl, &layout.schema.symbol_tags, &group.rows)?;
-                Some((
-                    self.source_of(Stored::Trades, &group.measurement),
-                    cond,
-                    quote_ident(&layout.schema.price),
-                ))
-            }
-            Stored::Candles(res) => {
-                let rows = candle_rows(layout, &names);
-                let cond = tags_condition(Dialect::InfluxQl, &layout.schema.candle_tags(), &rows)?;
-                Some((self.candle_source(res), cond, quote_ident("close")))
-            }
-        }
     }
 
     /// Time of the first point of `symbol` at or after `from`, in the raw trades
@@ -51,20 +25,10 @@ impl InfluxClient {
         from: i64,
     ) -> Result<Option<i64>, InfluxError> {
         let stored = res.map_or(Stored::Trades, Stored::Candles);
-        let Some((source, cond, field)) = self.point_source(stored, symbol) else {
+        let Some(points) = self.names().point_source(stored, symbol) else {
             return Ok(None);
         };
-        let time_cond = if from == i64::MIN {
-            String::new()
-        } else {
-            format!(" AND time >= {from}")
-        };
-        let v = self
-            .query_json(&format!(
-                "SELECT {field} FROM {source} WHERE {}{time_cond} ORDER BY time ASC LIMIT 1",
-                grouped(&cond)
-            ))
-            .await?;
+        let v = self.query_json(&points.first_from(from)).await?;
         Ok(series_values(&v)
             .next()
             .and_then(|row| row.first().and_then(Value::as_i64)))
@@ -113,7 +77,7 @@ impl InfluxClient {
         symbol: &str,
         before: i64,
     ) -> Result<Option<(i64, f64)>, InfluxError> {
-        if self.generation != Generation::V3 {
+        if self.generation.finds_last_point_by_index() {
             return self.last_point_in(stored, symbol, None, before).await;
         }
         let days = Stored::Candles(Resolution::D1);
@@ -161,16 +125,10 @@ impl InfluxClient {
         from: Option<i64>,
         to: i64,
     ) -> Result<Option<(i64, f64)>, InfluxError> {
-        let Some((source, cond, field)) = self.point_source(stored, symbol) else {
+        let Some(points) = self.names().point_source(stored, symbol) else {
             return Ok(None);
         };
-        let lower = from.map_or(String::new(), |f| format!(" AND time >= {f}"));
-        let v = self
-            .query_json(&format!(
-                "SELECT {field} FROM {source} WHERE {}{lower} AND time < {to} ORDER BY time DESC LIMIT 1",
-                grouped(&cond)
-            ))
-            .await?;
+        let v = self.query_json(&points.last_in(from, to)).await?;
         Ok(series_values(&v).next().and_then(|row| {
             let time = row.first()?.as_i64()?;
             let value = match row.get(1) {
@@ -212,26 +170,11 @@ impl InfluxClient {
         let mut out: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
         let layout = self.layout.clone();
         let tags = &layout.schema.symbol_tags;
-        let (order, lower) = match (newest, from) {
-            (true, _) => ("DESC", String::new()),
-            (false, Some(from)) => ("ASC", format!(" AND time >= {from}")),
-            (false, None) => ("ASC", String::new()),
-        };
         for group in trade_groups(&layout, symbols) {
-            let Some(cond) = tags_condition(Dialect::InfluxQl, tags, &group.rows) else {
+            let Some(q) = self.names().trade_edges(&group, from, newest) else {
                 continue;
             };
-            // LIMIT applies per series: one row per symbol, read from the start of
-            // each series' index rather than by scanning it.
-            let v = self
-                .query_json(&format!(
-                    "SELECT {} FROM {} WHERE {}{lower} GROUP BY {} ORDER BY time {order} LIMIT 1",
-                    quote_ident(&layout.schema.price),
-                    self.source_of(Stored::Trades, &group.measurement),
-                    grouped(&cond),
-                    group_by(Dialect::InfluxQl, tags)
-                ))
-                .await?;
+            let v = self.query_json(&q).await?;
             for (symbol, row) in tagged_values(&v, group.exchange, tags) {
                 if let Some(t) = row.first().and_then(Value::as_i64) {
                     // Several series of one symbol (other tags): the earliest

@@ -1,16 +1,12 @@
-//! Candle writes: line-protocol encoding (a small pure function) and batched,
-//! pipelined `/write` requests.
+//! Candle line protocol: small pure encoders, and the request bodies of a
+//! write of many candles ([`super::write`] sends them).
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
 
+use super::InfluxError;
 use super::layout::candle_head;
-use super::{InfluxClient, InfluxError};
 use crate::candle::{Candle, Resolution};
 use crate::schema::layout::Layout;
-
-/// Write requests [`InfluxClient::write_candle_sets`] keeps in flight at once.
-pub const WRITES_IN_FLIGHT: usize = 4;
 
 /// Candles of one symbol at one resolution, to be written.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +22,7 @@ pub struct CandleSet<'a> {
 /// Request bodies of at most `lines` candle lines each, encoded one at a time
 /// as they are asked for, each candle under its measurement and tags in
 /// `layout`.
-struct Bodies<'s, 'a> {
+pub(super) struct Bodies<'s, 'a> {
     sets: &'s [CandleSet<'a>],
     layout: &'s Layout,
     set: usize,
@@ -36,7 +32,7 @@ struct Bodies<'s, 'a> {
 }
 
 impl<'s, 'a> Bodies<'s, 'a> {
-    fn new(sets: &'s [CandleSet<'a>], layout: &'s Layout, lines: usize) -> Self {
+    pub(super) fn new(sets: &'s [CandleSet<'a>], layout: &'s Layout, lines: usize) -> Self {
         Bodies {
             sets,
             layout,
@@ -156,45 +152,6 @@ pub fn push_float(out: &mut Vec<u8>, buf: &mut ryu::Buffer, x: f64) {
     let s = buf.format_finite(x);
     // ryu writes integral values as `3.0`; Display (and the builder) as `3`.
     out.extend_from_slice(s.strip_suffix(".0").unwrap_or(s).as_bytes());
-}
-
-impl InfluxClient {
-    /// Writes candles of one symbol and resolution, in batches of
-    /// `influx.write_batch` lines, one request at a time.
-    pub async fn write_candles(
-        &self,
-        res: Resolution,
-        symbol: &str,
-        candles: &[Candle],
-    ) -> Result<(), InfluxError> {
-        let sets = [CandleSet {
-            resolution: res,
-            symbol,
-            candles,
-        }];
-        let layout = self.layout.clone();
-        for body in Bodies::new(&sets, &layout, self.write_batch) {
-            self.write_lines(body?).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes candles of many symbols and resolutions: lines are packed into
-    /// requests of `influx.write_batch` lines, and up to [`WRITES_IN_FLIGHT`]
-    /// requests are sent at once, so a server that acknowledges a write only
-    /// after its WAL flush (InfluxDB 3: up to a second) does not serialize a
-    /// backfill. Returns once every request was acknowledged.
-    pub async fn write_candle_sets(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        // Bodies are encoded as the requests go out: at most a few requests'
-        // worth of line protocol exists at once, however many candles.
-        let layout = self.layout.clone();
-        futures_util::stream::iter(Bodies::new(sets, &layout, self.write_batch))
-            .map(|b| async move { self.write_candle_lines(b?).await })
-            .buffer_unordered(WRITES_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await
-            .map(|_| ())
-    }
 }
 
 /// Line protocol parsed line by line (tests: two encoders agree on the values

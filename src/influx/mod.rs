@@ -5,22 +5,23 @@
 //! at a time from the response body, so memory does not grow with the result size.
 //! Small metadata queries use JSON, because only JSON reports every error (CSV
 //! answers an empty 200 for a missing database).
-
 //!
 //! Modules: this one is the transport (requests, auth, retries, errors);
-//! the queries sent are in [`database`] (create and check the database),
-//! [`edges`] (first and last points), [`trades`] (reading and counting
-//! trades) and [`candles`] (reading and deleting candles), built from the
-//! quoting and result helpers of [`query`]; [`layout`] the names, conditions
-//! and columns they take from the user's schema ([`crate::schema::layout::Layout`],
-//! found on the server at start by [`discover`]), [`decode`] and [`msgpack`]
-//! the streaming result decoders, [`encode`] candle writes, [`retention`]
-//! where each measurement lives and how long it is kept, [`overwrite`]
-//! checked overwrites on InfluxDB 3.
+//! [`generation`] what the server's generation decides (dialect, deletes,
+//! overwrites, database API), asked by the others. The queries sent are in
+//! [`database`] (create and check the database), [`edges`] (first and last
+//! points), [`trades`] (the one read of trades, and counting them) and
+//! [`candles`] (the one read of candles, and deleting them), their text
+//! built by the pure functions of [`query`] from [`layout`]'s names,
+//! conditions and columns of the user's schema
+//! ([`crate::schema::layout::Layout`], found on the server at start by
+//! [`discover`]); [`decode`] and [`msgpack`] the streaming result decoders;
+//! [`write`](mod@write) the one write path, sending what [`encode`] encodes, with
+//! [`overwrite`] checking overwrites on InfluxDB 3; [`retention`] where each
+//! measurement lives and how long it is kept.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -33,16 +34,22 @@ pub mod decode;
 pub mod discover;
 pub mod edges;
 pub mod encode;
+pub mod generation;
 pub mod layout;
 pub mod msgpack;
 pub mod overwrite;
 pub mod query;
 pub mod retention;
 pub mod trades;
+pub mod write;
 
-pub use encode::{CandleSet, WRITES_IN_FLIGHT, encode_candles};
+pub use candles::CandleRead;
+pub use encode::{CandleSet, encode_candles};
+pub use generation::Generation;
 pub use query::{quote_ident, quote_literal};
 pub use retention::{Placement, Stored};
+pub use trades::{TradeRead, trades_only};
+pub use write::WRITES_IN_FLIGHT;
 
 /// Measurement holding raw trades in ohlcd's own schema (the default of
 /// `schema.trades_measurement`).
@@ -209,37 +216,6 @@ impl InfluxError {
                 s => s >= 500,
             },
             _ => false,
-        }
-    }
-}
-
-/// The InfluxDB generation a server belongs to, from its `/ping` headers; it
-/// decides how ohlcd creates and checks the database, probes write permission,
-/// discovers symbols and reads results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generation {
-    /// InfluxDB 1.x (and Enterprise 1.x): the native home of the v1 API.
-    V1,
-    /// InfluxDB 2.x (OSS or Cloud), through its v1 compatibility endpoints.
-    V2,
-    /// InfluxDB 3 (Core, Enterprise).
-    V3,
-}
-
-impl Generation {
-    /// From the `X-Influxdb-Version` and `X-Influxdb-Build` headers of `/ping`.
-    /// Unknown versions count as 1.x, the API every generation speaks.
-    pub fn from_ping(version: &str, build: &str) -> Generation {
-        let v = version.trim_start_matches(['v', 'V']);
-        // The major version: "2", "2.0" and "2.7.1" are all 2.
-        let major = v.split(['.', '-', '~', '+']).next().unwrap_or("");
-        let build = build.to_ascii_lowercase();
-        if major == "3" || build == "core" || build.starts_with("enterprise") && major != "1" {
-            Generation::V3
-        } else if major == "2" || build == "cloud2" {
-            Generation::V2
-        } else {
-            Generation::V1
         }
     }
 }
@@ -417,6 +393,15 @@ impl InfluxClient {
         &self.layout
     }
 
+    /// What this client's query text is built from.
+    fn names(&self) -> query::Names<'_> {
+        query::Names {
+            layout: &self.layout,
+            database: &self.database,
+            placement: &self.placement,
+        }
+    }
+
     /// Reads and writes trades and candles as `layout` says from now on
     /// (normally found by [`InfluxClient::resolve_schema`]).
     pub fn set_layout(&mut self, layout: crate::schema::layout::Layout) {
@@ -440,11 +425,6 @@ impl InfluxClient {
     /// Base URL of the server.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// Candle lines per write request.
-    pub fn write_batch(&self) -> usize {
-        self.write_batch
     }
 
     /// Database name.
@@ -584,10 +564,7 @@ impl InfluxClient {
     pub fn set_generation(&mut self, generation: Generation) {
         self.generation = generation;
         if self.read_format_auto {
-            self.read_format = match generation {
-                Generation::V1 => ReadFormat::Msgpack,
-                Generation::V2 | Generation::V3 => ReadFormat::Csv,
-            };
+            self.read_format = generation.auto_read_format();
         }
     }
 
@@ -602,7 +579,7 @@ impl InfluxClient {
         InfluxError::DatabaseNotFound {
             url: self.url.clone(),
             database: self.database.clone(),
-            create: create_hint(self.generation, &self.url, &self.database),
+            create: self.generation.create_hint(&self.url, &self.database),
         }
     }
 
@@ -678,73 +655,6 @@ impl InfluxClient {
             });
         }
         Ok(first)
-    }
-
-    /// `POST /write` of a line-protocol body (nanosecond timestamps), with retries.
-    pub async fn write_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        self.post_lines("/write", &self.db_params(), body).await
-    }
-
-    /// POSTs line protocol to `path` with `params`, retried like every
-    /// request; the outcome feeds `/healthz`'s view of writes.
-    async fn post_lines<K: serde::Serialize, V: serde::Serialize>(
-        &self,
-        path: &str,
-        params: &[(K, V)],
-        body: Bytes,
-    ) -> Result<(), InfluxError> {
-        let written = self
-            .send("write", || {
-                self.request(reqwest::Method::POST, path)
-                    .query(params)
-                    .body(body.clone())
-            })
-            .await
-            .map(|_| ());
-        self.write_failure.record(&written);
-        written
-    }
-
-    /// True if candle writes are acknowledged before the server's WAL flush
-    /// (`influx.no_sync` on InfluxDB 3; other generations have no such option).
-    pub fn no_sync(&self) -> bool {
-        self.no_sync && self.generation == Generation::V3
-    }
-
-    /// A candle write: `/write`, or on InfluxDB 3 with `influx.no_sync`
-    /// `POST /api/v3/write_lp?no_sync=true`, acknowledged before the WAL
-    /// flush (durability and read-your-write traded for latency: default.toml).
-    pub(super) async fn write_candle_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        if !self.no_sync() {
-            return self.write_lines(body).await;
-        }
-        let params = [
-            ("db", self.database.as_str()),
-            ("precision", "nanosecond"),
-            ("no_sync", "true"),
-        ];
-        self.post_lines("/api/v3/write_lp", &params, body).await
-    }
-
-    /// This client with synced writes: for writes that are read back at once.
-    pub fn synced(&self) -> InfluxClient {
-        InfluxClient {
-            no_sync: false,
-            ..self.clone()
-        }
-    }
-}
-
-/// How a database is created on a server of `generation`, for error messages.
-fn create_hint(generation: Generation, url: &str, database: &str) -> String {
-    match generation {
-        Generation::V1 => format!("influx -execute 'CREATE DATABASE {database}'"),
-        Generation::V2 => format!(
-            "create a bucket and map it: influx v1 dbrp create --db {database} --rp autogen --bucket-id <id> --default"
-        ),
-        Generation::V3 => format!(
-            "influxdb3 create database {database}, or curl -XPOST {url}/api/v3/configure/database -d '{{\"db\":\"{database}\"}}'"
-        ),
     }
 }
 

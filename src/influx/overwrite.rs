@@ -1,5 +1,5 @@
-//! Overwrites of stored candles (repairs after late trades, the lookback,
-//! `rebuild`) that are read back and checked on InfluxDB 3.
+//! Whether overwritten candles (repairs after late trades, the lookback,
+//! `rebuild`) read back as written: [`super::write`] checks it on InfluxDB 3.
 //!
 //! InfluxDB 1.x keeps the last write of a point. The InfluxDB 3 Core build at
 //! hand does not: while a point's earlier version is still in the server's
@@ -9,13 +9,12 @@
 //! 3: overwrites"). No write strategy makes that exact, so ohlcd checks: every
 //! overwritten candle is read back, a candle that reads an older version is
 //! written again (up to [`OVERWRITE_REWRITES`] times), and if it still reads
-//! wrong the overwrite fails with [`InfluxError::OverwriteLost`], so the repair
+//! wrong the overwrite fails with [`super::InfluxError::OverwriteLost`], so the repair
 //! fails loudly, keeps its dirty range and runs again on the next tick.
 
 use std::collections::HashMap;
 
-use super::{CandleSet, Generation, InfluxClient, InfluxError};
-use crate::candle::{Candle, Resolution};
+use crate::candle::Candle;
 
 /// How many times candles that read back an older version are written again
 /// before the overwrite fails.
@@ -36,84 +35,12 @@ fn reads_as_written(written: &Candle, stored: &Candle) -> bool {
 }
 
 /// Of `written`, the candles that `stored` does not hold as written.
-pub fn lost_candles(written: &[Candle], stored: &HashMap<i64, Candle>) -> Vec<Candle> {
+pub(super) fn lost_candles(written: &[Candle], stored: &HashMap<i64, Candle>) -> Vec<Candle> {
     written
         .iter()
         .filter(|c| !stored.get(&c.start).is_some_and(|s| reads_as_written(c, s)))
         .copied()
         .collect()
-}
-
-impl InfluxClient {
-    /// Writes candles that may replace stored ones. On InfluxDB 3 they are read
-    /// back and those that read an older version are written again; fails with
-    /// [`InfluxError::OverwriteLost`] if some still do after
-    /// [`OVERWRITE_REWRITES`] rewrites. Elsewhere this is
-    /// [`InfluxClient::write_candles_placed`].
-    pub async fn overwrite_candle_sets(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        // Read back at once: a write acknowledged before the WAL flush
-        // (no_sync) is not readable yet.
-        let this = self.synced();
-        let this = &this;
-        // Into each resolution's retention policy (1.x; 3.x has none).
-        this.write_candles_placed(sets).await?;
-        if self.generation != Generation::V3 {
-            return Ok(());
-        }
-        let mut pending: Vec<(Resolution, &str, Vec<Candle>)> = sets
-            .iter()
-            .filter(|s| !s.candles.is_empty())
-            .map(|s| (s.resolution, s.symbol, s.candles.to_vec()))
-            .collect();
-        for rewrite in 0..=OVERWRITE_REWRITES {
-            let mut lost = Vec::new();
-            for (res, symbol, candles) in &pending {
-                let from = candles.iter().map(|c| c.start).min().expect("non-empty");
-                let to = candles.iter().map(|c| c.start).max().expect("non-empty") + 1;
-                let mut stored = HashMap::with_capacity(candles.len());
-                this.stream_candles(*res, symbol, from..to, |c| {
-                    stored.insert(c.start, c);
-                })
-                .await?;
-                let differ = lost_candles(candles, &stored);
-                if !differ.is_empty() {
-                    lost.push((*res, *symbol, differ));
-                }
-            }
-            let Some((res, symbol, first)) = lost.first() else {
-                return Ok(());
-            };
-            let count: usize = lost.iter().map(|(_, _, c)| c.len()).sum();
-            ::metrics::counter!("ohlcd_influx_overwrites_lost_total").increment(count as u64);
-            if rewrite == OVERWRITE_REWRITES {
-                return Err(InfluxError::OverwriteLost {
-                    count,
-                    measurement: self.layout().schema.candle_measurement(*res),
-                    symbol: symbol.to_string(),
-                    at: crate::times::to_rfc3339(first[0].start),
-                    rewrites: OVERWRITE_REWRITES,
-                });
-            }
-            tracing::warn!(
-                candles = count,
-                measurement = %self.layout().schema.candle_measurement(*res),
-                %symbol,
-                rewrite = rewrite + 1,
-                "InfluxDB 3 returned an older version of overwritten candles; writing them again"
-            );
-            let again: Vec<CandleSet<'_>> = lost
-                .iter()
-                .map(|(resolution, symbol, candles)| CandleSet {
-                    resolution: *resolution,
-                    symbol,
-                    candles,
-                })
-                .collect();
-            this.write_candle_sets(&again).await?;
-            pending = lost;
-        }
-        unreachable!("the last rewrite returns")
-    }
 }
 
 #[cfg(test)]

@@ -13,12 +13,10 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use serde_json::Value;
 
-use super::{Generation, InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use super::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
 use crate::candle::{NANOS_PER_SEC, Resolution};
-use crate::influx::CandleSet;
 use crate::influx::query::quote_ident;
 use crate::retention::{Keep, PolicySpec};
 
@@ -190,69 +188,13 @@ impl InfluxClient {
     /// the bare measurement (the request's `rp`, or the database default,
     /// applies).
     pub fn candle_source(&self, res: Resolution) -> String {
-        self.source_of(
-            Stored::Candles(res),
-            &self.layout.schema.candle_measurement(res),
-        )
+        self.names().candle_source(res)
     }
 
     /// The InfluxQL source of `measurement`, which holds `s` (raw trades may
     /// be in several measurements: `schema.trades_measurement`).
     pub fn source_of(&self, s: Stored, measurement: &str) -> String {
-        match self.placement.spec(s) {
-            Some(p) => format!(
-                "{}.{}.{}",
-                quote_ident(&self.database),
-                quote_ident(&p.name),
-                quote_ident(measurement)
-            ),
-            None => quote_ident(measurement),
-        }
-    }
-
-    /// The policy writes of `s` go to (`None`: the request default).
-    fn write_policy(&self, s: Stored) -> Option<&str> {
-        self.placement
-            .spec(s)
-            .map(|p| p.name.as_str())
-            .or(self.retention_policy.as_deref())
-    }
-
-    /// This client writing to `policy` instead of `influx.retention_policy`.
-    fn writing_to(&self, policy: Option<&str>) -> InfluxClient {
-        InfluxClient {
-            retention_policy: policy.map(str::to_string),
-            ..self.clone()
-        }
-    }
-
-    /// `POST /write` of raw-trade lines, into the raw trades' policy.
-    pub async fn write_trade_lines(&self, body: Bytes) -> Result<(), InfluxError> {
-        if self.placement.spec(Stored::Trades).is_none() {
-            return self.write_lines(body).await;
-        }
-        self.writing_to(self.write_policy(Stored::Trades))
-            .write_lines(body)
-            .await
-    }
-
-    /// Writes candle sets, each resolution into its own policy: one pipelined
-    /// [`InfluxClient::write_candle_sets`] per policy, all at once.
-    pub async fn write_candles_placed(&self, sets: &[CandleSet<'_>]) -> Result<(), InfluxError> {
-        if !self.placement.is_configured() {
-            return self.write_candle_sets(sets).await;
-        }
-        let mut by_policy: HashMap<Option<&str>, Vec<CandleSet<'_>>> = HashMap::new();
-        for set in sets {
-            by_policy
-                .entry(self.write_policy(Stored::Candles(set.resolution)))
-                .or_default()
-                .push(*set);
-        }
-        let writes = by_policy.into_iter().map(|(policy, sets)| async move {
-            self.writing_to(policy).write_candle_sets(&sets).await
-        });
-        futures_util::future::try_join_all(writes).await.map(|_| ())
+        self.names().source(s, measurement)
     }
 
     /// Makes the configured policies exist with their durations (with
@@ -262,7 +204,7 @@ impl InfluxClient {
     /// when a configured policy is missing and cannot be created, and on
     /// InfluxDB 3, which has no retention policies.
     pub async fn prepare_retention(&mut self, manage: bool) -> Result<(), InfluxError> {
-        if self.generation == Generation::V3 {
+        if !self.generation.has_retention_policies() {
             if self.placement.is_configured() {
                 return Err(InfluxError::Retention(
                     "InfluxDB 3 has no retention policies, so [retention] cannot place measurements in their own; \

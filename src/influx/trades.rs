@@ -8,150 +8,110 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use super::layout::{
-    Dialect, TradeGroup, group_by, ident, tags_condition, trade_columns, trade_groups,
-    valid_trade_condition,
-};
-use super::query::{grouped, quote_ident, tagged_values};
-use super::{Generation, InfluxClient, InfluxError, Stored};
+use super::layout::{Dialect, TradeGroup, trade_groups, valid_trade_condition};
+use super::query::tagged_values;
+use super::{InfluxClient, InfluxError};
 use crate::candle::{Resolution, Side, Skip, SkipReason, Trade, check_value};
 use crate::schema::layout::Layout;
 
-impl InfluxClient {
-    /// Streams the raw trades of `symbol` in `[range.start, range.end)` in time
-    /// order into `on_trade`; returns how many were read.
-    pub async fn stream_trades(
-        &self,
-        symbol: &str,
-        range: Range<i64>,
-        on_trade: impl FnMut(Trade),
-    ) -> Result<u64, InfluxError> {
-        self.stream_trades_limited(symbol, range, None, on_trade)
-            .await
-    }
+/// A read of raw trades: which instruments, which times, how many rows at most.
+#[derive(Debug, Clone)]
+pub struct TradeRead<'a, S = String> {
+    /// The instruments, by name; one instrument is a slice of one.
+    pub symbols: &'a [S],
+    /// `[start, end)`, nanoseconds.
+    pub range: Range<i64>,
+    /// At most this many rows in all (`None`: every row), the earliest first.
+    pub limit: Option<u64>,
+}
 
-    /// Like [`InfluxClient::stream_trades`], stopping after `limit` trades.
-    pub async fn stream_trades_limited(
-        &self,
-        symbol: &str,
-        range: Range<i64>,
-        limit: Option<u64>,
-        mut on_trade: impl FnMut(Trade),
-    ) -> Result<u64, InfluxError> {
-        self.stream_trade_rows(&[symbol], false, range, limit, |_, t| {
-            if let Ok(t) = t {
-                on_trade(t);
-            }
-        })
-        .await
-    }
-
-    /// Streams the rows of raw trades of `symbol` in `range`, each a trade or
-    /// why it cannot make one, stopping after `limit` rows (`ohlcd schema`).
-    pub async fn stream_trade_rows_of(
-        &self,
-        symbol: &str,
-        range: Range<i64>,
-        limit: Option<u64>,
-        mut on_row: impl FnMut(Result<Trade, Skip>),
-    ) -> Result<u64, InfluxError> {
-        self.stream_trade_rows(&[symbol], false, range, limit, |_, row| on_row(row))
-            .await
-    }
-
-    /// Streams the raw trades of every symbol in `symbols` in
-    /// `[range.start, range.end)` with one query per measurement holding
-    /// them, calling `on_row` with each row's symbol and its trade, or why it
-    /// cannot make one. Over InfluxQL rows arrive ordered by time across the
-    /// symbols of a measurement; over SQL (InfluxDB 3) in no particular order.
-    pub async fn stream_trades_of(
-        &self,
-        symbols: &[String],
-        range: Range<i64>,
-        on_row: impl FnMut(&str, Result<Trade, Skip>),
-    ) -> Result<u64, InfluxError> {
-        if symbols.is_empty() {
-            return Ok(0);
+impl<'a, S: AsRef<str>> TradeRead<'a, S> {
+    /// Every row of trades of `symbols` in `range`.
+    pub fn new(symbols: &'a [S], range: Range<i64>) -> Self {
+        TradeRead {
+            symbols,
+            range,
+            limit: None,
         }
-        let symbols: Vec<&str> = symbols.iter().map(String::as_str).collect();
-        self.stream_trade_rows(&symbols, true, range, None, on_row)
-            .await
     }
 
-    /// Streams the trades of `symbols`, one query per measurement holding
-    /// them: on InfluxDB 3 with SQL through its native `/api/v3/query_sql`
-    /// (CSV), which pulls the same rows 1.6–1.9× faster than its v1 `/query`
-    /// (docs/influxdb.md, "Figures on InfluxDB 3"); elsewhere with InfluxQL. Without a `limit`,
-    /// SQL rows come in no particular order (the aggregation does not need
-    /// one; sorting would cost the server time).
-    async fn stream_trade_rows(
+    /// The same read, stopping after `limit` rows.
+    pub fn limit(self, limit: u64) -> Self {
+        TradeRead {
+            limit: Some(limit),
+            ..self
+        }
+    }
+}
+
+/// A row callback of [`InfluxClient::read_trades`] for callers that want the
+/// trades alone: rows that cannot make a trade are left out.
+pub fn trades_only(mut on_trade: impl FnMut(Trade)) -> impl FnMut(&str, Result<Trade, Skip>) {
+    move |_, row| {
+        if let Ok(trade) = row {
+            on_trade(trade);
+        }
+    }
+}
+
+impl InfluxClient {
+    /// Streams the rows of raw trades `read` asks for into `on_row`, each
+    /// with its instrument's name: a trade, or why the row cannot make one.
+    /// Returns how many rows were read. One query per measurement holding
+    /// the instruments: on InfluxDB 3 SQL through its native
+    /// `/api/v3/query_sql` (CSV), which pulls the same rows 1.6–1.9× faster
+    /// than its v1 `/query` (docs/influxdb.md, "Figures on InfluxDB 3");
+    /// elsewhere InfluxQL, whose rows arrive ordered by time across the
+    /// instruments of a measurement. Without a `limit`, SQL rows come in no
+    /// particular order (the aggregation does not need one; sorting would
+    /// cost the server time).
+    pub async fn read_trades<S: AsRef<str>>(
         &self,
-        symbols: &[&str],
-        with_symbol: bool,
-        range: Range<i64>,
-        limit: Option<u64>,
+        read: TradeRead<'_, S>,
         mut on_row: impl FnMut(&str, Result<Trade, Skip>),
     ) -> Result<u64, InfluxError> {
         let layout = self.layout.clone();
+        // Every row of a read of one instrument is that instrument's: its
+        // tags need not be selected.
+        let one = match read.symbols {
+            [one] => Some(one.as_ref()),
+            _ => None,
+        };
         let mut n = 0;
-        for group in trade_groups(&layout, symbols) {
+        for group in trade_groups(&layout, read.symbols) {
+            let limit = match read.limit {
+                Some(limit) if n >= limit => break,
+                Some(limit) => Some(limit - n),
+                None => None,
+            };
             n += self
-                .stream_trade_group(
-                    &layout,
-                    &group,
-                    with_symbol,
-                    range.clone(),
-                    limit,
-                    &mut on_row,
-                )
+                .read_trade_group(&layout, &group, one, read.range.clone(), limit, &mut on_row)
                 .await?;
         }
         Ok(n)
     }
 
-    /// [`InfluxClient::stream_trade_rows`] of the instruments of one
-    /// measurement. Names of instruments of several parts are built per row
-    /// in one reused buffer.
-    async fn stream_trade_group(
+    /// [`InfluxClient::read_trades`] of the instruments of one measurement
+    /// (`one`: the only instrument read). Names of instruments of several
+    /// parts are built per row in one reused buffer.
+    async fn read_trade_group(
         &self,
         layout: &Layout,
         group: &TradeGroup<'_>,
-        with_symbol: bool,
+        one: Option<&str>,
         range: Range<i64>,
         limit: Option<u64>,
         on_row: &mut impl FnMut(&str, Result<Trade, Skip>),
     ) -> Result<u64, InfluxError> {
-        let sql = self.generation == Generation::V3;
-        let dialect = if sql { Dialect::Sql } else { Dialect::InfluxQl };
+        let dialect = self.generation.bulk_dialect();
+        let sql = dialect == Dialect::Sql;
         let tags = &layout.schema.symbol_tags;
-        let Some(cond) = tags_condition(dialect, tags, &group.rows) else {
+        let with_symbol = one.is_none();
+        let Some((q, names)) = self
+            .names()
+            .trade_read(dialect, group, with_symbol, &range, limit)
+        else {
             return Ok(0);
-        };
-        let (columns, names) = trade_columns(dialect, layout, with_symbol);
-        let q = if sql {
-            let order = match &layout.schema.id {
-                Some(id) => format!("time, {}", ident(Dialect::Sql, id)),
-                None => "time".to_string(),
-            };
-            let limit = limit
-                .map(|n| format!(" ORDER BY {order} LIMIT {n}"))
-                .unwrap_or_default();
-            format!(
-                "SELECT CAST(time AS BIGINT) AS time, {columns} FROM {} WHERE {} AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}){limit}",
-                ident(Dialect::Sql, &group.measurement),
-                grouped(&cond),
-                range.start,
-                range.end
-            )
-        } else {
-            let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-            format!(
-                "SELECT {columns} FROM {} WHERE {} AND time >= {} AND time < {}{limit}",
-                self.source_of(Stored::Trades, &group.measurement),
-                grouped(&cond),
-                range.start,
-                range.end
-            )
         };
         let has_id = layout.schema.id.is_some();
         let has_side = layout.schema.side.is_some();
@@ -187,8 +147,8 @@ impl InfluxClient {
                     })
                 }
             };
-            let symbol: &str = if !with_symbol {
-                ""
+            let symbol: &str = if let Some(one) = one {
+                one
             } else if borrowed {
                 row.symbol(i.tags[0])?
             } else {
@@ -235,20 +195,10 @@ impl InfluxClient {
         let layout = self.layout.clone();
         let tags = &layout.schema.symbol_tags;
         for group in trade_groups(&layout, symbols) {
-            let Some(cond) = tags_condition(Dialect::InfluxQl, tags, &group.rows) else {
+            let Some(q) = self.names().trade_count(&group, &range) else {
                 continue;
             };
-            let v = self
-                .query_json(&format!(
-                    "SELECT count({}) FROM {} WHERE {} AND time >= {} AND time < {} GROUP BY {}",
-                    quote_ident(&layout.schema.price),
-                    self.source_of(Stored::Trades, &group.measurement),
-                    grouped(&cond),
-                    range.start,
-                    range.end,
-                    group_by(Dialect::InfluxQl, tags)
-                ))
-                .await?;
+            let v = self.query_json(&q).await?;
             for (symbol, row) in tagged_values(&v, group.exchange, tags) {
                 if let Some(n) = row.get(1).and_then(Value::as_u64).filter(|n| *n > 0) {
                     *out.entry(symbol).or_insert(0) += n;
@@ -276,8 +226,8 @@ impl InfluxClient {
             return Ok(out);
         }
         let layout = self.layout.clone();
-        let sql = self.generation == Generation::V3;
-        let dialect = if sql { Dialect::Sql } else { Dialect::InfluxQl };
+        let dialect = self.generation.bulk_dialect();
+        let sql = dialect == Dialect::Sql;
         let Some(valid) = valid_trade_condition(dialect, &layout) else {
             return self.count_minutes_by_reading(symbols, range).await;
         };
@@ -288,22 +238,10 @@ impl InfluxClient {
             }
         };
         for group in trade_groups(&layout, symbols) {
-            let Some(cond) = tags_condition(dialect, tags, &group.rows) else {
+            let Some(q) = self.names().minute_count(dialect, &group, &valid, &range) else {
                 continue;
             };
             if sql {
-                let q = format!(
-                    "SELECT {}, CAST(date_bin(INTERVAL '1 minute', time, TIMESTAMP '1970-01-01T00:00:00Z') AS BIGINT) AS minute, count(*) AS n FROM {} WHERE {} AND {valid} AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}) GROUP BY {}",
-                    group_by(Dialect::Sql, tags),
-                    ident(Dialect::Sql, &group.measurement),
-                    grouped(&cond),
-                    range.start,
-                    range.end,
-                    (1..=tags.len() + 1)
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
                 let mut idx: Option<(Vec<usize>, usize, usize)> = None;
                 let mut rows: Vec<(String, i64, u64)> = Vec::new();
                 self.stream_sql_csv(&q, |cols, row| {
@@ -341,17 +279,7 @@ impl InfluxClient {
                 }
                 continue;
             }
-            let v = self
-                .query_json(&format!(
-                    "SELECT count({}) FROM {} WHERE {} AND {valid} AND time >= {} AND time < {} GROUP BY time(1m), {} fill(none)",
-                    quote_ident(&layout.schema.price),
-                    self.source_of(Stored::Trades, &group.measurement),
-                    grouped(&cond),
-                    range.start,
-                    range.end,
-                    group_by(Dialect::InfluxQl, tags)
-                ))
-                .await?;
+            let v = self.query_json(&q).await?;
             for (symbol, row) in tagged_values(&v, group.exchange, tags) {
                 if let (Some(minute), Some(n)) = (
                     row.first().and_then(Value::as_i64),
@@ -387,7 +315,7 @@ impl InfluxClient {
         let mut counts: std::collections::HashMap<String, std::collections::BTreeMap<i64, u64>> =
             Default::default();
         let minute = Resolution::M1;
-        self.stream_trades_of(symbols, range, |symbol, row| {
+        self.read_trades(TradeRead::new(symbols, range), |symbol, row| {
             let Ok(trade) = row else {
                 return;
             };
@@ -402,17 +330,6 @@ impl InfluxClient {
             .into_iter()
             .map(|(s, m)| (s, m.into_iter().collect()))
             .collect())
-    }
-
-    /// Reads all raw trades in a range into memory (tests and small ranges only).
-    pub async fn read_trades(
-        &self,
-        symbol: &str,
-        range: Range<i64>,
-    ) -> Result<Vec<Trade>, InfluxError> {
-        let mut out = Vec::new();
-        self.stream_trades(symbol, range, |t| out.push(t)).await?;
-        Ok(out)
     }
 }
 

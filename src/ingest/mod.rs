@@ -320,7 +320,7 @@ pub async fn write_trades(influx: &InfluxClient, trades: &[NewTrade]) -> Result<
     }
     for batch in trades.chunks(INGEST_BATCH) {
         let body = writer.encode(batch).map_err(InfluxError::Schema)?;
-        influx.write_trade_lines(Bytes::from(body)).await?;
+        influx.write_trades(Bytes::from(body)).await?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use ohlcd::candle::{Candle, Resolution};
-use ohlcd::influx::InfluxClient;
+use ohlcd::influx::{CandleRead, InfluxClient};
 use ohlcd::progress::{Backend, TaskStatus};
 use ohlcd::times::to_rfc3339;
 use serde_json::Value;
@@ -146,7 +146,9 @@ async fn generate_backfill_and_progress_work_from_the_command_line(backend: Back
                 ..*c
             })
             .collect();
-        cli.write_candles(res, "BTCUSD", &damaged).await.unwrap();
+        crate::helpers::write_candles(&cli, res, "BTCUSD", &damaged)
+            .await
+            .unwrap();
         assert_eq!(candles_in(&cli, res, "BTCUSD", from..to).await, damaged);
         before.push((res, stored));
     }
@@ -208,7 +210,7 @@ async fn candles_in(
 ) -> Vec<Candle> {
     let mut out = Vec::new();
     client
-        .stream_candles_of(res, &[symbol.to_string()], range, |_, c| out.push(c))
+        .read_candles(CandleRead::new(res, &[symbol], range), |_, c| out.push(c))
         .await
         .unwrap();
     out.sort_by_key(|c| c.start);

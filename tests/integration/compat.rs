@@ -8,7 +8,7 @@
 use ohlcd::candle::{Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
-use ohlcd::influx::{CandleSet, Generation};
+use ohlcd::influx::{CandleRead, CandleSet, Generation};
 use ohlcd::ingest::NewTrade;
 use serde_json::json;
 
@@ -42,8 +42,7 @@ async fn rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cann
             })
             .collect();
         assert!(!wrong.is_empty());
-        app.influx
-            .write_candles(res, "BTCUSD", &wrong)
+        crate::helpers::write_candles(&app.influx, res, "BTCUSD", &wrong)
             .await
             .unwrap();
     }
@@ -126,8 +125,7 @@ async fn rebuild_restores_damaged_candles_and_removes_stale_ones_or_says_it_cann
         trades: 1,
         buy_volume: 0.0,
     };
-    app.influx
-        .write_candles(Resolution::M1, "BTCUSD", &[bogus])
+    crate::helpers::write_candles(&app.influx, Resolution::M1, "BTCUSD", &[bogus])
         .await
         .unwrap();
     let rebuilt = Box::pin(engine.rebuild("BTCUSD", bogus_day, bogus_day + 1)).await;
@@ -259,7 +257,7 @@ on_both_servers!(overwritten_candles_read_back_as_written_by_one_symbol_and_by_m
 /// version for about a third of such overwrites, one series per query the
 /// last write (README, "InfluxDB 3: overwrites"). ohlcd's reads of many
 /// symbols (the engine's) must still see every overwrite, and
-/// `overwrite_candle_sets` returns Ok only if every candle reads as written.
+/// `overwrite_candles` returns Ok only if every candle reads as written.
 async fn overwritten_candles_read_back_as_written_by_one_symbol_and_by_many(app: TestApp) {
     let symbols: Vec<String> = (0..50).map(|i| format!("S{i}")).collect();
     let day = t("2024-03-01T00:00:00Z");
@@ -291,7 +289,7 @@ async fn overwritten_candles_read_back_as_written_by_one_symbol_and_by_many(app:
                 })
         })
         .collect();
-    app.influx.write_candle_sets(&sets).await.unwrap();
+    app.influx.write_candles(&sets).await.unwrap();
     // Five minutes per symbol, spread over the day, get a new version.
     let second: Vec<Vec<Candle>> = (0..50)
         .map(|s| {
@@ -309,7 +307,7 @@ async fn overwritten_candles_read_back_as_written_by_one_symbol_and_by_many(app:
             candles,
         })
         .collect();
-    let outcome = app.influx.overwrite_candle_sets(&sets).await;
+    let outcome = app.influx.overwrite_candles(&sets).await;
     let mut lost = 0;
     for (symbol, candles) in symbols.iter().zip(&second) {
         let stored = app.stored(symbol, Resolution::M1).await;
@@ -323,10 +321,8 @@ async fn overwritten_candles_read_back_as_written_by_one_symbol_and_by_many(app:
     // The engine's read: all 50 symbols at once.
     let mut by_many = std::collections::HashMap::new();
     app.influx
-        .stream_candles_of(
-            Resolution::M1,
-            &symbols,
-            day..day + NANOS_PER_DAY,
+        .read_candles(
+            CandleRead::new(Resolution::M1, &symbols, day..day + NANOS_PER_DAY),
             |s, c| {
                 by_many.insert((s.to_string(), c.start), c);
             },

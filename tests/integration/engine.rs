@@ -4,6 +4,7 @@
 use ohlcd::candle::{NANOS_PER_DAY, NANOS_PER_SEC, Resolution, Side};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
+use ohlcd::influx::TradeRead;
 use ohlcd::ingest::NewTrade;
 use ohlcd::progress::{Backend, TaskStatus};
 
@@ -171,8 +172,7 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones(ba
         trades: 1,
         buy_volume: 0.0,
     };
-    app.influx
-        .write_candles(Resolution::M1, "BTCUSD", &[bogus])
+    crate::helpers::write_candles(&app.influx, Resolution::M1, "BTCUSD", &[bogus])
         .await
         .unwrap();
     assert_ne!(app.stored("BTCUSD", Resolution::H1).await, snapshot[3]);
@@ -199,8 +199,7 @@ async fn rebuild_of_a_range_restores_identical_candles_and_removes_stale_ones(ba
         start: t("2024-02-10T00:00:00Z"),
         ..bogus
     };
-    app.influx
-        .write_candles(Resolution::M1, "BTCUSD", &[older])
+    crate::helpers::write_candles(&app.influx, Resolution::M1, "BTCUSD", &[older])
         .await
         .unwrap();
     let report = engine
@@ -552,15 +551,16 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
     let both: Vec<String> = SYMBOLS.iter().map(|s| s.to_string()).collect();
     let everything = i64::MIN / 2..i64::MAX / 2;
     assert_eq!(
-        app.influx
-            .read_trades("BTCUSD", everything.clone())
+        helpers::trades_of(&app.influx, "BTCUSD", everything.clone())
             .await
             .unwrap(),
         vec![]
     );
     let n = app
         .influx
-        .stream_trades_of(&both, everything, |_, _| panic!("no trades yet"))
+        .read_trades(TradeRead::new(&both, everything), |_, _| {
+            panic!("no trades yet")
+        })
         .await
         .unwrap();
     assert_eq!(n, 0);
@@ -577,9 +577,7 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
             .filter(|r| (from..to).contains(&r.0))
             .collect()
     };
-    let mut one: Vec<_> = app
-        .influx
-        .read_trades("BTCUSD", from..to)
+    let mut one: Vec<_> = helpers::trades_of(&app.influx, "BTCUSD", from..to)
         .await
         .unwrap()
         .iter()
@@ -591,7 +589,7 @@ async fn trade_reads_return_exactly_the_stored_trades_of_the_range(app: TestApp)
     let mut many = Vec::new();
     let n = app
         .influx
-        .stream_trades_of(&both, from..to, |symbol, t| {
+        .read_trades(TradeRead::new(&both, from..to), |symbol, t| {
             many.push((
                 symbol.to_string(),
                 as_row(&t.expect("every generated row is a trade")),
@@ -628,21 +626,24 @@ async fn msgpack_and_csv_reads_return_identical_trades_and_candles() {
     };
     let (pack, csv) = (client("msgpack"), client("csv"));
     let range = spec.from..spec.to;
-    let trades = pack.read_trades("BTCUSD", range.clone()).await.unwrap();
+    let trades = helpers::trades_of(&pack, "BTCUSD", range.clone())
+        .await
+        .unwrap();
     assert_eq!(trades.len(), 10_000);
     assert_eq!(
         trades,
-        csv.read_trades("BTCUSD", range.clone()).await.unwrap()
+        helpers::trades_of(&csv, "BTCUSD", range.clone())
+            .await
+            .unwrap()
     );
     for res in Resolution::ALL {
-        let candles = pack
-            .read_candles(res, "ETHUSD", range.clone())
+        let candles = helpers::candles_of(&pack, res, "ETHUSD", range.clone())
             .await
             .unwrap();
         assert!(!candles.is_empty());
         assert_eq!(
             candles,
-            csv.read_candles(res, "ETHUSD", range.clone())
+            helpers::candles_of(&csv, res, "ETHUSD", range.clone())
                 .await
                 .unwrap(),
             "{res}"

@@ -14,7 +14,7 @@ use ohlcd::candle::{Candle, NANOS_PER_SEC, Resolution, Skip, Trade};
 use ohlcd::clock::ManualClock;
 use ohlcd::config::Settings;
 use ohlcd::engine::{Engine, Warehouse};
-use ohlcd::influx::{CandleSet, InfluxClient, InfluxError};
+use ohlcd::influx::{CandleRead, CandleSet, InfluxClient, InfluxError, TradeRead, trades_only};
 use ohlcd::ingest::{NewTrade, write_trades};
 use ohlcd::progress::{Backend, ProgressStore};
 use serde_json::Value;
@@ -583,6 +583,53 @@ impl TestApp {
         raw.sort_by_key(|t| (t.0, t.1));
         raw
     }
+}
+
+/// The trades of `symbol` in `range`, read by the client into memory.
+pub(crate) async fn trades_of(
+    influx: &InfluxClient,
+    symbol: &str,
+    range: Range<i64>,
+) -> Result<Vec<Trade>, InfluxError> {
+    let mut out = Vec::new();
+    influx
+        .read_trades(
+            TradeRead::new(&[symbol], range),
+            trades_only(|t| out.push(t)),
+        )
+        .await?;
+    Ok(out)
+}
+
+/// The stored candles of `res` of `symbol` in `range`, read by the client
+/// into memory.
+pub(crate) async fn candles_of(
+    influx: &InfluxClient,
+    res: Resolution,
+    symbol: &str,
+    range: Range<i64>,
+) -> Result<Vec<Candle>, InfluxError> {
+    let mut out = Vec::new();
+    influx
+        .read_candles(CandleRead::new(res, &[symbol], range), |_, c| out.push(c))
+        .await?;
+    Ok(out)
+}
+
+/// Writes `candles` of `res` of `symbol` as the engine writes candles.
+pub(crate) async fn write_candles(
+    influx: &InfluxClient,
+    res: Resolution,
+    symbol: &str,
+    candles: &[Candle],
+) -> Result<(), InfluxError> {
+    influx
+        .write_candles(&[CandleSet {
+            resolution: res,
+            symbol,
+            candles,
+        }])
+        .await
 }
 
 /// Candles of `raw` (sorted by time, id) grouped by `window_of`, computed the

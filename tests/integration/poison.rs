@@ -198,7 +198,7 @@ async fn one_poisoned_symbol_among_fifty_is_skipped_and_counted_while_two_daemon
         })
         .collect();
     app.influx
-        .write_lines(bytes::Bytes::from(lines))
+        .write_trades(bytes::Bytes::from(lines))
         .await
         .unwrap();
 

@@ -455,8 +455,7 @@ async fn a_rebuild_of_a_day_whose_raw_trades_partly_expired_recomputes_only_the_
                 ..*c
             })
             .collect();
-        app.influx
-            .write_candles(res, "BTCUSD", &wrong)
+        crate::helpers::write_candles(&app.influx, res, "BTCUSD", &wrong)
             .await
             .unwrap();
     }

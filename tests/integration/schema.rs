@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use ohlcd::candle::{Candle, NANOS_PER_DAY, NANOS_PER_SEC, Resolution, SkipReason};
 use ohlcd::engine::TaskFilter;
 use ohlcd::generate::{GenerateSpec, Generator};
+use ohlcd::influx::TradeRead;
 use ohlcd::ingest::{NewTrade, write_trades};
 use ohlcd::schema::{SchemaSettings, TradeSchema};
 use serde_json::Value;
@@ -984,7 +985,7 @@ async fn rows_that_cannot_make_a_trade_change_no_candle_and_each_is_counted_with
     let mut skipped = BTreeMap::new();
     let mut read = 0;
     app.influx
-        .stream_trades_of(&["OLD".to_string()], from..to, |_, row| match row {
+        .read_trades(TradeRead::new(&["OLD"], from..to), |_, row| match row {
             Ok(_) => read += 1,
             Err(skip) => {
                 skipped.insert(skip.time, skip.reason);

@@ -375,7 +375,7 @@ async fn ingest(
         accepted += v["accepted"].as_u64().unwrap_or(0);
         late += v["late"].as_u64().unwrap_or(0);
         let started = Instant::now();
-        b.influx.write_lines(lb).await.context("InfluxDB /write")?;
+        b.influx.write_trades(lb).await.context("InfluxDB /write")?;
         write += started.elapsed();
     }
     if accepted != n {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use ohlcd::influx::CandleRead;
 
 use crate::bench::{Bench, Shape};
 use crate::report::{RawPull, Results, thousands};
@@ -161,7 +162,7 @@ pub(crate) async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
         for group in symbols.chunks(500) {
             let mut by_symbol: BTreeMap<String, Vec<ohlcd::candle::Candle>> = BTreeMap::new();
             b.influx
-                .stream_candles_of(res, group, range.clone(), |s, c| {
+                .read_candles(CandleRead::new(res, group, range.clone()), |s, c| {
                     by_symbol.entry(s.to_string()).or_default().push(c)
                 })
                 .await?;
@@ -182,7 +183,7 @@ pub(crate) async fn write_alone(b: &mut Bench, r: &mut Results) -> Result<()> {
     client.create_database().await?;
     b.created.push(db.clone());
     let started = std::time::Instant::now();
-    client.write_candle_sets(&sets).await?;
+    client.write_candles(&sets).await?;
     let elapsed = started.elapsed();
     say!(
         "candle write alone: {n} candles in {:.2}s",

@@ -7,6 +7,7 @@ use warp::{Rejection, Reply};
 
 use super::{admit_symbol, bad, now_secs, reject};
 use crate::candle::NANOS_PER_SEC;
+use crate::influx::{TradeRead, trades_only};
 use crate::ingest::wire::{self, TradesError};
 use crate::server::AppState;
 use crate::server::error::ApiError;
@@ -28,11 +29,9 @@ pub async fn api_trades_get(p: Params, state: AppState) -> Result<impl Reply, Re
     let mut trades = Vec::new();
     state
         .influx
-        .stream_trades_limited(
-            &symbol,
-            from * NANOS_PER_SEC..to * NANOS_PER_SEC,
-            Some(limit),
-            |t| trades.push(TradeJson::from(&t)),
+        .read_trades(
+            TradeRead::new(&[&symbol], from * NANOS_PER_SEC..to * NANOS_PER_SEC).limit(limit),
+            trades_only(|t| trades.push(TradeJson::from(&t))),
         )
         .await
         .map_err(reject)?;
