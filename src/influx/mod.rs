@@ -6,7 +6,8 @@
 //! Small metadata queries use JSON, because only JSON reports every error (CSV
 //! answers an empty 200 for a missing database).
 //!
-//! Modules: this one is the transport (requests, auth, retries, errors);
+//! Modules: this one is the transport (requests, auth, retries); [`error`]
+//! what can go wrong and which failures are worth retrying;
 //! [`generation`] what the server's generation decides (dialect, deletes,
 //! overwrites, database API), asked by the others. The queries sent are in
 //! [`database`] (create and check the database), [`edges`] (first and last
