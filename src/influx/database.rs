@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::query::quote_ident;
+use super::query;
 use super::{InfluxClient, InfluxError};
 
 impl InfluxClient {
@@ -14,7 +14,7 @@ impl InfluxClient {
     pub async fn create_database(&self) -> Result<(), InfluxError> {
         if !self.generation.configures_databases() {
             return self
-                .query_json(&format!("CREATE DATABASE {}", quote_ident(&self.database)))
+                .query_json(&query::create_database(&self.database))
                 .await
                 .map(|_| ());
         }
@@ -59,12 +59,9 @@ impl InfluxClient {
                 Err(self.database_not_found())
             };
         }
-        self.query_json(&format!(
-            "SHOW RETENTION POLICIES ON {}",
-            quote_ident(&self.database)
-        ))
-        .await
-        .map(|_| ())
+        self.query_json(&query::show_retention_policies(&self.database))
+            .await
+            .map(|_| ())
     }
 
     /// Fails with [`InfluxError::ReadOnly`] unless the credentials may write to

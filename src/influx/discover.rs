@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::generation::TagTuples;
-use super::layout::{Dialect, ident};
-use super::query::{quote_ident, quote_literal};
+use super::query;
 use super::{InfluxClient, InfluxError, Stored};
 use crate::candle::Resolution;
 use crate::schema::TradeSchema;
@@ -43,14 +42,8 @@ impl InfluxClient {
                     .insert(key.to_string());
             }
         }
-        let fields = match self.placement.spec(Stored::Trades) {
-            Some(p) => format!(
-                "SHOW FIELD KEYS FROM {}.{}./.*/",
-                quote_ident(&self.database),
-                quote_ident(&p.name)
-            ),
-            None => "SHOW FIELD KEYS".to_string(),
-        };
+        let policy = self.placement.spec(Stored::Trades).map(|p| p.name.as_str());
+        let fields = query::show_field_keys(&self.database, policy);
         let fields = self.query_json(&fields).await?;
         for (measurement, row) in named_rows(&fields) {
             let (Some(key), Some(kind)) = (
@@ -245,11 +238,7 @@ impl InfluxClient {
             TagTuples::SqlDistinct => {
                 let mut out = Vec::new();
                 for m in measurements {
-                    let q = format!(
-                        "SELECT DISTINCT {} FROM {}",
-                        super::layout::group_by(Dialect::Sql, tags),
-                        ident(Dialect::Sql, m)
-                    );
+                    let q = query::distinct_tags(tags, m);
                     let mut rows = Vec::new();
                     let mut idx: Option<Vec<usize>> = None;
                     self.stream_sql_csv(&q, |cols, row| {
@@ -287,12 +276,7 @@ impl InfluxClient {
                     for (depth, tag) in tags.iter().enumerate().skip(1) {
                         let mut next = Vec::new();
                         for (measurement, values) in partial {
-                            let cond = tags[..depth]
-                                .iter()
-                                .zip(&values)
-                                .map(|(t, v)| format!("{} = {}", quote_ident(t), quote_literal(v)))
-                                .collect::<Vec<_>>()
-                                .join(" AND ");
+                            let cond = query::tags_equal(&tags[..depth], &values);
                             for (_, more) in self.tag_values(source, tag, &cond).await? {
                                 let mut v = values.clone();
                                 v.extend(more);
@@ -323,16 +307,8 @@ impl InfluxClient {
         if self.generation.tag_values_need_time() {
             conds.push("time >= 0");
         }
-        let filter = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
         let v = self
-            .query_json(&format!(
-                "SHOW TAG VALUES FROM {sources} WITH KEY = {}{filter}",
-                quote_ident(tag)
-            ))
+            .query_json(&query::show_tag_values(sources, tag, &conds))
             .await?;
         Ok(named_rows(&v)
             .filter_map(|(m, row)| {
@@ -350,9 +326,7 @@ impl InfluxClient {
         sources: &[String],
         tags: &[String],
     ) -> Result<Vec<(String, Vec<String>)>, InfluxError> {
-        let v = self
-            .query_json(&format!("SHOW SERIES FROM {}", sources.join(", ")))
-            .await?;
+        let v = self.query_json(&query::show_series(sources)).await?;
         let mut out = BTreeSet::new();
         for (_, row) in named_rows(&v) {
             let Some(key) = row.first().and_then(Value::as_str) else {

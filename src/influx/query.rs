@@ -4,9 +4,11 @@
 //! [`Layout`] and [`Placement`]), and the
 //! pieces they are built from and every JSON answer is read with: quoting
 //! of literals and identifiers, a condition ready to be joined with `AND`,
-//! the rows of a result's series. The queries are sent from
-//! [`super::database`], [`super::edges`], [`super::trades`] and
-//! [`super::candles`].
+//! the rows of a result's series; and the statements about the database
+//! itself (creating it and its retention policies, listing fields, tag
+//! values and series). The queries are sent from [`super::database`],
+//! [`super::edges`], [`super::trades`], [`super::candles`],
+//! [`super::discover`] and [`super::retention`].
 
 use std::ops::Range;
 
@@ -366,6 +368,84 @@ impl PointSource {
     }
 }
 
+/// `CREATE DATABASE` (1.x and 2.x; 3.x has an endpoint of its own).
+pub(super) fn create_database(database: &str) -> String {
+    format!("CREATE DATABASE {}", quote_ident(database))
+}
+
+/// `SHOW RETENTION POLICIES` of `database`.
+pub(super) fn show_retention_policies(database: &str) -> String {
+    format!("SHOW RETENTION POLICIES ON {}", quote_ident(database))
+}
+
+/// A retention policy of `database` made, or with `alter` changed, to keep
+/// data for `duration` in shards of `shard` (InfluxQL durations: `720h`).
+pub(super) fn retention_policy(
+    alter: bool,
+    policy: &str,
+    database: &str,
+    duration: &str,
+    shard: &str,
+) -> String {
+    let (verb, replication) = match alter {
+        false => ("CREATE", " REPLICATION 1"),
+        true => ("ALTER", ""),
+    };
+    format!(
+        "{verb} RETENTION POLICY {} ON {} DURATION {duration}{replication} SHARD DURATION {shard}",
+        quote_ident(policy),
+        quote_ident(database),
+    )
+}
+
+/// `SHOW FIELD KEYS` of every measurement, of those in `policy` when given.
+pub(super) fn show_field_keys(database: &str, policy: Option<&str>) -> String {
+    match policy {
+        Some(p) => format!(
+            "SHOW FIELD KEYS FROM {}.{}./.*/",
+            quote_ident(database),
+            quote_ident(p)
+        ),
+        None => "SHOW FIELD KEYS".to_string(),
+    }
+}
+
+/// `SHOW TAG VALUES` of `tag` in `sources` (joined InfluxQL sources) where
+/// every one of `conds` holds.
+pub(super) fn show_tag_values(sources: &str, tag: &str, conds: &[&str]) -> String {
+    let filter = match conds {
+        [] => String::new(),
+        _ => format!(" WHERE {}", conds.join(" AND ")),
+    };
+    format!(
+        "SHOW TAG VALUES FROM {sources} WITH KEY = {}{filter}",
+        quote_ident(tag)
+    )
+}
+
+/// The condition that each of `tags` has its value in `values` (InfluxQL).
+pub(super) fn tags_equal(tags: &[String], values: &[String]) -> String {
+    tags.iter()
+        .zip(values)
+        .map(|(t, v)| format!("{} = {}", quote_ident(t), quote_literal(v)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `SHOW SERIES` of `sources` (InfluxQL sources).
+pub(super) fn show_series(sources: &[String]) -> String {
+    format!("SHOW SERIES FROM {}", sources.join(", "))
+}
+
+/// Every combination of `tags` in `measurement` (SQL, InfluxDB 3).
+pub(super) fn distinct_tags(tags: &[String], measurement: &str) -> String {
+    format!(
+        "SELECT DISTINCT {} FROM {}",
+        group_by(Dialect::Sql, tags),
+        ident(Dialect::Sql, measurement)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,5 +612,53 @@ mod tests {
         assert_eq!(quote_literal("BTC'USD"), r"'BTC\'USD'");
         assert_eq!(quote_literal(r"a\' OR 1=1"), r"'a\\\' OR 1=1'");
         assert_eq!(quote_ident("my\"db"), r#""my\"db""#);
+    }
+
+    #[test]
+    fn statements_about_the_database_quote_every_name() {
+        assert_eq!(
+            create_database(r#"my "db""#),
+            r#"CREATE DATABASE "my \"db\"""#
+        );
+        assert_eq!(
+            show_retention_policies("db"),
+            r#"SHOW RETENTION POLICIES ON "db""#
+        );
+        assert_eq!(
+            retention_policy(false, "raw", "db", "720h", "24h"),
+            r#"CREATE RETENTION POLICY "raw" ON "db" DURATION 720h REPLICATION 1 SHARD DURATION 24h"#
+        );
+        assert_eq!(
+            retention_policy(true, "raw", "db", "168h", "24h"),
+            r#"ALTER RETENTION POLICY "raw" ON "db" DURATION 168h SHARD DURATION 24h"#
+        );
+        assert_eq!(show_field_keys("db", None), "SHOW FIELD KEYS");
+        assert_eq!(
+            show_field_keys("db", Some("raw")),
+            r#"SHOW FIELD KEYS FROM "db"."raw"./.*/"#
+        );
+    }
+
+    #[test]
+    fn listing_instruments_names_the_tags_and_the_values_found_so_far() {
+        let tags = vec!["exchange".to_string(), "symbol".to_string()];
+        assert_eq!(
+            show_tag_values(r#""trades""#, "symbol", &[]),
+            r#"SHOW TAG VALUES FROM "trades" WITH KEY = "symbol""#
+        );
+        let cond = tags_equal(&tags[..1], &["bin'ance".to_string()]);
+        assert_eq!(cond, r#""exchange" = 'bin\'ance'"#);
+        assert_eq!(
+            show_tag_values(r#""trades""#, "symbol", &[&cond, "time >= 0"]),
+            r#"SHOW TAG VALUES FROM "trades" WITH KEY = "symbol" WHERE "exchange" = 'bin\'ance' AND time >= 0"#
+        );
+        assert_eq!(
+            show_series(&[r#""a""#.to_string(), r#""raw"."b""#.to_string()]),
+            r#"SHOW SERIES FROM "a", "raw"."b""#
+        );
+        assert_eq!(
+            distinct_tags(&tags, "trades-COINBASE"),
+            r#"SELECT DISTINCT "exchange", "symbol" FROM "trades-COINBASE""#
+        );
     }
 }

@@ -15,9 +15,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{InfluxClient, InfluxError, TRADES_MEASUREMENT};
+use super::{InfluxClient, InfluxError, TRADES_MEASUREMENT, query};
 use crate::candle::{NANOS_PER_SEC, Resolution};
-use crate::influx::query::quote_ident;
 use crate::retention::{Keep, PolicySpec};
 
 /// One of the measurements ohlcd stores: raw trades or one candle resolution.
@@ -249,12 +248,12 @@ impl InfluxClient {
                     )));
                 }
                 (None, Some(keep)) => {
-                    let q = format!(
-                        "CREATE RETENTION POLICY {} ON {} DURATION {} REPLICATION 1 SHARD DURATION {}",
-                        quote_ident(&spec.name),
-                        quote_ident(&self.database),
-                        influxql_duration(keep),
-                        shard_duration(keep)
+                    let q = query::retention_policy(
+                        false,
+                        &spec.name,
+                        &self.database,
+                        &influxql_duration(keep),
+                        shard_duration(keep),
                     );
                     if let Err(e) = self.query_json(&q).await {
                         return Err(InfluxError::Retention(format!(
@@ -272,12 +271,12 @@ impl InfluxClient {
                     );
                 }
                 (Some(have), Some(keep)) if have != Some(keep) && manage => {
-                    let q = format!(
-                        "ALTER RETENTION POLICY {} ON {} DURATION {} SHARD DURATION {}",
-                        quote_ident(&spec.name),
-                        quote_ident(&self.database),
-                        influxql_duration(keep),
-                        shard_duration(keep)
+                    let q = query::retention_policy(
+                        true,
+                        &spec.name,
+                        &self.database,
+                        &influxql_duration(keep),
+                        shard_duration(keep),
                     );
                     let have_text = have.map_or("unknown".into(), |k| k.to_string());
                     match self.query_json(&q).await {
@@ -327,10 +326,7 @@ impl InfluxClient {
     /// `SHOW RETENTION POLICIES`: name → duration and whether it is the default.
     async fn server_policies(&self) -> Result<HashMap<String, ServerPolicy>, InfluxError> {
         let v = self
-            .query_json(&format!(
-                "SHOW RETENTION POLICIES ON {}",
-                quote_ident(&self.database)
-            ))
+            .query_json(&query::show_retention_policies(&self.database))
             .await?;
         let mut out = HashMap::new();
         for series in v
