@@ -160,17 +160,53 @@ pub(super) const DEADLOCK_RETRIES: u32 = 5;
 /// other side has. One process's statements over the same symbols' rows can
 /// meet in opposite orders: a step's commit, the next step's in-flight mark,
 /// a lease renewal.
-pub(super) fn is_deadlock(e: &sqlx::Error) -> bool {
+fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01"))
+}
+
+/// An error that may be PostgreSQL breaking a deadlock.
+pub(super) trait Deadlock {
+    /// Whether PostgreSQL aborted the work to break a deadlock.
+    fn is_deadlock(&self) -> bool;
+}
+
+impl Deadlock for sqlx::Error {
+    fn is_deadlock(&self) -> bool {
+        is_deadlock(self)
+    }
+}
+
+impl Deadlock for ProgressError {
+    fn is_deadlock(&self) -> bool {
+        matches!(self, ProgressError::Db(e) if is_deadlock(e))
+    }
+}
+
+/// Runs `work` (one statement, or one transaction) again, up to
+/// [`DEADLOCK_RETRIES`] times, while PostgreSQL aborts it to break a
+/// deadlock; `what` names it in the log.
+pub(super) async fn again_on_deadlock<T, E: Deadlock, F: Future<Output = Result<T, E>>>(
+    what: &'static str,
+    mut work: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut attempt = 0;
+    loop {
+        match work().await {
+            Err(e) if e.is_deadlock() && attempt < DEADLOCK_RETRIES => {
+                attempt += 1;
+                tracing::debug!(attempt, what, "aborted by a deadlock; running it again");
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Db {
     /// Runs `sql`; the number of rows it changed. Run again if PostgreSQL
     /// chose it to break a deadlock.
     pub(super) async fn execute(&self, sql: Sql, args: &[Arg]) -> Result<u64, sqlx::Error> {
-        let mut attempt = 0;
-        loop {
-            let done = match self {
+        again_on_deadlock("statement", || async move {
+            match self {
                 Db::Sqlite(p) => sqlite_query(sql, args)
                     .execute(p)
                     .await
@@ -179,15 +215,9 @@ impl Db {
                     .execute(p)
                     .await
                     .map(|r| r.rows_affected()),
-            };
-            match done {
-                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(attempt, "statement aborted by a deadlock; running it again");
-                }
-                other => return other,
             }
-        }
+        })
+        .await
     }
 
     /// Runs `sql`; every row it returned.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::db::{Arg, DEADLOCK_RETRIES, Sql, is_deadlock, json as json_arg};
+use super::db::{Arg, Sql, again_on_deadlock, json as json_arg};
 use super::{ProgressError, ProgressStore, TaskStatus, opt_time, parse_resolution};
 use crate::candle::Resolution;
 use crate::candle::Watermarks;
@@ -520,16 +520,10 @@ impl ProgressStore {
         if steps.is_empty() {
             return Ok(());
         }
-        let mut attempt = 0;
-        loop {
-            match self.commit_steps_once(owner, steps, finished_at).await {
-                Err(ProgressError::Db(e)) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(attempt, "commit aborted by a deadlock; running it again");
-                }
-                other => return other,
-            }
-        }
+        again_on_deadlock("commit", || {
+            self.commit_steps_once(owner, steps, finished_at)
+        })
+        .await
     }
 
     /// One attempt at [`ProgressStore::commit_steps`], in one transaction.
@@ -609,19 +603,10 @@ impl ProgressStore {
         if symbols.is_empty() {
             return Ok(());
         }
-        let mut attempt = 0;
-        loop {
-            match self.fail_symbols_once(owner, symbols, run, now).await {
-                Err(ProgressError::Db(e)) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(
-                        attempt,
-                        "failure record aborted by a deadlock; running it again"
-                    );
-                }
-                other => return other,
-            }
-        }
+        again_on_deadlock("failure record", || {
+            self.fail_symbols_once(owner, symbols, run, now)
+        })
+        .await
     }
 
     /// One attempt at [`ProgressStore::fail_symbols`], in one transaction.
