@@ -34,18 +34,6 @@ impl InfluxClient {
             .and_then(|row| row.first().and_then(Value::as_i64)))
     }
 
-    /// Time of the last raw trade of `symbol` strictly before `before`, if any.
-    pub async fn last_trade_time_before(
-        &self,
-        symbol: &str,
-        before: i64,
-    ) -> Result<Option<i64>, InfluxError> {
-        Ok(self
-            .last_trade_before(symbol, before)
-            .await?
-            .map(|(t, _)| t))
-    }
-
     /// Time and price of the last raw trade of `symbol` strictly before
     /// `before` (the price NaN if that row's price is not a number).
     pub async fn last_trade_before(
